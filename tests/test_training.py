@@ -1,0 +1,148 @@
+"""The reference training loop: batching, schedules, resume after SIGKILL, DDP equivalence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from prunus.data.loader import Batches, global_mean_scale
+from prunus.training import TrainConfig, lr_factor, load_model, train
+from prunus.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fake_dataset(n: int):
+    return SimpleNamespace(images=torch.arange(n, dtype=torch.float32).reshape(n, 1, 1, 1), labels=torch.arange(n))
+
+
+def test_rank_shards_partition_each_global_batch():
+    ds = _fake_dataset(103)
+    single = Batches(ds, 10, seed=5)
+    ranks = [Batches(ds, 10, seed=5, rank=r, world_size=3) for r in range(3)]
+    for epoch in (0, 1):
+        for b in [single, *ranks]:
+            b.set_epoch(epoch)
+        whole = [y for _, y, _ in single]
+        parts = [list(r) for r in ranks]
+        # the final global batch of 3 still has one element per rank; every batch is kept
+        assert len(whole) == 11 and all(len(p) == 11 for p in parts)
+        for i, batch in enumerate(whole):
+            joined = torch.cat([p[i][1] for p in parts])
+            assert sorted(joined.tolist()) == sorted(batch.tolist())
+            assert all(p[i][2] == len(batch) for p in parts)
+    # shuffling depends on the epoch and is the same for the same (seed, epoch)
+    single.set_epoch(0)
+    e0 = torch.cat([y for _, y, _ in single])
+    single.set_epoch(1)
+    e1 = torch.cat([y for _, y, _ in single])
+    single.set_epoch(0)
+    assert torch.equal(e0, torch.cat([y for _, y, _ in single])) and not torch.equal(e0, e1)
+    assert sorted(e0.tolist()) == list(range(103))
+
+
+def test_global_mean_scale_recovers_global_mean():
+    losses = torch.rand(7)
+    shards = [losses[r::2] for r in range(2)]
+    averaged = sum(s.mean() * global_mean_scale(len(s), 7, 2) for s in shards) / 2
+    assert torch.allclose(averaged, losses.mean())
+
+
+def test_lr_schedules():
+    assert lr_factor("cosine", 0, 10) == 1.0
+    assert lr_factor("cosine", 5, 10) == pytest.approx(0.5)
+    assert [lr_factor("step", e, 8) for e in range(8)] == pytest.approx([1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert lr_factor("constant", 7, 8) == 1.0
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [("epochs", 0, "--epochs"), ("lr", -1.0, "--lr"), ("optimizer", "rmsprop", "--optimizer"), ("momentum", 1.5, "--momentum")],
+)
+def test_config_validation_names_the_field(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**{field: value}).validate()
+
+
+def test_trains_on_digits_and_checkpoint_reloads(tmp_path):
+    cfg = TrainConfig(model="lenet5", dataset="digits", epochs=3, batch_size=32, lr=0.05)
+    trainer = train(cfg, tmp_path / "run")
+    final = trainer.history[-1]["test_accuracy"]
+    assert final >= 90.0, f"LeNet-5 on digits reached only {final:.1f}%"
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    # only the newest keep_checkpoints (2) are kept
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["epoch-0002", "epoch-0003"]
+    model, ckpt = load_model(tmp_path / "run")
+    assert ckpt.meta["epoch"] == 2
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+
+
+def _prunus(*args, env=None, **kw):
+    cmd = [sys.executable, "-m", "prunus", *args]
+    return subprocess.Popen(cmd, cwd=REPO, env=env or os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _final_state(run: Path):
+    model, ckpt = load_model(run)
+    return model.state_dict(), ckpt.meta["history"]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    args = ["train", "--model", "lenet5", "--dataset", "digits", "--epochs", "6", "--batch-size", "16", "--seed", "3"]
+    full = _prunus(*args, "--out", str(tmp_path / "full"))
+    killed = _prunus(*args, "--out", str(tmp_path / "killed"))
+    first = tmp_path / "killed" / "checkpoints" / "epoch-0001"
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.005)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").glob("epoch-*"))
+    assert done and done[-1] < "epoch-0006", f"kill came too late: {done}"
+
+    resumed = _prunus("train", "--resume", str(tmp_path / "killed"))
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resumed" in out
+    full.communicate(timeout=300)
+    assert full.returncode == 0
+
+    state_a, hist_a = _final_state(tmp_path / "full")
+    state_b, hist_b = _final_state(tmp_path / "killed")
+    assert [h["test_accuracy"] for h in hist_a] == [h["test_accuracy"] for h in hist_b]
+    for k in state_a:
+        assert torch.equal(state_a[k], state_b[k]), k
+    metrics = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+
+
+def test_two_process_ddp_matches_single_process(tmp_path):
+    args = ["train", "--model", "lenet5", "--dataset", "digits", "--epochs", "2", "--batch-size", "32", "--seed", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    single = _prunus(*args, "--out", str(tmp_path / "single"), env=env)
+    out, err = single.communicate(timeout=300)
+    assert single.returncode == 0, err
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "prunus", *args, "--out", str(tmp_path / "ddp")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    config = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert config["world_size"] == 2
+    state_1, hist_1 = _final_state(tmp_path / "single")
+    state_2, hist_2 = _final_state(tmp_path / "ddp")
+    for k in state_1:
+        assert torch.allclose(state_1[k], state_2[k], atol=2e-4, rtol=1e-3), (k, (state_1[k] - state_2[k]).abs().max())
+    for h1, h2 in zip(hist_1, hist_2):
+        assert abs(h1["test_accuracy"] - h2["test_accuracy"]) <= 0.6
+        assert h1["train_loss"] == pytest.approx(h2["train_loss"], rel=1e-3)
