@@ -1,0 +1,182 @@
+"""The ``prunus`` command (also ``python -m prunus``).
+
+Every user mistake ends in one line on stderr and exit code 2; a traceback means
+a bug in prunus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from prunus import __version__
+from prunus.errors import ConfigError, PrunusError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (the usage dump stays in --help)."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="dataset directory (else $PRUNUS_DATA, ~/.cache/prunus, /usr/share/datasets)")
+    p.add_argument("--download", action="store_true", help="download the dataset into the cache if it is missing")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from prunus.training import OPTIMIZERS, SCHEDULES, TrainConfig
+
+    defaults = TrainConfig()
+    parser = _Parser(prog="prunus", description="Optimization-based model compression for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"prunus {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model (dense) and write a run directory")
+    t.add_argument("--model", help="model name (see `prunus models`)")
+    t.add_argument("--dataset", help="dataset name (see `prunus datasets`)")
+    t.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
+    t.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
+    t.add_argument("--lr", type=float, default=defaults.lr)
+    t.add_argument("--momentum", type=float, default=defaults.momentum)
+    t.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    t.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule)
+    t.add_argument("--seed", type=int, default=defaults.seed)
+    t.add_argument("--image-size", type=_positive_int, help="zero-pad images to this size (e.g. 32 for Fashion-MNIST)")
+    t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random crop + flip")
+    t.add_argument("--width", type=float, help="width multiplier (VGG, MobileNetV2)")
+    t.add_argument("--stem", choices=("cifar", "imagenet"), help="ResNet-18/50 stem")
+    t.add_argument("--out", help="run directory to create")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
+    _add_data_args(t)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint (or a run directory's newest one) on its test set")
+    e.add_argument("checkpoint", help="checkpoint directory or run directory")
+    e.add_argument("--batch-size", type=_positive_int, default=1000)
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_data_args(e)
+
+    sub.add_parser("models", help="list the models")
+    sub.add_parser("datasets", help="list the datasets")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from prunus.training import TrainConfig, train
+
+    if args.resume:
+        given = [flag for flag, value in (("--out", args.out), ("--model", args.model), ("--dataset", args.dataset)) if value]
+        if given:
+            raise ConfigError(f"--resume takes its settings from the run; drop {', '.join(given)}")
+        trainer = train(TrainConfig(), args.resume, resume=True, data_dir=args.data_dir, download=args.download, device=args.device)
+    else:
+        missing = [flag for flag, value in (("--model", args.model), ("--dataset", args.dataset), ("--out", args.out)) if not value]
+        if missing:
+            raise ConfigError(f"prunus train needs {', '.join(missing)} (or --resume RUN_DIR)")
+        options = {k: v for k, v in (("width", args.width), ("stem", args.stem)) if v is not None}
+        config = TrainConfig(
+            model=args.model,
+            dataset=args.dataset,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            optimizer=args.optimizer,
+            lr=args.lr,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            schedule=args.schedule,
+            seed=args.seed,
+            image_size=args.image_size,
+            augment=args.augment,
+            model_options=options,
+        )
+        trainer = train(config, args.out, data_dir=args.data_dir, download=args.download, device=args.device)
+    if trainer.dist.is_main and trainer.history:
+        last = trainer.history[-1]
+        print(
+            f"test accuracy {last['test_accuracy']:.2f}% after {last['epoch']} epochs "
+            f"({trainer.wall_seconds:.1f}s this session); run directory {trainer.run_dir}"
+        )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from prunus.data import load_dataset
+    from prunus.training import evaluate, load_model, pick_device
+
+    model, ckpt = load_model(args.checkpoint)
+    dataset = ckpt.meta.get("dataset", {})
+    test_set = load_dataset(
+        dataset["name"], "test", data_dir=args.data_dir, download=args.download, image_size=dataset.get("image_size")
+    )
+    device = pick_device(args.device)
+    result = evaluate(model.to(device), test_set, batch_size=args.batch_size, device=device)
+    result.update(checkpoint=str(ckpt.path), dataset=dataset["name"], images=len(test_set.labels), epoch=ckpt.meta.get("epoch", -1) + 1)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"test accuracy {result['accuracy']:.2f}%  loss {result['loss']:.4f}  "
+            f"({result['images']} {dataset['name']} test images, {ckpt.path})"
+        )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from prunus.models import MODELS
+
+    for name, entry in MODELS.items():
+        print(f"{name:14s} {getattr(entry, 'description', '')}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from prunus.data import DATASETS
+
+    for name, spec in DATASETS.items():
+        print(f"{name:14s} {spec.in_channels}x{spec.image_size}x{spec.image_size}, {spec.num_classes} classes")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "models": cmd_models, "datasets": cmd_datasets}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USER_ERROR
+        return COMMANDS[args.command](args)
+    except PrunusError as e:
+        print(f"prunus: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("prunus: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
