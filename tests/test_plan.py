@@ -1,0 +1,96 @@
+"""Plans and recipes: resolution, uniform plans, and one clear error per mistake."""
+
+import pytest
+import torch.nn as nn
+
+from prunus.errors import ConfigError
+from prunus.models import build_model
+from prunus.plan import Plan, ratio_for_compression
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3)
+        self.conv2 = nn.Conv2d(8, 8, 3)
+        self.conv5 = nn.Conv2d(8, 8, 5)
+        self.fc = nn.Linear(8, 4)
+
+
+def test_recipe_globs_and_regex(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "prune:\n"
+        "  conv[12].weight: {structure: filter, ratio: 0.5}\n"
+        "  're:fc\\.weight': {structure: 'nm:2:4'}\n"
+    )
+    plan = Plan.from_yaml(recipe)
+    targets = plan.resolve(Tiny())
+    assert [(t.name, str(t.structure), t.ratio) for t in targets] == [
+        ("conv1.weight", "filter", 0.5),
+        ("conv2.weight", "filter", 0.5),
+        ("fc.weight", "nm:2:4", 0.5),
+    ]
+
+
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("prune:\n  conv9.weight: {structure: filter, ratio: 0.5}\n", "'conv9.weight' matches no parameter"),
+        ("prune:\n  conv1.weight: {structure: filter, ratio: 1.3}\n", "ratio must be a number in [0, 1)"),
+        ("prune:\n  conv1.weight: {structure: filter, ratio: -0.1}\n", "ratio must be a number in [0, 1)"),
+        ("prune:\n  conv1.bias: {structure: filter, ratio: 0.5}\n", "conv1.bias"),
+        ("prune:\n  conv5.weight: {structure: pattern, ratio: 0.7}\n", "conv5.weight"),
+        ("prune:\n  conv1.weight: {structure: banana, ratio: 0.5}\n", "banana"),
+        ("prune:\n  conv1.weight: {structure: filter}\n", "'ratio' is missing"),
+        ("prune:\n  conv1.weight: {structure: filter, ratio: 0.5, extra: 1}\n", "unknown field(s) extra"),
+        ("prune:\n  conv*.weight: {structure: filter, ratio: 0.5}\n  conv1.weight: {structure: filter, ratio: 0.2}\n", "matched by both"),
+        ("prune:\n  fc.weight: {structure: 'nm:2:4', ratio: 0.7}\n", "always prunes a ratio of 0.5"),
+        ("pruen:\n  fc.weight: {ratio: 0.7}\n", "'prune:' section"),
+        ("prune: [unclosed\n", "not valid YAML at line"),
+    ],
+)
+def test_bad_recipes_name_the_entry(tmp_path, text, fragment):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        Plan.from_yaml(recipe).resolve(Tiny())
+    message = str(info.value)
+    assert fragment in message and "\n" not in message
+    assert str(recipe) in message
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot be read"):
+        Plan.from_yaml(tmp_path / "nope.yaml")
+
+
+def test_uniform_skips_first_and_last_and_unfit_layers():
+    model = build_model("lenet5")
+    plan = Plan.uniform(model, 0.9)
+    assert [t.name for t in plan.resolve(model)] == ["conv2.weight", "fc1.weight", "fc2.weight"]
+    everything = Plan.uniform(model, 0.9, skip_first_last=False)
+    assert len(everything.resolve(model)) == 5
+    # pattern only fits 3x3 convolutions: Tiny has exactly one (conv2) once first/last are skipped
+    assert [t.name for t in Plan.uniform(Tiny(), 0.8, "pattern").resolve(Tiny())] == ["conv2.weight"]
+    with pytest.raises(ConfigError, match="ratio"):
+        Plan.uniform(model, 1.0)
+
+
+def test_compression_rate_to_ratio():
+    assert ratio_for_compression(20) == pytest.approx(0.95)
+    assert ratio_for_compression(1) == 0.0
+    with pytest.raises(ConfigError, match="--compression"):
+        ratio_for_compression(0.5)
+
+
+def test_global_needs_uniform_unstructured():
+    plan = Plan.from_dict({"global": True, "prune": {"conv1.weight": {"structure": "filter", "ratio": 0.5}}})
+    with pytest.raises(ConfigError, match="global"):
+        plan.resolve(Tiny())
+
+
+def test_ratio_that_removes_every_group_is_rejected():
+    plan = Plan.from_dict({"prune": {"fc.weight": {"structure": "filter", "ratio": 0.9}}})
+    with pytest.raises(ConfigError, match="would remove all 4 filter groups"):
+        plan.resolve(Tiny())
