@@ -37,6 +37,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from prunus.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from prunus.data.loader import Batches, global_mean_scale
 from prunus.errors import CheckpointError, ConfigError
+from prunus.hooks import TrainingHook
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "constant")
@@ -103,32 +104,6 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-class TrainingHook:
-    """Something that takes part in training; every method is optional.
-
-    prunus' constrained optimizers (SLR, ADMM, ...) and mask keepers are hooks.
-    ``name`` is the checkpoint section their ``state_dict()`` is saved under.
-    """
-
-    name = "hook"
-
-    def penalty(self) -> torch.Tensor | None:
-        """Extra term added to the loss of every batch."""
-        return None
-
-    def after_optimizer_step(self) -> None:
-        """Called after each ``optimizer.step()`` (e.g. to keep pruned weights at zero)."""
-
-    def end_of_epoch(self, epoch: int) -> None:
-        """Called once per epoch after the last batch, before evaluation."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -386,6 +361,8 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
         """Train until ``config.epochs``; returns the per-epoch metrics history."""
+        if self.dist.is_main:
+            create_run_dir(self.run_dir)
         if resume and self.resume() and self.dist.is_main:
             self.console.print(f"resumed {self.run_dir} after epoch {self.start_epoch}")
         steps = len(self.batches)

@@ -1,0 +1,37 @@
+"""The one interface between a training loop and what takes part in it.
+
+Kept apart from :mod:`prunus.training` so that compression methods can be hooks
+without depending on the reference loop (they work in any loop).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class TrainingHook:
+    """Something that takes part in training; every method is optional.
+
+    prunus' constrained optimizers (SLR, ADMM, ...) and mask keepers are hooks.
+    ``name`` is the checkpoint section their ``state_dict()`` is saved under.
+    """
+
+    name = "hook"
+
+    def penalty(self) -> torch.Tensor | None:
+        """Extra term added to the loss of every batch."""
+        return None
+
+    def after_optimizer_step(self) -> None:
+        """Called after each ``optimizer.step()`` (e.g. to keep pruned weights at zero)."""
+
+    def end_of_epoch(self, epoch: int) -> None:
+        """Called once per epoch after the last batch, before evaluation."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

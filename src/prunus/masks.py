@@ -1,0 +1,201 @@
+"""Hard-pruning, masks that keep pruned weights at exactly zero, and compression statistics.
+
+After a method has driven the weights toward the constraint set, :func:`hard_prune`
+projects them onto it for good. :class:`MaskKeeper` then keeps every pruned entry
+at exactly 0.0 during masked retraining with *any* optimizer and any training loop:
+it masks gradients as they are computed (so momentum, Adam moments and weight
+decay see no signal for pruned entries) and re-applies the mask after every
+``optimizer.step()`` through the optimizer's step post-hook (so even decoupled
+weight decay or a numerical drift cannot revive a weight).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+from rich.table import Table
+
+from prunus.plan import Plan, Target
+from prunus.sparsity import project, project_global
+from prunus.hooks import TrainingHook
+
+Masks = dict[str, torch.Tensor]
+
+
+def project_targets(tensors: dict[str, torch.Tensor], targets: Sequence[Target], global_unstructured: bool) -> dict[str, tuple]:
+    """Project each target's tensor onto its set; global unstructured targets share one threshold."""
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if global_unstructured:
+        names = [t.name for t in targets]
+        for name, pair in zip(names, project_global([tensors[n] for n in names], targets[0].ratio)):
+            out[name] = pair
+        return out
+    for t in targets:
+        out[t.name] = project(tensors[t.name], t.structure, t.ratio)
+    return out
+
+
+@torch.no_grad()
+def hard_prune(model: nn.Module, plan: Plan) -> Masks:
+    """Project the model's planned weights onto their sets in place; return the masks."""
+    targets = plan.resolve(model)
+    params = dict(model.named_parameters())
+    projected = project_targets({t.name: params[t.name] for t in targets}, targets, plan.global_unstructured)
+    masks = {}
+    for name, (w, mask) in projected.items():
+        params[name].copy_(w)
+        masks[name] = mask
+    return masks
+
+
+class MaskKeeper(TrainingHook):
+    """Keep masked weights at exactly zero through training with any optimizer.
+
+    Use it in your own loop with ``MaskKeeper(model, masks).attach(optimizer)``, or
+    pass it as a hook to :class:`prunus.training.Trainer`.
+    """
+
+    name = "masks"
+
+    def __init__(self, model: nn.Module, masks: Masks):
+        params = dict(model.named_parameters())
+        unknown = sorted(set(masks) - set(params))
+        if unknown:
+            raise KeyError(f"masks for parameters the model does not have: {', '.join(unknown)}")
+        self.params = {n: params[n] for n in masks}
+        self.masks = {n: m.to(device=params[n].device, dtype=torch.bool) for n, m in masks.items()}
+        self._handles = [self.params[n].register_hook(self._grad_masker(n)) for n in self.masks]
+        self.apply()
+
+    def _grad_masker(self, name: str):
+        mask = self.masks[name]
+        return lambda grad: grad * mask
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for n, p in self.params.items():
+            p.mul_(self.masks[n])
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> "MaskKeeper":
+        """Re-apply the masks after every ``optimizer.step()``, whatever loop calls it."""
+        self._handles.append(optimizer.register_step_post_hook(lambda *_: self.apply()))
+        return self
+
+    def after_optimizer_step(self) -> None:
+        self.apply()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": {n: m.clone() for n, m in self.masks.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for n, m in state["masks"].items():
+            self.masks[n].copy_(m)
+        self.apply()
+
+
+# -- compression statistics ------------------------------------------------------------
+@dataclass
+class LayerStats:
+    name: str
+    shape: tuple[int, ...]
+    structure: str
+    ratio: float
+    zeros: int
+    numel: int
+
+    @property
+    def achieved(self) -> float:
+        return self.zeros / self.numel
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """(dense, nonzero) multiply-accumulates of Conv2d and Linear layers for one input.
+
+    Dense MACs = output elements x (in_channels / groups) x kernel area (x in_features
+    for Linear). Nonzero MACs scale each layer by its weight density: what a sparse
+    kernel executes. Other layers (BN, pooling, activations) are not counted.
+    """
+    dense = sparse = 0
+
+    def hook(module, inputs, output):
+        nonlocal dense, sparse
+        w = module.weight
+        macs = output.numel() // output.shape[0] * (w[0].numel())
+        dense += macs
+        sparse += macs * int(torch.count_nonzero(w)) // w.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return dense, sparse
+
+
+@dataclass
+class CompressionReport:
+    """Per-layer sparsity plus totals; ``compression`` = planned weights / their nonzeros."""
+
+    layers: list[LayerStats]
+    params_total: int
+    params_nonzero: int
+    macs_dense: int
+    macs_nonzero: int
+
+    @classmethod
+    def of(cls, model: nn.Module, plan: Plan, example: torch.Tensor) -> "CompressionReport":
+        params = dict(model.named_parameters())
+        layers = [
+            LayerStats(t.name, tuple(params[t.name].shape), str(t.structure), t.ratio,
+                       int((params[t.name] == 0).sum()), params[t.name].numel())
+            for t in plan.resolve(model)
+        ]
+        total = sum(p.numel() for p in params.values())
+        nonzero = sum(int(torch.count_nonzero(p)) for p in params.values())
+        macs_dense, macs_nonzero = count_macs(model, example)
+        return cls(layers, total, nonzero, macs_dense, macs_nonzero)
+
+    @property
+    def planned(self) -> int:
+        return sum(s.numel for s in self.layers)
+
+    @property
+    def compression(self) -> float:
+        kept = self.planned - sum(s.zeros for s in self.layers)
+        return self.planned / max(kept, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layers": [dict(vars(s), achieved=s.achieved) for s in self.layers],
+            "params_total": self.params_total,
+            "params_nonzero": self.params_nonzero,
+            "macs_dense": self.macs_dense,
+            "macs_nonzero": self.macs_nonzero,
+            "planned_weights": self.planned,
+            "compression": self.compression,
+        }
+
+    def table(self) -> Table:
+        t = Table(title=f"compression {self.compression:.1f}x of the planned weights")
+        for col in ("layer", "shape", "structure", "asked", "zeros", "achieved"):
+            t.add_column(col, justify="left" if col in ("layer", "structure") else "right")
+        for s in self.layers:
+            t.add_row(s.name, "x".join(map(str, s.shape)), s.structure, f"{s.ratio:.2%}", f"{s.zeros}/{s.numel}", f"{s.achieved:.2%}")
+        t.caption = (
+            f"parameters {self.params_total:,} -> {self.params_nonzero:,} nonzero; "
+            f"MACs {self.macs_dense:,} -> {self.macs_nonzero:,} nonzero (conv+linear, one input)"
+        )
+        return t

@@ -1,0 +1,72 @@
+"""ADMM pruning (Zhang et al., ECCV 2018), the baseline SLR is measured against.
+
+Problem: min_W f(W) s.t. W_i in S_i, split as W = Z with Z in S. With the scaled
+dual variable U (= Lambda / rho), one round is
+
+    W-step:  SGD on  f(W) + sum_i rho/2 ||W_i - Z_i + U_i||^2        (penalty(), every batch)
+    Z-step:  Z_i = Pi_S(W_i + U_i)                                   (step())
+    U-step:  U_i = U_i + W_i - Z_i                                   (step())
+
+and optionally rho <- min(rho * rho_factor, rho_max) after each round, with U
+rescaled by old_rho / new_rho so that the unscaled multiplier rho*U is unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from prunus.methods.base import Closure, PruningMethod
+from prunus.plan import Plan
+
+
+class ADMM(PruningMethod):
+    scalars = ("rounds", "rho")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: Plan,
+        *,
+        rho: float = 0.1,
+        rho_factor: float = 1.0,
+        rho_max: float | None = None,
+        update_every: int | None = None,
+        closure: Closure | None = None,
+    ):
+        super().__init__(model, plan, update_every=update_every, closure=closure)
+        if rho <= 0 or rho_factor <= 0:
+            raise ValueError(f"rho and rho_factor must be positive, got rho={rho}, rho_factor={rho_factor}")
+        self.rho = rho
+        self.rho_factor = rho_factor
+        self.rho_max = rho_max
+        for name, (z, _) in self.project(self.weights()).items():
+            self.state[name] = {"Z": z, "U": torch.zeros_like(z)}
+
+    def penalty(self) -> torch.Tensor:
+        total = sum(((p - s["Z"] + s["U"]) ** 2).sum() for p, s in zip(self.params.values(), self.state.values()))
+        return 0.5 * self.rho * total
+
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> dict[str, Any]:
+        w = self.weights()
+        projected = self.project({n: w[n] + self.state[n]["U"] for n in w})
+        residual = 0.0
+        for n, (z, _) in projected.items():
+            s = self.state[n]
+            s["Z"] = z
+            s["U"] += w[n] - z
+            residual += float(((w[n] - z) ** 2).sum())
+        self.rounds += 1
+        new_rho = self.rho * self.rho_factor
+        if self.rho_max is not None:
+            new_rho = min(new_rho, self.rho_max)
+        if new_rho != self.rho:
+            for s in self.state.values():
+                s["U"] *= self.rho / new_rho
+        record = {"round": self.rounds, "residual": residual**0.5, "rho": self.rho}
+        self.rho = new_rho
+        self.history.append(record)
+        return record

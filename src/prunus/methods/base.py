@@ -1,0 +1,121 @@
+"""What every constrained pruning method shares: plan, per-tensor state, lifecycle.
+
+A method sits beside the user's optimizer, like ``torch.optim.Optimizer`` sits
+beside the model::
+
+    pruner = SLR(model, plan)
+    for epoch in range(epochs):
+        for x, y in loader:
+            loss = criterion(model(x), y) + pruner.penalty()
+            opt.zero_grad(); loss.backward(); opt.step()
+        pruner.step(closure)            # one round of the method's own updates
+    masks = pruner.hard_prune()         # weights now lie in the constraint set
+
+It is also a :class:`prunus.hooks.TrainingHook`, so the reference trainer calls
+``penalty()`` every batch and ``step()`` once per epoch (or every
+``update_every`` batches). ``state_dict()`` holds every tensor and scalar the
+method needs to resume exactly.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from prunus.hooks import TrainingHook
+from prunus.masks import Masks, hard_prune, project_targets
+from prunus.plan import Plan
+
+Closure = Callable[[], torch.Tensor]
+
+
+def batch_closure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable) -> Closure:
+    """f(W) on one fixed batch, in eval mode and without gradients (BN statistics untouched)."""
+
+    @torch.no_grad()
+    def closure() -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            return loss_fn(model(x), y)
+        finally:
+            model.train(was_training)
+
+    return closure
+
+
+class PruningMethod(TrainingHook, ABC):
+    """Base class: resolves the plan and keeps ``self.state[name]`` tensors per target."""
+
+    name = "pruner"
+    #: scalar attributes saved by state_dict (subclasses extend)
+    scalars: tuple[str, ...] = ("rounds",)
+
+    def __init__(self, model: nn.Module, plan: Plan, *, update_every: int | None = None, closure: Closure | None = None):
+        if update_every is not None and update_every < 1:
+            raise ValueError(f"update_every must be at least 1 batch, got {update_every}")
+        self.model = model
+        self.plan = plan
+        self.targets = plan.resolve(model)
+        params = dict(model.named_parameters())
+        self.params: dict[str, nn.Parameter] = {t.name: params[t.name] for t in self.targets}
+        self.state: dict[str, dict[str, torch.Tensor]] = {n: {} for n in self.params}
+        self.update_every = update_every
+        self.closure = closure
+        self.rounds = 0
+        self.history: list[dict[str, Any]] = []
+        self._batches = 0
+
+    # -- helpers ---------------------------------------------------------------------
+    @torch.no_grad()
+    def project(self, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Euclidean projection of each target tensor onto its constraint set."""
+        return project_targets(tensors, self.targets, self.plan.global_unstructured)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.params.items()}
+
+    # -- the interface ---------------------------------------------------------------
+    def penalty(self) -> torch.Tensor | None:
+        return None
+
+    @abstractmethod
+    def step(self, closure: Closure | None = None) -> dict[str, Any]:
+        """One round of the method's updates; returns what it did (also kept in ``history``)."""
+
+    def hard_prune(self) -> Masks:
+        """Project the weights onto the constraint sets for good and return the masks."""
+        return hard_prune(self.model, self.plan)
+
+    # -- TrainingHook ------------------------------------------------------------------
+    def after_optimizer_step(self) -> None:
+        self._batches += 1
+        if self.update_every and self._batches % self.update_every == 0:
+            self.step()
+
+    def end_of_epoch(self, epoch: int) -> None:
+        if not self.update_every:
+            self.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "tensors": {n: {k: v.clone() for k, v in s.items()} for n, s in self.state.items()},
+            "scalars": {k: getattr(self, k) for k in self.scalars},
+            "history": list(self.history),
+            "batches": self._batches,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = sorted(set(self.state) - set(state["tensors"]))
+        if missing:
+            raise KeyError(f"pruner state has no entry for {', '.join(missing)}")
+        for n, tensors in state["tensors"].items():
+            device = self.params[n].device
+            self.state[n] = {k: v.to(device) for k, v in tensors.items()}
+        for k, v in state["scalars"].items():
+            setattr(self, k, v)
+        self.history = list(state["history"])
+        self._batches = int(state["batches"])

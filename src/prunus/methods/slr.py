@@ -1,0 +1,160 @@
+"""SLR: Surrogate Lagrangian Relaxation pruning (Gurevin et al., IJCAI 2021, arXiv 2012.10079).
+
+Same splitting as ADMM (min f(W) s.t. W = Z, Z in S), but the multipliers Lambda
+move by a *surrogate subgradient* step whose size shrinks by a rule with
+convergence guarantees, and only when the relaxed problem really improved.
+
+Relaxed (augmented) Lagrangian, summed over the planned tensors i::
+
+    L(W, Z, Lambda) = f(W) + sum_i <Lambda_i, W_i - Z_i> + rho/2 ||W_i - Z_i||^2
+
+One round k (``step()``, after a W-step of SGD on ``f + penalty()``):
+
+1. W-step condition: L(W^k, Z^{k-1}, Lambda) < L(W^{k-1}, Z^{k-1}, Lambda),
+   with f on both sides evaluated by the same ``closure`` (same data, eval mode).
+   If it holds, take a multiplier step  Lambda += s_j (W^k - Z^{k-1}).
+2. Z-step: Z^k = Pi_S(W^k + Lambda / rho)  (the exact minimiser of L over Z in S).
+3. Z-step condition: L(W^k, Z^k, Lambda) < L(W^k, Z^{k-1}, Lambda); f(W^k) is the
+   same on both sides, so it cancels. If it holds, Lambda += s_j (W^k - Z^k).
+
+A step that fails its condition is not taken (Lambda stays as it was). Each
+accepted step j (counted over both kinds) uses
+
+    s_j     = alpha_j * s_{j-1} * ||W^{k-1} - Z^{k-1}|| / ||W^k - Z^k||
+    alpha_j = 1 - 1 / (M * j^(1 - 1/j^r))
+
+where the numerator is the residual norm at the previous accepted step and the
+denominator the residual the step is taken on (norms over all planned tensors).
+s_0 = ``s0``. W^{k-1} is a real copy (clone) taken at the start of the W-step, never
+an alias of the live parameter. Defaults follow the paper: rho=0.1, s0=0.01,
+M=300, r=0.1. ``rho_factor`` optionally grows rho each round (capped at ``rho_max``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from prunus.methods.base import Closure, PruningMethod
+from prunus.plan import Plan
+
+
+def alpha(j: int, M: float, r: float) -> float:
+    """alpha_j = 1 - 1 / (M * j^(1 - 1/j^r)), j >= 1."""
+    return 1.0 - 1.0 / (M * j ** (1.0 - 1.0 / j**r))
+
+
+class SLR(PruningMethod):
+    scalars = ("rounds", "rho", "s", "j", "prev_residual")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: Plan,
+        *,
+        rho: float = 0.1,
+        s0: float = 0.01,
+        M: float = 300.0,
+        r: float = 0.1,
+        rho_factor: float = 1.0,
+        rho_max: float | None = None,
+        update_every: int | None = None,
+        closure: Closure | None = None,
+    ):
+        super().__init__(model, plan, update_every=update_every, closure=closure)
+        if rho <= 0 or s0 <= 0 or M <= 1 or not 0 < r < 1 or rho_factor <= 0:
+            raise ValueError(f"SLR needs rho > 0, s0 > 0, M > 1, 0 < r < 1, rho_factor > 0; got rho={rho}, s0={s0}, M={M}, r={r}")
+        self.rho, self.s, self.M, self.r = rho, s0, M, r
+        self.rho_factor, self.rho_max = rho_factor, rho_max
+        self.j = 0  # accepted multiplier steps so far
+        w = self.weights()
+        for name, (z, _) in self.project(w).items():
+            self.state[name] = {"Z": z, "Lambda": torch.zeros_like(z), "W_prev": w[name].clone()}
+        self.prev_residual = self._residual(w, {n: s["Z"] for n, s in self.state.items()})
+
+    # -- pieces of the Lagrangian ----------------------------------------------------------
+    def penalty(self) -> torch.Tensor:
+        total = 0.0
+        for p, s in zip(self.params.values(), self.state.values()):
+            d = p - s["Z"]
+            total = total + (s["Lambda"] * d).sum() + 0.5 * self.rho * (d**2).sum()
+        return total
+
+    def _coupling(self, w: dict[str, torch.Tensor], z: dict[str, torch.Tensor]) -> float:
+        """sum_i <Lambda_i, W_i - Z_i> + rho/2 ||W_i - Z_i||^2 for given W and Z."""
+        total = 0.0
+        for n, s in self.state.items():
+            d = w[n] - z[n]
+            total += float((s["Lambda"] * d).sum() + 0.5 * self.rho * (d**2).sum())
+        return total
+
+    @staticmethod
+    def _residual(w: dict[str, torch.Tensor], z: dict[str, torch.Tensor]) -> float:
+        return math.sqrt(sum(float(((w[n] - z[n]) ** 2).sum()) for n in w))
+
+    def _multiplier_step(self, w: dict[str, torch.Tensor], z: dict[str, torch.Tensor]) -> float:
+        residual = self._residual(w, z)
+        self.j += 1
+        if residual > 0:
+            self.s = alpha(self.j, self.M, self.r) * self.s * self.prev_residual / residual
+            self.prev_residual = residual
+        for n, s in self.state.items():
+            s["Lambda"] += self.s * (w[n] - z[n])
+        return self.s
+
+    @torch.no_grad()
+    def _loss_at(self, closure: Closure, w: dict[str, torch.Tensor]) -> float:
+        """f at weights ``w`` (swapped into the model, then restored)."""
+        live = {n: p.detach().clone() for n, p in self.params.items()}
+        try:
+            for n, p in self.params.items():
+                p.copy_(w[n])
+            return float(closure())
+        finally:
+            for n, p in self.params.items():
+                p.copy_(live[n])
+
+    # -- one round -------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> dict[str, Any]:
+        closure = closure or self.closure
+        if closure is None:
+            raise ValueError("SLR.step needs a closure returning the training loss on a fixed batch (or pass closure= to SLR)")
+        w = {n: p.detach().clone() for n, p in self.params.items()}
+        w_prev = {n: s["W_prev"] for n, s in self.state.items()}
+        z_prev = {n: s["Z"] for n, s in self.state.items()}
+
+        # 1. W-step condition, both sides on the same data
+        lagr_new = float(closure()) + self._coupling(w, z_prev)
+        lagr_old = self._loss_at(closure, w_prev) + self._coupling(w_prev, z_prev)
+        w_accepted = lagr_new < lagr_old
+        if w_accepted:
+            self._multiplier_step(w, z_prev)
+
+        # 2. Z-step, 3. Z-step condition (f(W^k) cancels)
+        z_new = {n: z for n, (z, _) in self.project({n: w[n] + self.state[n]["Lambda"] / self.rho for n in w}).items()}
+        z_accepted = self._coupling(w, z_new) < self._coupling(w, z_prev)
+        for n, s in self.state.items():
+            s["Z"] = z_new[n]
+        if z_accepted:
+            self._multiplier_step(w, z_new)
+
+        for n, s in self.state.items():
+            s["W_prev"] = w[n]
+        self.rounds += 1
+        record = {
+            "round": self.rounds,
+            "residual": self._residual(w, z_new),
+            "w_condition": w_accepted,
+            "z_condition": z_accepted,
+            "s": self.s,
+            "rho": self.rho,
+            "lagrangian_old": lagr_old,
+            "lagrangian_new": lagr_new,
+        }
+        self.rho = self.rho * self.rho_factor if self.rho_max is None else min(self.rho * self.rho_factor, self.rho_max)
+        self.history.append(record)
+        return record

@@ -1,0 +1,211 @@
+"""SLR, ADMM and magnitude pruning through the shared interface, on a model defined here."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from prunus.checkpoint import flatten_state, unflatten_state
+from prunus.masks import CompressionReport, MaskKeeper, hard_prune
+from prunus.methods import ADMM, SLR, Magnitude, batch_closure
+from prunus.methods.magnitude import cubic_ratio
+from prunus.methods.slr import alpha
+from prunus.models import build_model
+from prunus.plan import Plan
+from prunus.sparsity import num_pruned
+
+
+class Denoiser(nn.Module):
+    """Not a classifier: maps a noisy 8x8 signal to a clean one (regression, MSE loss)."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Conv2d(1, 8, 3, padding=1)
+        self.mid = nn.Conv2d(8, 8, 3, padding=1)
+        self.dec = nn.Linear(8 * 8 * 8, 64)
+
+    def forward(self, x):
+        h = F.relu(self.mid(F.relu(self.enc(x))))
+        return self.dec(h.flatten(1)).view(-1, 1, 8, 8)
+
+
+def _data(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.sin(torch.linspace(0, 6, 64)).view(1, 1, 8, 8) * torch.rand(n, 1, 1, 1, generator=g)
+    return clean + 0.1 * torch.randn(n, 1, 8, 8, generator=g), clean
+
+
+PLAN = {"prune": {"mid.weight": {"structure": "filter", "ratio": 0.5}, "dec.weight": {"structure": "unstructured", "ratio": 0.9}}}
+
+
+def _run(method_cls, rounds=4, **kw):
+    torch.manual_seed(0)
+    model = Denoiser()
+    x, y = _data()
+    plan = Plan.from_dict(PLAN)
+    pruner = method_cls(model, plan, closure=batch_closure(model, x, y, F.mse_loss), **kw)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(rounds):
+        for i in range(0, 256, 32):
+            loss = F.mse_loss(model(x[i : i + 32]), y[i : i + 32])
+            penalty = pruner.penalty()
+            if penalty is not None:
+                loss = loss + penalty
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            pruner.after_optimizer_step()
+        pruner.step()
+    return model, pruner, opt, (x, y)
+
+
+def _distance_to_set(model):
+    m = copy.deepcopy(model)
+    before = [p.detach().clone() for p in m.parameters()]
+    hard_prune(m, Plan.from_dict(PLAN))
+    return sum(float(((a - b.detach()) ** 2).sum()) for a, b in zip(before, m.parameters())) ** 0.5
+
+
+@pytest.mark.parametrize("method_cls", [SLR, ADMM])
+def test_any_module_any_loss_reaches_exact_sparsity(method_cls):
+    model, pruner, _, (x, y) = _run(method_cls, rounds=6, rho=1.0)
+    plain, _, _, _ = _run(method_cls, rounds=6, rho=1e-9)  # same training, penalty negligible
+    # the method pulls W toward the constraint set: hard-pruning removes much less
+    assert _distance_to_set(model) < 0.5 * _distance_to_set(plain)
+    masks = pruner.hard_prune()
+    mid, dec = model.mid.weight, model.dec.weight
+    assert int((mid.flatten(1).abs().sum(1) == 0).sum()) == 4  # 4 of 8 filters
+    assert int((dec == 0).sum()) == num_pruned(0.9, dec.numel()) == 29491
+    assert int((~masks["dec.weight"]).sum()) == 29491
+    assert F.mse_loss(model(x), y) < 0.05  # still denoises after hard-pruning
+
+
+def test_slr_alpha_and_step_size_rule():
+    assert alpha(1, 300, 0.1) == pytest.approx(1 - 1 / 300)
+    assert alpha(4, 300, 0.1) == pytest.approx(1 - 1 / (300 * 4 ** (1 - 1 / 4**0.1)))
+    _, pruner, _, _ = _run(SLR, rounds=3)
+    steps = [h for h in pruner.history]
+    assert all(h["z_condition"] for h in steps)  # the Z-step is an exact minimiser: L never rises
+    assert pruner.j == sum(h["w_condition"] + h["z_condition"] for h in steps)
+
+
+def test_slr_keeps_real_copies_and_restores_rejected_multipliers():
+    torch.manual_seed(0)
+    model = Denoiser()
+    x, y = _data()
+    calls = []
+
+    def rising_loss():  # f(W_prev) small, f(W) large: the W-step condition must fail
+        calls.append(1)
+        return torch.tensor(0.0 if len(calls) % 2 == 0 else 1e6)
+
+    pruner = SLR(model, Plan.from_dict(PLAN), closure=rising_loss)
+    w_prev = pruner.state["mid.weight"]["W_prev"]
+    assert w_prev.data_ptr() != model.mid.weight.data_ptr()
+    with torch.no_grad():
+        model.mid.weight.add_(1.0)  # a W-step moved the weights
+    assert not torch.equal(w_prev, model.mid.weight)  # W^{k-1} is a copy, not an alias
+    before = {n: s["Lambda"].clone() for n, s in pruner.state.items()}
+    record = pruner.step()
+    assert record["w_condition"] is False and len(calls) == 2  # both sides evaluated
+    # the rejected W-step update left Lambda alone; only the accepted Z-step moved it, by s*(W - Z)
+    for n, s in pruner.state.items():
+        w = dict(model.named_parameters())[n].detach()
+        expected = before[n] + pruner.s * (w - s["Z"])
+        assert torch.allclose(s["Lambda"], expected)
+    # the live weights are untouched by evaluating f at W_prev
+    assert torch.equal(model.mid.weight, w_prev + 1.0)
+
+
+def test_slr_needs_a_closure():
+    model = Denoiser()
+    pruner = SLR(model, Plan.from_dict(PLAN))
+    with pytest.raises(ValueError, match="closure"):
+        pruner.step()
+
+
+@pytest.mark.parametrize("method_cls", [SLR, ADMM, Magnitude])
+def test_state_dict_resumes_exactly(method_cls):
+    model, pruner, opt, (x, y) = _run(method_cls, rounds=2)
+    tensors = {}
+    skeleton = flatten_state(pruner.state_dict(), "pruner", tensors)
+    model2 = copy.deepcopy(model)
+    plan = Plan.from_dict(PLAN)
+    clone = method_cls(model2, plan, closure=batch_closure(model2, x, y, F.mse_loss))
+    clone.load_state_dict(unflatten_state(skeleton, tensors))
+    r1, r2 = pruner.step(), clone.step()
+    assert r1 == r2
+    for n in pruner.state:
+        for k in pruner.state[n]:
+            assert torch.equal(pruner.state[n][k], clone.state[n][k]), (n, k)
+
+
+def test_admm_rho_schedule_keeps_unscaled_multiplier():
+    model, pruner, _, _ = _run(ADMM, rounds=1, rho=0.1, rho_factor=2.0, rho_max=0.3)
+    lam = {n: pruner.rho * s["U"].clone() for n, s in pruner.state.items()}
+    pruner.step()
+    assert pruner.rho == pytest.approx(0.3)
+    assert [h["rho"] for h in pruner.history] == pytest.approx([0.1, 0.2])
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-2),
+    lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-2),
+    lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+])
+def test_masked_retraining_keeps_zeros_exactly(make_opt):
+    torch.manual_seed(0)
+    model = Denoiser()
+    masks = hard_prune(model, Plan.from_dict(PLAN))
+    opt = make_opt(model.parameters())
+    MaskKeeper(model, masks).attach(opt)
+    x, y = _data()
+    zeros_before = {n: int((p == 0).sum()) for n, p in model.named_parameters() if n in masks}
+    for _ in range(30):
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+    params = dict(model.named_parameters())
+    for n, m in masks.items():
+        assert torch.all(params[n][~m] == 0.0)
+        assert int((params[n] == 0).sum()) == zeros_before[n]
+    assert int((~masks["dec.weight"]).sum()) == 29491
+
+
+def test_magnitude_one_shot_and_gradual_schedule():
+    assert [round(cubic_ratio(0.9, k, 4), 4) for k in range(6)] == [0.0, 0.5203, 0.7875, 0.8859, 0.9, 0.9]
+    torch.manual_seed(0)
+    model = Denoiser()
+    one_shot = Magnitude(model, Plan.from_dict(PLAN))
+    assert int((model.dec.weight == 0).sum()) == 29491  # pruned at construction
+    model = Denoiser()
+    gradual = Magnitude(model, Plan.from_dict(PLAN), gradual=True, rounds=4)
+    assert int((model.dec.weight == 0).sum()) == 0
+    gradual.step()
+    assert int((model.dec.weight == 0).sum()) == num_pruned(cubic_ratio(0.9, 1, 4), 32768)
+    for _ in range(3):
+        gradual.step()
+    assert int((model.dec.weight == 0).sum()) == 29491
+    assert int((model.mid.weight.flatten(1).abs().sum(1) == 0).sum()) == 4
+
+
+def test_compression_report_counts_lenet5():
+    torch.manual_seed(0)
+    model = build_model("lenet5")
+    plan = Plan.uniform(model, 0.95)
+    dense = CompressionReport.of(model, plan, torch.zeros(1, 1, 28, 28))
+    assert dense.macs_dense == 117600 + 240000 + 48000 + 10080 + 840
+    assert dense.params_total == 61706 and dense.compression == pytest.approx(1.0)
+    hard_prune(model, plan)
+    rep = CompressionReport.of(model, plan, torch.zeros(1, 1, 28, 28))
+    assert [(s.name, s.zeros) for s in rep.layers] == [
+        ("conv2.weight", num_pruned(0.95, 2400)), ("fc1.weight", num_pruned(0.95, 48000)), ("fc2.weight", num_pruned(0.95, 10080))
+    ]
+    assert rep.compression == pytest.approx(60480 / (120 + 2400 + 504))
+    conv_biases = 6 + 16  # zero-initialised conv biases count as zero parameters too
+    assert rep.params_nonzero == 61706 - sum(s.zeros for s in rep.layers) - conv_biases
+    assert rep.macs_nonzero == 117600 + 240000 * 120 // 2400 + 48000 * 2400 // 48000 + 10080 * 504 // 10080 + 840
+    assert math.isclose(rep.to_dict()["compression"], rep.compression)
