@@ -41,9 +41,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from prunus.pipeline import METHOD_NAMES, PruneConfig
     from prunus.training import OPTIMIZERS, SCHEDULES, TrainConfig
 
     defaults = TrainConfig()
+    pdefaults = PruneConfig()
     parser = _Parser(prog="prunus", description="Optimization-based model compression for PyTorch.")
     parser.add_argument("--version", action="version", version=f"prunus {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -72,6 +74,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive_int, default=1000)
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_data_args(e)
+
+    pr = sub.add_parser("prune", help="prune a dense model (SLR, ADMM or magnitude), hard-prune, retrain with masks")
+    pr.add_argument("--method", choices=METHOD_NAMES, default="slr")
+    pr.add_argument("--init", help="dense checkpoint or run directory (default: train one first, into RUN_DIR/dense)")
+    pr.add_argument("--model", help="model to train densely when there is no --init (must match --init if both)")
+    pr.add_argument("--dataset", help="dataset for the dense model when there is no --init")
+    pr.add_argument("--dense-epochs", type=_positive_int, default=15, help="epochs of dense training without --init")
+    what = pr.add_mutually_exclusive_group()
+    what.add_argument("--recipe", help="YAML recipe: tensor names -> {structure, ratio}")
+    what.add_argument("--ratio", type=float, help="fraction of zeros in every prunable layer (first and last skipped)")
+    what.add_argument("--compression", type=float, help="like --ratio, as a rate: 20 means 20x fewer weights (ratio 0.95)")
+    pr.add_argument("--structure", default="unstructured", help="unstructured, filter, channel, column, pattern, block:4x1, nm:2:4")
+    pr.add_argument("--global", dest="global_", action="store_true", help="one magnitude threshold across layers (unstructured)")
+    pr.add_argument("--epochs", type=int, default=pdefaults.epochs, help="epochs with the method active")
+    pr.add_argument("--retrain-epochs", type=int, default=pdefaults.retrain_epochs, help="masked retraining epochs")
+    pr.add_argument("--optimizer", choices=OPTIMIZERS, default=pdefaults.optimizer)
+    pr.add_argument("--lr", type=float, default=pdefaults.lr)
+    pr.add_argument("--retrain-lr", type=float)
+    pr.add_argument("--batch-size", type=_positive_int, default=pdefaults.batch_size)
+    pr.add_argument("--seed", type=int, default=pdefaults.seed)
+    pr.add_argument("--update-every", type=_positive_int, help="batches between method rounds (default: once per epoch)")
+    for opt, kind, text in (("--rho", float, "penalty weight (SLR, ADMM)"), ("--rho-factor", float, "rho *= this each round"),
+                            ("--rho-max", float, "cap for rho"), ("--s0", float, "SLR initial step size"),
+                            ("--M", float, "SLR step-size parameter M"), ("--r", float, "SLR step-size parameter r")):
+        pr.add_argument(opt, type=kind, help=text)
+    pr.add_argument("--out", required=False, help="run directory to create")
+    _add_data_args(pr)
 
     sub.add_parser("models", help="list the models")
     sub.add_parser("datasets", help="list the datasets")
@@ -138,6 +167,54 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from prunus.pipeline import PruneConfig, run_pruning
+    from prunus.plan import Plan, ratio_for_compression
+    from prunus.training import TrainConfig, check_run_dir, load_model, train
+
+    if not args.out:
+        raise ConfigError("prunus prune needs --out RUN_DIR")
+    out = Path(args.out)
+    check_run_dir(out, resume=False)
+    if args.recipe is None and args.ratio is None and args.compression is None:
+        raise ConfigError("prunus prune needs --recipe FILE, --ratio R or --compression X")
+    options = {k: getattr(args, a) for k, a in (("rho", "rho"), ("rho_factor", "rho_factor"), ("rho_max", "rho_max"),
+                                                 ("s0", "s0"), ("M", "M"), ("r", "r")) if getattr(args, a) is not None}
+    config = PruneConfig(
+        method=args.method, epochs=args.epochs, retrain_epochs=args.retrain_epochs, optimizer=args.optimizer,
+        lr=args.lr, retrain_lr=args.retrain_lr, batch_size=args.batch_size, seed=args.seed,
+        update_every=args.update_every, options=options,
+    ).validate()
+    if args.recipe:
+        plan = Plan.from_yaml(args.recipe)
+    if args.init:
+        model, ckpt = load_model(args.init)
+        for flag, given, recorded in (("--model", args.model, ckpt.meta["model"]["name"]),
+                                      ("--dataset", args.dataset, ckpt.meta.get("dataset", {}).get("name"))):
+            if given and given != recorded:
+                raise ConfigError(f"{flag} {given} does not match --init {args.init}, which holds {recorded}")
+        init = ckpt.path
+    else:
+        if not (args.model and args.dataset):
+            raise ConfigError("without --init, prunus prune needs --model and --dataset to train the dense model first")
+        trainer = train(TrainConfig(model=args.model, dataset=args.dataset, epochs=args.dense_epochs, seed=args.seed),
+                        out / "dense", data_dir=args.data_dir, download=args.download, device=args.device)
+        model, init = trainer.model, out / "dense"
+    if not args.recipe:
+        ratio = args.ratio if args.ratio is not None else ratio_for_compression(args.compression)
+        plan = Plan.uniform(model, ratio, args.structure, global_unstructured=args.global_)
+    results = run_pruning(init, plan, config, out / "prune" if not args.init else out,
+                          data_dir=args.data_dir, download=args.download, device=args.device)
+    retrain = ", ".join(f"{a:.2f}%" for a in results["retrain_accuracy"]) or "none"
+    print(
+        f"dense {results['dense_accuracy']:.2f}% | hard-pruned {results['hard_pruned_accuracy']:.2f}% | "
+        f"after retraining epochs: {retrain} | compression {results['report']['compression']:.1f}x"
+    )
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from prunus.models import MODELS
 
@@ -154,7 +231,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "models": cmd_models, "datasets": cmd_datasets}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "prune": cmd_prune, "models": cmd_models, "datasets": cmd_datasets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
