@@ -209,3 +209,20 @@ def test_compression_report_counts_lenet5():
     assert rep.params_nonzero == 61706 - sum(s.zeros for s in rep.layers) - conv_biases
     assert rep.macs_nonzero == 117600 + 240000 * 120 // 2400 + 48000 * 2400 // 48000 + 10080 * 504 // 10080 + 840
     assert math.isclose(rep.to_dict()["compression"], rep.compression)
+
+
+def test_filter_pruning_zeroes_bias_and_structural_macs_count_removed_channels():
+    torch.manual_seed(0)
+    model = build_model("lenet5")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)  # no accidental zeros
+    plan = Plan.from_dict({"prune": {"conv1.weight": {"structure": "filter", "ratio": 0.5}}})
+    masks = hard_prune(model, plan)
+    assert int((~masks["conv1.bias"]).sum()) == 3 and int((model.conv1.bias == 0).sum()) == 3
+    probe = torch.zeros(1, 1, 28, 28)
+    rep = CompressionReport.of(model, plan, probe)
+    # conv1 keeps 3 of 6 filters; conv2 then reads only 3 of its 6 input channels
+    assert rep.macs_structural == 784 * 3 * 25 + 100 * 16 * 3 * 25 + 48000 + 10080 + 840
+    assert rep.macs_nonzero == 784 * 6 * 25 // 2 + 240000 + 48000 + 10080 + 840
+    assert rep.macs_dense == 416520

@@ -11,6 +11,7 @@ weight decay or a numerical drift cannot revive a weight).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -40,7 +41,12 @@ def project_targets(tensors: dict[str, torch.Tensor], targets: Sequence[Target],
 
 @torch.no_grad()
 def hard_prune(model: nn.Module, plan: Plan) -> Masks:
-    """Project the model's planned weights onto their sets in place; return the masks."""
+    """Project the model's planned weights onto their sets in place; return the masks.
+
+    Filter pruning removes whole output channels, so the bias entries of pruned
+    filters are zeroed (and masked) too: a pruned channel then outputs exactly 0,
+    as it would once physically removed.
+    """
     targets = plan.resolve(model)
     params = dict(model.named_parameters())
     projected = project_targets({t.name: params[t.name] for t in targets}, targets, plan.global_unstructured)
@@ -48,6 +54,13 @@ def hard_prune(model: nn.Module, plan: Plan) -> Masks:
     for name, (w, mask) in projected.items():
         params[name].copy_(w)
         masks[name] = mask
+    for t in targets:
+        bias_name = t.name.removesuffix("weight") + "bias"
+        bias = params.get(bias_name) if t.name.endswith("weight") else None
+        if t.structure.name == "filter" and bias is not None and bias.shape == params[t.name].shape[:1]:
+            keep = masks[t.name].flatten(1).any(1)
+            bias.mul_(keep)
+            masks[bias_name] = keep
     return masks
 
 
@@ -116,33 +129,80 @@ class LayerStats:
         return self.zeros / self.numel
 
 
-def count_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    """(dense, nonzero) multiply-accumulates of Conv2d and Linear layers for one input.
+@dataclass
+class MacCount:
+    """Multiply-accumulates of Conv2d and Linear layers for one input.
 
-    Dense MACs = output elements x (in_channels / groups) x kernel area (x in_features
-    for Linear). Nonzero MACs scale each layer by its weight density: what a sparse
-    kernel executes. Other layers (BN, pooling, activations) are not counted.
+    ``dense``: output elements x (in_channels / groups) x kernel area (in_features for
+    Linear). ``nonzero``: each layer scaled by its weight density, what a sparse kernel
+    executes. ``structural``: what is left once all-zero filters (output channels) and
+    the input channels they leave empty are removed, what a physically smaller dense
+    model executes. BN, pooling and activations are not counted.
     """
-    dense = sparse = 0
 
-    def hook(module, inputs, output):
-        nonlocal dense, sparse
-        w = module.weight
-        macs = output.numel() // output.shape[0] * (w[0].numel())
+    dense: int
+    nonzero: int
+    structural: int
+
+
+def _support_copy(model: nn.Module) -> nn.Module:
+    """A copy whose every weight/bias is 1 where the original is nonzero, else 0.
+
+    Fed with ones, every activation is >= 0, so ReLUs never hide a path: a channel
+    is 0 exactly when no nonzero weight or bias leads to it. BatchNorm becomes
+    x * (gamma != 0) + (beta != 0), so a pruned filter followed by BN with a nonzero
+    beta counts as alive (its constant is still used until surgery folds it away).
+    """
+    support = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for m in support.modules():
+            for name in ("weight", "bias"):
+                p = getattr(m, name, None)
+                if isinstance(p, torch.Tensor):
+                    p.copy_((p != 0).to(p.dtype))
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0 - m.eps)
+    return support
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> MacCount:
+    """Count MACs for one input shaped like ``example[:1]``, with forward hooks."""
+    dense = nonzero = 0
+    for module, w, x, out in _layer_io(model, example[:1]):
+        macs = out[0].numel() * w[0].numel()
         dense += macs
-        sparse += macs * int(torch.count_nonzero(w)) // w.numel()
+        nonzero += macs * int(torch.count_nonzero(w)) // w.numel()
+    structural = 0
+    for module, w, x, out in _layer_io(_support_copy(model), torch.ones_like(example[:1])):
+        positions = out[0].numel() // w.shape[0]
+        live_out = int((out[0].reshape(w.shape[0], -1) != 0).any(1).sum())
+        if isinstance(module, nn.Conv2d) and module.groups > 1:
+            live_in = w.shape[1]  # grouped/depthwise: empty inputs not subtracted (conservative)
+        else:
+            live_in = int((x[0].reshape(w.shape[1], -1) != 0).any(1).sum())
+        structural += positions * live_out * live_in * (w[0].numel() // w.shape[1])
+    return MacCount(dense, nonzero, structural)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+def _layer_io(model: nn.Module, x: torch.Tensor):
+    """(module, weight, input, output) of every Conv2d/Linear in one eval-mode forward."""
+    seen = []
+    handles = [
+        m.register_forward_hook(lambda mod, inp, out: seen.append((mod, mod.weight.detach(), inp[0], out)))
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(example[:1])
+            model(x)
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return dense, sparse
+    return seen
 
 
 @dataclass
@@ -154,9 +214,11 @@ class CompressionReport:
     params_nonzero: int
     macs_dense: int
     macs_nonzero: int
+    macs_structural: int
 
     @classmethod
-    def of(cls, model: nn.Module, plan: Plan, example: torch.Tensor) -> "CompressionReport":
+    def of(cls, model: nn.Module, plan: Plan, probe: torch.Tensor) -> "CompressionReport":
+        """``probe``: an input batch (only its shape matters; MACs are per input, see :class:`MacCount`)."""
         params = dict(model.named_parameters())
         layers = [
             LayerStats(t.name, tuple(params[t.name].shape), str(t.structure), t.ratio,
@@ -165,8 +227,8 @@ class CompressionReport:
         ]
         total = sum(p.numel() for p in params.values())
         nonzero = sum(int(torch.count_nonzero(p)) for p in params.values())
-        macs_dense, macs_nonzero = count_macs(model, example)
-        return cls(layers, total, nonzero, macs_dense, macs_nonzero)
+        macs = count_macs(model, probe)
+        return cls(layers, total, nonzero, macs.dense, macs.nonzero, macs.structural)
 
     @property
     def planned(self) -> int:
@@ -184,6 +246,7 @@ class CompressionReport:
             "params_nonzero": self.params_nonzero,
             "macs_dense": self.macs_dense,
             "macs_nonzero": self.macs_nonzero,
+            "macs_structural": self.macs_structural,
             "planned_weights": self.planned,
             "compression": self.compression,
         }
@@ -196,6 +259,7 @@ class CompressionReport:
             t.add_row(s.name, "x".join(map(str, s.shape)), s.structure, f"{s.ratio:.2%}", f"{s.zeros}/{s.numel}", f"{s.achieved:.2%}")
         t.caption = (
             f"parameters {self.params_total:,} -> {self.params_nonzero:,} nonzero; "
-            f"MACs {self.macs_dense:,} -> {self.macs_nonzero:,} nonzero (conv+linear, one input)"
+            f"MACs per input {self.macs_dense:,} -> {self.macs_nonzero:,} nonzero, "
+            f"{self.macs_structural:,} with zero channels removed (conv+linear)"
         )
         return t

@@ -112,8 +112,8 @@ class PruningMethod(TrainingHook, ABC):
         missing = sorted(set(self.state) - set(state["tensors"]))
         if missing:
             raise KeyError(f"pruner state has no entry for {', '.join(missing)}")
+        device = next(iter(self.params.values())).device
         for n, tensors in state["tensors"].items():
-            device = self.params[n].device
             self.state[n] = {k: v.to(device) for k, v in tensors.items()}
         for k, v in state["scalars"].items():
             setattr(self, k, v)

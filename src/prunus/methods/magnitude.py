@@ -55,7 +55,7 @@ class Magnitude(PruningMethod):
 
     def _sync_state(self) -> None:
         for n, m in self.keeper.masks.items():
-            self.state[n]["mask"] = m
+            self.state.setdefault(n, {})["mask"] = m
 
     def _ratio_now(self, t: Target) -> float | None:
         """The ratio of ``t`` at the current round; None while the structure cannot express it yet."""
@@ -101,14 +101,14 @@ class Magnitude(PruningMethod):
 
     def hard_prune(self):
         masks = super().hard_prune()
-        if hasattr(self, "keeper"):
-            for n, m in masks.items():
-                self.keeper.masks[n].copy_(m)
+        if hasattr(self, "keeper"):  # not during __init__
+            self.keeper.remove()
+            self.keeper = MaskKeeper(self.model, masks)
             self._sync_state()
         return masks
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        for n, s in self.state.items():
-            self.keeper.masks[n].copy_(s["mask"])
-        self.keeper.apply()
+        self.keeper.remove()
+        self.keeper = MaskKeeper(self.model, {n: s["mask"] for n, s in self.state.items()})
+        self._sync_state()
