@@ -170,6 +170,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from prunus.data import DATASETS
+    from prunus.models import build_model
     from prunus.pipeline import PruneConfig, run_pruning
     from prunus.plan import Plan, ratio_for_compression
     from prunus.training import TrainConfig, check_run_dir, load_model, train
@@ -180,33 +182,43 @@ def cmd_prune(args: argparse.Namespace) -> int:
     check_run_dir(out, resume=False)
     if args.recipe is None and args.ratio is None and args.compression is None:
         raise ConfigError("prunus prune needs --recipe FILE, --ratio R or --compression X")
-    options = {k: getattr(args, a) for k, a in (("rho", "rho"), ("rho_factor", "rho_factor"), ("rho_max", "rho_max"),
-                                                 ("s0", "s0"), ("M", "M"), ("r", "r")) if getattr(args, a) is not None}
+    options = {k: getattr(args, k) for k in ("rho", "rho_factor", "rho_max", "s0", "M", "r") if getattr(args, k) is not None}
     config = PruneConfig(
         method=args.method, epochs=args.epochs, retrain_epochs=args.retrain_epochs, optimizer=args.optimizer,
         lr=args.lr, retrain_lr=args.retrain_lr, batch_size=args.batch_size, seed=args.seed,
         update_every=args.update_every, options=options,
     ).validate()
-    if args.recipe:
-        plan = Plan.from_yaml(args.recipe)
+
+    # the model to prune: from --init, or the architecture to train densely first
     if args.init:
         model, ckpt = load_model(args.init)
-        for flag, given, recorded in (("--model", args.model, ckpt.meta["model"]["name"]),
-                                      ("--dataset", args.dataset, ckpt.meta.get("dataset", {}).get("name"))):
-            if given and given != recorded:
-                raise ConfigError(f"{flag} {given} does not match --init {args.init}, which holds {recorded}")
-        init = ckpt.path
+        recorded = {"--model": ckpt.meta["model"]["name"], "--dataset": ckpt.meta.get("dataset", {}).get("name")}
+        for flag, given in (("--model", args.model), ("--dataset", args.dataset)):
+            if given and given != recorded[flag]:
+                raise ConfigError(f"{flag} {given} does not match --init {args.init}, which holds {recorded[flag]}")
     else:
         if not (args.model and args.dataset):
             raise ConfigError("without --init, prunus prune needs --model and --dataset to train the dense model first")
-        trainer = train(TrainConfig(model=args.model, dataset=args.dataset, epochs=args.dense_epochs, seed=args.seed),
-                        out / "dense", data_dir=args.data_dir, download=args.download, device=args.device)
-        model, init = trainer.model, out / "dense"
-    if not args.recipe:
+        if args.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {args.dataset!r}; known: {', '.join(DATASETS)}")
+        spec = DATASETS[args.dataset]
+        model = build_model(args.model, in_channels=spec.in_channels, num_classes=spec.num_classes)
+
+    # the plan, validated against the model before any training or writing
+    if args.recipe:
+        plan = Plan.from_yaml(args.recipe)
+    else:
         ratio = args.ratio if args.ratio is not None else ratio_for_compression(args.compression)
         plan = Plan.uniform(model, ratio, args.structure, global_unstructured=args.global_)
-    results = run_pruning(init, plan, config, out / "prune" if not args.init else out,
-                          data_dir=args.data_dir, download=args.download, device=args.device)
+    plan.resolve(model)
+
+    if args.init:
+        init, prune_dir = ckpt.path, out
+    else:
+        train(TrainConfig(model=args.model, dataset=args.dataset, epochs=args.dense_epochs, seed=args.seed),
+              out / "dense", data_dir=args.data_dir, download=args.download, device=args.device)
+        init, prune_dir = out / "dense", out / "prune"
+    results = run_pruning(init, plan, config, prune_dir, data_dir=args.data_dir, download=args.download, device=args.device)
     retrain = ", ".join(f"{a:.2f}%" for a in results["retrain_accuracy"]) or "none"
     print(
         f"dense {results['dense_accuracy']:.2f}% | hard-pruned {results['hard_pruned_accuracy']:.2f}% | "

@@ -45,7 +45,8 @@ class PruneConfig:
     optimizer: str = "adam"
     lr: float = 1e-3
     retrain_lr: float | None = None  # default: lr
-    schedule: str = "cosine"
+    schedule: str = "cosine"  # of the pruning epochs
+    retrain_schedule: str = "constant"  # so accuracy after epoch e does not depend on the total
     weight_decay: float = 0.0
     seed: int = 0
     update_every: int | None = None  # batches between method rounds; None = once per epoch
@@ -61,10 +62,10 @@ class PruneConfig:
             raise ConfigError(f"--method {self.method} needs --epochs >= 1 (its pruning budget)")
         return self
 
-    def train_config(self, epochs: int, lr: float) -> TrainConfig:
+    def train_config(self, epochs: int, lr: float, schedule: str) -> TrainConfig:
         return TrainConfig(
             epochs=max(epochs, 1), batch_size=self.batch_size, optimizer=self.optimizer, lr=lr,
-            weight_decay=self.weight_decay, schedule=self.schedule, seed=self.seed,
+            weight_decay=self.weight_decay, schedule=schedule, seed=self.seed,
         ).validate()
 
 
@@ -114,8 +115,6 @@ def run_pruning(
     plan.resolve(model)  # validate before anything is written
     dev = pick_device(device)
     model.to(dev)
-    create_run_dir(run_dir)
-    write_json_atomic(run_dir / "plan.json", plan.to_dict())
     meta = {"model": ckpt.meta["model"], "dataset": dataset, "init": str(ckpt.path)}
 
     def test_accuracy() -> float:
@@ -123,14 +122,16 @@ def run_pruning(
 
     results: dict[str, Any] = {"config": dataclasses.asdict(config), "init": str(ckpt.path)}
     results["dense_accuracy"] = test_accuracy()
-    console.print(f"dense: test accuracy {results['dense_accuracy']:.2f}%")
-
     torch.manual_seed(config.seed)
     x, y = fixed_batch(train_set, config.closure_samples, config.seed)
+    # built before the run directory, so a bad option leaves nothing behind (one-shot magnitude prunes here)
     method = make_method(config.method, model, plan, config, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy))
+    create_run_dir(run_dir)
+    write_json_atomic(run_dir / "plan.json", plan.to_dict())
+    console.print(f"dense: test accuracy {results['dense_accuracy']:.2f}%")
     t0 = time.perf_counter()
     if config.epochs > 0:
-        Trainer(model, train_set, test_set, config.train_config(config.epochs, config.lr), run_dir / "prune",
+        Trainer(model, train_set, test_set, config.train_config(config.epochs, config.lr, config.schedule), run_dir / "prune",
                 device=dev, hooks=[method], meta=meta, console=console).fit()
     results["prune_seconds"] = time.perf_counter() - t0
     results["method_history"] = method.history
@@ -145,14 +146,14 @@ def run_pruning(
     t0 = time.perf_counter()
     if config.retrain_epochs > 0:
         retrain = Trainer(model, train_set, test_set,
-                          config.train_config(config.retrain_epochs, config.retrain_lr or config.lr),
+                          config.train_config(config.retrain_epochs, config.retrain_lr or config.lr, config.retrain_schedule),
                           run_dir / "retrain", device=dev, hooks=[keeper], meta=meta, console=console)
         history = retrain.fit()
         results["retrain_accuracy"] = [h["test_accuracy"] for h in history]
     results["retrain_seconds"] = time.perf_counter() - t0
     keeper.remove()
 
-    report = CompressionReport.of(model, plan, test_set.images[:1].to(dev))
+    report = CompressionReport.of(model, plan, test_set.images[:256].to(dev))
     results["report"] = report.to_dict()
     console.print(report.table())
     write_json_atomic(run_dir / "results.json", results)

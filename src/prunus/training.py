@@ -299,11 +299,7 @@ class Trainer:
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from ``checkpoint``: weights, optimizer, hooks, RNG, history."""
-        try:
-            self.model.load_state_dict(checkpoint.model_state)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise CheckpointError(f"checkpoint {checkpoint.path} does not fit this model ({first})") from None
+        load_weights(self.model, checkpoint, "this model")
         self.optimizer.load_state_dict(checkpoint.state("optimizer"))
         for h in self.hooks:
             h.load_state_dict(checkpoint.state(h.name))
@@ -524,9 +520,14 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
     model = build_model(
         record["name"], in_channels=record["in_channels"], num_classes=record["num_classes"], **record.get("options", {})
     )
+    load_weights(model, ckpt, f"model {record['name']}")
+    return model, ckpt
+
+
+def load_weights(model: nn.Module, checkpoint: Checkpoint, what: str) -> None:
+    """Load a checkpoint's weights; a shape or name mismatch is one CheckpointError line."""
     try:
-        model.load_state_dict(ckpt.model_state)
+        model.load_state_dict(checkpoint.model_state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {ckpt.path} does not fit model {record['name']} ({first})") from None
-    return model, ckpt
+        raise CheckpointError(f"checkpoint {checkpoint.path} does not fit {what} ({first})") from None
