@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.prunus-installed
-RUN    ?= runs/demo
+DENSE  ?= runs/dense-lenet5
+RUN    ?= runs/demo-slr20x
 
 .PHONY: demo test setup data clean
 
@@ -21,9 +22,15 @@ $(STAMP): requirements.lock pyproject.toml
 data:
 	@sh scripts/ensure-data.sh
 
+# Train (or reuse) a dense LeNet-5 on Fashion-MNIST, then SLR-prune it 20x and print
+# the accuracy right after hard-pruning, after one retraining epoch, and the table.
 demo: setup data
+	@if [ ! -f $(DENSE)/checkpoints/epoch-0015/meta.json ]; then \
+		rm -rf $(DENSE) && $(VENV)/bin/prunus train --model lenet5 --dataset fashion-mnist --epochs 15 --out $(DENSE); \
+	else echo "reusing the dense model in $(DENSE)"; fi
 	rm -rf $(RUN)
-	$(VENV)/bin/prunus train --model lenet5 --dataset fashion-mnist --epochs 15 --out $(RUN)
+	$(VENV)/bin/prunus prune --method slr --init $(DENSE) --compression 20 --global \
+		--epochs 6 --update-every 100 --retrain-epochs 1 --out $(RUN)
 
 test: setup data
 	$(PY) -m pytest -q
