@@ -1,0 +1,85 @@
+"""What was tried to tune SLR (and ADMM) for hard-pruned accuracy on LeNet-5 / Fashion-MNIST.
+
+One seed, the same dense checkpoint and plan as `retrain_free.py` (global
+unstructured, first and last layer dense), 6 pruning epochs, no retraining: the
+hard-pruned accuracy of each setting of rho, its growth, s0, and how often the
+method's rounds run. This is the record behind the settings `retrain_free.py`
+compares; it is a search, so read it as one seed.
+
+    python benchmarks/slr_tuning.py [--rates 20 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tempfile
+from pathlib import Path
+
+from common import write_result
+from retrain_free import dense_checkpoint
+from rich.console import Console
+
+from prunus.pipeline import PruneConfig, run_pruning
+from prunus.plan import Plan, ratio_for_compression
+from prunus.training import environment_info, load_model
+
+SETTINGS = [  # (label, method, update_every, options)
+    ("slr, defaults (rho 0.1, s0 0.01, M 300, r 0.1), round per epoch", "slr", None, {}),
+    ("slr, rho 1.0", "slr", None, {"rho": 1.0}),
+    ("slr, rho 0.1 growing x1.3 per round up to 1.0", "slr", None, {"rho_factor": 1.3, "rho_max": 1.0}),
+    ("slr, s0 0.1", "slr", None, {"s0": 0.1}),
+    ("slr, M 50", "slr", None, {"M": 50.0}),
+    ("slr, round every 100 batches", "slr", 100, {}),
+    ("slr, rho 0.03, round every 50 batches", "slr", 50, {"rho": 0.03}),
+    ("admm, defaults (rho 0.1), round per epoch", "admm", None, {}),
+    ("admm, rho 1.0", "admm", None, {"rho": 1.0}),
+    ("admm, round every 100 batches", "admm", 100, {}),
+]
+NAME = "slr_tuning"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rates", type=float, nargs="+", default=[20, 50])
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    init = dense_checkpoint()
+    model, ckpt = load_model(init)
+    dense = ckpt.meta["metrics"]["test_accuracy"]
+    rows = []
+    for label, method, update_every, options in SETTINGS:
+        row = {"setting": label, "method": method, "update_every": update_every, "options": options, "hard_pruned": {}}
+        for rate in args.rates:
+            plan = Plan.uniform(model, ratio_for_compression(rate), global_unstructured=True)
+            config = PruneConfig(method=method, epochs=args.epochs, retrain_epochs=0, seed=args.seed,
+                                 update_every=update_every, options=options)
+            with tempfile.TemporaryDirectory() as tmp:
+                res = run_pruning(init, plan, config, Path(tmp) / "run", console=Console(file=io.StringIO()))
+            row["hard_pruned"][f"{rate:g}"] = res["hard_pruned_accuracy"]
+            row.setdefault("final_residual", {})[f"{rate:g}"] = res["method_history"][-1]["residual"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    env = environment_info()
+    data = {"benchmark": NAME, "dense_accuracy": dense, "epochs": args.epochs, "seed": args.seed, "environment": env, "rows": rows}
+    head = " | ".join(f"{r:g}x hard-pruned | {r:g}x residual" for r in args.rates)
+    lines = [
+        f"## SLR / ADMM settings tried (`benchmarks/{NAME}.py`)",
+        "",
+        f"Dense {dense:.2f}%. Seed {args.seed}, {args.epochs} pruning epochs, global unstructured, no retraining; "
+        "residual = ||W - Z|| at the last round (how far the weights still are from the constraint set).",
+        "",
+        f"| setting | {head} |",
+        "|---|" + "---|" * (2 * len(args.rates)),
+    ]
+    for row in rows:
+        cells = " | ".join(f"{row['hard_pruned'][f'{r:g}']:.2f} | {row['final_residual'][f'{r:g}']:.3f}" for r in args.rates)
+        lines.append(f"| {row['setting']} | {cells} |")
+    write_result(NAME, data, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
