@@ -63,9 +63,10 @@ def step_overhead(name: str, options: dict, shape: tuple, batch: int, repeats: i
     for _ in range(3):  # warm-up
         plain(), with_penalty()
     plain_t, slr_t = [], []
-    for _ in range(repeats):
-        plain_t.append(_timed(plain))
-        slr_t.append(_timed(with_penalty))
+    for i in range(repeats):  # ABBA order: neither kind always runs first
+        pair = [(plain, plain_t), (with_penalty, slr_t)]
+        for fn, out in pair if i % 2 == 0 else pair[::-1]:
+            out.append(_timed(fn))
     round_t = [_timed(slr.step) for _ in range(3)]
     p, s, r = statistics.median(plain_t), statistics.median(slr_t), statistics.median(round_t)
     return {
@@ -114,7 +115,7 @@ def projection_times(repeats: int = 3) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=60)
     args = ap.parse_args()
     steps = [step_overhead(*case, repeats=args.repeats) for case in CASES]
     proj = projection_times()
@@ -124,7 +125,7 @@ def main() -> None:
         "## SLR overhead (`benchmarks/overhead.py`)",
         "",
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']} ({env['torch_threads']} threads). "
-        f"Median of {args.repeats} interleaved steps; SGD with momentum; plan: global unstructured 95% of all but first and last layer.",
+        f"Median of {args.repeats} interleaved steps (alternating which runs first); SGD with momentum; plan: global unstructured 95% of all but first and last layer.",
         "",
         "| model | batch | plain SGD step, ms | SLR step (with penalty), ms | ratio | SLR round, ms | ratio incl. a round every 100 batches | ... every 469 batches |",
         "|---|---|---|---|---|---|---|---|",

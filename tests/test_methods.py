@@ -226,3 +226,24 @@ def test_filter_pruning_zeroes_bias_and_structural_macs_count_removed_channels()
     assert rep.macs_structural == 784 * 3 * 25 + 100 * 16 * 3 * 25 + 48000 + 10080 + 840
     assert rep.macs_nonzero == 784 * 6 * 25 // 2 + 240000 + 48000 + 10080 + 840
     assert rep.macs_dense == 416520
+
+
+def test_penalty_is_the_augmented_lagrangian_term():
+    """The fused penalty equals <Lambda, W - Z> + rho/2 ||W - Z||^2 (SLR) and rho/2 ||W - Z + U||^2 (ADMM)."""
+    for method_cls in (SLR, ADMM):
+        model, pruner, _, _ = _run(method_cls, rounds=2, rho=0.3)
+        params = dict(model.named_parameters())
+        expected = 0.0
+        for n, s in pruner.state.items():
+            d = params[n] - s["Z"]
+            if method_cls is SLR:
+                assert s["Lambda"].abs().sum() > 0
+                expected = expected + (s["Lambda"] * d).sum() + 0.5 * pruner.rho * (d**2).sum()
+            else:
+                expected = expected + 0.5 * pruner.rho * ((d + s["U"]) ** 2).sum()
+        got = pruner.penalty()
+        assert float(got) == pytest.approx(float(expected), rel=1e-4, abs=1e-6)
+        g1 = torch.autograd.grad(got, [params[n] for n in pruner.state])
+        g2 = torch.autograd.grad(expected, [params[n] for n in pruner.state])
+        for a, b in zip(g1, g2):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)

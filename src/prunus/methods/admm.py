@@ -44,10 +44,11 @@ class ADMM(PruningMethod):
         self.rho_max = rho_max
         for name, (z, _) in self.project(self.weights()).items():
             self.state[name] = {"Z": z, "U": torch.zeros_like(z)}
+        self.refresh_anchors()
 
-    def penalty(self) -> torch.Tensor:
-        total = sum(((p - s["Z"] + s["U"]) ** 2).sum() for p, s in zip(self.params.values(), self.state.values()))
-        return 0.5 * self.rho * total
+    def anchor(self, name: str) -> torch.Tensor:
+        """rho/2 ||W - Z + U||^2 = rho/2 ||W - (Z - U)||^2."""
+        return self.state[name]["Z"] - self.state[name]["U"]
 
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> dict[str, Any]:
@@ -68,5 +69,6 @@ class ADMM(PruningMethod):
                 s["U"] *= self.rho / new_rho
         record = {"round": self.rounds, "residual": residual**0.5, "rho": self.rho}
         self.rho = new_rho
+        self.refresh_anchors()
         self.history.append(record)
         return record

@@ -74,14 +74,15 @@ class SLR(PruningMethod):
         for name, (z, _) in self.project(w).items():
             self.state[name] = {"Z": z, "Lambda": torch.zeros_like(z), "W_prev": w[name].clone()}
         self.prev_residual = self._residual(w, {n: s["Z"] for n, s in self.state.items()})
+        self.refresh_anchors()
 
     # -- pieces of the Lagrangian ----------------------------------------------------------
-    def penalty(self) -> torch.Tensor:
-        total = 0.0
-        for p, s in zip(self.params.values(), self.state.values()):
-            d = p - s["Z"]
-            total = total + (s["Lambda"] * d).sum() + 0.5 * self.rho * (d**2).sum()
-        return total
+    def anchor(self, name: str) -> torch.Tensor:
+        """<Lambda, W - Z> + rho/2 ||W - Z||^2 = rho/2 ||W - (Z - Lambda/rho)||^2 - ||Lambda||^2 / (2 rho)."""
+        return self.state[name]["Z"] - self.state[name]["Lambda"] / self.rho
+
+    def penalty_constant(self) -> float:
+        return -sum(float((s["Lambda"] ** 2).sum()) for s in self.state.values()) / (2 * self.rho)
 
     def _coupling(self, w: dict[str, torch.Tensor], z: dict[str, torch.Tensor]) -> float:
         """sum_i <Lambda_i, W_i - Z_i> + rho/2 ||W_i - Z_i||^2 for given W and Z."""
@@ -156,5 +157,6 @@ class SLR(PruningMethod):
             "lagrangian_new": lagr_new,
         }
         self.rho = self.rho * self.rho_factor if self.rho_max is None else min(self.rho * self.rho_factor, self.rho_max)
+        self.refresh_anchors()
         self.history.append(record)
         return record
