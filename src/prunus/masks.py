@@ -220,8 +220,9 @@ class CompressionReport:
     def of(cls, model: nn.Module, plan: Plan, probe: torch.Tensor) -> "CompressionReport":
         """``probe``: an input batch (only its shape matters; MACs are per input, see :class:`MacCount`)."""
         params = dict(model.named_parameters())
+        scope = "global " if plan.global_unstructured else ""  # the ratio then holds over all layers together
         layers = [
-            LayerStats(t.name, tuple(params[t.name].shape), str(t.structure), t.ratio,
+            LayerStats(t.name, tuple(params[t.name].shape), scope + str(t.structure), t.ratio,
                        int((params[t.name] == 0).sum()), params[t.name].numel())
             for t in plan.resolve(model)
         ]
