@@ -20,7 +20,7 @@ import torch.nn as nn
 from prunus.masks import MaskKeeper
 from prunus.methods.base import Closure, PruningMethod
 from prunus.plan import Plan, Target
-from prunus.sparsity import project
+from prunus.sparsity import project, project_global
 
 
 def cubic_ratio(final: float, k: int, n: int) -> float:
@@ -86,8 +86,6 @@ class Magnitude(PruningMethod):
         return record
 
     def _prune_global(self) -> None:
-        from prunus.sparsity import project_global
-
         ratio = self._ratio_now(self.targets[0])
         if not ratio:
             return

@@ -107,9 +107,8 @@ class SLR(PruningMethod):
         return self.s
 
     @torch.no_grad()
-    def _loss_at(self, closure: Closure, w: dict[str, torch.Tensor]) -> float:
-        """f at weights ``w`` (swapped into the model, then restored)."""
-        live = {n: p.detach().clone() for n, p in self.params.items()}
+    def _loss_at(self, closure: Closure, w: dict[str, torch.Tensor], live: dict[str, torch.Tensor]) -> float:
+        """f at weights ``w`` (swapped into the model), then the ``live`` copy is put back."""
         try:
             for n, p in self.params.items():
                 p.copy_(w[n])
@@ -130,7 +129,7 @@ class SLR(PruningMethod):
 
         # 1. W-step condition, both sides on the same data
         lagr_new = float(closure()) + self._coupling(w, z_prev)
-        lagr_old = self._loss_at(closure, w_prev) + self._coupling(w_prev, z_prev)
+        lagr_old = self._loss_at(closure, w_prev, live=w) + self._coupling(w_prev, z_prev)
         w_accepted = lagr_new < lagr_old
         if w_accepted:
             self._multiplier_step(w, z_prev)
