@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--update-every", type=_positive_int, help="batches between method rounds (default: once per epoch)")
     for opt, kind, text in (("--rho", float, "penalty weight (SLR, ADMM)"), ("--rho-factor", float, "rho *= this each round"),
                             ("--rho-max", float, "cap for rho"), ("--s0", float, "SLR initial step size"),
+                            ("--lam", float, "reweighted: penalty weight lambda (the main knob)"),
+                            ("--eps", float, "reweighted: eps, relative to the mean group energy"),
                             ("--M", float, "SLR step-size parameter M"), ("--r", float, "SLR step-size parameter r")):
         pr.add_argument(opt, type=kind, help=text)
     pr.add_argument("--out", required=False, help="run directory to create")
@@ -182,7 +184,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     check_run_dir(out, resume=False)
     if args.recipe is None and args.ratio is None and args.compression is None:
         raise ConfigError("prunus prune needs --recipe FILE, --ratio R or --compression X")
-    options = {k: getattr(args, k) for k in ("rho", "rho_factor", "rho_max", "s0", "M", "r") if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in ("rho", "rho_factor", "rho_max", "s0", "M", "r", "lam", "eps") if getattr(args, k) is not None}
     config = PruneConfig(
         method=args.method, epochs=args.epochs, retrain_epochs=args.retrain_epochs, optimizer=args.optimizer,
         lr=args.lr, retrain_lr=args.retrain_lr, batch_size=args.batch_size, seed=args.seed,

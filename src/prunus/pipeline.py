@@ -27,11 +27,11 @@ from prunus.data import load_dataset
 from prunus.data.loader import epoch_generator
 from prunus.errors import ConfigError
 from prunus.masks import CompressionReport, MaskKeeper
-from prunus.methods import ADMM, SLR, Magnitude, PruningMethod, batch_closure
+from prunus.methods import ADMM, SLR, Magnitude, PruningMethod, Reweighted, batch_closure
 from prunus.plan import Plan
 from prunus.training import TrainConfig, Trainer, check_run_dir, create_run_dir, evaluate, load_model, pick_device
 
-METHOD_NAMES = ("slr", "admm", "magnitude", "gradual")
+METHOD_NAMES = ("slr", "admm", "reweighted", "magnitude", "gradual")
 
 
 @dataclass
@@ -51,14 +51,14 @@ class PruneConfig:
     seed: int = 0
     update_every: int | None = None  # batches between method rounds; None = once per epoch
     closure_samples: int = 2048  # training samples SLR evaluates f(W) on for its conditions
-    options: dict[str, Any] = field(default_factory=dict)  # rho, s0, M, r, rho_factor, rho_max
+    options: dict[str, Any] = field(default_factory=dict)  # rho, s0, M, r, rho_factor, rho_max (SLR/ADMM); lam, eps (reweighted)
 
     def validate(self) -> "PruneConfig":
         if self.method not in METHOD_NAMES:
             raise ConfigError(f"--method must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}")
         if self.epochs < 0 or self.retrain_epochs < 0:
             raise ConfigError(f"--epochs and --retrain-epochs must be >= 0, got {self.epochs} and {self.retrain_epochs}")
-        if self.method in ("slr", "admm", "gradual") and self.epochs < 1:
+        if self.method in ("slr", "admm", "reweighted", "gradual") and self.epochs < 1:
             raise ConfigError(f"--method {self.method} needs --epochs >= 1 (its pruning budget)")
         return self
 
@@ -76,6 +76,8 @@ def make_method(name: str, model, plan: Plan, config: PruneConfig, closure) -> P
             return SLR(model, plan, update_every=config.update_every, closure=closure, **opts)
         if name == "admm":
             return ADMM(model, plan, update_every=config.update_every, closure=closure, **opts)
+        if name == "reweighted":
+            return Reweighted(model, plan, update_every=config.update_every, **opts)
         if name == "magnitude":
             return Magnitude(model, plan, **opts)
         return Magnitude(model, plan, gradual=True, rounds=max(config.epochs - 1, 1), **opts)

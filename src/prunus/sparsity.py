@@ -102,6 +102,7 @@ __all__ = [
     "project",
     "project_global",
     "group_scores",
+    "group_sums",
 ]
 
 STRUCTURES: tuple[str, ...] = ("unstructured", "filter", "channel", "column", "pattern", "block", "nm")
@@ -446,6 +447,34 @@ def group_scores(w: torch.Tensor, structure: Structure | str | dict) -> torch.Te
         return sq.reshape(rows // bh, bh, cols // bw, bw).sum((1, 3))
     if name == "pattern":
         return _pattern_energies(w, structure)[0].reshape(w.shape[0], w.shape[1])
+    raise AssertionError(name)
+
+
+def group_sums(t: torch.Tensor, structure: Structure | str | dict) -> torch.Tensor:
+    """Each entry replaced by the sum of ``t`` over the entry's group, in ``t``'s shape.
+
+    The groups are the structure's (see the module docstring): single entries for unstructured and nm,
+    output channels, input channels, GEMM columns, blocks, and whole 3x3 kernels for pattern.  With ``t``
+    the squared weights this is every entry's group energy, what a group penalty weighs the entry by.
+    """
+    structure = Structure.parse(structure)
+    structure.check(t.shape)
+    shape, name = t.shape, structure.name
+    if name in ("unstructured", "nm"):
+        return t.clone()
+    if name == "filter":
+        return _gemm(t).sum(1).reshape((-1,) + (1,) * (t.dim() - 1)).expand(shape).contiguous()
+    if name == "channel":
+        return t.sum([d for d in range(t.dim()) if d != 1], keepdim=True).expand(shape).contiguous()
+    if name == "column":
+        return _gemm(t).sum(0, keepdim=True).expand(shape[0], -1).reshape(shape).contiguous()
+    if name == "block":
+        bh, bw = structure.block
+        rows, cols = shape[0], math.prod(shape[1:])
+        tiles = t.reshape(rows // bh, bh, cols // bw, bw).sum((1, 3), keepdim=True)
+        return tiles.expand(-1, bh, -1, bw).reshape(shape).contiguous()
+    if name == "pattern":
+        return t.reshape(-1, 9).sum(1, keepdim=True).expand(-1, 9).reshape(shape).contiguous()
     raise AssertionError(name)
 
 

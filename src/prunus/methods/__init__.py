@@ -3,8 +3,9 @@
 from prunus.methods.admm import ADMM
 from prunus.methods.base import PruningMethod, batch_closure
 from prunus.methods.magnitude import Magnitude
+from prunus.methods.reweighted import Reweighted
 from prunus.methods.slr import SLR
 
-METHODS = {"slr": SLR, "admm": ADMM, "magnitude": Magnitude}
+METHODS = {"slr": SLR, "admm": ADMM, "reweighted": Reweighted, "magnitude": Magnitude}
 
-__all__ = ["ADMM", "SLR", "Magnitude", "PruningMethod", "METHODS", "batch_closure"]
+__all__ = ["ADMM", "SLR", "Magnitude", "Reweighted", "PruningMethod", "METHODS", "batch_closure"]
