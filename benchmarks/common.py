@@ -25,6 +25,29 @@ this file). Machine, library versions, seeds and wall times are in each JSON fil
 """
 
 
+def prune_run(init, plan, config, **extra) -> dict:
+    """One quiet ``run_pruning`` in a temporary directory; the numbers a benchmark row needs."""
+    import io
+    import tempfile
+    import time
+
+    from rich.console import Console
+
+    from prunus.pipeline import run_pruning
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        res = run_pruning(init, plan, config, Path(tmp) / "run", console=Console(file=io.StringIO()))
+    return {
+        **extra, "seed": config.seed,
+        "hard_pruned_accuracy": res["hard_pruned_accuracy"], "retrain_accuracy": res["retrain_accuracy"],
+        "prune_seconds": res["prune_seconds"], "retrain_seconds": res["retrain_seconds"],
+        "total_seconds": time.perf_counter() - t0, "compression": res["report"]["compression"],
+        "macs_structural": res["report"]["macs_structural"], "macs_dense": res["report"]["macs_dense"],
+        "method_rounds": len(res["method_history"]),
+    }
+
+
 def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"

@@ -41,7 +41,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from prunus.pipeline import METHOD_NAMES, PruneConfig
+    from prunus.pipeline import METHOD_NAMES, QUANT_METHODS, PruneConfig, QuantizeConfig
     from prunus.training import OPTIMIZERS, SCHEDULES, TrainConfig
 
     defaults = TrainConfig()
@@ -104,6 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=False, help="run directory to create")
     _add_data_args(pr)
 
+    qdefaults = QuantizeConfig()
+    q = sub.add_parser("quantize", help="quantize a (pruned) model: SLR/ADMM onto the levels, hard-quantize, "
+                                        "straight-through fine-tuning, compact export with its true size")
+    q.add_argument("--init", required=True, help="checkpoint or run directory (a pruned model keeps its zeros)")
+    level = q.add_mutually_exclusive_group(required=True)
+    level.add_argument("--bits", type=int, help="symmetric fixed point with this many bits (2..8)")
+    level.add_argument("--scheme", help="binary, ternary, fixed:K or pow2:K")
+    q.add_argument("--per-channel", action="store_true", help="one scale per output channel (default: per layer)")
+    q.add_argument("--method", choices=QUANT_METHODS, default=qdefaults.method,
+                   help="constrained training before hard quantization (none: hard-quantize directly)")
+    q.add_argument("--epochs", type=int, default=qdefaults.epochs, help="epochs with the method active")
+    q.add_argument("--finetune-epochs", type=int, default=qdefaults.finetune_epochs, help="straight-through fine-tuning epochs")
+    q.add_argument("--lr", type=float, default=qdefaults.lr)
+    q.add_argument("--finetune-lr", type=float, help="default: lr / 10")
+    q.add_argument("--batch-size", type=_positive_int, default=qdefaults.batch_size)
+    q.add_argument("--seed", type=int, default=qdefaults.seed)
+    q.add_argument("--update-every", type=_positive_int, help="batches between method rounds (default: once per epoch)")
+    q.add_argument("--rho", type=float, help="penalty weight (SLR, ADMM)")
+    q.add_argument("--float32-rest", action="store_true", help="store unquantized tensors in float32, not float16")
+    q.add_argument("--out", required=True, help="run directory to create")
+    _add_data_args(q)
+
     sub.add_parser("models", help="list the models")
     sub.add_parser("datasets", help="list the datasets")
     return parser
@@ -148,11 +170,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from types import SimpleNamespace
+
+    from prunus.compressed import is_compressed, load_compressed
     from prunus.data import load_dataset
     from prunus.training import evaluate, load_model, pick_device
 
-    model, ckpt = load_model(args.checkpoint)
+    if is_compressed(args.checkpoint):  # a file written by `prunus quantize` (model.pcz)
+        model, header = load_compressed(args.checkpoint)
+        ckpt = SimpleNamespace(path=args.checkpoint, meta={"dataset": header.get("dataset") or {}})
+    else:
+        model, ckpt = load_model(args.checkpoint)
     dataset = ckpt.meta.get("dataset", {})
+    if "name" not in dataset:
+        raise ConfigError(f"{args.checkpoint}: the model does not record its dataset")
     test_set = load_dataset(
         dataset["name"], "test", data_dir=args.data_dir, download=args.download, image_size=dataset.get("image_size")
     )
@@ -229,6 +260,25 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from prunus.pipeline import QuantizeConfig, run_quantization
+
+    scheme = args.scheme if args.scheme is not None else str(args.bits)
+    config = QuantizeConfig(
+        scheme=scheme, per_channel=args.per_channel, method=args.method, epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr, finetune_lr=args.finetune_lr,
+        seed=args.seed, update_every=args.update_every, float16=not args.float32_rest,
+        options={"rho": args.rho} if args.rho is not None else {},
+    ).validate()
+    results = run_quantization(args.init, config, args.out, data_dir=args.data_dir, download=args.download, device=args.device)
+    size = results["size"]
+    print(
+        f"input {results['input_accuracy']:.2f}% | hard-quantized {results['hard_quantized_accuracy']:.2f}% | "
+        f"final {results['final_accuracy']:.2f}% | {size['file_bytes']:,} bytes, {size['ratio']:.1f}x smaller than dense fp32"
+    )
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from prunus.models import MODELS
 
@@ -245,7 +295,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "prune": cmd_prune, "models": cmd_models, "datasets": cmd_datasets}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "prune": cmd_prune, "quantize": cmd_quantize, "models": cmd_models, "datasets": cmd_datasets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,7 +35,10 @@ def project_targets(tensors: dict[str, torch.Tensor], targets: Sequence[Target],
             out[name] = pair
         return out
     for t in targets:
-        out[t.name] = project(tensors[t.name], t.structure, t.ratio)
+        if t.structure is None:  # a quantization target (prunus.quantize.QuantTarget) projects itself
+            out[t.name] = t.project(tensors[t.name])
+        else:
+            out[t.name] = project(tensors[t.name], t.structure, t.ratio)
     return out
 
 
@@ -57,7 +60,7 @@ def hard_prune(model: nn.Module, plan: Plan) -> Masks:
     for t in targets:
         bias_name = t.name.removesuffix("weight") + "bias"
         bias = params.get(bias_name) if t.name.endswith("weight") else None
-        if t.structure.name == "filter" and bias is not None and bias.shape == params[t.name].shape[:1]:
+        if t.structure is not None and t.structure.name == "filter" and bias is not None and bias.shape == params[t.name].shape[:1]:
             keep = masks[t.name].flatten(1).any(1)
             bias.mul_(keep)
             masks[bias_name] = keep

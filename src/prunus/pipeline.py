@@ -29,6 +29,8 @@ from prunus.errors import ConfigError
 from prunus.masks import CompressionReport, MaskKeeper
 from prunus.methods import ADMM, SLR, Magnitude, PruningMethod, Reweighted, batch_closure
 from prunus.plan import Plan
+from prunus.compressed import export_compressed, load_compressed, round_floats_to_half
+from prunus.quantize import QuantKeeper, QuantPlan, QuantScheme
 from prunus.training import TrainConfig, Trainer, check_run_dir, create_run_dir, evaluate, load_model, pick_device
 
 METHOD_NAMES = ("slr", "admm", "reweighted", "magnitude", "gradual")
@@ -158,5 +160,124 @@ def run_pruning(
     report = CompressionReport.of(model, plan, test_set.images[:256].to(dev))
     results["report"] = report.to_dict()
     console.print(report.table())
+    write_json_atomic(run_dir / "results.json", results)
+    return results
+
+
+QUANT_METHODS = ("slr", "admm", "none")
+
+
+@dataclass
+class QuantizeConfig:
+    """A quantization run: method epochs (SLR/ADMM project onto the levels), hard-quantize, STE fine-tuning."""
+
+    scheme: str = "4"  # binary, ternary, 4 (= fixed:4), pow2:4 ...
+    per_channel: bool = False
+    method: str = "slr"  # or admm, or none (hard-quantize the input model directly)
+    epochs: int = 3
+    finetune_epochs: int = 2
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    finetune_lr: float | None = None  # default: lr / 10
+    seed: int = 0
+    update_every: int | None = None
+    closure_samples: int = 2048
+    float16: bool = True  # store (and round) the tensors that are not quantized in float16
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "QuantizeConfig":
+        QuantScheme.parse(self.scheme, self.per_channel)
+        if self.method not in QUANT_METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(QUANT_METHODS)}, got {self.method!r}")
+        if self.epochs < 0 or self.finetune_epochs < 0:
+            raise ConfigError(f"--epochs and --finetune-epochs must be >= 0, got {self.epochs} and {self.finetune_epochs}")
+        if self.method != "none" and self.epochs < 1:
+            raise ConfigError(f"--method {self.method} needs --epochs >= 1")
+        return self
+
+
+def run_quantization(
+    init: str | Path,
+    config: QuantizeConfig,
+    run_dir: str | Path,
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+    device: str | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Quantize every Conv2d/Linear weight of checkpoint ``init``; zeros of a pruned model stay zero.
+
+    Writes ``RUN_DIR/method/`` (SLR/ADMM epochs), ``RUN_DIR/finetune/`` (STE),
+    ``RUN_DIR/model.pcz`` (the compressed file), ``RUN_DIR/quantized/`` (a normal
+    checkpoint of the same weights) and ``RUN_DIR/results.json``.
+    """
+    config.validate()
+    console = console or Console()
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume=False)
+    model, ckpt = load_model(init)
+    dataset = ckpt.meta.get("dataset", {})
+    if "name" not in dataset:
+        raise ConfigError(f"--init {init}: the checkpoint does not record its dataset")
+    train_set = load_dataset(dataset["name"], "train", data_dir=data_dir, download=download, image_size=dataset.get("image_size"))
+    test_set = load_dataset(dataset["name"], "test", data_dir=data_dir, download=download, image_size=dataset.get("image_size"))
+    dev = pick_device(device)
+    model.to(dev)
+    meta = {"model": ckpt.meta["model"], "dataset": dataset, "init": str(ckpt.path)}
+    plan = QuantPlan.for_pruned(model, config.scheme, config.per_channel)
+    masks = {n: m for n, m in plan.masks.items() if not bool(m.all())}
+
+    def test_accuracy() -> float:
+        return evaluate(model, test_set, device=dev)["accuracy"]
+
+    results: dict[str, Any] = {"config": dataclasses.asdict(config), "init": str(ckpt.path), "scheme": str(plan.scheme)}
+    results["input_accuracy"] = test_accuracy()
+    console.print(f"input model: test accuracy {results['input_accuracy']:.2f}%")
+    prune_cfg = PruneConfig(method=config.method if config.method != "none" else "slr", epochs=max(config.epochs, 1),
+                            batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr, seed=config.seed,
+                            update_every=config.update_every, options=config.options)
+    method = None
+    if config.method != "none":
+        torch.manual_seed(config.seed)
+        x, y = fixed_batch(train_set, config.closure_samples, config.seed)
+        method = make_method(config.method, model, plan, prune_cfg, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy))
+    create_run_dir(run_dir)
+    t0 = time.perf_counter()
+    if method is not None:
+        hooks = [method] + ([MaskKeeper(model, masks)] if masks else [])
+        Trainer(model, train_set, test_set, prune_cfg.train_config(config.epochs, config.lr, "cosine"), run_dir / "method",
+                device=dev, hooks=hooks, meta=meta, console=console).fit()
+        results["method_history"] = method.history
+    results["method_seconds"] = time.perf_counter() - t0
+
+    keeper = QuantKeeper(model, plan)  # hard-quantize: project onto the levels with least-squares scales
+    results["hard_quantized_accuracy"] = test_accuracy()
+    console.print(f"hard-quantized ({plan.scheme}, {config.method}): test accuracy {results['hard_quantized_accuracy']:.2f}%")
+    results["finetune_accuracy"] = []
+    if config.finetune_epochs > 0:
+        lr = config.finetune_lr if config.finetune_lr is not None else config.lr / 10
+        history = Trainer(model, train_set, test_set, prune_cfg.train_config(config.finetune_epochs, lr, "constant"),
+                          run_dir / "finetune", device=dev, hooks=[keeper], meta=meta, console=console).fit()
+        results["finetune_accuracy"] = [h["test_accuracy"] for h in history]
+    if config.float16:
+        round_floats_to_half(model, skip=set(keeper.state))
+    results["final_accuracy"] = test_accuracy()
+
+    size = export_compressed(model, keeper, meta, run_dir / "model.pcz", float16=config.float16)
+    reloaded, _ = load_compressed(run_dir / "model.pcz")
+    results["reloaded_accuracy"] = evaluate(reloaded, test_set, device=dev)["accuracy"]
+    if results["reloaded_accuracy"] != results["final_accuracy"]:
+        raise RuntimeError(f"the exported model evaluates to {results['reloaded_accuracy']}%, not {results['final_accuracy']}%")
+    save_checkpoint(run_dir / "quantized", model.state_dict(), {}, {**meta, "epoch": -1, "quantization": str(plan.scheme)})
+    results["size"] = size.to_dict()
+    nonzero = sum(int(m.sum()) for m in plan.masks.values())
+    results["quantized_weights"] = {"total": sum(m.numel() for m in plan.masks.values()), "nonzero": nonzero}
+    console.print(
+        f"final ({plan.scheme}, fp16 others): test accuracy {results['final_accuracy']:.2f}%; "
+        f"{size.file_bytes:,} bytes vs {size.dense_fp32_bytes:,} dense fp32 = {size.ratio:.1f}x smaller "
+        f"({run_dir / 'model.pcz'}, reloaded: {results['reloaded_accuracy']:.2f}%)"
+    )
     write_json_atomic(run_dir / "results.json", results)
     return results
