@@ -1,0 +1,310 @@
+"""Physical channel removal: same outputs, exact channel and parameter counts, coupled groups, checkpoints, CLI, ONNX."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from prunus.coupling import coupled_groups, project_coupled
+from prunus.errors import ConfigError, SurgeryError
+from prunus.masks import MaskKeeper, hard_prune
+from prunus.models import build_model
+from prunus.plan import Plan
+from prunus.sparsity import num_pruned
+from prunus.surgery import remove_pruned_channels
+
+# (model, options, input size): small widths and inputs so that the file runs in seconds on 2 cores
+ZOO = {
+    "lenet5": ({}, 28),
+    "vgg16": ({"width": 0.25}, 16),
+    "resnet18": ({}, 8),
+    "resnet20": ({}, 8),
+    "resnet56": ({}, 8),
+    "mobilenetv2": ({"width": 0.25}, 8),
+}
+
+
+def calibrated(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """A zoo model in eval mode with non-trivial BatchNorms (random gamma/beta, running stats from train-mode
+    forwards), so that a zero filter before a BN really becomes a nonzero constant; and an example input."""
+    options, size = ZOO[name]
+    torch.manual_seed(seed)
+    model = build_model(name, in_channels=1, num_classes=10, **options)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.2)
+        model.train()
+        for _ in range(3):
+            model(torch.randn(8, 1, size, size))
+    model.eval()
+    return model, torch.randn(2, 1, size, size)
+
+
+def max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((a.eval()(x) - b.eval()(x)).abs().max())
+
+
+def kept_rows(p: torch.Tensor) -> int:
+    return int((p.detach().reshape(p.shape[0], -1) != 0).any(1).sum())
+
+
+# -- surgery on the zoo ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_coupled_filter_pruning_is_removed_with_equal_outputs(name):
+    model, x = calibrated(name)
+    project_coupled(model, Plan.uniform(model, 0.5, "filter"), x)
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    report = remove_pruned_channels(model, x)
+    small = report.model
+
+    # the model passed in is untouched, the new one is smaller and computes the same function
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
+    inputs = torch.randn(6, *x.shape[1:])
+    assert max_diff(model, small, inputs) <= 1e-5
+    assert report.max_abs_diff <= 1e-5 and report.checked_inputs == 5
+    assert report.params_after < 0.5 * report.params_before
+    assert report.params_after == sum(p.numel() for p in small.parameters())
+    assert report.blocked == 0
+
+    # every layer keeps exactly the output channels whose filter (or BN gamma) was kept
+    masked, pruned = dict(model.named_modules()), dict(small.named_modules())
+    for mod_name, m in masked.items():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            rows = torch.cat([m.weight.detach().reshape(m.weight.shape[0], -1)] + ([m.bias.detach()[:, None]] if m.bias is not None else []), 1)
+            out = pruned[mod_name].out_channels if isinstance(m, nn.Conv2d) else pruned[mod_name].out_features
+            assert out == kept_rows(rows), mod_name
+        elif isinstance(m, nn.BatchNorm2d):
+            assert pruned[mod_name].num_features == int((m.weight != 0).sum()), mod_name
+    for mod_name, m in pruned.items():
+        if isinstance(m, nn.Conv2d) and masked[mod_name].groups > 1:  # depthwise stays depthwise
+            assert m.groups == m.in_channels == m.out_channels == m.weight.shape[0], mod_name
+    assert report.removed == sum(g.before - g.after for g in report.groups) > 0
+
+
+def test_lenet_and_resnet20_parameter_counts_are_exact():
+    """Halving every pruned layer gives closed-form parameter counts."""
+    model, x = calibrated("lenet5")
+    project_coupled(model, Plan.uniform(model, 0.5, "filter"), x)
+    small = remove_pruned_channels(model, x).model
+    # conv1 (first layer, kept) 6; conv2 16->8; fc1 120->60 reading 8*5*5; fc2 84->42; fc3 (last layer) 10
+    expected = (6 * 25 + 6) + (8 * 6 * 25 + 8) + (60 * 8 * 25 + 60) + (42 * 60 + 42) + (10 * 42 + 10)
+    assert sum(p.numel() for p in small.parameters()) == expected == 16416
+    assert (small.conv2.out_channels, small.fc1.in_features, small.fc1.out_features, small.fc2.out_features) == (8, 200, 60, 42)
+
+    model, x = calibrated("resnet20")
+    project_coupled(model, Plan.uniform(model, 0.5, "filter"), x)
+    small = remove_pruned_channels(model, x).model
+    bn = lambda c: 2 * c  # noqa: E731
+    stage1 = 8 * 9 + bn(8) + 3 * 2 * (8 * 8 * 9 + bn(8))  # the stem is coupled with stage 1's residual stream
+    stage2 = (16 * 8 * 9 + 16 * 16 * 9 + 2 * bn(16) + 16 * 8 + bn(16)) + 2 * 2 * (16 * 16 * 9 + bn(16))
+    stage3 = (32 * 16 * 9 + 32 * 32 * 9 + 2 * bn(32) + 32 * 16 + bn(32)) + 2 * 2 * (32 * 32 * 9 + bn(32))
+    assert sum(p.numel() for p in small.parameters()) == stage1 + stage2 + stage3 + 10 * 32 + 10 == 68642
+
+
+# -- which channels may go -------------------------------------------------------------------------------------------
+
+STAGE1 = ["conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"]
+STAGE1_BN = ["bn1", "layer1.0.bn2", "layer1.1.bn2", "layer1.2.bn2"]
+
+
+def _zero_channel(model: nn.Module, convs, norms, c: int) -> None:
+    with torch.no_grad():
+        for n in convs:
+            model.get_submodule(n).weight[c] = 0
+        for n in norms:
+            model.get_submodule(n).weight[c] = 0
+            model.get_submodule(n).bias[c] = 0
+
+
+def test_a_channel_not_zero_in_its_whole_group_is_never_removed():
+    model, x = calibrated("resnet20")
+    # zero in three of the four convs added into stage 1's residual stream: nothing may go
+    _zero_channel(model, STAGE1[1:], STAGE1_BN[1:], 5)
+    report = remove_pruned_channels(model, x)
+    assert report.removed == 0 and report.model.conv1.out_channels == 16
+    assert max_diff(model, report.model, x) <= 1e-5
+
+    # zero everywhere but one weight of one conv whose BN passes it on (gamma 1, beta 0, mean 0): still nothing
+    _zero_channel(model, STAGE1, STAGE1_BN, 5)
+    with torch.no_grad():
+        model.get_submodule("layer1.1.bn2").weight[5] = 1.0
+        model.get_submodule("layer1.1.bn2").running_mean[5] = 0.0
+        model.get_submodule("layer1.1.conv2").weight[5, 0, 1, 1] = 1e-3
+    report = remove_pruned_channels(model, x)
+    assert report.removed == 0 and report.blocked == 0
+
+    # the same weight behind a BN with gamma = beta = 0 is zero wherever it is read: the channel goes
+    with torch.no_grad():
+        model.get_submodule("layer1.1.bn2").weight[5] = 0.0
+    report = remove_pruned_channels(model, x)
+    assert report.removed == 1 and report.model.conv1.out_channels == 15
+    assert max_diff(model, report.model, torch.randn(4, 1, 8, 8)) <= 1e-5
+    with torch.no_grad():
+        model.get_submodule("layer1.1.conv2").weight[5, 0, 1, 1] = 0
+
+    # filters zero everywhere, but one BN keeps a beta: the channel is a nonzero constant where it is read
+    with torch.no_grad():
+        model.get_submodule("layer1.1.conv2").weight[5, 0, 1, 1] = 0
+        model.get_submodule("layer1.2.bn2").bias[5] = 0.3
+    report = remove_pruned_channels(model, x)
+    assert report.removed == 0 and report.blocked == 1
+    assert report.groups[0].producers[0] == "conv1" and report.groups[0].blocked == 1
+
+    # zero in the whole group: exactly that channel goes, from every member and every reader
+    with torch.no_grad():
+        model.get_submodule("layer1.2.bn2").bias[5] = 0
+    report = remove_pruned_channels(model, x)
+    assert report.removed == 1 and report.blocked == 0
+    small = report.model
+    for n in STAGE1:
+        assert small.get_submodule(n).out_channels == 15, n
+    for n in STAGE1_BN:
+        assert small.get_submodule(n).num_features == 15, n
+    for n in ["layer1.0.conv1", "layer1.1.conv1", "layer1.2.conv1", "layer2.0.conv1", "layer2.0.shortcut.0"]:
+        assert small.get_submodule(n).in_channels == 15, n
+    assert torch.equal(small.conv1.weight, torch.cat([model.conv1.weight[:5], model.conv1.weight[6:]]))
+    assert max_diff(model, small, torch.randn(4, 1, 8, 8)) <= 1e-5
+
+
+def test_per_tensor_filter_pruning_before_batchnorm_is_blocked_not_removed():
+    """hard_prune zeroes filters but leaves BN: those channels are constants, so they are kept and counted."""
+    model, x = calibrated("vgg16")
+    plan = Plan.uniform(model, 0.5, "filter")
+    hard_prune(model, plan)
+    report = remove_pruned_channels(model, x)
+    zero_filters = sum(num_pruned(0.5, model.get_submodule(t.name.removesuffix(".weight")).out_channels)
+                       for t in plan.resolve(model))
+    assert report.removed == 0
+    assert report.blocked == zero_filters == sum(g.zero_filters for g in report.groups) > 0
+    assert report.params_after == report.params_before
+
+
+def test_channel_pruning_removes_the_unread_producer_filters():
+    """A consumer whose input channel c is zero makes the producer's (nonzero) filter c dead: it goes."""
+    model, x = calibrated("vgg16")
+    hard_prune(model, Plan.uniform(model, 0.5, "channel"))
+    report = remove_pruned_channels(model, x)
+    assert max_diff(model, report.model, torch.randn(4, *x.shape[1:])) <= 1e-5
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    small = dict(report.model.named_modules())
+    for producer, consumer in zip(convs, convs[1:]):
+        read = int((model.get_submodule(consumer).weight != 0).any(0).flatten(1).any(1).sum())
+        assert small[producer].out_channels == small[consumer].in_channels == read, producer
+
+
+class TwoBranchConcat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.b = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(10)
+        self.c = nn.Conv2d(10, 5, 3, padding=1)
+        self.fc = nn.Linear(5 * 4 * 4, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        return self.fc(torch.flatten(torch.relu(self.c(y)), 1))
+
+
+def test_concatenation_maps_channels_to_the_right_branch():
+    torch.manual_seed(0)
+    model = TwoBranchConcat().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        for conv, c in ((model.a, [1]), (model.b, [0, 4])):
+            conv.weight[c] = 0
+            conv.bias[c] = 0
+        model.bn.weight[[1, 4, 8]] = 0  # concat positions of a[1], b[0], b[4]
+        model.bn.bias[[1, 4, 8]] = 0
+        model.b.weight[2] = 0  # b[2] (position 6) has a zero filter but a bias: it stays
+        model.c.weight[2] = 0
+        model.c.bias[2] = 0
+    report = remove_pruned_channels(model, torch.randn(1, 1, 4, 4))
+    small = report.model
+    assert (small.a.out_channels, small.b.out_channels, small.bn.num_features) == (3, 4, 7)
+    assert (small.c.in_channels, small.c.out_channels, small.fc.in_features) == (7, 4, 4 * 16)
+    assert max_diff(model, small, torch.randn(5, 1, 4, 4)) <= 1e-5
+
+
+class NegatedReLU(nn.Module):
+    """relu(-x): prunus' zero analysis assumes activations that only see nonnegative support."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(-self.conv(x)))
+
+
+def test_a_wrong_removal_is_caught_by_the_output_check():
+    model = NegatedReLU().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(SurgeryError, match="changed the outputs"):
+        remove_pruned_channels(model, torch.randn(1, 1, 6, 6))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# -- coupled groups and the coupled projection -----------------------------------------------------------------------
+
+
+def test_coupled_groups_of_residual_flatten_and_depthwise_models():
+    model, x = calibrated("resnet20")
+    groups = {g.root: g for g in coupled_groups(model, x)}
+    stage1 = next(g for g in groups.values() if "conv1" in g.producers)
+    assert set(stage1.producers) == set(STAGE1) and set(stage1.norms) == set(STAGE1_BN)
+    assert {c.name for c in stage1.consumers} == {"layer1.0.conv1", "layer1.1.conv1", "layer1.2.conv1",
+                                                 "layer2.0.conv1", "layer2.0.shortcut.0"}
+    assert set(stage1.parameters) >= {"conv1.weight", "bn1.weight", "bn1.bias", "layer1.2.conv2.weight"}
+    assert groups["fc"].protected == "its channels are the model's output"
+    assert sum(g.protected is None for g in groups.values()) == len(groups) - 1
+
+    model, x = calibrated("lenet5")
+    conv2 = next(g for g in coupled_groups(model, x) if g.producers == ("conv2",))
+    (fc1,) = conv2.consumers
+    assert fc1.name == "fc1" and fc1.index == tuple(range(400)) and fc1.channel == tuple(k // 25 for k in range(400))
+
+    model, x = calibrated("mobilenetv2")
+    block = next(g for g in coupled_groups(model, x) if "features.2.conv.1.0" in g.depthwise)
+    assert block.producers == ("features.2.conv.0.0",)
+    assert set(block.norms) == {"features.2.conv.0.1", "features.2.conv.1.1"}
+    assert [c.name for c in block.consumers] == ["features.2.conv.2"]
+
+
+def test_project_coupled_zeroes_whole_groups_ranked_by_summed_energy():
+    model, x = calibrated("resnet20")
+    dense = {n: p.detach().clone() for n, p in model.named_parameters()}
+    masks = project_coupled(model, Plan.uniform(model, 0.25, "filter"), x)
+    energy = sum(dense[f"{n}.weight"].flatten(1).square().sum(1) for n in STAGE1)
+    expected_pruned = set(torch.argsort(energy)[: num_pruned(0.25, 16)].tolist())
+    for n in STAGE1 + STAGE1_BN:
+        p = model.get_submodule(n).weight
+        zero = {i for i in range(16) if not bool((p[i] != 0).any())}
+        assert zero == expected_pruned, n  # the stem is pruned with the stage it is added into
+        assert torch.equal(masks[f"{n}.weight"].reshape(16, -1).any(1), torch.tensor([i not in zero for i in range(16)]))
+    assert all(not bool(model.get_submodule(n).bias[sorted(expected_pruned)].any()) for n in STAGE1_BN)
+    # the masks fit MaskKeeper, and everything pruned is physically removable
+    MaskKeeper(model, masks)
+    report = remove_pruned_channels(model, x)
+    assert report.blocked == 0 and report.model.conv1.out_channels == 16 - num_pruned(0.25, 16)
+
+
+def test_project_coupled_rejects_impossible_plans():
+    model, x = calibrated("resnet20")
+    recipe = {"prune": {"layer1.0.conv1.weight": {"structure": "unstructured", "ratio": 0.5},
+                        "layer1.0.conv2.weight": {"structure": "filter", "ratio": 0.5},
+                        "layer1.1.conv2.weight": {"structure": "filter", "ratio": 0.25}}}
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    with pytest.raises(ConfigError, match="share their output channels"):
+        project_coupled(model, Plan.from_dict(recipe), x)
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items()), "a rejected plan changed the model"
+    with pytest.raises(ConfigError, match="model's output"):
+        project_coupled(model, Plan.from_dict({"prune": {"fc.weight": {"structure": "filter", "ratio": 0.5}}}), x)
+    # other structures are projected per tensor, as hard_prune does
+    masks = project_coupled(model, Plan.from_dict({"prune": {"layer1.0.conv1.weight": {"structure": "unstructured", "ratio": 0.5}}}), x)
+    assert int((model.layer1[0].conv1.weight == 0).sum()) == num_pruned(0.5, 16 * 16 * 9) == int((~masks["layer1.0.conv1.weight"]).sum())
