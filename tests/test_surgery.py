@@ -1,16 +1,21 @@
 """Physical channel removal: same outputs, exact channel and parameter counts, coupled groups, checkpoints, CLI, ONNX."""
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
 
+from prunus.architecture import apply_layer_shapes, layer_shapes
+from prunus.checkpoint import save_checkpoint
 from prunus.coupling import coupled_groups, project_coupled
-from prunus.errors import ConfigError, SurgeryError
+from prunus.errors import CheckpointError, ConfigError, SurgeryError
 from prunus.masks import MaskKeeper, hard_prune
 from prunus.models import build_model
 from prunus.plan import Plan
 from prunus.sparsity import num_pruned
 from prunus.surgery import remove_pruned_channels
+from prunus.training import load_model
 
 # (model, options, input size): small widths and inputs so that the file runs in seconds on 2 cores
 ZOO = {
@@ -308,3 +313,40 @@ def test_project_coupled_rejects_impossible_plans():
     # other structures are projected per tensor, as hard_prune does
     masks = project_coupled(model, Plan.from_dict({"prune": {"layer1.0.conv1.weight": {"structure": "unstructured", "ratio": 0.5}}}), x)
     assert int((model.layer1[0].conv1.weight == 0).sum()) == num_pruned(0.5, 16 * 16 * 9) == int((~masks["layer1.0.conv1.weight"]).sum())
+
+
+# -- checkpoints record the pruned architecture ----------------------------------------------------------------------
+
+
+def _record(name: str) -> dict:
+    options, _ = ZOO[name]
+    return {"name": name, "in_channels": 1, "num_classes": 10, "options": options}
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+def test_pruned_checkpoint_loads_without_guessing(tmp_path, name):
+    model, x = calibrated(name)
+    project_coupled(model, Plan.uniform(model, 0.5, "filter"), x)
+    small = remove_pruned_channels(model, x).model
+    record = {**_record(name), "layers": layer_shapes(small)}
+    json.dumps(record)  # plain JSON
+    save_checkpoint(tmp_path / "ck", small.state_dict(), {}, {"model": record, "epoch": 0})
+    loaded, _ = load_model(tmp_path / "ck")
+    inputs = torch.randn(3, *x.shape[1:])
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(inputs), small.eval()(inputs))
+    assert layer_shapes(loaded) == record["layers"]
+
+
+def test_bad_layer_records_are_one_clear_error(tmp_path):
+    model, x = calibrated("lenet5")
+    shapes = layer_shapes(model)
+    with pytest.raises(CheckpointError, match="'conv9'"):
+        apply_layer_shapes(build_model("lenet5"), {**shapes, "conv9": {"num_features": 3}})
+    with pytest.raises(CheckpointError, match="positive integers"):
+        apply_layer_shapes(build_model("lenet5"), {**shapes, "conv2": {"in_channels": 6, "out_channels": 0, "groups": 1}})
+    # shapes that do not fit the stored tensors are caught by load_state_dict, also as one CheckpointError
+    bad = {**shapes, "conv2": {"in_channels": 6, "out_channels": 7, "groups": 1}}
+    save_checkpoint(tmp_path / "ck", model.state_dict(), {}, {"model": {**_record("lenet5"), "layers": bad}, "epoch": 0})
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_model(tmp_path / "ck")
