@@ -10,6 +10,7 @@ from prunus.architecture import apply_layer_shapes, layer_shapes
 from prunus.checkpoint import save_checkpoint
 from prunus.coupling import coupled_groups, project_coupled
 from prunus.errors import CheckpointError, ConfigError, SurgeryError
+from prunus.footprint import comparison_table, measure_footprint, weights_bytes
 from prunus.masks import MaskKeeper, hard_prune
 from prunus.models import build_model
 from prunus.plan import Plan
@@ -350,3 +351,13 @@ def test_bad_layer_records_are_one_clear_error(tmp_path):
     save_checkpoint(tmp_path / "ck", model.state_dict(), {}, {"model": {**_record("lenet5"), "layers": bad}, "epoch": 0})
     with pytest.raises(CheckpointError, match="does not fit"):
         load_model(tmp_path / "ck")
+
+
+def test_weights_bytes_is_the_checkpoint_file_size(tmp_path):
+    model, x = calibrated("lenet5")
+    save_checkpoint(tmp_path / "ck", model.state_dict(), {}, {"epoch": 0})
+    assert weights_bytes(model) == (tmp_path / "ck" / "model.safetensors").stat().st_size
+    fp = measure_footprint(model, x, latency_batches=(1, 2), repeats=2, warmup=1)
+    assert fp.parameters == 61706 and fp.macs == 416520 and sorted(fp.latency) == [1, 2]
+    table = comparison_table(fp, fp)
+    assert table.row_count == 5
