@@ -1,6 +1,8 @@
 """Physical channel removal: same outputs, exact channel and parameter counts, coupled groups, checkpoints, CLI, ONNX."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch.nn as nn
 from prunus.architecture import apply_layer_shapes, layer_shapes
 from prunus.checkpoint import save_checkpoint
 from prunus.coupling import coupled_groups, project_coupled
-from prunus.errors import CheckpointError, ConfigError, SurgeryError
+from prunus.errors import CheckpointError, ConfigError, MissingDependencyError, SurgeryError
 from prunus.footprint import comparison_table, measure_footprint, weights_bytes
 from prunus.masks import MaskKeeper, hard_prune
 from prunus.models import build_model
@@ -17,6 +19,7 @@ from prunus.plan import Plan
 from prunus.sparsity import num_pruned
 from prunus.surgery import remove_pruned_channels
 from prunus.training import load_model
+from test_cli import assert_user_error, run_cli
 
 # (model, options, input size): small widths and inputs so that the file runs in seconds on 2 cores
 ZOO = {
@@ -361,3 +364,143 @@ def test_weights_bytes_is_the_checkpoint_file_size(tmp_path):
     assert fp.parameters == 61706 and fp.macs == 416520 and sorted(fp.latency) == [1, 2]
     table = comparison_table(fp, fp)
     assert table.row_count == 5
+
+
+# -- the command line ------------------------------------------------------------------------------------------------
+
+
+def _masked_checkpoint(path: Path, name: str) -> Path:
+    model, x = calibrated(name)
+    masks = project_coupled(model, Plan.uniform(model, 0.5, "filter"), torch.randn(1, 1, 28, 28))
+    meta = {"model": _record(name), "dataset": {"name": "digits", "image_size": 28}, "epoch": 0}
+    return save_checkpoint(path, model.state_dict(), {"masks": {"masks": masks}}, meta)
+
+
+@pytest.fixture(scope="module")
+def masked_lenet(tmp_path_factory) -> Path:
+    return _masked_checkpoint(tmp_path_factory.mktemp("masked") / "lenet5", "lenet5")
+
+
+def test_surgery_cli_writes_a_smaller_checkpoint_that_evaluates_the_same(capsys, tmp_path, masked_lenet):
+    out = tmp_path / "small"
+    code, stdout, _ = run_cli(capsys, "surgery", str(masked_lenet), "--out", str(out), "--repeats", "2", "--warmup", "1")
+    assert code == 0, stdout
+    assert "removed 110 channels: parameters 61,706 -> 16,416" in stdout
+    assert "latency batch 64" in stdout and "weights file (bytes)" in stdout
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["model"]["layers"]["fc1"] == {"in_features": 200, "out_features": 60}
+    assert meta["surgery"]["after"]["weights_bytes"] == (out / "model.safetensors").stat().st_size
+    assert meta["surgery"]["before"]["weights_bytes"] == (masked_lenet / "model.safetensors").stat().st_size
+    assert meta["surgery"]["after"]["latency"]["64"]["median_ms"] > 0
+
+    results = []
+    for ck in (masked_lenet, out):
+        code, stdout, _ = run_cli(capsys, "eval", str(ck), "--json")
+        assert code == 0
+        results.append(json.loads(stdout))
+    assert results[0]["accuracy"] == results[1]["accuracy"]
+    assert results[0]["loss"] == pytest.approx(results[1]["loss"], abs=1e-6)
+
+
+def test_prune_then_surgery_then_eval(capsys, tmp_path):
+    """The whole path: prunus train -> prunus prune (filter) -> prunus surgery -> prunus eval, same accuracy."""
+    from prunus.training import TrainConfig, train
+
+    train(TrainConfig(model="lenet5", dataset="digits", epochs=1, batch_size=32), tmp_path / "dense")
+    code, _, _ = run_cli(capsys, "prune", "--method", "magnitude", "--init", str(tmp_path / "dense"), "--ratio", "0.5",
+                         "--structure", "filter", "--epochs", "0", "--retrain-epochs", "0", "--out", str(tmp_path / "p"))
+    assert code == 0
+    code, stdout, _ = run_cli(capsys, "surgery", str(tmp_path / "p" / "hard-pruned"), "--out", str(tmp_path / "small"),
+                              "--no-latency")
+    assert code == 0 and "removed 110 channels" in stdout
+    accuracy = []
+    for ck in (tmp_path / "p" / "hard-pruned", tmp_path / "small"):
+        code, stdout, _ = run_cli(capsys, "eval", str(ck), "--json")
+        accuracy.append(json.loads(stdout)["accuracy"])
+    assert accuracy[0] == accuracy[1] > 30  # well above chance (10%): a real model, evaluated the same
+
+
+def test_surgery_cli_json_for_a_residual_model(capsys, tmp_path):
+    ck = _masked_checkpoint(tmp_path / "r20", "resnet20")
+    code, stdout, _ = run_cli(capsys, "surgery", str(ck), "--out", str(tmp_path / "small"), "--no-latency", "--json")
+    assert code == 0
+    summary = json.loads(stdout)
+    assert (summary["params_after"], summary["channels_removed"], summary["channels_blocked"]) == (68642, 224, 0)
+    assert summary["max_abs_diff"] <= 1e-5 and summary["after"]["latency"] == {}
+    model, _ = load_model(tmp_path / "small")
+    assert sum(p.numel() for p in model.parameters()) == 68642
+
+
+def test_surgery_cli_user_errors(capsys, tmp_path, masked_lenet):
+    code, _, err = run_cli(capsys, "surgery", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    assert_user_error(code, err, "nowhere", "does not exist")
+    code, _, err = run_cli(capsys, "surgery", str(masked_lenet))
+    assert_user_error(code, err, "--out")
+    code, _, err = run_cli(capsys, "surgery", str(masked_lenet), "--out", str(masked_lenet))
+    assert_user_error(code, err, "already exists")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = run_cli(capsys, "surgery", str(masked_lenet), "--out", str(blocker / "small"), "--no-latency")
+    assert_user_error(code, err, str(blocker), "not a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_export_cli_checks_onnx_against_pytorch(capsys, tmp_path, masked_lenet):
+    import onnxruntime
+
+    small = tmp_path / "small"
+    assert run_cli(capsys, "surgery", str(masked_lenet), "--out", str(small), "--no-latency")[0] == 0
+    target = tmp_path / "onnx" / "lenet5.onnx"
+    code, stdout, _ = run_cli(capsys, "export", str(small), "--onnx", str(target))
+    assert code == 0 and "onnxruntime matches PyTorch" in stdout
+    assert sorted(p.name for p in target.parent.iterdir()) == ["lenet5.onnx"]  # no temporary file left
+    model, _ = load_model(small)
+    x = torch.randn(7, 1, 28, 28)
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        assert float((torch.from_numpy(got) - model.eval()(x)).abs().max()) <= 1e-4
+
+
+class CallCounter(nn.Module):
+    """Its output depends on how often it was called: the traced ONNX graph freezes the count, PyTorch does not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.fc(x) * self.calls
+
+
+def test_export_mismatch_and_unexportable_models_are_errors_and_write_nothing(capsys, tmp_path):
+    from prunus.errors import ExportError
+    from prunus.export import export_onnx
+
+    with pytest.raises(ExportError, match="differ from PyTorch's"):
+        export_onnx(CallCounter(), torch.randn(1, 4), tmp_path / "counter.onnx")
+    # LeNet-5 on 32x32 inputs pools 6x6 -> 5x5, which the ONNX exporter cannot express
+    ck = save_checkpoint(tmp_path / "ck", build_model("lenet5").state_dict(), {},
+                         {"model": _record("lenet5"), "dataset": {"name": "cifar10", "image_size": 32}, "epoch": 0})
+    code, _, err = run_cli(capsys, "export", str(ck), "--onnx", str(tmp_path / "out" / "lenet.onnx"))
+    assert_user_error(code, err, "cannot be exported to ONNX", "adaptive_avg_pool2d")
+    assert list(tmp_path.glob("*.onnx")) == [] and list((tmp_path / "out").iterdir()) == []
+    code, _, err = run_cli(capsys, "export", str(tmp_path / "nowhere"), "--onnx", str(tmp_path / "x.onnx"))
+    assert_user_error(code, err, "does not exist")
+    code, _, err = run_cli(capsys, "export", str(ck), "--onnx", str(tmp_path))
+    assert_user_error(code, err, "is a directory")
+
+
+def test_missing_optional_packages_are_named(capsys, tmp_path, monkeypatch, masked_lenet):
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    model, x = calibrated("lenet5")
+    with pytest.raises(MissingDependencyError, match=r"torch-pruning.*pip install 'prunus\[surgery\]'"):
+        remove_pruned_channels(model, x)
+    code, _, err = run_cli(capsys, "surgery", str(masked_lenet), "--out", str(tmp_path / "o"), "--no-latency")
+    assert_user_error(code, err, "torch-pruning")
+    code, _, err = run_cli(capsys, "export", str(masked_lenet), "--onnx", str(tmp_path / "m.onnx"))
+    assert_user_error(code, err, "onnx")
+    assert list(tmp_path.iterdir()) == []
