@@ -71,6 +71,28 @@ def unflatten_state(skeleton: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     return skeleton
 
 
+def ensure_parent_dir(path: str | os.PathLike, what: str) -> None:
+    """Create ``path``'s parent directories, or raise one :class:`~prunus.errors.ConfigError` line saying why not.
+
+    ``what`` names the path for the user, e.g. ``"--out runs/x"``.  Called before long work so that a
+    bad output path fails at once, not after the work is done.
+    """
+    from prunus.errors import ConfigError
+
+    parent = Path(path).absolute().parent
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what} cannot be created: {existing} is a file, not a directory")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{what} cannot be created ({e.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{what} cannot be created: directory {parent} is not writable")
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` through a temp file + rename: readers never see half a file."""
     path = Path(path)

@@ -126,6 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="run directory to create")
     _add_data_args(q)
 
+    su = sub.add_parser("surgery", help="physically remove pruned channels from a checkpoint (outputs checked unchanged)")
+    su.add_argument("checkpoint", help="checkpoint directory or run directory of a filter- or channel-pruned model")
+    su.add_argument("--out", required=True, help="checkpoint directory to create for the smaller model")
+    su.add_argument("--image-size", type=_positive_int, help="input size to trace with (default: the checkpoint's data)")
+    su.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
+                    help="measure CPU latency at batch 1 and 64 before and after (default: on)")
+    su.add_argument("--repeats", type=_positive_int, default=30, help="timed runs per batch size (median reported)")
+    su.add_argument("--warmup", type=_positive_int, default=5, help="untimed runs before timing")
+    su.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    ex = sub.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch with onnxruntime")
+    ex.add_argument("checkpoint", help="checkpoint directory or run directory")
+    ex.add_argument("--onnx", required=True, metavar="FILE", help="ONNX file to write (only if onnxruntime matches)")
+    ex.add_argument("--image-size", type=_positive_int, help="input size (default: the checkpoint's dataset)")
+    ex.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset version")
+
     sub.add_parser("models", help="list the models")
     sub.add_parser("datasets", help="list the datasets")
     return parser
@@ -279,6 +295,100 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _example_input(ckpt, image_size: int | None):
+    """One input shaped like the checkpoint's data: (1, in_channels, size, size)."""
+    import torch
+
+    from prunus.data import DATASETS
+
+    dataset = ckpt.meta.get("dataset") or {}
+    size = image_size or dataset.get("image_size")
+    if size is None and dataset.get("name") in DATASETS:
+        size = DATASETS[dataset["name"]].image_size
+    if size is None:
+        raise ConfigError(f"checkpoint {ckpt.path} does not record its input size; pass --image-size")
+    shape = (1, int(ckpt.meta["model"]["in_channels"]), int(size), int(size))
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+def _check_new_dir(out, flag: str = "--out") -> None:
+    """``out`` must not exist (or be empty) and its parent must be creatable: checked before any work."""
+    from prunus.checkpoint import ensure_parent_dir
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{flag} {out} already exists and is not empty; choose a new directory")
+    ensure_parent_dir(out, f"{flag} {out}")
+
+
+def cmd_surgery(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from prunus.architecture import layer_shapes
+    from prunus.checkpoint import save_checkpoint
+    from prunus.footprint import comparison_table, measure_footprint
+    from prunus.surgery import remove_pruned_channels
+    from prunus.training import load_model
+
+    out = Path(args.out)
+    model, ckpt = load_model(args.checkpoint)
+    _check_new_dir(out)
+    example = _example_input(ckpt, args.image_size)
+    report = remove_pruned_channels(model, example)
+    batches = (1, 64) if args.latency else ()
+    before = measure_footprint(model, example, latency_batches=batches, repeats=args.repeats, warmup=args.warmup)
+    after = measure_footprint(report.model, example, latency_batches=batches, repeats=args.repeats,
+                              warmup=args.warmup)
+    meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "version", "states", "surgery")}
+    meta["model"] = {**ckpt.meta["model"], "layers": layer_shapes(report.model)}
+    summary = {"source": str(ckpt.path), **report.to_dict(), "before": before.to_dict(), "after": after.to_dict()}
+    meta["surgery"] = summary
+    try:
+        save_checkpoint(out, report.model.state_dict(), {}, meta)
+    except OSError as e:
+        raise ConfigError(f"--out {out} cannot be written ({e.strerror})") from None
+    if args.json:
+        print(json.dumps({**summary, "out": str(out)}))
+        return 0
+    console = Console()
+    console.print(report.table())
+    console.print(comparison_table(before, after, title=f"{ckpt.path} -> {out}"))
+    if report.blocked:
+        console.print(
+            f"note: {report.blocked} all-zero filters were kept because they are not zero where they are read "
+            "(a BatchNorm after them outputs a nonzero constant); prune with prunus.coupling.project_coupled, "
+            "which zeroes the BatchNorm too, to make them removable", soft_wrap=True,
+        )
+    print(
+        f"removed {report.removed} channels: parameters {report.params_before:,} -> {report.params_after:,}, "
+        f"MACs {report.macs_before:,} -> {report.macs_after:,}; outputs equal (max abs difference "
+        f"{report.max_abs_diff:.2e} on {report.checked_inputs} random inputs); wrote {out}"
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from prunus.export import export_onnx
+    from prunus.training import load_model
+
+    target = Path(args.onnx)
+    if target.is_dir():
+        raise ConfigError(f"--onnx {target} is a directory; give a file name such as {target / 'model.onnx'}")
+    model, ckpt = load_model(args.checkpoint)
+    example = _example_input(ckpt, args.image_size)
+    atol = 1e-4
+    check = export_onnx(model, example, target, atol=atol, opset=args.opset)
+    sizes = ", ".join(str(b) for b in check.batch_sizes)
+    print(
+        f"wrote {check.path} ({check.bytes:,} bytes, opset {check.opset}); onnxruntime matches PyTorch: "
+        f"max abs difference {check.max_abs_diff:.2e} <= {atol:g} on random inputs of batch sizes {sizes}"
+    )
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from prunus.models import MODELS
 
@@ -295,7 +405,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "prune": cmd_prune, "quantize": cmd_quantize, "models": cmd_models, "datasets": cmd_datasets}
+COMMANDS = {
+    "train": cmd_train, "eval": cmd_eval, "prune": cmd_prune, "quantize": cmd_quantize, "surgery": cmd_surgery,
+    "export": cmd_export, "models": cmd_models, "datasets": cmd_datasets,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,3 +24,15 @@ class ConfigError(PrunusError):
 
 class CheckpointError(PrunusError):
     """A checkpoint or run directory is missing, incomplete or corrupt."""
+
+
+class MissingDependencyError(PrunusError):
+    """An optional package that a feature needs (e.g. torch-pruning for surgery) is not installed."""
+
+
+class SurgeryError(PrunusError):
+    """Removing pruned channels would change the model's outputs, so prunus refused to do it."""
+
+
+class ExportError(PrunusError):
+    """An exported model does not reproduce PyTorch's outputs, or could not be written."""

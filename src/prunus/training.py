@@ -510,7 +510,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
-    """Rebuild a checkpoint's model from its recorded architecture and load its weights."""
+    """Rebuild a checkpoint's model from its recorded architecture and load its weights.
+
+    A physically pruned model (see :mod:`prunus.surgery`) also records its layers' channel
+    counts (``meta["model"]["layers"]``, :mod:`prunus.architecture`); they are applied first.
+    """
     from prunus.models import build_model
 
     ckpt = load_checkpoint(resolve_checkpoint(path))
@@ -520,6 +524,10 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
     model = build_model(
         record["name"], in_channels=record["in_channels"], num_classes=record["num_classes"], **record.get("options", {})
     )
+    if "layers" in record:  # a physically pruned model: narrow the layers to the recorded channel counts
+        from prunus.architecture import apply_layer_shapes
+
+        apply_layer_shapes(model, record["layers"], f"checkpoint {ckpt.path}")
     load_weights(model, ckpt, f"model {record['name']}")
     return model, ckpt
 

@@ -1,0 +1,32 @@
+"""Optional dependencies, imported only by the feature that needs them.
+
+prunus imports without torch-pruning, onnx or onnxruntime; calling surgery or
+export without them raises one clear :class:`~prunus.errors.MissingDependencyError`
+naming the package and how to install it, instead of a bare ``ImportError``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from prunus.errors import MissingDependencyError
+
+#: import name -> (pip package, extra of prunus that installs it)
+PACKAGES: dict[str, tuple[str, str]] = {
+    "torch_pruning": ("torch-pruning", "surgery"),
+    "onnx": ("onnx", "surgery"),
+    "onnxruntime": ("onnxruntime", "surgery"),
+}
+
+
+def require(module: str, purpose: str) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingDependencyError` saying that ``purpose`` needs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package, extra = PACKAGES.get(module, (module, "surgery"))
+        raise MissingDependencyError(
+            f"{purpose} needs the optional package {package}, which is not installed; "
+            f"install it with: pip install 'prunus[{extra}]' (or pip install {package})"
+        ) from None

@@ -1,0 +1,229 @@
+"""Coupled channels: which output channels can only be pruned together, and a projection that respects it.
+
+A residual addition makes the output channels of every convolution added into the
+same stream one channel: channel ``c`` can leave the model only if it leaves all of
+them (and the BatchNorms after them, and every layer that reads the stream).  The
+same holds for a conv and its BatchNorm, a MobileNetV2 expansion and its depthwise
+convolution, and a conv and the first Linear after a flatten (which reads ``H*W``
+features per channel).  Per-tensor filter pruning ignores this, so a filter-pruned
+ResNet often has zero filters that no tool can remove.
+
+:func:`coupled_groups` finds the groups with Torch-Pruning's dependency graph
+(traced on an example input); :func:`project_coupled` is the plan's filter
+projection over whole groups, so everything it prunes is physically removable
+(:mod:`prunus.surgery`).  Torch-Pruning is an optional dependency (the
+``surgery`` extra).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from prunus._optional import require
+from prunus.errors import ConfigError
+from prunus.masks import Masks, project_targets
+from prunus.plan import Plan
+from prunus.sparsity import project
+
+__all__ = ["Consumer", "CoupledGroup", "coupled_groups", "project_coupled"]
+
+#: Torch-Pruning node types that only carry channels along (additions, activations, pooling, reshapes, concat/split).
+_PASS_THROUGH = ("ELEMENTWISE", "RESHAPE", "CONCAT", "SPLIT", "UNBIND", "EXPAND", "SLICE")
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A layer that reads a group's channels: its input position ``index[k]`` (weight dim 1) is ``channel[k]``."""
+
+    name: str
+    index: tuple[int, ...] = field(repr=False)
+    channel: tuple[int, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class CoupledGroup:
+    """One set of channels that must be pruned together.
+
+    ``producers``: Conv2d/Linear modules whose output channels (weight dim 0, bias) are the group's channels.
+    ``depthwise``: depthwise convolutions on the channels (weight dim 0 is both input and output channel).
+    ``norms``: BatchNorms on the channels.  ``consumers``: layers whose input channels are the group's.
+    ``protected``: why the group cannot shrink (e.g. its channels are the model's output), else ``None``.
+    ``root``: the module Torch-Pruning starts from when it removes the group's channels.
+    """
+
+    channels: int
+    producers: tuple[str, ...]
+    depthwise: tuple[str, ...]
+    norms: tuple[str, ...]
+    consumers: tuple[Consumer, ...]
+    protected: str | None
+    root: str
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """Names of the parameters whose dim 0 is the group's channel axis (they are zeroed/removed together)."""
+        names = []
+        for module in self.producers + self.depthwise + self.norms:
+            names += [f"{module}.weight", f"{module}.bias"]
+        return tuple(names)
+
+
+# -- building the groups -------------------------------------------------------------------------------------------
+
+
+def _tp():
+    return require("torch_pruning", "physical channel removal (prunus surgery)")
+
+
+def dependency_graph(model: nn.Module, example_input: torch.Tensor):
+    """Torch-Pruning's dependency graph of ``model``, traced on one input (it leaves ``model`` in eval mode)."""
+    tp = _tp()
+    with torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input[:1], verbose=False)
+
+
+def _unsupported_conv(module: nn.Module, name: str) -> str | None:
+    """Why prunus leaves a group with this convolution alone (grouped or transposed), else None."""
+    if not isinstance(module, nn.modules.conv._ConvNd):
+        return None
+    if module.transposed:
+        return f"{name} is a transposed convolution, which prunus does not shrink"
+    if module.groups > 1:
+        return f"{name} is a grouped convolution (groups={module.groups}), which prunus does not shrink"
+    return None
+
+
+def groups_of_graph(dg, model: nn.Module) -> list[CoupledGroup]:
+    """The coupled groups of a dependency graph built on ``model``, one per set of coupled output channels."""
+    tp = _tp()
+    fn = tp.pruner.function
+    names = {m: n for n, m in model.named_modules()}
+    groups = []
+    for group in dg.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
+        producers, depthwise, norms, consumers = [], [], [], []
+        protected = None
+        root = group[0].dep.target.module
+        for item in group.items:
+            dep, node = item.dep, item.dep.target
+            module, handler = node.module, dep.handler
+            name = names.get(module)
+            if handler in (fn.prune_conv_out_channels, fn.prune_linear_out_channels):
+                protected = protected or _unsupported_conv(module, name)
+                producers.append(name)
+            elif handler == fn.prune_depthwise_conv_out_channels:
+                depthwise.append(name)
+            elif handler == fn.prune_batchnorm_out_channels:
+                norms.append(name)
+            elif handler in (fn.prune_conv_in_channels, fn.prune_linear_in_channels):
+                protected = protected or _unsupported_conv(module, name)
+                index, channel = tuple(int(i) for i in item.idxs), tuple(int(r) for r in item.root_idxs)
+                consumers.append(Consumer(name, index, channel))
+            elif node.type == tp.ops.OPTYPE.OUTPUT:
+                protected = protected or "its channels are the model's output"
+            elif node.type.name not in _PASS_THROUGH:
+                what = name or type(module).__name__
+                protected = protected or f"{what} ({node.type.name}) is a layer prunus does not shrink"
+            # a node whose output nothing reads is the model's output: its channels cannot be removed
+            if not node.outputs and handler not in (fn.prune_conv_in_channels, fn.prune_linear_in_channels):
+                protected = protected or "its channels are the model's output"
+        if not consumers and protected is None:
+            protected = "no convolution or linear layer reads its channels"
+        groups.append(
+            CoupledGroup(
+                channels=dg.get_out_channels(root),
+                producers=tuple(dict.fromkeys(producers)),
+                depthwise=tuple(dict.fromkeys(depthwise)),
+                norms=tuple(dict.fromkeys(norms)),
+                consumers=tuple(consumers),
+                protected=protected,
+                root=names[root],
+            )
+        )
+    order = {n: i for i, n in enumerate(names.values())}
+    return sorted(groups, key=lambda g: min(order[n] for n in g.producers + g.depthwise + (g.root,)))
+
+
+def coupled_groups(model: nn.Module, example_input: torch.Tensor) -> list[CoupledGroup]:
+    """The groups of output channels of ``model`` that must be pruned together (traced on ``example_input``).
+
+    ``model`` is not modified (the graph is traced on a copy).
+    """
+    work = copy.deepcopy(model)
+    for p in work.parameters():
+        p.requires_grad_(True)
+    return groups_of_graph(dependency_graph(work, example_input), work)
+
+
+# -- the coupled projection ----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def project_coupled(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> Masks:
+    """Hard-prune ``model`` by ``plan`` in place, pruning filters per coupled group; return the masks.
+
+    Every group that holds a planned ``filter`` tensor is pruned as a whole, at that ratio:
+    ``num_pruned(ratio, channels)`` channels are zeroed in all its producers (weights and
+    biases), depthwise convolutions and BatchNorms (gamma and beta, so a pruned channel is
+    exactly 0 after BN).  Channels are ranked by their summed squared norm over the
+    producers' and depthwise convolutions' rows (weights and biases; BN scales are not
+    comparable and are left out), which is the exact Euclidean projection of the
+    concatenated rows onto "at most k channels alive" (ties as in :mod:`prunus.sparsity`).
+    A group's unplanned producers are pruned with it: a residual channel can only be
+    removed from every conv added into it at once (a ResNet stem that ``Plan.uniform``
+    skips is one).  Other structures are projected per tensor, as :func:`prunus.masks.hard_prune`
+    does.  The masks cover every zeroed tensor, ready for :class:`prunus.masks.MaskKeeper`.
+    """
+    targets = plan.resolve(model)
+    params = dict(model.named_parameters())
+    filters = [t for t in targets if t.structure.name == "filter"]
+    others = [t for t in targets if t.structure.name != "filter"]
+    groups = coupled_groups(model, example_input) if filters else []
+    owner = {f"{m}.weight": g for g in groups for m in g.producers + g.depthwise}
+    ratio_of: dict[int, tuple[float, str]] = {}  # id(group) -> (ratio, first tensor that set it); all checked first
+    for t in filters:
+        g = owner.get(t.name)
+        if g is None:
+            raise ConfigError(f"{plan.source}: {t.name} is not an output-channel weight the example input reaches, "
+                              "so its filters cannot be pruned as a coupled group")
+        if g.protected:
+            raise ConfigError(f"{plan.source}: filters of {t.name} cannot be removed ({g.protected}); "
+                              "leave it out of the filter plan")
+        seen = ratio_of.setdefault(id(g), (t.ratio, t.name))
+        if abs(seen[0] - t.ratio) > 1e-12:
+            raise ConfigError(f"{plan.source}: {seen[1]} (ratio {seen[0]}) and {t.name} (ratio {t.ratio}) share their "
+                              "output channels (a residual add, BN or depthwise coupling); give them one ratio")
+
+    masks: Masks = {}
+    if others:
+        projected = project_targets({t.name: params[t.name] for t in others}, others, plan.global_unstructured)
+        for name, (w, mask) in projected.items():
+            params[name].copy_(w)
+            masks[name] = mask
+    for g in groups:
+        if id(g) not in ratio_of:
+            continue
+        ratio = ratio_of[id(g)][0]
+        rows = [params[n].detach().reshape(g.channels, -1) for n in _row_params(g, params)]
+        _, mask = project(torch.cat(rows, 1), "filter", ratio)
+        keep = mask[:, 0]
+        for name in g.parameters:
+            p = params.get(name)
+            if p is None:
+                continue
+            row_mask = keep.reshape((-1,) + (1,) * (p.dim() - 1)).expand(p.shape)
+            p.mul_(row_mask)
+            masks[name] = masks[name] & row_mask if name in masks else row_mask.clone()
+    return masks
+
+
+def _row_params(g: CoupledGroup, params: dict[str, Any]) -> list[str]:
+    """Producer and depthwise weights and biases: what the coupled ranking sums over."""
+    names = []
+    for module in g.producers + g.depthwise:
+        names += [n for n in (f"{module}.weight", f"{module}.bias") if n in params]
+    return names

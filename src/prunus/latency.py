@@ -1,0 +1,108 @@
+"""Inference latency of a model: the median of repeated timed forward passes.
+
+What a user of a pruned model feels is wall-clock time per batch, so that is what
+is measured: ``torch.inference_mode``, eval mode, a few untimed warm-up runs first
+(allocator, oneDNN kernel selection, caches), then ``repeats`` timed runs of one
+forward each; the median is robust to the occasional preemption on a shared
+machine.  The numbers are only comparable on the same machine with the same
+thread count, which is recorded with them; compare models measured in the same
+process (see BENCHMARKS.md on noisy machines).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+__all__ = ["Latency", "measure_latency"]
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Timings of one batch size, in milliseconds per forward pass of the whole batch."""
+
+    batch_size: int
+    median_ms: float
+    min_ms: float
+    p90_ms: float
+    max_ms: float
+    repeats: int
+    warmup: int
+    threads: int
+    device: str
+
+    @property
+    def per_sample_ms(self) -> float:
+        return self.median_ms / self.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolation quantile of already sorted values (numpy's default method)."""
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def measure_latency(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    batch_sizes: Sequence[int] = (1, 64),
+    *,
+    repeats: int = 30,
+    warmup: int = 5,
+    seed: int = 0,
+) -> dict[int, Latency]:
+    """Median latency of ``model`` at each batch size, on ``example_input``'s device and dtype.
+
+    Inputs are seeded random normals shaped like ``example_input[0]``.  The model is put in eval
+    mode for the measurement and its train flag restored afterwards.  On CUDA, each run is
+    synchronised so the time covers the kernels, not just their launch.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    device = example_input.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    gen = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    results: dict[int, Latency] = {}
+    try:
+        with torch.inference_mode():
+            for b in batch_sizes:
+                x = torch.randn((int(b), *example_input.shape[1:]), generator=gen)
+                x = x.to(device=device, dtype=example_input.dtype)
+                for _ in range(warmup):
+                    model(x)
+                sync()
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter_ns()
+                    model(x)
+                    sync()
+                    times.append((time.perf_counter_ns() - t0) / 1e6)
+                times.sort()
+                results[int(b)] = Latency(
+                    batch_size=int(b),
+                    median_ms=statistics.median(times),
+                    min_ms=times[0],
+                    p90_ms=_quantile(times, 0.9),
+                    max_ms=times[-1],
+                    repeats=repeats,
+                    warmup=warmup,
+                    threads=torch.get_num_threads(),
+                    device=str(device),
+                )
+    finally:
+        model.train(was_training)
+    return results

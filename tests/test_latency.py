@@ -1,0 +1,43 @@
+"""Latency measurement: structure and sanity of the numbers, on a tiny model with few runs (no timing thresholds)."""
+
+import statistics
+
+import pytest
+import torch
+import torch.nn as nn
+
+from prunus.latency import Latency, _quantile, measure_latency
+
+
+def tiny() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+
+
+def test_latency_structure_and_ordering():
+    model = tiny().train()
+    result = measure_latency(model, torch.randn(1, 1, 6, 6), (1, 4), repeats=3, warmup=1)
+    assert list(result) == [1, 4]
+    for b, lat in result.items():
+        assert isinstance(lat, Latency) and lat.batch_size == b
+        assert (lat.repeats, lat.warmup, lat.threads, lat.device) == (3, 1, torch.get_num_threads(), "cpu")
+        assert 0 < lat.min_ms <= lat.median_ms <= lat.p90_ms <= lat.max_ms
+        assert lat.per_sample_ms == pytest.approx(lat.median_ms / b)
+        assert set(lat.to_dict()) == {"batch_size", "median_ms", "min_ms", "p90_ms", "max_ms", "repeats", "warmup",
+                                      "threads", "device"}
+    assert model.training, "the train flag must be restored"
+    assert all(p.grad is None for p in model.parameters())
+    assert int(model[1].num_batches_tracked) == 0, "timing runs must not update BatchNorm statistics"
+
+
+def test_quantile_matches_linear_interpolation():
+    values = sorted([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert _quantile(values, 0.5) == statistics.median(values) == 3.0
+    assert _quantile(values, 0.9) == pytest.approx(4.6)
+    assert _quantile([7.0], 0.9) == 7.0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="repeats"):
+        measure_latency(tiny(), torch.randn(1, 1, 6, 6), (1,), repeats=0)
+    with pytest.raises(ValueError, match="batch sizes"):
+        measure_latency(tiny(), torch.randn(1, 1, 6, 6), (0,))
