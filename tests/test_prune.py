@@ -84,3 +84,46 @@ def test_prune_bad_recipe_names_entry_and_writes_nothing(capsys, tmp_path, dense
     code, _, err = run_cli(capsys, "prune", "--init", str(dense_digits), "--recipe", str(recipe), "--out", str(out))
     assert_user_error(code, err, str(recipe), "'fc9.weight' matches no parameter")
     assert not out.exists()
+
+
+def test_reweighted_prune_then_quantize_cli(capsys, tmp_path, dense_digits):
+    """prune --method reweighted, then quantize --bits 4 --method slr: zeros kept, levels, a file that reloads exactly."""
+    pruned = tmp_path / "rw"
+    code, stdout, _ = run_cli(capsys, "prune", "--method", "reweighted", "--init", str(dense_digits), "--compression", "10",
+                              "--epochs", "3", "--retrain-epochs", "1", "--batch-size", "32", "--out", str(pruned))
+    assert code == 0 and "hard-pruned (reweighted, no retraining)" in stdout
+    results = json.loads((pruned / "results.json").read_text())
+    assert results["report"]["compression"] == pytest.approx(10.0)
+    assert results["hard_pruned_accuracy"] >= results["dense_accuracy"] - 10
+
+    out = tmp_path / "q4"
+    code, stdout, _ = run_cli(capsys, "quantize", "--init", str(pruned / "retrain"), "--bits", "4", "--method", "slr",
+                              "--epochs", "1", "--finetune-epochs", "1", "--batch-size", "32", "--out", str(out))
+    assert code == 0
+    q = json.loads((out / "results.json").read_text())
+    assert q["scheme"] == "fixed:4" and q["reloaded_accuracy"] == q["final_accuracy"]
+    assert q["final_accuracy"] >= q["input_accuracy"] - 10
+    assert q["size"]["file_bytes"] == (out / "model.pcz").stat().st_size
+    assert q["size"]["ratio"] > 30  # 10x fewer weights (first/last dense), 4-bit codes, bitmaps, fp16 biases
+    source, _ = load_model(pruned / "retrain")
+    model, _ = load_model(out / "quantized")
+    src = dict(source.named_parameters())
+    for name, p in model.named_parameters():
+        if name.endswith("weight"):
+            assert torch.all(p[src[name] == 0] == 0), f"{name}: a pruned weight came back"
+            assert len(torch.unique(p)) <= 15, f"{name}: more than 15 levels"
+    code, stdout, _ = run_cli(capsys, "eval", str(out / "model.pcz"), "--json")
+    assert code == 0 and json.loads(stdout)["accuracy"] == pytest.approx(q["final_accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--bits", "9"], "2 to 8 bits"),
+    (["--scheme", "int"], "cannot parse quantization 'int'"),
+    (["--bits", "4", "--method", "magnitude"], "invalid choice"),
+    (["--bits", "4", "--epochs", "0"], "--method slr needs --epochs >= 1"),
+])
+def test_quantize_user_errors(capsys, tmp_path, dense_digits, args, fragment):
+    out = tmp_path / "q"
+    code, _, err = run_cli(capsys, "quantize", "--init", str(dense_digits), *args, "--out", str(out))
+    assert_user_error(code, err, fragment)
+    assert not out.exists()

@@ -10,8 +10,9 @@ is as big as the dense one. This format stores what a deployment needs:
 * every other tensor (biases, BatchNorm): raw, in float16 when ``float16=True``
   (the exporter rounds those tensors in the model itself first, so the file
   reloads to exactly the model that was evaluated) else in its own dtype;
-* a JSON header naming each tensor, its shape, scheme and byte ranges, plus the
-  model's constructor record so :func:`load_compressed` rebuilds it.
+* a small JSON header: the model's constructor record (so :func:`load_compressed`
+  rebuilds it, and with it every tensor's name and shape) and, per tensor in
+  ``state_dict`` order, its scheme or dtype.
 
 The whole stream ``len(header) | header | payload`` is then compressed with LZMA
 (Python's ``lzma``), which plays the role of Deep Compression's Huffman stage:
@@ -89,42 +90,43 @@ def round_floats_to_half(model: nn.Module, skip: set[str]) -> None:
 
 def export_compressed(model: nn.Module, keeper: QuantKeeper, meta: dict[str, Any], path: str | os.PathLike,
                       *, float16: bool = True) -> SizeReport:
-    """Write ``model`` (quantized by ``keeper``) to ``path``; returns its true size."""
+    """Write ``model`` (quantized by ``keeper``) to ``path``; returns its true size.
+
+    The header lists the tensors in ``state_dict`` order *without* names or shapes:
+    the loader rebuilds the model from its constructor record, which gives both, and
+    the sections follow one another, so no offsets are stored either. Each entry is
+    ``["q", scheme, bits, per_channel, has_mask]`` or ``["f", dtype]``.
+    """
     path = Path(path)
-    state = model.state_dict()
-    header: dict[str, Any] = {"format": MAGIC, "version": VERSION, "model": meta["model"],
-                              "dataset": meta.get("dataset"), "tensors": []}
     payload = bytearray()
     raw = {"codes": 0, "masks": 0, "scales": 0, "floats": 0}
+    entries: list[list[Any]] = []
 
-    def put(data: bytes, kind: str) -> list[int]:
+    def put(data: bytes, kind: str) -> None:
         raw[kind] += len(data)
-        start = len(payload)
         payload.extend(data)
-        return [start, len(data)]
 
-    for name, tensor in state.items():
-        entry: dict[str, Any] = {"name": name, "shape": list(tensor.shape)}
+    for name, tensor in model.state_dict().items():
         if name in keeper.state:
             s, scheme = keeper.state[name], keeper.schemes[name]
-            codes = keeper.codes(name)
-            mask = s["mask"].bool()
-            if not torch.equal(tensor, keeper._quantized(name)):
+            if not torch.equal(tensor, keeper.quantized(name)):
                 raise CheckpointError(f"export: {name} is not on its quantization levels; run the quantization first")
-            entry.update(scheme=scheme.kind, bits=scheme.bits, per_channel=scheme.per_channel,
-                         scales=put(s["scale"].float().cpu().numpy().tobytes(), "scales"))
-            if not bool(mask.all()):
-                entry["mask"] = put(np.packbits(mask.cpu().numpy().reshape(-1), bitorder="little").tobytes(), "masks")
-            entry["codes"] = put(pack_codes(codes[mask].cpu().numpy(), bits_needed(scheme)), "codes")
+            mask = s["mask"].bool()
+            pruned = not bool(mask.all())
+            entries.append(["q", scheme.kind, scheme.bits, scheme.per_channel, pruned])
+            put(s["scale"].float().cpu().numpy().tobytes(), "scales")
+            if pruned:
+                put(np.packbits(mask.cpu().numpy().reshape(-1), bitorder="little").tobytes(), "masks")
+            put(pack_codes(keeper.codes(name)[mask].cpu().numpy(), bits_needed(scheme)), "codes")
         else:
             dtype = torch.float16 if float16 and tensor.is_floating_point() else tensor.dtype
             t = tensor.detach().to(dtype)
             if float16 and tensor.is_floating_point() and not torch.equal(t.to(tensor.dtype), tensor):
                 raise CheckpointError(f"export: {name} is not representable in float16; call round_floats_to_half first")
-            entry.update(dtype=str(dtype).removeprefix("torch."),
-                         data=put(t.cpu().contiguous().view(torch.uint8).numpy().tobytes(), "floats"))
-        header["tensors"].append(entry)
+            entries.append(["f", str(dtype).removeprefix("torch.")])
+            put(t.cpu().contiguous().view(torch.uint8).numpy().tobytes(), "floats")
 
+    header = {"format": MAGIC, "version": VERSION, "model": meta["model"], "dataset": meta.get("dataset"), "tensors": entries}
     head = json.dumps(header, separators=(",", ":")).encode()
     raw["header"] = len(head)
     blob = lzma.compress(struct.pack("<I", len(head)) + head + bytes(payload), preset=9 | lzma.PRESET_EXTREME)
@@ -154,44 +156,46 @@ def load_compressed(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
         blob = lzma.decompress(path.read_bytes())
         (n,) = struct.unpack("<I", blob[:4])
         header = json.loads(blob[4 : 4 + n])
-        payload = memoryview(blob)[4 + n :]
         if header.get("format") != MAGIC or header.get("version") != VERSION:
             raise ValueError(f"not a {MAGIC} v{VERSION} file")
     except (OSError, lzma.LZMAError, struct.error, ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: cannot read the compressed model ({e})") from None
+    payload, pos = memoryview(blob)[4 + n :], 0
 
-    def get(rng: list[int]) -> bytes:
-        start, length = rng
-        if start + length > len(payload):
-            raise CheckpointError(f"{path}: truncated payload")
-        return bytes(payload[start : start + length])
+    def take(length: int) -> bytes:
+        nonlocal pos
+        if pos + length > len(payload):
+            raise CheckpointError(f"{path}: the payload is truncated")
+        pos += length
+        return bytes(payload[pos - length : pos])
 
     m = header["model"]
     model = build_model(m["name"], m["in_channels"], m["num_classes"], **m.get("options", {}))
-    state = {}
-    for e in header["tensors"]:
-        shape = tuple(e["shape"])
-        numel = int(np.prod(shape)) if shape else 1
-        if "scheme" in e:
-            scheme = QuantScheme(e["scheme"], e["bits"], e["per_channel"])
-            levels = scheme.levels(torch.float32)
-            scales = torch.from_numpy(np.frombuffer(get(e["scales"]), dtype=np.float32).copy())
-            mask = (np.unpackbits(np.frombuffer(get(e["mask"]), dtype=np.uint8), count=numel, bitorder="little")
-                    .astype(bool) if "mask" in e else np.ones(numel, dtype=bool))
-            codes = np.zeros(numel, dtype=np.int64)
-            codes[mask] = unpack_codes(get(e["codes"]), int(mask.sum()), bits_needed(scheme))
-            rows = levels[torch.from_numpy(codes)].reshape(len(scales), -1) * scales.unsqueeze(1)
-            state[e["name"]] = rows.reshape(shape) * torch.from_numpy(mask).reshape(shape)
-        else:
-            dtype = _DTYPES[e["dtype"]]
-            t = torch.frombuffer(bytearray(get(e["data"])), dtype=dtype).reshape(shape) if numel else torch.zeros(shape, dtype=dtype)
-            state[e["name"]] = t
     target = model.state_dict()
-    for k, v in state.items():
-        if k in target:
-            state[k] = v.to(target[k].dtype)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: tensors do not fit model {m['name']} ({str(e).splitlines()[0]})") from None
+    if len(header["tensors"]) != len(target):
+        raise CheckpointError(f"{path}: {len(header['tensors'])} tensors stored, model {m['name']} has {len(target)}")
+    state = {}
+    for (name, ref), entry in zip(target.items(), header["tensors"]):
+        shape, numel = ref.shape, ref.numel()
+        if entry[0] == "q":
+            _, kind, bits, per_channel, pruned = entry
+            scheme = QuantScheme(kind, bits, per_channel)
+            rows = shape[0] if per_channel and ref.dim() > 1 else 1
+            scales = torch.from_numpy(np.frombuffer(take(4 * rows), dtype=np.float32).copy())
+            mask = np.ones(numel, dtype=bool)
+            if pruned:
+                bitmap = np.frombuffer(take((numel + 7) // 8), dtype=np.uint8)
+                mask = np.unpackbits(bitmap, count=numel, bitorder="little").astype(bool)
+            kept, width = int(mask.sum()), bits_needed(scheme)
+            codes = np.zeros(numel, dtype=np.int64)
+            codes[mask] = unpack_codes(take((kept * width + 7) // 8), kept, width)
+            values = scheme.levels(ref.dtype)[torch.from_numpy(codes)].reshape(rows, -1) * scales.to(ref.dtype).unsqueeze(1)
+            state[name] = values.reshape(shape) * torch.from_numpy(mask).reshape(shape)
+        else:
+            dtype = _DTYPES[entry[1]]
+            size = numel * torch.empty((), dtype=dtype).element_size()
+            state[name] = torch.frombuffer(bytearray(take(size)), dtype=dtype).reshape(shape).to(ref.dtype) if numel else ref.clone()
+    if pos != len(payload):
+        raise CheckpointError(f"{path}: {len(payload) - pos} bytes left over; the file does not match model {m['name']}")
+    model.load_state_dict(state)
     return model.eval(), header

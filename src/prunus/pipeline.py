@@ -25,7 +25,7 @@ from rich.console import Console
 from prunus.checkpoint import save_checkpoint, write_json_atomic
 from prunus.data import load_dataset
 from prunus.data.loader import epoch_generator
-from prunus.errors import ConfigError
+from prunus.errors import ConfigError, MissingDependencyError
 from prunus.masks import CompressionReport, MaskKeeper
 from prunus.methods import ADMM, SLR, Magnitude, PruningMethod, Reweighted, batch_closure
 from prunus.plan import Plan
@@ -89,6 +89,26 @@ def make_method(name: str, model, plan: Plan, config: PruneConfig, closure) -> P
         raise ConfigError(f"--method {name}: {e}") from None
 
 
+def hard_prune_removable(method: PruningMethod, plan: Plan, model, example: torch.Tensor, console: Console):
+    """The method's hard-prune, made physically removable when the plan prunes filters.
+
+    Filters are then pruned per coupled group (:func:`prunus.coupling.project_coupled`):
+    the BatchNorm channel after a pruned filter is zeroed with it (else BN's shift keeps
+    the channel alive as a constant) and convs added by a residual lose the same channels.
+    Without the optional torch-pruning package, the per-tensor projection is used and a
+    note says that BN channels may then not be removable.
+    """
+    if not any(t.structure is not None and t.structure.name == "filter" for t in plan.resolve(model)):
+        return method.hard_prune()
+    try:
+        from prunus.coupling import project_coupled
+
+        return project_coupled(model, plan, example)
+    except MissingDependencyError as e:
+        console.print(f"note: {e}; filters are hard-pruned per tensor, so channels followed by BatchNorm may stay")
+        return method.hard_prune()
+
+
 def fixed_batch(dataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     idx = torch.randperm(len(dataset.labels), generator=epoch_generator(seed, -1))[:n]
     return dataset.images[idx], dataset.labels[idx]
@@ -140,7 +160,7 @@ def run_pruning(
     results["prune_seconds"] = time.perf_counter() - t0
     results["method_history"] = method.history
 
-    masks = method.hard_prune()
+    masks = hard_prune_removable(method, plan, model, train_set.images[:2].to(dev), console)
     results["hard_pruned_accuracy"] = test_accuracy()
     console.print(f"hard-pruned ({config.method}, no retraining): test accuracy {results['hard_pruned_accuracy']:.2f}%")
     save_checkpoint(run_dir / "hard-pruned", model.state_dict(), {"masks": {"masks": masks}}, {**meta, "epoch": -1})

@@ -254,7 +254,7 @@ class QuantKeeper(TrainingHook):
                 p = self.params[t.name]
                 q = quantize(p, t.scheme, t.mask)
                 self.state[t.name] = {"latent": p.detach() * q.mask, "scale": q.scale, "mask": q.mask}
-                p.copy_(self._quantized(t.name))
+                p.copy_(self.quantized(t.name))
 
     def codes(self, name: str) -> torch.Tensor:
         """Indices into the level set of the current weights (what an export stores)."""
@@ -262,7 +262,8 @@ class QuantKeeper(TrainingHook):
         rows = _rows(s["latent"], self.schemes[name].per_channel)
         return nearest_codes(rows, s["scale"], self.levels[name]).reshape(s["latent"].shape)
 
-    def _quantized(self, name: str) -> torch.Tensor:
+    def quantized(self, name: str) -> torch.Tensor:
+        """scale * level of the latent weights, masked: what the model holds between steps."""
         s = self.state[name]
         rows = self.levels[name][_rows(self.codes(name), self.schemes[name].per_channel)] * s["scale"].unsqueeze(1)
         return rows.reshape(s["latent"].shape) * s["mask"]
@@ -271,8 +272,8 @@ class QuantKeeper(TrainingHook):
     def apply(self) -> None:
         for n, p in self.params.items():
             s = self.state[n]
-            s["latent"] += (p - self._quantized(n)) * s["mask"]
-            p.copy_(self._quantized(n))
+            s["latent"] += (p - self.quantized(n)) * s["mask"]
+            p.copy_(self.quantized(n))
 
     def attach(self, optimizer: torch.optim.Optimizer) -> "QuantKeeper":
         self._handles.append(optimizer.register_step_post_hook(lambda *_: self.apply()))
