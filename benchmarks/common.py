@@ -43,7 +43,8 @@ def prune_run(init, plan, config, **extra) -> dict:
         "hard_pruned_accuracy": res["hard_pruned_accuracy"], "retrain_accuracy": res["retrain_accuracy"],
         "prune_seconds": res["prune_seconds"], "retrain_seconds": res["retrain_seconds"],
         "total_seconds": time.perf_counter() - t0, "compression": res["report"]["compression"],
-        "macs_structural": res["report"]["macs_structural"], "macs_dense": res["report"]["macs_dense"],
+        "macs_structural": res["report"]["macs_structural"], "macs_nonzero": res["report"]["macs_nonzero"],
+        "macs_dense": res["report"]["macs_dense"],
         "method_rounds": len(res["method_history"]),
     }
 

@@ -13,7 +13,7 @@ from prunus.checkpoint import save_checkpoint
 from prunus.coupling import coupled_groups, project_coupled
 from prunus.errors import CheckpointError, ConfigError, MissingDependencyError, SurgeryError
 from prunus.footprint import comparison_table, measure_footprint, weights_bytes
-from prunus.masks import MaskKeeper, hard_prune
+from prunus.masks import MaskKeeper, count_macs, hard_prune
 from prunus.models import build_model
 from prunus.plan import Plan
 from prunus.sparsity import num_pruned
@@ -418,6 +418,29 @@ def test_prune_then_surgery_then_eval(capsys, tmp_path):
         code, stdout, _ = run_cli(capsys, "eval", str(ck), "--json")
         accuracy.append(json.loads(stdout)["accuracy"])
     assert accuracy[0] == accuracy[1] > 30  # well above chance (10%): a real model, evaluated the same
+
+
+def test_prune_filter_on_a_batchnorm_resnet_gives_removable_channels(capsys, tmp_path):
+    """prunus prune --structure filter on ResNet-20 (BN + residual adds) hard-prunes per coupled group,
+    so every pruned channel is removable and the structural MACs shrink; surgery then removes them all."""
+    from prunus.training import TrainConfig, train
+
+    train(TrainConfig(model="resnet20", dataset="digits", epochs=1, batch_size=64), tmp_path / "dense")
+    code, _, _ = run_cli(capsys, "prune", "--method", "reweighted", "--init", str(tmp_path / "dense"), "--ratio", "0.5",
+                         "--structure", "filter", "--epochs", "1", "--retrain-epochs", "0", "--batch-size", "64",
+                         "--out", str(tmp_path / "p"))
+    assert code == 0
+    report = json.loads((tmp_path / "p" / "results.json").read_text())["report"]
+    assert report["macs_structural"] < 0.5 * report["macs_dense"]
+    code, stdout, _ = run_cli(capsys, "surgery", str(tmp_path / "p" / "hard-pruned"), "--out", str(tmp_path / "small"),
+                              "--no-latency", "--json")
+    summary = json.loads(stdout)
+    assert code == 0 and summary["channels_blocked"] == 0 and summary["channels_removed"] > 0
+    small, _ = load_model(tmp_path / "small")
+    from prunus.data import load_dataset
+
+    probe = load_dataset("digits", "test").images[:1]
+    assert count_macs(small, probe).dense == report["macs_structural"]  # the count was of what surgery leaves
 
 
 def test_surgery_cli_json_for_a_residual_model(capsys, tmp_path):
