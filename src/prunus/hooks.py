@@ -35,3 +35,29 @@ class TrainingHook:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+class WeightKeeper(TrainingHook):
+    """A hook that re-imposes a constraint on weights after every optimizer step (``apply``).
+
+    Use it in any loop with ``keeper.attach(optimizer)`` (an optimizer step post-hook), or
+    let a trainer call ``after_optimizer_step``; ``apply`` must be idempotent, so both at once is harmless.
+    """
+
+    _handles: list[Any]
+
+    def apply(self) -> None:
+        raise NotImplementedError
+
+    def attach(self, optimizer: torch.optim.Optimizer):
+        self._handles.append(optimizer.register_step_post_hook(lambda *_: self.apply()))
+        return self
+
+    def after_optimizer_step(self) -> None:
+        self.apply()
+
+    def remove(self) -> None:
+        """Detach from the optimizer (and from gradient hooks, where a keeper set some)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()

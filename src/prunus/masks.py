@@ -21,7 +21,7 @@ from rich.table import Table
 
 from prunus.plan import Plan, Target
 from prunus.sparsity import project, project_global
-from prunus.hooks import TrainingHook
+from prunus.hooks import WeightKeeper
 
 Masks = dict[str, torch.Tensor]
 
@@ -67,7 +67,7 @@ def hard_prune(model: nn.Module, plan: Plan) -> Masks:
     return masks
 
 
-class MaskKeeper(TrainingHook):
+class MaskKeeper(WeightKeeper):
     """Keep masked weights at exactly zero through training with any optimizer.
 
     Use it in your own loop with ``MaskKeeper(model, masks).attach(optimizer)``, or
@@ -94,19 +94,6 @@ class MaskKeeper(TrainingHook):
     def apply(self) -> None:
         for n, p in self.params.items():
             p.mul_(self.masks[n])
-
-    def attach(self, optimizer: torch.optim.Optimizer) -> "MaskKeeper":
-        """Re-apply the masks after every ``optimizer.step()``, whatever loop calls it."""
-        self._handles.append(optimizer.register_step_post_hook(lambda *_: self.apply()))
-        return self
-
-    def after_optimizer_step(self) -> None:
-        self.apply()
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
 
     def state_dict(self) -> dict[str, Any]:
         return {"masks": {n: m.clone() for n, m in self.masks.items()}}

@@ -89,6 +89,18 @@ def make_method(name: str, model, plan: Plan, config: PruneConfig, closure) -> P
         raise ConfigError(f"--method {name}: {e}") from None
 
 
+def load_run_input(init: str | Path, data_dir: str | None, download: bool):
+    """The model of checkpoint ``init``, its run metadata, and the train and test sets it was trained on."""
+    model, ckpt = load_model(init)
+    dataset = ckpt.meta.get("dataset", {})
+    if "name" not in dataset:
+        raise ConfigError(f"--init {init}: the checkpoint does not record its dataset")
+    train_set = load_dataset(dataset["name"], "train", data_dir=data_dir, download=download, image_size=dataset.get("image_size"))
+    test_set = load_dataset(dataset["name"], "test", data_dir=data_dir, download=download, image_size=dataset.get("image_size"))
+    meta = {"model": ckpt.meta["model"], "dataset": dataset, "init": str(ckpt.path)}
+    return model, ckpt, meta, train_set, test_set
+
+
 def hard_prune_removable(method: PruningMethod, plan: Plan, model, example: torch.Tensor, console: Console):
     """The method's hard-prune, made physically removable when the plan prunes filters.
 
@@ -130,16 +142,10 @@ def run_pruning(
     console = console or Console()
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=False)
-    model, ckpt = load_model(init)
-    dataset = ckpt.meta.get("dataset", {})
-    if "name" not in dataset:
-        raise ConfigError(f"--init {init}: the checkpoint does not record its dataset")
-    train_set = load_dataset(dataset["name"], "train", data_dir=data_dir, download=download, image_size=dataset.get("image_size"))
-    test_set = load_dataset(dataset["name"], "test", data_dir=data_dir, download=download, image_size=dataset.get("image_size"))
+    model, ckpt, meta, train_set, test_set = load_run_input(init, data_dir, download)
     plan.resolve(model)  # validate before anything is written
     dev = pick_device(device)
     model.to(dev)
-    meta = {"model": ckpt.meta["model"], "dataset": dataset, "init": str(ckpt.path)}
 
     def test_accuracy() -> float:
         return evaluate(model, test_set, device=dev)["accuracy"]
@@ -237,15 +243,9 @@ def run_quantization(
     console = console or Console()
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=False)
-    model, ckpt = load_model(init)
-    dataset = ckpt.meta.get("dataset", {})
-    if "name" not in dataset:
-        raise ConfigError(f"--init {init}: the checkpoint does not record its dataset")
-    train_set = load_dataset(dataset["name"], "train", data_dir=data_dir, download=download, image_size=dataset.get("image_size"))
-    test_set = load_dataset(dataset["name"], "test", data_dir=data_dir, download=download, image_size=dataset.get("image_size"))
+    model, ckpt, meta, train_set, test_set = load_run_input(init, data_dir, download)
     dev = pick_device(device)
     model.to(dev)
-    meta = {"model": ckpt.meta["model"], "dataset": dataset, "init": str(ckpt.path)}
     plan = QuantPlan.for_pruned(model, config.scheme, config.per_channel)
     masks = {n: m for n, m in plan.masks.items() if not bool(m.all())}
 

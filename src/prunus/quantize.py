@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from prunus.errors import ConfigError
-from prunus.hooks import TrainingHook
+from prunus.hooks import WeightKeeper
 from prunus.plan import prunable_weights
 
 KINDS = ("binary", "ternary", "fixed", "pow2")
@@ -228,7 +228,7 @@ class QuantPlan:
         return {"quantize": {"scheme": str(self.scheme), "tensors": self.names}}
 
 
-class QuantKeeper(TrainingHook):
+class QuantKeeper(WeightKeeper):
     """Straight-through fine-tuning of a hard-quantized model, in any training loop.
 
     Keeps a float *latent* copy of each quantized weight. The model always holds the
@@ -274,18 +274,6 @@ class QuantKeeper(TrainingHook):
             s = self.state[n]
             s["latent"] += (p - self.quantized(n)) * s["mask"]
             p.copy_(self.quantized(n))
-
-    def attach(self, optimizer: torch.optim.Optimizer) -> "QuantKeeper":
-        self._handles.append(optimizer.register_step_post_hook(lambda *_: self.apply()))
-        return self
-
-    def after_optimizer_step(self) -> None:
-        self.apply()
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
 
     def state_dict(self) -> dict[str, Any]:
         return {"tensors": {n: {k: v.clone() for k, v in s.items()} for n, s in self.state.items()}}
