@@ -25,8 +25,11 @@ this file). Machine, library versions, seeds and wall times are in each JSON fil
 """
 
 
-def prune_run(init, plan, config, **extra) -> dict:
-    """One quiet ``run_pruning`` in a temporary directory; the numbers a benchmark row needs."""
+def prune_run(init, plan, config, inspect=None, **extra) -> dict:
+    """One quiet ``run_pruning`` in a temporary directory; the numbers a benchmark row needs.
+
+    ``inspect(run_dir)``, if given, runs before the directory is deleted; its dict joins the row.
+    """
     import io
     import tempfile
     import time
@@ -38,6 +41,7 @@ def prune_run(init, plan, config, **extra) -> dict:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         res = run_pruning(init, plan, config, Path(tmp) / "run", console=Console(file=io.StringIO()))
+        extra.update(inspect(Path(tmp) / "run") if inspect else {})
     return {
         **extra, "seed": config.seed,
         "hard_pruned_accuracy": res["hard_pruned_accuracy"], "retrain_accuracy": res["retrain_accuracy"],

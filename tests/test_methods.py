@@ -247,3 +247,17 @@ def test_penalty_is_the_augmented_lagrangian_term():
         g2 = torch.autograd.grad(expected, [params[n] for n in pruner.state])
         for a, b in zip(g1, g2):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_magnitude_l1_norm_ranks_filters_by_l1_not_energy():
+    model = nn.Sequential(nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[3.0, 0, 0, 0], [1.0, 1, 1, 1]]))  # L1 3 vs 4; energy 9 vs 4
+    plan = Plan.from_dict({"prune": {"0.weight": {"structure": "filter", "ratio": 0.5}}})
+    l1 = copy.deepcopy(model)
+    Magnitude(l1, plan, norm="l1")
+    Magnitude(model, plan)
+    assert l1[0].weight[0].abs().sum() == 0 and l1[0].weight[1].abs().sum() == 4  # L1 drops the [3,0,0,0] filter
+    assert model[0].weight[1].abs().sum() == 0 and model[0].weight[0].abs().sum() == 3  # energy drops [1,1,1,1]
+    with pytest.raises(ValueError, match="norm must be 'l1' or 'l2'"):
+        Magnitude(copy.deepcopy(model), plan, norm="l3")

@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                             ("--eps", float, "reweighted: eps, relative to the mean group energy"),
                             ("--M", float, "SLR step-size parameter M"), ("--r", float, "SLR step-size parameter r")):
         pr.add_argument(opt, type=kind, help=text)
+    pr.add_argument("--norm", choices=("l1", "l2"), help="magnitude: rank groups by L1 norm (Li et al. 2017) or energy (default)")
     pr.add_argument("--out", required=False, help="run directory to create")
     _add_data_args(pr)
 
@@ -231,7 +232,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     check_run_dir(out, resume=False)
     if args.recipe is None and args.ratio is None and args.compression is None:
         raise ConfigError("prunus prune needs --recipe FILE, --ratio R or --compression X")
-    options = {k: getattr(args, k) for k in ("rho", "rho_factor", "rho_max", "s0", "M", "r", "lam", "eps") if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in ("rho", "rho_factor", "rho_max", "s0", "M", "r", "lam", "eps", "norm") if getattr(args, k) is not None}
     config = PruneConfig(
         method=args.method, epochs=args.epochs, retrain_epochs=args.retrain_epochs, optimizer=args.optimizer,
         lr=args.lr, retrain_lr=args.retrain_lr, batch_size=args.batch_size, seed=args.seed,

@@ -170,9 +170,9 @@ def project_coupled(model: nn.Module, plan: Plan, example_input: torch.Tensor) -
     ``num_pruned(ratio, channels)`` channels are zeroed in all its producers (weights and
     biases), depthwise convolutions and BatchNorms (gamma and beta, so a pruned channel is
     exactly 0 after BN).  Channels are ranked by their summed squared norm over the
-    producers' and depthwise convolutions' rows (weights and biases; BN scales are not
-    comparable and are left out), which is the exact Euclidean projection of the
-    concatenated rows onto "at most k channels alive" (ties as in :mod:`prunus.sparsity`).
+    producers' and depthwise convolutions' weight rows (biases and BN scales are left out,
+    as in the per-tensor filter projection), which is the exact Euclidean projection of the
+    concatenated weight rows onto "at most k channels alive" (ties as in :mod:`prunus.sparsity`).
     A group's unplanned producers are pruned with it: a residual channel can only be
     removed from every conv added into it at once (a ResNet stem that ``Plan.uniform``
     skips is one).  Other structures are projected per tensor, as :func:`prunus.masks.hard_prune`
@@ -222,8 +222,9 @@ def project_coupled(model: nn.Module, plan: Plan, example_input: torch.Tensor) -
 
 
 def _row_params(g: CoupledGroup, params: dict[str, Any]) -> list[str]:
-    """Producer and depthwise weights and biases: what the coupled ranking sums over."""
-    names = []
-    for module in g.producers + g.depthwise:
-        names += [n for n in (f"{module}.weight", f"{module}.bias") if n in params]
-    return names
+    """Producer and depthwise weights: what the coupled ranking sums over.
+
+    Biases are left out, as in the per-tensor filter projection that SLR/ADMM use while
+    training, so that on an uncoupled layer both choose the same filters.
+    """
+    return [f"{m}.weight" for m in g.producers + g.depthwise if f"{m}.weight" in params]

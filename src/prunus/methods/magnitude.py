@@ -1,7 +1,9 @@
 """Magnitude-pruning baselines, so SLR and ADMM can be compared with the usual practice.
 
 * one-shot: project onto the constraint set once, at the start, then train with
-  the mask fixed (prune + fine-tune);
+  the mask fixed (prune + fine-tune). ``norm="l1"`` ranks groups by their L1 norm
+  instead of their energy (Li et al. 2017, "Pruning filters for efficient ConvNets");
+  it is the energy ranking of ``sqrt(|w|)``, so every structure supports it;
 * gradual (Zhu & Gupta 2017): the ratio of every target follows the cubic ramp
   ``ratio_k = ratio * (1 - (1 - k/n)^3)`` over ``n`` rounds; each round re-projects
   by magnitude and the mask is held between rounds.
@@ -38,20 +40,39 @@ class Magnitude(PruningMethod):
         *,
         gradual: bool = False,
         rounds: int | None = None,
+        norm: str = "l2",
         update_every: int | None = None,
         closure: Closure | None = None,
     ):
         super().__init__(model, plan, update_every=update_every, closure=closure)
         if gradual and (rounds is None or rounds < 1):
             raise ValueError("gradual magnitude pruning needs rounds >= 1 (the number of step() calls of the ramp)")
+        if norm not in ("l1", "l2"):
+            raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
+        if norm == "l1" and (gradual or plan.global_unstructured):
+            raise ValueError("norm='l1' is for one-shot per-tensor pruning (unstructured |w| ranks the same either way)")
         self.gradual = gradual
         self.n_rounds = rounds
+        self.norm = norm
         if gradual:
             masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in self.params.items()}
+        elif norm == "l1":
+            masks = self._prune_l1()
         else:
             masks = self.hard_prune()
         self.keeper = MaskKeeper(model, masks)
         self._sync_state()
+
+    @torch.no_grad()
+    def _prune_l1(self):
+        """Zero the groups of smallest L1 norm: the energy of sqrt|w| per group is its L1 norm."""
+        masks = {}
+        for t in self.targets:
+            p = self.params[t.name]
+            _, mask = project(p.detach().abs().sqrt(), t.structure, t.ratio)
+            p.mul_(mask)
+            masks[t.name] = mask
+        return masks
 
     def _sync_state(self) -> None:
         for n, m in self.keeper.masks.items():
