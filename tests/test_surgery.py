@@ -527,3 +527,27 @@ def test_missing_optional_packages_are_named(capsys, tmp_path, monkeypatch, mask
     code, _, err = run_cli(capsys, "export", str(masked_lenet), "--onnx", str(tmp_path / "m.onnx"))
     assert_user_error(code, err, "onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_methods_project_coupled_filters_jointly_during_training():
+    """With couple_plan, SLR's Z-step zeroes the same channels in every conv added into one residual stream,
+    and those are the channels the final coupled hard-prune removes."""
+    from prunus.coupling import couple_plan
+    from prunus.methods import SLR
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", 1, 10)
+    x = torch.randn(2, 1, 32, 32)
+    plan = couple_plan(model, Plan.uniform(model, 0.5, "filter"), x)
+    assert plan.coupled and all(len(s) > 1 for s in plan.coupled)
+    stream = next(s for s in plan.coupled if "layer1.0.conv2.weight" in s)
+    assert "layer1.1.conv2.weight" in stream and "layer1.2.conv2.weight" in stream  # one residual stream
+    pruner = SLR(model, plan)
+    for group in plan.coupled:
+        alive = [pruner.state[n]["Z"].flatten(1).abs().sum(1) != 0 for n in group]
+        assert all(torch.equal(alive[0], a) for a in alive[1:]), group
+        assert int((~alive[0]).sum()) == num_pruned(0.5, alive[0].numel())
+    uncoupled = Plan.uniform(model, 0.5, "filter")
+    per_tensor = SLR(model, uncoupled)
+    differs = [n for n in stream if not torch.equal(per_tensor.state[n]["Z"] != 0, pruner.state[n]["Z"] != 0)]
+    assert differs  # per-tensor projection picks different channels in the coupled convs

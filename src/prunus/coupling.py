@@ -18,6 +18,7 @@ projection over whole groups, so everything it prunes is physically removable
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ from prunus.masks import Masks, project_targets
 from prunus.plan import Plan
 from prunus.sparsity import project
 
-__all__ = ["Consumer", "CoupledGroup", "coupled_groups", "project_coupled"]
+__all__ = ["Consumer", "CoupledGroup", "coupled_groups", "couple_plan", "project_coupled"]
 
 #: Torch-Pruning node types that only carry channels along (additions, activations, pooling, reshapes, concat/split).
 _PASS_THROUGH = ("ELEMENTWISE", "RESHAPE", "CONCAT", "SPLIT", "UNBIND", "EXPAND", "SLICE")
@@ -219,6 +220,28 @@ def project_coupled(model: nn.Module, plan: Plan, example_input: torch.Tensor) -
             p.mul_(row_mask)
             masks[name] = masks[name] & row_mask if name in masks else row_mask.clone()
     return masks
+
+
+def couple_plan(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> Plan:
+    """``plan`` with its coupled filter sets filled in, so SLR/ADMM/reweighted project them jointly.
+
+    While training, a method's projection then zeroes the same channels in every planned
+    producer of a group, as :func:`project_coupled` does at the final hard-prune; only the
+    group's unplanned producers (e.g. a ResNet stem that the plan skips) join the ranking
+    at that last step. Plans without filter targets come back unchanged.
+    """
+    filters = {t.name: t for t in plan.resolve(model) if t.structure is not None and t.structure.name == "filter"}
+    if not filters:
+        return plan
+    sets = []
+    for g in coupled_groups(model, example_input):
+        members = tuple(n for n in (f"{m}.weight" for m in g.producers + g.depthwise) if n in filters)
+        if len(members) > 1:
+            ratios = {filters[n].ratio for n in members}
+            if len(ratios) > 1:
+                raise ConfigError(f"{plan.source}: {', '.join(members)} share their output channels; give them one ratio")
+            sets.append(members)
+    return dataclasses.replace(plan, coupled=sets)
 
 
 def _row_params(g: CoupledGroup, params: dict[str, Any]) -> list[str]:

@@ -26,15 +26,34 @@ from prunus.hooks import WeightKeeper
 Masks = dict[str, torch.Tensor]
 
 
-def project_targets(tensors: dict[str, torch.Tensor], targets: Sequence[Target], global_unstructured: bool) -> dict[str, tuple]:
-    """Project each target's tensor onto its set; global unstructured targets share one threshold."""
+def project_targets(tensors: dict[str, torch.Tensor], targets: Sequence[Target], global_unstructured: bool,
+                    coupled: Sequence[tuple[str, ...]] = ()) -> dict[str, tuple]:
+    """Project each target's tensor onto its set; global unstructured targets share one threshold.
+
+    Each set in ``coupled`` (filter targets with one ratio whose output channels are the same
+    channels) is projected as one filter tensor: channels ranked by their summed energy over the
+    set's rows, the same channels zeroed in every member.
+    """
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if global_unstructured:
         names = [t.name for t in targets]
         for name, pair in zip(names, project_global([tensors[n] for n in names], targets[0].ratio)):
             out[name] = pair
         return out
+    ratio_of = {t.name: t.ratio for t in targets}
+    for group in coupled:
+        members = [n for n in group if n in tensors]
+        if not members:
+            continue
+        rows = torch.cat([tensors[n].detach().reshape(tensors[n].shape[0], -1) for n in members], 1)
+        keep = project(rows, "filter", ratio_of[members[0]])[1][:, 0]
+        for n in members:
+            w = tensors[n]
+            mask = keep.reshape((-1,) + (1,) * (w.dim() - 1)).expand(w.shape).contiguous()
+            out[n] = (torch.where(mask, w.detach(), torch.zeros((), dtype=w.dtype, device=w.device)), mask)
     for t in targets:
+        if t.name in out:
+            continue
         if t.structure is None:  # a quantization target (prunus.quantize.QuantTarget) projects itself
             out[t.name] = t.project(tensors[t.name])
         else:
@@ -52,7 +71,8 @@ def hard_prune(model: nn.Module, plan: Plan) -> Masks:
     """
     targets = plan.resolve(model)
     params = dict(model.named_parameters())
-    projected = project_targets({t.name: params[t.name] for t in targets}, targets, plan.global_unstructured)
+    projected = project_targets({t.name: params[t.name] for t in targets}, targets, plan.global_unstructured,
+                                getattr(plan, "coupled", ()))
     masks = {}
     for name, (w, mask) in projected.items():
         params[name].copy_(w)

@@ -101,6 +101,18 @@ def load_run_input(init: str | Path, data_dir: str | None, download: bool):
     return model, ckpt, meta, train_set, test_set
 
 
+def couple_if_possible(model, plan: Plan, example: torch.Tensor, console: Console) -> Plan:
+    """A filter plan with its coupled sets (:func:`prunus.coupling.couple_plan`) when torch-pruning is there."""
+    plan.resolve(model)
+    try:
+        from prunus.coupling import couple_plan
+
+        return couple_plan(model, plan, example)
+    except MissingDependencyError as e:
+        console.print(f"note: {e}; coupled filters (residual adds) are projected per tensor")
+        return plan
+
+
 def hard_prune_removable(method: PruningMethod, plan: Plan, model, example: torch.Tensor, console: Console):
     """The method's hard-prune, made physically removable when the plan prunes filters.
 
@@ -143,7 +155,7 @@ def run_pruning(
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=False)
     model, ckpt, meta, train_set, test_set = load_run_input(init, data_dir, download)
-    plan.resolve(model)  # validate before anything is written
+    plan = couple_if_possible(model, plan, train_set.images[:2], console)  # also validates before anything is written
     dev = pick_device(device)
     model.to(dev)
 

@@ -64,6 +64,10 @@ class Plan:
     rules: list[Rule] = field(default_factory=list)
     global_unstructured: bool = False
     source: str = "plan"  # where the rules came from, for error messages
+    #: sets of planned filter tensors whose output channels are one set of channels (a residual add, a
+    #: depthwise conv after its expansion): they are projected together, so the same channels go in all.
+    #: Derived from the model by :func:`prunus.coupling.couple_plan`, not written in recipes.
+    coupled: list[tuple[str, ...]] = field(default_factory=list)
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -155,10 +159,13 @@ class Plan:
         return sorted(targets, key=lambda t: order[t.name])
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "global": self.global_unstructured,
             "prune": {r.pattern: {"structure": str(r.structure), "ratio": r.ratio} for r in self.rules},
         }
+        if self.coupled:
+            out["coupled"] = [list(c) for c in self.coupled]
+        return out
 
 
 def prunable_weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

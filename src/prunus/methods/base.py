@@ -74,7 +74,7 @@ class PruningMethod(TrainingHook, ABC):
     @torch.no_grad()
     def project(self, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Euclidean projection of each target tensor onto its constraint set."""
-        return project_targets(tensors, self.targets, self.plan.global_unstructured)
+        return project_targets(tensors, self.targets, self.plan.global_unstructured, getattr(self.plan, "coupled", ()))
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.params.items()}
