@@ -23,14 +23,17 @@ data:
 	@sh scripts/ensure-data.sh
 
 # Train (or reuse) a dense LeNet-5 on Fashion-MNIST, then SLR-prune it 20x and print
-# the accuracy right after hard-pruning, after one retraining epoch, and the table.
+# the accuracy right after hard-pruning, after one retraining epoch, and the table;
+# then quantize the pruned model to 4 bits and export it, printing its true size.
 demo: setup data
 	@if [ ! -f $(DENSE)/checkpoints/epoch-0015/meta.json ]; then \
 		rm -rf $(DENSE) && $(VENV)/bin/prunus train --model lenet5 --dataset fashion-mnist --epochs 15 --out $(DENSE); \
 	else echo "reusing the dense model in $(DENSE)"; fi
-	rm -rf $(RUN)
+	rm -rf $(RUN) $(RUN)-4bit
 	$(VENV)/bin/prunus prune --method slr --init $(DENSE) --compression 20 --global \
 		--epochs 6 --update-every 100 --retrain-epochs 1 --out $(RUN)
+	$(VENV)/bin/prunus quantize --init $(RUN)/retrain --bits 4 --method slr --epochs 2 \
+		--finetune-epochs 1 --out $(RUN)-4bit
 
 test: setup data
 	$(PY) -m pytest -q
