@@ -3,9 +3,9 @@
 For each model, a dense model is trained on Fashion-MNIST padded to 32x32; then,
 at 2x and 4x fewer MACs, two methods get the same epoch budget:
   slr  SLR with a filter plan (3 pruning epochs, Adam lr 1e-3, cosine), hard-prune
-       per coupled group, 2 masked retraining epochs
+       per coupled group, 1 masked retraining epoch
   l1   L1-norm filter pruning (Li et al. 2017): one-shot at the start, then
-       3 + 2 masked training epochs (the same 5 epochs)
+       3 + 1 masked training epochs (the same 4 epochs)
 One uniform filter ratio for every Conv2d/Linear but the first and last, found by
 bisection so that the MACs of the physically pruned model fall 2x or 4x. The
 retrained model then goes through surgery (``prunus.surgery``; outputs checked
@@ -35,7 +35,7 @@ from prunus.training import TrainConfig, environment_info, evaluate, latest_chec
 
 NAME = "surgery_speedup"
 MODELS = {"vgg16": {"width": 0.25}, "resnet20": {}}
-DENSE_EPOCHS = 5
+DENSE_EPOCHS = 4
 METHODS = {"slr": ("slr", {}), "l1": ("magnitude", {"norm": "l1"})}
 TARGETS = (2.0, 4.0)
 PROBE = torch.zeros(1, 1, 32, 32)
@@ -70,8 +70,8 @@ def summarize(data: dict) -> str:
         "",
         f"Fashion-MNIST padded to 32x32; dense models trained {data['dense_epochs']} epochs (SGD, cosine). One filter ratio "
         "for every Conv2d/Linear but the first and last, chosen so that the MACs of the physically smaller model fall 2x "
-        "or 4x. slr: 3 SLR epochs + hard-prune (per coupled group) + 2 masked epochs; l1: L1-norm filter pruning at the "
-        "start + 5 masked epochs. Then surgery (outputs checked equal) and latency of dense and small model in the same "
+        "or 4x. slr: 3 SLR epochs + hard-prune (per coupled group) + 1 masked epoch; l1: L1-norm filter pruning at the "
+        "start + 4 masked epochs. Then surgery (outputs checked equal) and latency of dense and small model in the same "
         "process: median of 30 forward passes after 5 warm-ups, eval mode, inference mode, "
         f"{data['threads']} threads. MACs = Conv2d/Linear multiply-accumulates per image. Seed 0. "
         f"Machine: {data['environment']['cpu']}, {data['environment']['cpu_count']} cores, torch {data['environment']['torch']}.",
@@ -115,7 +115,7 @@ def main() -> None:
             for variant, (method, options) in METHODS.items():
                 if (name, target, variant) in done:
                     continue
-                config = PruneConfig(method=method, epochs=3, retrain_epochs=2, seed=0, options=options)
+                config = PruneConfig(method=method, epochs=3, retrain_epochs=1, seed=0, options=options)
                 run = prune_run(init, plan, config, inspect=shrink, model=name, target=target, ratio=ratio, variant=variant)
                 small = run.pop("small")
                 dense_t, small_t = timings(model), timings(small)  # same process, back to back
