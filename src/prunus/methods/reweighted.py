@@ -42,7 +42,6 @@ from prunus.sparsity import group_sums
 
 
 class Reweighted(PruningMethod):
-    name = "pruner"
     scalars = ("rounds", "lam", "eps")
 
     def __init__(
