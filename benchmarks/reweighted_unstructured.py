@@ -53,8 +53,9 @@ def summarize(data: dict) -> str:
         groups.setdefault((r["rate"], r["variant"]), []).append(r)
     for (rate, variant), g in sorted(groups.items(), key=lambda kv: (kv[0][0], list(VARIANTS).index(kv[0][1]))):
         rec = ", ".join(str(e) if (e := epochs_to_recover(x, dense)) is not None else f">{R}" for x in g)
+        name = variant if len(g) == len(data["seeds"]) else f"{variant} ({len(g)} seed{'s' * (len(g) > 1)})"
         lines.append(
-            f"| {rate:g}x | {variant} | {mean_std([x['hard_pruned_accuracy'] for x in g])} | "
+            f"| {rate:g}x | {name} | {mean_std([x['hard_pruned_accuracy'] for x in g])} | "
             f"{mean_std([x['retrain_accuracy'][0] for x in g])} | {mean_std([x['retrain_accuracy'][-1] for x in g])} | "
             f"{rec} | {statistics.mean(x['prune_seconds'] for x in g):.0f} |"
         )
@@ -70,7 +71,11 @@ def main() -> None:
     ap.add_argument("--retrain-epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--continue", dest="cont", action="store_true", help="keep the runs already in the JSON")
+    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
+    if args.render:
+        data = json.loads((RESULTS / f"{NAME}.json").read_text())
+        return write_result(NAME, data, summarize(data))
 
     init = dense_checkpoint()
     model, _ = load_model(init)
