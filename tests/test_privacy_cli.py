@@ -46,6 +46,17 @@ def test_audit_writes_table_and_roc_pngs(capsys, target, tmp_path):
     assert not list(out.glob(".*")), "temporary files left behind"
 
 
+def test_prune_defense_from_the_target(capsys, target, tmp_path):
+    out = tmp_path / "pruned"
+    code, stdout, _ = run_cli(capsys, "defend", "--defense", "prune", "--init", str(target), "--method", "magnitude",
+                              "--ratio", "0.5", "--prune-epochs", "0", "--retrain-epochs", "1", "--batch-size", "32",
+                              "--out", str(out))
+    assert code == 0 and "compression 2.0x" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["split"] == json.loads((target / "results.json").read_text())["split"]
+    assert len(results["retrain_accuracy"]) == 1
+
+
 @pytest.mark.parametrize(
     "argv,fragments",
     [

@@ -92,6 +92,8 @@ def test_dpsgd_reaches_its_epsilon(digits_target, tmp_path, capsys):
     acc = json.loads(capsys.readouterr().out)["accuracy"]
     assert acc == pytest.approx(json.loads((out / "results.json").read_text())["test_accuracy"], abs=1e-6)
     assert acc > 20.0  # learnt something under noise (chance is 10%)
+    # it was trained from scratch, not from the non-private weights of --init
+    assert dp["history"][0]["test_accuracy"] < json.loads((digits_target / "results.json").read_text())["test_accuracy"]
 
 
 def test_dpsgd_replaces_batchnorm(tmp_path):

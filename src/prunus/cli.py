@@ -159,8 +159,9 @@ def _add_privacy_parsers(sub, optimizers, schedules) -> None:
     de = sub.add_parser("defend", help="train a model on the members of a recorded split, with a membership-inference "
                                        "defense (none, prune, advreg, mcmia, dpsgd)")
     de.add_argument("--defense", choices=DEFENSES, required=True)
-    de.add_argument("--init", help="start from this checkpoint (e.g. an undefended `--defense none` target): its model, "
-                                   "membership split and recipe are reused")
+    de.add_argument("--init", help="a `prunus defend` checkpoint (e.g. the undefended `--defense none` target) whose "
+                                   "membership split, architecture and recipe are reused; prune and mcmia start from "
+                                   "its weights, the other defenses train from scratch")
     de.add_argument("--model", help=f"model name (default {d.model}; with --init: the checkpoint's)")
     de.add_argument("--dataset", help=f"dataset name (default {d.dataset}; with --init: the checkpoint's)")
     de.add_argument("--members", type=_positive_int, default=d.members,
@@ -223,14 +224,14 @@ def _add_privacy_parsers(sub, optimizers, schedules) -> None:
 def cmd_defend(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from prunus.privacy.defenses import DefenseConfig, run_defense
-    from prunus.training import check_run_dir, load_model
+    from prunus.privacy.defenses import DefenseConfig, load_defended, run_defense
+    from prunus.training import check_run_dir
 
     out = Path(args.out)
     check_run_dir(out, resume=False)
     model, dataset = args.model, args.dataset
     if args.init:
-        _, ckpt = load_model(args.init)
+        _, ckpt = load_defended(args.init)
         model = model or ckpt.meta["model"]["name"]
         dataset = dataset or ckpt.meta.get("dataset", {}).get("name")
     config = DefenseConfig(

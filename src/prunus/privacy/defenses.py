@@ -334,8 +334,9 @@ def run_defense(
     """Train a defended model on the members of a membership split; writes ``RUN_DIR/final`` and ``results.json``.
 
     With ``init`` (a checkpoint written by a previous ``run_defense``, e.g. the undefended
-    target) the model, its split and its recipe are taken from there; pruning and MCMIA then
-    start from its weights. Without it a fresh split is drawn (``config.members``,
+    target) the architecture, the split and the recipe are taken from there; pruning and MCMIA
+    start from its weights, the other defenses train a freshly initialised model (DP-SGD must:
+    the init's weights have seen the members without noise). Without it a fresh split is drawn (``config.members``,
     ``config.split_seed``) and, for pruning and MCMIA, a dense model is first trained on the
     members into ``RUN_DIR/dense``.
     """
@@ -343,7 +344,7 @@ def run_defense(
     from prunus.models import build_model
     from prunus.plan import Plan, ratio_for_compression
     from prunus.privacy.splits import make_split, split_of_checkpoint
-    from prunus.training import Trainer, check_run_dir, create_run_dir, evaluate, load_model, model_record, pick_device
+    from prunus.training import Trainer, check_run_dir, create_run_dir, evaluate, model_record, pick_device
 
     config.validate()
     console = console or Console()
@@ -352,7 +353,7 @@ def run_defense(
     dev = pick_device(device)
 
     if init is not None:
-        model, ckpt = load_model(init)
+        model, ckpt = load_defended(init)
         split = split_of_checkpoint(ckpt)
         dataset = ckpt.meta.get("dataset", {})
         recipe = (ckpt.meta.get("privacy") or {}).get("reference_training")
@@ -365,6 +366,15 @@ def run_defense(
         test_set = load_dataset(dataset["name"], "test", data_dir=data_dir, download=download,
                                 image_size=dataset.get("image_size"))
         meta = {"model": ckpt.meta["model"], "dataset": dataset, "init": str(ckpt.path)}
+        if config.defense in ("none", "advreg", "dpsgd"):
+            # only pruning starts from the init's weights: they have seen the members without the defense
+            # (a DP guarantee would not hold for them), so the other defenses train a fresh model
+            record = ckpt.meta["model"]
+            if "layers" in record:
+                raise ConfigError(f"--init {init}: a physically pruned model cannot be retrained from scratch here")
+            torch.manual_seed(config.seed)
+            model = build_model(record["name"], in_channels=record["in_channels"], num_classes=record["num_classes"],
+                                **record.get("options", {}))
     else:
         train_set = load_dataset(config.dataset, "train", data_dir=data_dir, download=download)
         test_set = load_dataset(config.dataset, "test", data_dir=data_dir, download=download)
