@@ -110,8 +110,9 @@ class AdversarialRegularizer(TrainingHook):
         self.lam, self.attack_steps, self.warmup_epochs, self.batch_size = lam, attack_steps, warmup_epochs, batch_size
         self.num_classes = members.num_classes
         device = next(model.parameters()).device
-        torch.manual_seed(seed)
-        self.h = InferenceModel(self.num_classes, hidden).to(device)
+        with torch.random.fork_rng(devices=[]):  # seeded h without disturbing the caller's global RNG
+            torch.manual_seed(seed)
+            self.h = InferenceModel(self.num_classes, hidden).to(device)
         self.h_optimizer = torch.optim.Adam(self.h.parameters(), lr=lr)
         self.generator = torch.Generator().manual_seed(seed + 7919)
         self.epochs_done = 0
@@ -603,7 +604,7 @@ def train_dpsgd(model: nn.Module, members: ArrayDataset, test_set: ArrayDataset,
     eps = float(engine.get_epsilon(delta))
     return {"model": model, "epsilon": eps, "delta": delta, "target_epsilon": epsilon, "accountant": accountant,
             "noise_multiplier": float(optimizer.noise_multiplier), "max_grad_norm": max_grad_norm,
-            "sample_rate": float(1 / len(loader)), "steps": steps, "epochs": tcfg.epochs, "groupnorm": groupnorm,
+            "sample_rate": float(getattr(loader, "sample_rate", 1 / len(loader))), "steps": steps, "epochs": tcfg.epochs, "groupnorm": groupnorm,
             "history": history}
 
 
