@@ -1,7 +1,7 @@
 """Optional dependencies, imported only by the feature that needs them.
 
-prunus imports without torch-pruning, onnx or onnxruntime; calling surgery or
-export without them raises one clear :class:`~prunus.errors.MissingDependencyError`
+prunus imports without torch-pruning, onnx, onnxruntime, opacus or matplotlib; calling
+surgery, export, DP-SGD or the audit's plots without them raises one clear :class:`~prunus.errors.MissingDependencyError`
 naming the package and how to install it, instead of a bare ``ImportError``.
 """
 
@@ -17,6 +17,8 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "torch_pruning": ("torch-pruning", "surgery"),
     "onnx": ("onnx", "surgery"),
     "onnxruntime": ("onnxruntime", "surgery"),
+    "opacus": ("opacus", "privacy"),
+    "matplotlib": ("matplotlib", "privacy"),
 }
 
 

@@ -143,9 +143,139 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--image-size", type=_positive_int, help="input size (default: the checkpoint's dataset)")
     ex.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset version")
 
+    _add_privacy_parsers(sub, OPTIMIZERS, SCHEDULES)
+
     sub.add_parser("models", help="list the models")
     sub.add_parser("datasets", help="list the datasets")
     return parser
+
+
+def _add_privacy_parsers(sub, optimizers, schedules) -> None:
+    """`prunus defend` and `prunus audit` (membership inference, prunus.privacy)."""
+    from prunus.pipeline import METHOD_NAMES
+    from prunus.privacy.audit import ATTACKS, AuditConfig
+    from prunus.privacy.defenses import DEFENSES, DefenseConfig
+
+    d = DefenseConfig()
+    de = sub.add_parser("defend", help="train a model on the members of a recorded split, with a membership-inference "
+                                       "defense (none, prune, advreg, mcmia, dpsgd)")
+    de.add_argument("--defense", choices=DEFENSES, required=True)
+    de.add_argument("--init", help="a `prunus defend` checkpoint (e.g. the undefended `--defense none` target) whose "
+                                   "membership split, architecture and recipe are reused; prune and mcmia start from "
+                                   "its weights, the other defenses train from scratch")
+    de.add_argument("--model", help=f"model name (default {d.model}; with --init: the checkpoint's)")
+    de.add_argument("--dataset", help=f"dataset name (default {d.dataset}; with --init: the checkpoint's)")
+    de.add_argument("--members", type=_positive_int, default=d.members,
+                    help="training members drawn from the train split; as many non-members are held out")
+    de.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the member/non-member/pool split")
+    de.add_argument("--epochs", type=_positive_int, default=d.epochs, help="training epochs (dense/undefended recipe)")
+    de.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    de.add_argument("--optimizer", choices=optimizers, default=d.optimizer)
+    de.add_argument("--lr", type=float, default=d.lr)
+    de.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    de.add_argument("--schedule", choices=schedules, default=d.schedule)
+    de.add_argument("--seed", type=int, default=d.seed)
+    de.add_argument("--eval-examples", type=_positive_int, help="per-epoch test accuracy on the first N test images")
+    g = de.add_argument_group("min-max game (advreg, mcmia)")
+    g.add_argument("--adv-lambda", type=float, default=d.adv_lambda, help="weight of the inference model's gain")
+    g.add_argument("--attack-steps", type=_positive_int, default=d.attack_steps, help="k: inference-model steps per classifier step")
+    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="epochs without the game first")
+    g.add_argument("--adv-lr", type=float, default=d.adv_lr)
+    g.add_argument("--adv-reference", type=_positive_int, help="pool examples used as reference non-members (default: as many as members)")
+    p = de.add_argument_group("pruning (prune, mcmia)")
+    p.add_argument("--method", choices=METHOD_NAMES, default=d.method)
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--compression", type=float, help="20 means 20x fewer weights")
+    what.add_argument("--ratio", type=float, help="fraction of zeros in every prunable layer")
+    p.add_argument("--structure", default=d.structure)
+    p.add_argument("--global", dest="global_", action="store_true", help="one magnitude threshold across layers")
+    p.add_argument("--prune-epochs", type=int, default=d.prune_epochs, help="epochs with the pruning method active")
+    p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs, help="masked fine-tuning epochs")
+    p.add_argument("--retrain-lr", type=float)
+    p.add_argument("--update-every", type=_positive_int, help="batches between method rounds (default: once per epoch)")
+    p.add_argument("--rho", type=float, help="penalty weight (SLR, ADMM)")
+    dp = de.add_argument_group("DP-SGD (dpsgd)")
+    dp.add_argument("--epsilon", type=float, default=d.epsilon, help="target epsilon")
+    dp.add_argument("--delta", type=float, default=d.delta, help="target delta (must be below 1/members)")
+    dp.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="per-sample clipping norm")
+    dp.add_argument("--accountant", choices=("prv", "rdp", "gdp"), default=d.accountant)
+    de.add_argument("--out", required=True, help="run directory to create")
+    _add_data_args(de)
+
+    a = AuditConfig()
+    au = sub.add_parser("audit", help="membership-inference audit of a checkpoint that records its split: "
+                                      "metric, shadow-model and LiRA attacks; a table and ROC PNGs")
+    au.add_argument("checkpoint", help="checkpoint directory (or a `prunus defend` run directory)")
+    au.add_argument("--attack", action="append", metavar="NAME",
+                    help=f"attack(s), repeatable or comma-separated: {', '.join(ATTACKS)}, metric, all (default: lira)")
+    au.add_argument("--reference-models", type=_positive_int, default=a.reference_models,
+                    help="LiRA reference models, trained on random halves of members + non-members")
+    au.add_argument("--shadow-models", type=_positive_int, default=a.shadow_models,
+                    help="shadow models on the attacker pool (metric thresholds, shadow attack)")
+    au.add_argument("--per-class-thresholds", action="store_true", help="metric attacks: one threshold per class")
+    au.add_argument("--shadow-per-class", action="store_true", help="shadow attack: one attack model per class")
+    au.add_argument("--variance", choices=("auto", "global", "per-example"), default="auto",
+                    help="LiRA Gaussians: auto = global below 64 models per side")
+    au.add_argument("--epochs", type=_positive_int, help="reference/shadow training epochs (default: the target's recipe)")
+    au.add_argument("--seed", type=int, default=a.seed)
+    au.add_argument("--out", required=True, help="report directory to create")
+    _add_data_args(au)
+
+
+def cmd_defend(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from prunus.privacy.defenses import DefenseConfig, load_defended, run_defense
+    from prunus.training import check_run_dir
+
+    out = Path(args.out)
+    check_run_dir(out, resume=False)
+    model, dataset = args.model, args.dataset
+    if args.init:
+        _, ckpt = load_defended(args.init)
+        model = model or ckpt.meta["model"]["name"]
+        dataset = dataset or ckpt.meta.get("dataset", {}).get("name")
+    config = DefenseConfig(
+        defense=args.defense, model=model or DefenseConfig.model, dataset=dataset or DefenseConfig.dataset,
+        members=args.members, split_seed=args.split_seed, epochs=args.epochs, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
+        eval_examples=args.eval_examples, adv_lambda=args.adv_lambda, attack_steps=args.attack_steps,
+        warmup_epochs=args.warmup_epochs, adv_lr=args.adv_lr, adv_reference=args.adv_reference, method=args.method,
+        compression=args.compression, ratio=args.ratio, structure=args.structure, global_=args.global_,
+        prune_epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs, retrain_lr=args.retrain_lr,
+        update_every=args.update_every, method_options={"rho": args.rho} if args.rho is not None else {},
+        epsilon=args.epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm, accountant=args.accountant,
+    ).validate()
+    results = run_defense(config, out, init=args.init, data_dir=args.data_dir, download=args.download, device=args.device)
+    line = (f"{args.defense}: test accuracy {results['test_accuracy']:.2f}% (members {results['member_accuracy']:.2f}%, "
+            f"non-members {results['nonmember_accuracy']:.2f}%)")
+    if "dp" in results:
+        line += f"; (epsilon, delta) = ({results['dp']['epsilon']:.3f}, {results['dp']['delta']:g})"
+    if "report" in results:
+        line += f"; compression {results['report']['compression']:.1f}x"
+    print(f"{line}; checkpoint {out / 'final'}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from prunus.privacy.audit import AuditConfig, run_audit
+
+    variance = {"auto": None, "global": True, "per-example": False}[args.variance]
+    config = AuditConfig(
+        attacks=tuple(args.attack or ("lira",)), reference_models=args.reference_models, shadow_models=args.shadow_models,
+        per_class_thresholds=args.per_class_thresholds, shadow_per_class=args.shadow_per_class,
+        global_variance=variance, epochs=args.epochs, seed=args.seed,
+    ).validate()
+    out = Path(args.out)
+    _check_new_dir(out)
+    report = run_audit(args.checkpoint, config, out, data_dir=args.data_dir, download=args.download, device=args.device)
+    best = max(report["attacks"], key=lambda r: r["auc"])
+    print(f"strongest attack {best['attack']}: AUC {best['auc']:.4f}, TPR@0.1%FPR {100 * best['tpr_at_0.1pct_fpr']:.2f}% "
+          f"({best['members']} members, {best['nonmembers']} non-members); report {out / 'report.md'}, "
+          f"ROC {out / 'roc.png'}, {out / 'roc-log.png'}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -408,7 +538,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train, "eval": cmd_eval, "prune": cmd_prune, "quantize": cmd_quantize, "surgery": cmd_surgery,
-    "export": cmd_export, "models": cmd_models, "datasets": cmd_datasets,
+    "export": cmd_export, "models": cmd_models, "datasets": cmd_datasets, "defend": cmd_defend, "audit": cmd_audit,
 }
 
 

@@ -1,0 +1,100 @@
+"""`prunus defend` and `prunus audit` end to end on digits, and their user errors (one line, exit 2, nothing written)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prunus.checkpoint import save_checkpoint
+from prunus.models import build_model
+from test_cli import assert_user_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory) -> Path:
+    from prunus.cli import main
+
+    run = tmp_path_factory.mktemp("cli") / "target"
+    assert main(["defend", "--defense", "none", "--model", "lenet5", "--dataset", "digits", "--members", "150",
+                 "--epochs", "4", "--batch-size", "32", "--out", str(run)]) == 0
+    return run
+
+
+def test_audit_writes_table_and_roc_pngs(capsys, target, tmp_path):
+    out = tmp_path / "audit"
+    code, stdout, _ = run_cli(capsys, "audit", str(target), "--attack", "loss,mentr", "--attack", "lira",
+                              "--reference-models", "2", "--shadow-models", "1", "--epochs", "2", "--out", str(out))
+    assert code == 0
+    assert "strongest attack" in stdout and "report.md" in stdout
+    report = json.loads((out / "report.json").read_text())
+    assert [a["attack"] for a in report["attacks"]] == ["loss", "mentr", "lira-online", "lira-offline"]
+    for a in report["attacks"]:
+        assert (a["members"], a["nonmembers"]) == (150, 150)
+        assert 0.0 <= a["auc"] <= 1.0 and a["roc"]["fpr"][0] == 0.0 and a["roc"]["tpr"][-1] == 1.0
+    table = (out / "report.md").read_text()
+    assert "| attack | AUC | balanced acc. | TPR@1%FPR | TPR@0.1%FPR | members | non-members |" in table
+    assert table.count("| 150 | 150 |") == 4 and "(0 FP)" in table  # 150 non-members cannot resolve 0.1% FPR
+    for png in ("roc.png", "roc-log.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert report["accuracy"]["members"] >= report["accuracy"]["nonmembers"] - 5
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["reference_training"]["epochs"] == 2 and cfg["split"]["members"] == 150
+    scores = np.load(out / "scores.npz", allow_pickle=False)
+    assert set(scores.files) >= {"is_member", "score_loss", "score_lira-online"}
+    assert not list(out.glob(".*")), "temporary files left behind"
+
+
+def test_prune_defense_from_the_target(capsys, target, tmp_path):
+    out = tmp_path / "pruned"
+    code, stdout, _ = run_cli(capsys, "defend", "--defense", "prune", "--init", str(target), "--method", "magnitude",
+                              "--ratio", "0.5", "--prune-epochs", "0", "--retrain-epochs", "1", "--batch-size", "32",
+                              "--out", str(out))
+    assert code == 0 and "compression 2.0x" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["split"] == json.loads((target / "results.json").read_text())["split"]
+    assert len(results["retrain_accuracy"]) == 1
+
+
+@pytest.mark.parametrize(
+    "argv,fragments",
+    [
+        (["audit", "{missing}", "--out", "{out}"], ["does not exist"]),
+        (["audit", "{target}", "--attack", "gradient-magic", "--out", "{out}"], ["gradient-magic", "lira"]),
+        (["audit", "{target}", "--reference-models", "0", "--out", "{out}"], ["--reference-models", "at least 1"]),
+        (["audit", "{target}", "--attack", "lira", "--reference-models", "1", "--out", "{out}"], ["at least 2 for LiRA"]),
+        (["audit", "{plain}", "--out", "{out}"], ["records no membership split", "prunus defend"]),
+        (["defend", "--defense", "mcmia", "--dataset", "digits", "--out", "{out}"], ["--compression"]),
+        (["defend", "--defense", "dpsgd", "--dataset", "digits", "--members", "300", "--delta", "0.01",
+          "--out", "{out}"], ["--delta", "1/members"]),
+        (["defend", "--defense", "none", "--dataset", "digits", "--members", "1000", "--out", "{out}"], ["--members 1000"]),
+        (["defend", "--defense", "magic", "--out", "{out}"], ["--defense"]),
+    ],
+)
+def test_user_errors(capsys, tmp_path, target, argv, fragments):
+    plain = tmp_path / "plain"  # a checkpoint without a membership split (as `prunus train` writes)
+    model = build_model("lenet5")
+    save_checkpoint(plain, model.state_dict(), {}, {"model": {"name": "lenet5", "in_channels": 1, "num_classes": 10,
+                                                              "options": {}}, "dataset": {"name": "digits"}})
+    out = tmp_path / "out"
+    subs = {"{missing}": str(tmp_path / "nope"), "{out}": str(out), "{target}": str(target), "{plain}": str(plain)}
+    code, _, err = run_cli(capsys, *[subs.get(a, a) for a in argv])
+    assert_user_error(code, err, *fragments)
+    assert not out.exists(), "a failed command must not leave anything behind"
+
+
+def test_audit_refuses_a_non_empty_out(capsys, target, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    code, _, err = run_cli(capsys, "audit", str(target), "--out", str(out))
+    assert_user_error(code, err, "not empty")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_defended_checkpoint_evaluates(capsys, target):
+    code, stdout, _ = run_cli(capsys, "eval", str(target / "final"), "--json")
+    assert code == 0
+    results = json.loads((target / "results.json").read_text())
+    assert json.loads(stdout)["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
