@@ -112,6 +112,10 @@ def test_dpsgd_replaces_batchnorm(tmp_path):
     from prunus.training import evaluate
 
     assert evaluate(model, load_dataset("digits", "test"))["accuracy"] == pytest.approx(results["test_accuracy"])
+    # and so does prunus eval, which goes through training.load_model
+    from prunus.cli import main
+
+    assert main(["eval", str(tmp_path / "dp-bn" / "final")]) == 0
 
 
 def test_defense_errors(digits_target, tmp_path):

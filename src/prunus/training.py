@@ -514,6 +514,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
 
     A physically pruned model (see :mod:`prunus.surgery`) also records its layers' channel
     counts (``meta["model"]["layers"]``, :mod:`prunus.architecture`); they are applied first.
+    A DP-SGD model records ``norm: groupnorm``: its BatchNorms are replaced as opacus did.
     """
     from prunus.models import build_model
 
@@ -524,6 +525,13 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
     model = build_model(
         record["name"], in_channels=record["in_channels"], num_classes=record["num_classes"], **record.get("options", {})
     )
+    if record.get("norm") == "groupnorm":  # trained with DP-SGD: opacus replaced BatchNorm with GroupNorm
+        from prunus._optional import require
+
+        require("opacus", f"checkpoint {ckpt.path} (trained with DP-SGD, GroupNorm in place of BatchNorm)")
+        from opacus.validators import ModuleValidator
+
+        model = ModuleValidator.fix(model)
     if "layers" in record:  # a physically pruned model: narrow the layers to the recorded channel counts
         from prunus.architecture import apply_layer_shapes
 

@@ -609,24 +609,10 @@ def train_dpsgd(model: nn.Module, members: ArrayDataset, test_set: ArrayDataset,
 
 
 def load_defended(path: str | Path):
-    """Load any prunus checkpoint, including a DP-SGD model whose BatchNorms were replaced with GroupNorm."""
-    from prunus.checkpoint import load_checkpoint
-    from prunus.training import load_model, load_weights, resolve_checkpoint
+    """Load a defended run's final model (``RUN/final``) or any checkpoint, DP-SGD GroupNorm models included."""
+    from prunus.training import load_model
 
     path = Path(path)
     if (path / "final").is_dir() and not (path / "meta.json").exists():
         path = path / "final"
-    ckpt = load_checkpoint(resolve_checkpoint(path))
-    record = ckpt.meta.get("model") or {}
-    if record.get("norm") != "groupnorm":
-        return load_model(ckpt.path)
-    from prunus._optional import require
-    from prunus.models import build_model
-
-    require("opacus", f"checkpoint {ckpt.path} (trained with DP-SGD, GroupNorm in place of BatchNorm)")
-    from opacus.validators import ModuleValidator
-
-    model = ModuleValidator.fix(build_model(record["name"], in_channels=record["in_channels"],
-                                            num_classes=record["num_classes"], **record.get("options", {})))
-    load_weights(model, ckpt, f"model {record['name']} with GroupNorm")
-    return model, ckpt
+    return load_model(path)
