@@ -40,7 +40,7 @@ def project_targets(tensors: dict[str, torch.Tensor], targets: Sequence[Target],
         for name, pair in zip(names, project_global([tensors[n] for n in names], targets[0].ratio)):
             out[name] = pair
         return out
-    ratio_of = {t.name: t.ratio for t in targets}
+    ratio_of = {t.name: t.ratio for t in targets if t.structure is not None}
     for group in coupled:
         members = [n for n in group if n in tensors]
         if not members:
