@@ -1,0 +1,202 @@
+"""Numba kernels of the BCNN engine (imported only when numba is installed).
+
+Bit layout: an activation is ``uint64[B, H, W, nw]``; stacked channel ``c`` (in the layer's own
+order of live channels) is bit ``c % 64`` of word ``c // 64``, bit 1 meaning +1 and bit 0 meaning
+-1.  Unused high bits of the last word are 0 in activations and weights alike, so they XOR to 0
+and never count.  Weights are ``uint64[kh, kw, nw, P]`` (P = output channels, contiguous), so the
+innermost loop runs over output channels with one activation word held in a register:
+
+    acc[p] += popcount(a ^ w[ky, kx, q, p])        for p in 0..P-1
+
+For +-1 vectors of n entries, ``dot = n - 2 * popcount(a XOR b)`` (each differing position
+contributes -1 instead of +1).  Out-of-image taps are skipped, which is exactly zero padding of
+the reference convolution: ``dot = (valid taps) * nbits - 2 * sum popcounts``.
+
+``popcount64`` lowers to LLVM's ``ctpop``; numba compiles for the host CPU, so on a CPU with
+AVX-512 VPOPCNTDQ the vectorised loop above becomes ``vpopcntq`` on zmm registers, elsewhere
+``popcnt`` (x86-64-v2) or a bit-trick sequence.  :func:`popcount_instructions` reports what the
+compiled convolution kernel contains.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+__all__ = ["bconv", "bit_maxpool", "pack_signs", "popcount64", "popcount_ceiling_kernel", "popcount_instructions"]
+
+
+@intrinsic
+def popcount64(typingctx, x):
+    """Population count of a 64-bit integer (LLVM ``ctpop``), returned as int64."""
+    if not isinstance(x, types.Integer) or x.bitwidth != 64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return types.int64(x), codegen
+
+
+#: modes of :func:`bconv`
+THRESHOLD, ACCUMULATE = 0, 1
+
+
+@njit(parallel=True, cache=True, fastmath=False, nogil=True)
+def bconv(x, w, nbits, stride, pad, out_h, out_w, corr_int, corr_border, flip, thr, mode, out_bits, out_acc):
+    """Binary convolution by XNOR-popcount, parallel over (batch, output row).
+
+    ``mode == THRESHOLD``: output bit ``p`` is ``flip[p] * dot >= thr[p]`` (BN + sign folded),
+    written to ``out_bits[B, out_h, out_w, nwo]``.  ``mode == ACCUMULATE``: the integer ``dot`` goes
+    to ``out_acc[B, out_h, out_w, P]`` (int32).  ``dot`` includes ``corr_int[p]`` and, at border
+    pixels (some taps outside the image) when ``corr_border`` is not empty, ``corr_border[oy, ox, p]``:
+    the exact contribution of removed input channels that hold a constant +-1 (see the engine).
+    """
+    B, H, W, nw = x.shape
+    kh, kw = w.shape[0], w.shape[1]
+    P = w.shape[3]
+    full = kh * kw
+    has_border = corr_border.shape[0] > 0
+    nwo = out_bits.shape[3]
+    for job in prange(B * out_h):
+        b = job // out_h
+        oy = job - b * out_h
+        acc = np.empty(P, np.int64)
+        for ox in range(out_w):
+            for p in range(P):
+                acc[p] = 0
+            nvalid = 0
+            for ky in range(kh):
+                iy = oy * stride - pad + ky
+                if iy < 0 or iy >= H:
+                    continue
+                for kx in range(kw):
+                    ix = ox * stride - pad + kx
+                    if ix < 0 or ix >= W:
+                        continue
+                    nvalid += 1
+                    for q in range(nw):
+                        a = x[b, iy, ix, q]
+                        row = w[ky, kx, q]
+                        for p in range(P):
+                            acc[p] += popcount64(a ^ row[p])
+            base = nvalid * nbits
+            border = has_border and nvalid < full
+            if mode == 0:
+                for qo in range(nwo):
+                    word = np.uint64(0)
+                    for j in range(64):
+                        p = qo * 64 + j
+                        if p >= P:
+                            break
+                        d = base - 2 * acc[p] + corr_int[p]
+                        if border:
+                            d += corr_border[oy, ox, p]
+                        if flip[p] * d >= thr[p]:
+                            word |= np.uint64(1) << np.uint64(j)
+                    out_bits[b, oy, ox, qo] = word
+            else:
+                for p in range(P):
+                    d = base - 2 * acc[p] + corr_int[p]
+                    if border:
+                        d += corr_border[oy, ox, p]
+                    out_acc[b, oy, ox, p] = d
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def bit_maxpool(x, k, stride, pad, out_h, out_w, out):
+    """Max-pool on sign bits: the OR of the window's words (max of +-1 is +1 iff any is +1); padding ignored."""
+    B, H, W, nw = x.shape
+    for job in prange(B * out_h):
+        b = job // out_h
+        oy = job - b * out_h
+        for ox in range(out_w):
+            for q in range(nw):
+                word = np.uint64(0)
+                for ky in range(k):
+                    iy = oy * stride - pad + ky
+                    if iy < 0 or iy >= H:
+                        continue
+                    for kx in range(k):
+                        ix = ox * stride - pad + kx
+                        if ix < 0 or ix >= W:
+                            continue
+                        word |= x[b, iy, ix, q]
+                out[b, oy, ox, q] = word
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def pack_signs(x, out):
+    """``float32[B, H, W, C]`` -> sign bits ``uint64[B, H, W, nw]`` (bit 1 where ``x >= 0``)."""
+    B, H, W, C = x.shape
+    nw = out.shape[3]
+    for job in prange(B * H):
+        b = job // H
+        h = job - b * H
+        for j in range(W):
+            for q in range(nw):
+                word = np.uint64(0)
+                for i in range(64):
+                    c = q * 64 + i
+                    if c >= C:
+                        break
+                    if x[b, h, j, c] >= 0:
+                        word |= np.uint64(1) << np.uint64(i)
+                out[b, h, j, q] = word
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def popcount_ceiling_kernel(a, w, repeats, out):
+    """The convolution's inner loop on L1-resident data, one independent copy per thread.
+
+    ``a``: ``uint64[T, n]`` activation words, ``w``: ``uint64[n, P]``; every thread ``t`` does
+    ``repeats`` passes of ``acc[p] += popcount(a[t, q] ^ w[q, p])``; ``out[t]`` keeps a checksum so
+    that nothing is optimised away.  Bit-MACs done: ``T * repeats * n * P * 64``.
+    """
+    T, n = a.shape
+    P = w.shape[1]
+    for t in prange(T):
+        acc = np.zeros(P, np.int64)
+        for _ in range(repeats):
+            for q in range(n):
+                v = a[t, q]
+                for p in range(P):
+                    acc[p] += popcount64(v ^ w[q, p])
+        s = 0
+        for p in range(P):
+            s += acc[p]
+        out[t] = s
+
+
+def popcount_instructions() -> dict[str, int]:
+    """Count popcount instructions in the compiled x86 assembly of :func:`bconv` (compiles it if needed).
+
+    ``vpopcntq`` (AVX-512 VPOPCNTDQ, on 512/256-bit registers) means the inner loop is vectorised
+    with the hardware vector popcount; ``popcnt`` is the scalar instruction.
+    """
+    if not bconv.signatures:
+        _warm_up()
+    counts = {"vpopcntq": 0, "vpopcntd": 0, "popcnt": 0, "zmm_vpopcnt": 0}
+    for asm in bconv.inspect_asm().values():
+        for line in asm.splitlines():
+            op = line.strip().split("\t", 1)[0].strip()
+            if op in counts:
+                counts[op] += 1
+                if op.startswith("vpopcnt") and "zmm" in line:
+                    counts["zmm_vpopcnt"] += 1
+    return counts
+
+
+def _warm_up() -> None:
+    """Compile every kernel once for the engine's argument types (cached on disk by numba)."""
+    x = np.zeros((1, 2, 2, 1), np.uint64)
+    w = np.zeros((1, 1, 1, 3), np.uint64)
+    i32 = np.zeros(3, np.int32)
+    i64 = np.zeros(3, np.int64)
+    bits = np.zeros((1, 2, 2, 1), np.uint64)
+    acc = np.zeros((1, 2, 2, 3), np.int32)
+    bconv(x, w, 3, 1, 0, 2, 2, i32, np.zeros((0, 0, 0), np.int32), i64, i64, 0, bits, acc)
+    bit_maxpool(x, 2, 2, 0, 1, 1, np.zeros((1, 1, 1, 1), np.uint64))
+    pack_signs(np.zeros((1, 2, 2, 3), np.float32), np.zeros((1, 2, 2, 1), np.uint64))
+    popcount_ceiling_kernel(np.zeros((1, 2), np.uint64), np.zeros((2, 8), np.uint64), 1, np.zeros(1, np.int64))
