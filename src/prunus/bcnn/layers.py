@@ -82,20 +82,47 @@ def unstack(x: torch.Tensor) -> Pair:
 
 
 class _BinaryAwareConv2d(nn.Conv2d):
-    """An ``nn.Conv2d`` whose forward uses ``sign(weight)`` (straight-through) when ``binary``."""
+    """An ``nn.Conv2d`` whose forward uses ``sign(weight)`` (straight-through) when ``binary``.
+
+    Given half its input channels (``Cin`` instead of ``2*Cin``), it is the complex layer on a
+    *real* input (imaginary part 0): ``[x * Wr; x * Wi]`` stacked along the batch, the same
+    ``(2B, Cout)`` result as the full ``[(x, -0); (0, x)]`` batch at half the multiplications.
+    """
 
     binary: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = binarize(self.weight) if self.binary else self.weight
+        if 2 * x.shape[1] == self.in_channels:
+            c = x.shape[1]
+            args = (self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return torch.cat([F.conv2d(x, weight[:, :c], *args), F.conv2d(x, weight[:, c:], *args)], 0)
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
+def zeros_like_view(x: torch.Tensor) -> torch.Tensor:
+    """A zero tensor shaped like ``x`` that costs nothing: a stride-0 view of one zero.
+
+    :class:`ComplexInput` marks a known-zero imaginary part with it, so that a full-precision
+    complex layer can skip the multiplications by zero (see :func:`is_zero_view`).
+    """
+    return x.new_zeros(()).expand_as(x)
+
+
+def is_zero_view(x: torch.Tensor | None) -> bool:
+    return x is not None and x.dim() > 0 and all(s == 0 for s in x.stride()) and not bool(x.reshape(-1)[:1].any())
+
+
 class _BinaryAwareLinear(nn.Linear):
+    """``nn.Linear`` counterpart of :class:`_BinaryAwareConv2d` (same binary and real-input behaviour)."""
+
     binary: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = binarize(self.weight) if self.binary else self.weight
+        if 2 * x.shape[1] == self.in_features:
+            c = x.shape[1]
+            return torch.cat([F.linear(x, weight[:, :c], self.bias), F.linear(x, weight[:, c:], self.bias)], 0)
         return F.linear(x, weight, self.bias)
 
 
@@ -175,8 +202,12 @@ class _ComplexLayer(nn.Module):
     def _complex_forward(self, x: ComplexLike, view: tuple[int, ...]) -> ComplexLike:
         xr, xi = as_pair(x)
         if self.binary:
-            xr, xi = binarize(xr), binarize(xi)
-        out = self.core(_ComplexBatch.apply(xr, xi))
+            xr, xi = binarize(xr), binarize(xi.contiguous())
+            out = self.core(_ComplexBatch.apply(xr, xi))
+        elif is_zero_view(xi):  # a real input (ComplexInput "zero"): skip the products with 0
+            out = self.core(xr)
+        else:
+            out = self.core(_ComplexBatch.apply(xr, xi))
         if self.binary:
             out = out * self.scales().view(view)
         yr, yi = out[: xr.shape[0]], out[xr.shape[0]:]
@@ -456,7 +487,8 @@ class ComplexInput(nn.Module):
 
     * torch complex tensor ``(B, C, H, W)``: used as it is (any mode);
     * ``mode="stacked"``: a real ``(B, 2C, H, W)`` tensor ``[real; imag]`` (the modulation dataset);
-    * ``mode="zero"``: a real image, imaginary part 0;
+    * ``mode="zero"``: a real image, imaginary part 0 (a stride-0 zero view: the first complex
+      layer then skips the products with zero, see :func:`zeros_like_view`);
     * ``mode="fft"``: the 2-D FFT of a real image (``torch.fft.fft2``, ``norm="ortho"``, so energy is kept);
     * ``mode="learned"``: the real image plus a learned imaginary part, one real block
       ``BN -> ReLU -> 3x3 conv`` (Trabelsi et al. 2018);
@@ -473,7 +505,8 @@ class ComplexInput(nn.Module):
             raise ConfigError(f"complex_input='stacked' needs an even number of input channels [real; imag], "
                               f"got {in_channels}.")
         self.mode = mode
-        self.channels = in_channels // 2 if mode == "stacked" else in_channels
+        self.in_channels = in_channels  # real input channels of the model
+        self.channels = in_channels // 2 if mode == "stacked" else in_channels  # complex channels
         if mode == "learned":
             self.imag = nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(),
                                       nn.Conv2d(in_channels, in_channels, 3, padding=1, bias=False))
@@ -484,7 +517,7 @@ class ComplexInput(nn.Module):
         if self.mode == "stacked":
             return unstack(x)
         if self.mode == "zero":
-            return x, torch.zeros_like(x)
+            return x, zeros_like_view(x)
         if self.mode == "fft":
             f = torch.fft.fft2(x, norm="ortho")
             return f.real.contiguous(), f.imag.contiguous()

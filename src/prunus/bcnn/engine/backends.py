@@ -41,8 +41,8 @@ class NumbaBackend:
                                     np.ascontiguousarray(op.flip, np.int64), np.ascontiguousarray(op.thr, np.int64))
 
     def pack(self, data: torch.Tensor) -> np.ndarray:
-        x = data.detach().to(torch.float32).permute(0, 2, 3, 1).contiguous().numpy()
-        out = np.empty(x.shape[:3] + (_words(x.shape[3]),), np.uint64)
+        x = data.detach().to(torch.float32).contiguous().numpy()
+        out = np.empty((x.shape[0], x.shape[2], x.shape[3], _words(x.shape[1])), np.uint64)
         self.k.pack_signs(x, out)
         return out
 

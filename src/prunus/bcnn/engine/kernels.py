@@ -15,7 +15,7 @@ the reference convolution: ``dot = (valid taps) * nbits - 2 * sum popcounts``.
 ``popcount64`` lowers to LLVM's ``ctpop``; numba compiles for the host CPU, so on a CPU with
 AVX-512 VPOPCNTDQ the vectorised loop above becomes ``vpopcntq`` on zmm registers, elsewhere
 ``popcnt`` (x86-64-v2) or a bit-trick sequence.  :func:`popcount_instructions` reports what the
-compiled convolution kernel contains.
+compiled kernels contain (checked on this project's AMD EPYC, Zen 5: ``vpopcntq`` on zmm registers).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def bconv(x, w, nbits, stride, pad, out_h, out_w, corr_int, corr_border, flip, t
         b = job // out_h
         oy = job - b * out_h
         acc = np.empty(P, np.int64)
+        dd = np.empty(P, np.int64)
         for ox in range(out_w):
             for p in range(P):
                 acc[p] = 0
@@ -84,16 +85,15 @@ def bconv(x, w, nbits, stride, pad, out_h, out_w, corr_int, corr_border, flip, t
             base = nvalid * nbits
             border = has_border and nvalid < full
             if mode == 0:
+                for p in range(P):  # vectorised: dd >= 0 <=> output bit 1
+                    dd[p] = flip[p] * (base - 2 * acc[p] + corr_int[p]) - thr[p]
+                if border:
+                    for p in range(P):
+                        dd[p] += flip[p] * corr_border[oy, ox, p]
                 for qo in range(nwo):
                     word = np.uint64(0)
-                    for j in range(64):
-                        p = qo * 64 + j
-                        if p >= P:
-                            break
-                        d = base - 2 * acc[p] + corr_int[p]
-                        if border:
-                            d += corr_border[oy, ox, p]
-                        if flip[p] * d >= thr[p]:
+                    for j in range(min(64, P - qo * 64)):
+                        if dd[qo * 64 + j] >= 0:
                             word |= np.uint64(1) << np.uint64(j)
                     out_bits[b, oy, ox, qo] = word
             else:
@@ -128,22 +128,25 @@ def bit_maxpool(x, k, stride, pad, out_h, out_w, out):
 
 @njit(parallel=True, cache=True, nogil=True)
 def pack_signs(x, out):
-    """``float32[B, H, W, C]`` -> sign bits ``uint64[B, H, W, nw]`` (bit 1 where ``x >= 0``)."""
-    B, H, W, C = x.shape
+    """``float32[B, C, H, W]`` (NCHW, as PyTorch holds it) -> sign bits ``uint64[B, H, W, nw]`` (1 where ``x >= 0``).
+
+    Parallel over (batch, row); the inner loop runs along a contiguous image row.
+    """
+    B, C, H, W = x.shape
     nw = out.shape[3]
     for job in prange(B * H):
         b = job // H
         h = job - b * H
+        words = np.zeros((nw, W), np.uint64)
+        for c in range(C):
+            q = c >> 6
+            bit = np.uint64(1) << np.uint64(c & 63)
+            for j in range(W):
+                if x[b, c, h, j] >= 0:
+                    words[q, j] |= bit
         for j in range(W):
             for q in range(nw):
-                word = np.uint64(0)
-                for i in range(64):
-                    c = q * 64 + i
-                    if c >= C:
-                        break
-                    if x[b, h, j, c] >= 0:
-                        word |= np.uint64(1) << np.uint64(i)
-                out[b, h, j, q] = word
+                out[b, h, j, q] = words[q, j]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -169,16 +172,25 @@ def popcount_ceiling_kernel(a, w, repeats, out):
         out[t] = s
 
 
-def popcount_instructions() -> dict[str, int]:
-    """Count popcount instructions in the compiled x86 assembly of :func:`bconv` (compiles it if needed).
+def popcount_instructions(kernel: str = "ceiling") -> dict[str, int]:
+    """Count popcount instructions in freshly compiled x86 assembly of a kernel's inner loop.
 
-    ``vpopcntq`` (AVX-512 VPOPCNTDQ, on 512/256-bit registers) means the inner loop is vectorised
-    with the hardware vector popcount; ``popcnt`` is the scalar instruction.
+    ``kernel="ceiling"`` (quick) compiles :func:`popcount_ceiling_kernel`, whose loop is the
+    convolution's ``acc[p] += popcount(a ^ w[q, p])``; ``kernel="bconv"`` compiles :func:`bconv` itself
+    (a few seconds).  A private, uncached copy is compiled because numba cannot show the assembly of
+    code it loaded from its disk cache.  ``vpopcntq`` (with ``zmm_vpopcnt`` counting those on 512-bit
+    registers) means the loop is vectorised with AVX-512 VPOPCNTDQ; ``popcnt`` is the scalar instruction.
     """
-    if not bconv.signatures:
-        _warm_up()
+    if kernel == "ceiling":
+        fn = njit(parallel=True, cache=False)(popcount_ceiling_kernel.py_func)
+        fn(np.zeros((1, 2), np.uint64), np.zeros((2, 8), np.uint64), 1, np.zeros(1, np.int64))
+    elif kernel == "bconv":
+        fn = njit(parallel=True, cache=False, fastmath=False, nogil=True)(bconv.py_func)
+        _call_bconv(fn)
+    else:
+        raise ValueError(f"kernel must be 'ceiling' or 'bconv', got {kernel!r}")
     counts = {"vpopcntq": 0, "vpopcntd": 0, "popcnt": 0, "zmm_vpopcnt": 0}
-    for asm in bconv.inspect_asm().values():
+    for asm in fn.inspect_asm().values():
         for line in asm.splitlines():
             op = line.strip().split("\t", 1)[0].strip()
             if op in counts:
@@ -188,15 +200,18 @@ def popcount_instructions() -> dict[str, int]:
     return counts
 
 
-def _warm_up() -> None:
-    """Compile every kernel once for the engine's argument types (cached on disk by numba)."""
+def _call_bconv(fn) -> None:
     x = np.zeros((1, 2, 2, 1), np.uint64)
     w = np.zeros((1, 1, 1, 3), np.uint64)
-    i32 = np.zeros(3, np.int32)
     i64 = np.zeros(3, np.int64)
-    bits = np.zeros((1, 2, 2, 1), np.uint64)
-    acc = np.zeros((1, 2, 2, 3), np.int32)
-    bconv(x, w, 3, 1, 0, 2, 2, i32, np.zeros((0, 0, 0), np.int32), i64, i64, 0, bits, acc)
+    fn(x, w, 3, 1, 0, 2, 2, np.zeros(3, np.int32), np.zeros((0, 0, 0), np.int32), i64, i64, 0,
+       np.zeros((1, 2, 2, 1), np.uint64), np.zeros((1, 2, 2, 3), np.int32))
+
+
+def _warm_up() -> None:
+    """Compile every kernel once for the engine's argument types (cached on disk by numba)."""
+    _call_bconv(bconv)
+    x = np.zeros((1, 2, 2, 1), np.uint64)
     bit_maxpool(x, 2, 2, 0, 1, 1, np.zeros((1, 1, 1, 1), np.uint64))
-    pack_signs(np.zeros((1, 2, 2, 3), np.float32), np.zeros((1, 2, 2, 1), np.uint64))
+    pack_signs(np.zeros((1, 3, 2, 2), np.float32), np.zeros((1, 2, 2, 1), np.uint64))
     popcount_ceiling_kernel(np.zeros((1, 2), np.uint64), np.zeros((2, 8), np.uint64), 1, np.zeros(1, np.int64))

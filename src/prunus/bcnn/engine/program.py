@@ -182,8 +182,9 @@ class Program:
     ops: list[Op]
     edges: dict[int, Edge]
     image_size: int
-    in_channels: int
+    in_channels: int  # complex input channels
     output: int
+    in_channels_raw: int = 0  # channels of the model's (real) input tensor
 
     def last_uses(self) -> dict[int, int]:
         """Edge id -> index of the last op that reads it (values are freed after it)."""
@@ -461,7 +462,8 @@ class _Compiler:
         if x.kind != "float":
             raise ConfigError("the last layer must produce the float map the head reads")
         out = self.head(x)
-        return Program(self.ops, self.edges, self.image_size, self.model.input.channels, out)
+        return Program(self.ops, self.edges, self.image_size, self.model.input.channels, out,
+                       self.model.input.in_channels)
 
 
 def compile_program(model: ComplexNet, image_size: int) -> Program:
