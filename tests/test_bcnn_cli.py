@@ -69,7 +69,8 @@ def test_bench_json_structure(capsys, tmp_path):
 
 
 def test_bench_random_model_without_checkpoint(capsys):
-    code, out, err = run_cli(capsys, "bcnn", "bench", "--model", "resnet_small", "--image-size", "28", "--in-channels", "2",
+    code, out, err = run_cli(capsys, "bcnn", "bench", "--model", "resnet_small", "--image-size", "28",
+                             "--in-channels", "2",
                              "--batch-sizes", "1", "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-torch",
                              "--no-ceiling")
     assert code == 0, err
@@ -80,7 +81,8 @@ def test_bench_random_model_without_checkpoint(capsys):
     (None, ["bcnn", "bench", "--checkpoint", "{tmp}/missing"], ["{tmp}/missing", "does not exist"]),
     ("lenet5", ["bcnn", "bench", "--checkpoint", "{tmp}/ckpt"], ["BCNN engine", "not a LeNet5"]),
     ("cnin_fp", ["bcnn", "bench", "--checkpoint", "{tmp}/ckpt"], ["full precision"]),
-    ("cnin_small", ["bcnn", "bench", "--model", "resnet18", "--checkpoint", "{tmp}/ckpt"], ["does not match", "cnin_small"]),
+    ("cnin_small", ["bcnn", "bench", "--model", "resnet18", "--checkpoint", "{tmp}/ckpt"],
+     ["does not match", "cnin_small"]),
     (None, ["bcnn", "bench", "--model", "alexnet"], ["alexnet"]),
     (None, ["bcnn", "bench"], ["--checkpoint", "--model"]),
     (None, ["bcnn", "bench", "--model", "nin", "--batch-sizes", "1,x"], ["batch-sizes"]),
@@ -106,7 +108,8 @@ def test_train_slr_filter_prune_then_engine(capsys, tmp_path):
     """A BCNN trains with the reference loop, SLR prunes whole complex filters, the engine runs the result exactly."""
     dense, pruned = tmp_path / "dense", tmp_path / "slr"
     code, out, err = run_cli(capsys, "train", "--model", "cnin_small", "--width", "0.25", "--dataset", "digits",
-                             "--epochs", "2", "--optimizer", "adam", "--lr", "0.005", "--batch-size", "64", "--out", dense)
+                             "--epochs", "2", "--optimizer", "adam", "--lr", "0.005", "--batch-size", "64",
+                             "--out", dense)
     assert code == 0, err
     code, out, err = run_cli(capsys, "prune", "--method", "slr", "--init", dense, "--ratio", "0.75", "--structure",
                              "filter", "--epochs", "1", "--retrain-epochs", "1", "--batch-size", "64", "--out", pruned)

@@ -161,7 +161,8 @@ def test_crelu_and_pooling_shapes_and_values():
     x = torch.tensor([[[[1.0, -2.0], [3.0, -4.0]]]])
     y = torch.tensor([[[[-1.0, 5.0], [-0.5, 0.25]]]])
     r, i = CReLU()((x, y))
-    assert torch.equal(r, torch.tensor([[[[1.0, 0.0], [3.0, 0.0]]]])) and torch.equal(i, torch.tensor([[[[0.0, 5.0], [0.0, 0.25]]]]))
+    assert torch.equal(r, torch.tensor([[[[1.0, 0.0], [3.0, 0.0]]]]))
+    assert torch.equal(i, torch.tensor([[[[0.0, 5.0], [0.0, 0.25]]]]))
     pr, pi = ComplexMaxPool2d(2)((x, y))
     assert pr.shape == (1, 1, 1, 1) and float(pr) == 3.0 and float(pi) == 5.0  # parts pooled separately
     mr, mi = ComplexMaxPool2d(2, mode="magnitude")((x, y))  # |-2 + 5i| is the largest modulus

@@ -22,7 +22,15 @@ from prunus.bcnn.layers import (
     stack,
     unstack,
 )
-from prunus.bcnn.models import ComplexBasicBlock, ComplexHead, ComplexNIN, ComplexNet, ComplexResNet, ComplexUnit, is_bcnn
+from prunus.bcnn.models import (
+    ComplexBasicBlock,
+    ComplexHead,
+    ComplexNet,
+    ComplexNIN,
+    ComplexResNet,
+    ComplexUnit,
+    is_bcnn,
+)
 
 __all__ = [
     "ComplexAvgPool2d", "ComplexBasicBlock", "ComplexBatchNorm2d", "ComplexConv2d", "ComplexHead", "ComplexInput",

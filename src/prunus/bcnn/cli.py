@@ -25,7 +25,8 @@ def _batch_sizes(text: str) -> list[int]:
     try:
         sizes = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 1,64,1024, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated whole numbers such as 1,64,1024, got {text!r}") from None
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"batch sizes must be at least 1, got {text!r}")
     return sizes
@@ -44,7 +45,8 @@ def add_parsers(sub, positive_int) -> None:
     b.add_argument("--image-size", type=positive_int, help="input size (default: the checkpoint's data, else 32)")
     b.add_argument("--in-channels", type=positive_int, default=3, help="input channels without --checkpoint")
     b.add_argument("--num-classes", type=positive_int, default=10, help="classes without --checkpoint")
-    b.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 64, 1024], help="comma-separated (default 1,64,1024)")
+    b.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 64, 1024],
+                   help="comma-separated (default 1,64,1024)")
     b.add_argument("--repeats", type=positive_int, default=10, help="timed runs per batch size (median reported)")
     b.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     b.add_argument("--threads", type=positive_int, help="threads for numba and PyTorch (default: all)")
@@ -57,7 +59,8 @@ def add_parsers(sub, positive_int) -> None:
                    help="measure the popcount ceiling (about 0.2 s; default: on)")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    v = bsub.add_parser("verify", help="run the engine on a checkpoint's test set: exact logits and accuracy vs PyTorch")
+    v = bsub.add_parser("verify",
+                        help="run the engine on a checkpoint's test set: exact logits and accuracy vs PyTorch")
     v.add_argument("checkpoint", help="checkpoint or run directory of a binary complex model")
     v.add_argument("--samples", type=positive_int, help="first N test images (default: all)")
     v.add_argument("--batch-size", type=positive_int, default=500)
@@ -177,7 +180,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     equal = correct_engine = correct_torch = 0
     with torch.no_grad():
         for start in range(0, n, args.batch_size):
-            x, y = test.images[start: start + args.batch_size][: n - start], test.labels[start: start + args.batch_size][: n - start]
+            stop = min(start + args.batch_size, n)
+            x, y = test.images[start:stop], test.labels[start:stop]
             a, b = engine(x), model(x)
             equal += int((a == b).all(1).sum())
             correct_engine += int((a.argmax(1) == y).sum())

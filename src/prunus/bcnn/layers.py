@@ -335,7 +335,8 @@ class _WhiteningBatchNorm(nn.Module):
         self.weight = nn.Parameter(torch.tensor([g, 0.0, g]).repeat_interleave(num_features).view(3, num_features))
         self.bias = nn.Parameter(torch.zeros(2, num_features))
         self.register_buffer("running_mean", torch.zeros(2, num_features))
-        self.register_buffer("running_cov", torch.tensor([1.0, 0.0, 1.0]).repeat_interleave(num_features).view(3, num_features))
+        identity = torch.tensor([1.0, 0.0, 1.0]).repeat_interleave(num_features).view(3, num_features)
+        self.register_buffer("running_cov", identity)
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     @staticmethod

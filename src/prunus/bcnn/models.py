@@ -131,7 +131,8 @@ class ComplexNet(nn.Module):
     def channels(self, c: int) -> int:
         return max(1, int(round(c * self.width)))
 
-    def unit(self, cin: int, cout: int, k: int, *, stride: int = 1, pool=None, binary: bool | None = None) -> ComplexUnit:
+    def unit(self, cin: int, cout: int, k: int, *, stride: int = 1, pool=None,
+             binary: bool | None = None) -> ComplexUnit:
         return ComplexUnit(cin, cout, k, stride=stride, binary=self.binary if binary is None else binary,
                            scale=self.scale, norm=self.norm, crelu=not self.binary, pool=pool)
 
@@ -162,7 +163,10 @@ class ComplexNIN(ComplexNet):
                  fp_last: bool = True, small: bool = False) -> None:
         super().__init__(in_channels, num_classes, width=width, binary=binary, complex_input=complex_input, norm=norm,
                          scale=scale, fp_first=fp_first, fp_last=fp_last)
-        layers, (stem_c, stem_k), pool = ((NIN_SMALL_LAYERS, (32, 3), (2, 2)) if small else (NIN_LAYERS, (96, 5), (3, 2)))
+        if small:
+            layers, (stem_c, stem_k), pool = NIN_SMALL_LAYERS, (32, 3), (2, 2)
+        else:
+            layers, (stem_c, stem_k), pool = NIN_LAYERS, (96, 5), (3, 2)
         c = self.channels(stem_c)
         self.stem = self.unit(self.input.channels, c, stem_k, binary=binary and not fp_first)
         units = []

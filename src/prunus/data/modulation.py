@@ -88,7 +88,8 @@ def rrc_taps(rolloff: float, sps: int, span: int) -> np.ndarray:
         if abs(ti) < 1e-12:
             h[i] = 1 - b + 4 * b / np.pi
         elif b > 0 and abs(abs(ti) - 1 / (4 * b)) < 1e-9:
-            h[i] = b / np.sqrt(2) * ((1 + 2 / np.pi) * np.sin(np.pi / (4 * b)) + (1 - 2 / np.pi) * np.cos(np.pi / (4 * b)))
+            a = np.pi / (4 * b)
+            h[i] = b / np.sqrt(2) * ((1 + 2 / np.pi) * np.sin(a) + (1 - 2 / np.pi) * np.cos(a))
         else:
             h[i] = (np.sin(np.pi * ti * (1 - b)) + 4 * b * ti * np.cos(np.pi * ti * (1 + b))) / (
                 np.pi * ti * (1 - (4 * b * ti) ** 2))

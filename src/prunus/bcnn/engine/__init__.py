@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from prunus.bcnn.engine.backends import make_backend
-from prunus.bcnn.engine.program import BConv, Program, compile_program, run_program
+from prunus.bcnn.engine.program import Program, compile_program, run_program
 
 __all__ = ["BinaryEngine", "LayerInfo", "compile_engine"]
 
@@ -91,7 +91,3 @@ def compile_engine(model: nn.Module, image_size: int, *, backend: str = "numba",
     """
     chosen = make_backend(backend, device)  # first, so a missing numba is reported before any work
     return BinaryEngine(compile_program(model, image_size), chosen)
-
-
-def program_layers(program: Program) -> list[BConv]:
-    return program.bconvs()

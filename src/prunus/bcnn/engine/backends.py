@@ -36,9 +36,9 @@ class NumbaBackend:
         self._no_acc = np.zeros((0, 0, 0, 0), np.int32)
 
     def prepare(self, op) -> None:
-        op.backend_data["numba"] = (np.ascontiguousarray(op.weights, np.uint64), np.ascontiguousarray(op.corr_int, np.int32),
-                                    np.ascontiguousarray(op.corr_border, np.int32),
-                                    np.ascontiguousarray(op.flip, np.int64), np.ascontiguousarray(op.thr, np.int64))
+        c = np.ascontiguousarray
+        op.backend_data["numba"] = (c(op.weights, np.uint64), c(op.corr_int, np.int32), c(op.corr_border, np.int32),
+                                    c(op.flip, np.int64), c(op.thr, np.int64))
 
     def pack(self, data: torch.Tensor) -> np.ndarray:
         x = data.detach().to(torch.float32).contiguous().numpy()

@@ -313,7 +313,8 @@ class _Compiler:
             rows = _live_rows(m.stem.conv)
             c = m.stem.conv.out_channels
             _, _, const = _bn_constants(m.stem.bn, rows)
-            h = (size[0] + 2 * m.stem.conv.conv.padding[0] - m.stem.conv.conv.kernel_size[0]) // m.stem.conv.conv.stride[0] + 1
+            core = m.stem.conv.conv
+            h = (size[0] + 2 * core.padding[0] - core.kernel_size[0]) // core.stride[0] + 1
             out_size = (h, h)
             if m.stem.pool is not None:
                 pl = m.stem.pool
@@ -385,7 +386,8 @@ class _Compiler:
             out = self.bits_of(out)
         return out
 
-    def corrections(self, big: torch.Tensor, src: Edge, stride: int, pad: int, out_size) -> tuple[np.ndarray, np.ndarray]:
+    def corrections(self, big: torch.Tensor, src: Edge, stride: int, pad: int,
+                    out_size) -> tuple[np.ndarray, np.ndarray]:
         """Integer contribution of the input's dead channels (constant +-1 inside the image, 0 in the padding)."""
         P = big.shape[0]
         dead = src.dead
