@@ -172,10 +172,10 @@ def test_download_network_error(roots, monkeypatch):
 # --- registry and ArrayDataset ----------------------------------------------------------------------------------
 
 def test_registry():
-    assert list(DATASETS) == ["fashion-mnist", "mnist", "cifar10", "cifar100", "digits"]
+    assert list(DATASETS) == ["fashion-mnist", "mnist", "cifar10", "cifar100", "digits", "modulation"]
     shape = {n: (s.in_channels, s.image_size, s.num_classes, len(s.mean), len(s.std)) for n, s in DATASETS.items()}
     assert shape == {"fashion-mnist": (1, 28, 10, 1, 1), "mnist": (1, 28, 10, 1, 1), "cifar10": (3, 32, 10, 3, 3),
-                     "cifar100": (3, 32, 100, 3, 3), "digits": (1, 28, 10, 1, 1)}
+                     "cifar100": (3, 32, 100, 3, 3), "digits": (1, 28, 10, 1, 1), "modulation": (2, 32, 11, 2, 2)}
     assert DATASETS["mnist"].mean == (0.1307,) and DATASETS["cifar100"].std == (0.2673, 0.2564, 0.2762)
     with pytest.raises(dataclasses.FrozenInstanceError):
         DATASETS["mnist"].num_classes = 11
@@ -183,7 +183,7 @@ def test_registry():
 
 def test_unknown_names():
     with pytest.raises(DataError, match="unknown dataset 'imagenet'; choose one of: fashion-mnist, mnist, cifar10, "
-                                        "cifar100, digits"):
+                                        "cifar100, digits, modulation"):
         load_dataset("imagenet")
     with pytest.raises(DataError, match="unknown dataset 'cifar'"):
         default_augmentation("cifar")

@@ -15,7 +15,8 @@ from prunus.models.resnet import ResNet18, ResNet50
 from prunus.models.resnet_cifar import ResNet20, ResNet56
 from prunus.models.vgg import VGG11, VGG16
 
-NAMES = ["lenet5", "vgg11", "vgg16", "resnet18", "resnet50", "resnet20", "resnet56", "mobilenetv2", "nin"]
+NAMES = ["lenet5", "vgg11", "vgg16", "resnet18", "resnet50", "resnet20", "resnet56", "mobilenetv2", "nin",
+         "cnin", "cnin_fp", "cnin_small", "cresnet18", "cresnet18_fp", "cresnet_small"]
 
 
 def test_registry_lists_exactly_the_documented_models() -> None:

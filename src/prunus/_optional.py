@@ -1,7 +1,7 @@
 """Optional dependencies, imported only by the feature that needs them.
 
-prunus imports without torch-pruning, onnx, onnxruntime, opacus or matplotlib; calling
-surgery, export, DP-SGD or the audit's plots without them raises one clear :class:`~prunus.errors.MissingDependencyError`
+prunus imports without torch-pruning, onnx, onnxruntime, opacus, matplotlib or numba; calling
+surgery, export, DP-SGD, the audit's plots or the BCNN engine without them raises one clear :class:`~prunus.errors.MissingDependencyError`
 naming the package and how to install it, instead of a bare ``ImportError``.
 """
 
@@ -19,6 +19,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "onnxruntime": ("onnxruntime", "surgery"),
     "opacus": ("opacus", "privacy"),
     "matplotlib": ("matplotlib", "privacy"),
+    "numba": ("numba", "bcnn"),
 }
 
 

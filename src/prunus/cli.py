@@ -144,10 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset version")
 
     _add_privacy_parsers(sub, OPTIMIZERS, SCHEDULES)
+    _add_bcnn_parsers(sub)
 
     sub.add_parser("models", help="list the models")
     sub.add_parser("datasets", help="list the datasets")
     return parser
+
+
+def _add_bcnn_parsers(sub) -> None:
+    """`prunus bcnn bench|verify` (the BCNN engine, prunus.bcnn)."""
+    from prunus.bcnn.cli import add_parsers
+
+    add_parsers(sub, _positive_int)
+
+
+def cmd_bcnn(args: argparse.Namespace) -> int:
+    from prunus.bcnn.cli import cmd_bcnn as run
+
+    return run(args)
 
 
 def _add_privacy_parsers(sub, optimizers, schedules) -> None:
@@ -539,6 +553,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": cmd_train, "eval": cmd_eval, "prune": cmd_prune, "quantize": cmd_quantize, "surgery": cmd_surgery,
     "export": cmd_export, "models": cmd_models, "datasets": cmd_datasets, "defend": cmd_defend, "audit": cmd_audit,
+    "bcnn": cmd_bcnn,
 }
 
 

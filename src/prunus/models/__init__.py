@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from prunus.bcnn.models import BCNN_MODELS
 from prunus.errors import ConfigError
 from prunus.models.lenet import LeNet5
 from prunus.models.mobilenetv2 import MobileNetV2
@@ -62,6 +63,8 @@ MODELS: dict[str, ModelEntry] = {
     "mobilenetv2": ModelEntry(MobileNetV2, "MobileNetV2 (Sandler 2018), CIFAR strides by default; width multiplier."),
     "nin": ModelEntry(NIN, "Network in Network (Lin 2014), CIFAR model, optional BatchNorm."),
 }
+# binarized complex networks (prunus.bcnn): cnin, cnin_fp, cnin_small, cresnet18, cresnet18_fp, cresnet_small
+MODELS.update({name: ModelEntry(builder, text) for name, (builder, text) in BCNN_MODELS.items()})
 
 
 def _check_positive_int(field: str, value: Any) -> None:

@@ -1,0 +1,93 @@
+"""The BCNN inference engine: binary complex convolutions as XNOR + popcount on 64-bit words.
+
+    from prunus.bcnn.engine import compile_engine
+    engine = compile_engine(model, image_size=32)          # numba on the CPU (the 'bcnn' extra)
+    logits = engine(images)                                # == model.eval()(images), exactly
+
+``backend="torch"`` runs the same program with PyTorch integer ops on any device (the CUDA
+path; no numba needed).  How the model becomes a program, and why the result is bit-exact, is
+in :mod:`prunus.bcnn.engine.program`; the kernels are in :mod:`prunus.bcnn.engine.kernels`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunus.bcnn.engine.backends import make_backend
+from prunus.bcnn.engine.program import Program, compile_program, run_program
+
+__all__ = ["BinaryEngine", "LayerInfo", "compile_engine"]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One binary layer as the engine runs it (channels are stacked real/imag counts)."""
+
+    name: str
+    mode: str
+    kernel: int
+    stride: int
+    in_channels: int  # live input bits per pixel
+    in_channels_dense: int
+    out_channels: int  # live output channels (rows of the packed weights)
+    out_channels_dense: int
+    out_size: tuple[int, int]
+    packed_weight_bytes: int
+    bit_macs: int  # per image
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+class BinaryEngine:
+    """A compiled binary complex network; call it on a batch of model inputs to get logits."""
+
+    def __init__(self, program: Program, backend) -> None:
+        self.program, self.backend = program, backend
+        for op in program.bconvs():
+            backend.prepare(op)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.program.image_size
+        if x.dim() != 4 or tuple(x.shape[2:]) != (size, size):
+            raise ValueError(f"the engine was compiled for inputs of size {size}x{size}, got shape {tuple(x.shape)}")
+        return run_program(self.program, self.backend, x.cpu())
+
+    def trace(self, x: torch.Tensor) -> dict[int, Any]:
+        """Every intermediate value of one run, by edge id (for tests and debugging)."""
+        return run_program(self.program, self.backend, x.cpu(), keep=True)
+
+    def layers(self) -> list[LayerInfo]:
+        out = []
+        for op in self.program.bconvs():
+            src = self.program.edges[op.src[0]]
+            dst = self.program.edges[op.dst]
+            out.append(LayerInfo(op.name, op.mode, op.kernel[0], op.stride, op.nbits, src.channels, op.out_channels,
+                                 dst.channels if dst.channels else op.out_channels, tuple(op.out_size),
+                                 int(op.weights.nbytes), op.bit_macs))
+        return out
+
+    @property
+    def bit_macs(self) -> int:
+        """+-1 multiply-accumulates per image over all binary layers (as executed: live channels only)."""
+        return self.program.bit_macs
+
+    @property
+    def packed_weights(self) -> dict[str, Any]:
+        """Layer name -> uint64 weights ``(kh, kw, words, out_channels)`` as the kernels read them."""
+        return {op.name: op.weights for op in self.program.bconvs()}
+
+
+def compile_engine(model: nn.Module, image_size: int, *, backend: str = "numba",
+                   device: str | torch.device | None = None) -> BinaryEngine:
+    """Compile a binary complex network (``cnin``, ``cresnet18``, ...) for ``image_size`` x ``image_size`` inputs.
+
+    ``backend="numba"`` (default) needs the optional numba package (``pip install 'prunus[bcnn]'``);
+    ``backend="torch"`` uses PyTorch only and runs on ``device`` (default: CUDA when available).
+    """
+    chosen = make_backend(backend, device)  # first, so a missing numba is reported before any work
+    return BinaryEngine(compile_program(model, image_size), chosen)

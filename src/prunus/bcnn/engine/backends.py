@@ -1,0 +1,183 @@
+"""Where the engine's bit kernels run: numba on the CPU, or PyTorch integer ops on any device (CUDA).
+
+Both take and return the same things: packed sign bits (``uint64`` words, NHWC; a numpy array for
+numba, an ``int64`` torch tensor holding the same 64 bits for PyTorch) and int32 accumulators as a
+torch tensor ``(B, P, H, W)``.  The PyTorch backend needs no numba: it XORs the words and counts
+bits with a branch-free SWAR popcount on ``int64``, so it is bit-exact on CPU and GPU alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from prunus._optional import require
+
+__all__ = ["NumbaBackend", "TorchBackend", "make_backend"]
+
+
+def _words(channels: int) -> int:
+    return max(1, -(-channels // 64))
+
+
+class NumbaBackend:
+    """XNOR-popcount kernels compiled by numba (:mod:`prunus.bcnn.engine.kernels`), parallel over batch x rows."""
+
+    name = "numba"
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        require("numba", "the BCNN inference engine (prunus bcnn, prunus.bcnn.engine)")
+        from prunus.bcnn.engine import kernels
+
+        self.k = kernels
+        self._no_bits = np.zeros((0, 0, 0, 0), np.uint64)
+        self._no_acc = np.zeros((0, 0, 0, 0), np.int32)
+
+    def prepare(self, op) -> None:
+        c = np.ascontiguousarray
+        op.backend_data["numba"] = (c(op.weights, np.uint64), c(op.corr_int, np.int32), c(op.corr_border, np.int32),
+                                    c(op.flip, np.int64), c(op.thr, np.int64))
+
+    def pack(self, data: torch.Tensor) -> np.ndarray:
+        x = data.detach().to(torch.float32).contiguous().numpy()
+        out = np.empty((x.shape[0], x.shape[2], x.shape[3], _words(x.shape[1])), np.uint64)
+        self.k.pack_signs(x, out)
+        return out
+
+    def _run(self, op, x: np.ndarray, mode: int, out_bits, out_acc) -> None:
+        w, ci, cb, flip, thr = op.backend_data["numba"]
+        ho, wo = op.out_size
+        self.k.bconv(x, w, op.nbits, op.stride, op.padding, ho, wo, ci, cb, flip, thr, mode, out_bits, out_acc)
+
+    def bconv_bits(self, op, x: np.ndarray) -> np.ndarray:
+        out = np.empty((x.shape[0],) + tuple(op.out_size) + (_words(op.out_channels),), np.uint64)
+        self._run(op, x, 0, out, self._no_acc)
+        return out
+
+    def bconv_acc(self, op, x: np.ndarray) -> torch.Tensor:
+        acc = np.empty((x.shape[0],) + tuple(op.out_size) + (op.out_channels,), np.int32)
+        self._run(op, x, 1, self._no_bits, acc)
+        return torch.from_numpy(acc).permute(0, 3, 1, 2).contiguous()
+
+    def bit_maxpool(self, op, x: np.ndarray) -> np.ndarray:
+        ho, wo = op.out_size
+        out = np.empty((x.shape[0], ho, wo, x.shape[3]), np.uint64)
+        self.k.bit_maxpool(x, op.kernel, op.stride, op.padding, ho, wo, out)
+        return out
+
+    @staticmethod
+    def to_numpy(bits) -> np.ndarray:
+        return bits
+
+
+_M1, _M2, _M4 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F
+
+
+def popcount_int64(x: torch.Tensor) -> torch.Tensor:
+    """Bits set in each int64 (all 64 bits, two's complement), branch-free SWAR.
+
+    ``>>`` on int64 is arithmetic, but every shifted value is masked so that the copies of the
+    sign bit it brings in are cleared; from the nibble step on, values are non-negative.
+    """
+    x = x - ((x >> 1) & _M1)
+    x = (x & _M2) + ((x >> 2) & _M2)
+    x = (x + (x >> 4)) & _M4
+    x = x + (x >> 8)
+    x = x + (x >> 16)
+    x = x + (x >> 32)
+    return x & 0x7F
+
+
+def _pack_bool(bits: torch.Tensor) -> torch.Tensor:
+    """``bool (..., C)`` -> int64 words ``(..., nw)``, channel c at word c//64 bit c%64 (bit 63 = sign bit)."""
+    c = bits.shape[-1]
+    nw = _words(c)
+    padded = F.pad(bits.to(torch.int64), (0, nw * 64 - c)).view(*bits.shape[:-1], nw, 64)
+    shifts = torch.arange(64, device=bits.device, dtype=torch.int64)
+    return (padded << shifts).sum(-1)  # disjoint bits: the sum is the OR (wrapping at bit 63)
+
+
+class TorchBackend:
+    """The same kernels as PyTorch integer tensor ops, on ``device`` (the engine's CUDA path)."""
+
+    name = "torch"
+
+    def __init__(self, device: str | torch.device = "cpu", budget: int = 1 << 24) -> None:
+        self.device = torch.device(device)
+        self.budget = budget  # int64 elements per chunk of the XOR/popcount tensor
+
+    def prepare(self, op) -> None:
+        w = torch.from_numpy(op.weights.view(np.int64)).to(self.device)  # (kh, kw, nw, P)
+        kh, kw, nw, P = w.shape
+        op.backend_data["torch"] = (
+            w.permute(3, 0, 1, 2).reshape(P, kh * kw * nw).contiguous(),
+            torch.from_numpy(op.corr_int.astype(np.int64)).to(self.device),
+            torch.from_numpy(op.corr_border.astype(np.int64)).to(self.device),
+            torch.from_numpy(op.flip).to(self.device), torch.from_numpy(op.thr).to(self.device),
+        )
+
+    def pack(self, data: torch.Tensor) -> torch.Tensor:
+        return _pack_bool(data.to(self.device).permute(0, 2, 3, 1) >= 0)
+
+    def _acc(self, op, x: torch.Tensor) -> torch.Tensor:
+        """Exact integer dot products ``(B, Ho, Wo, P)`` (int64)."""
+        w, corr_int, corr_border, _, _ = op.backend_data["torch"]
+        B, H, W, nw = x.shape
+        (kh, kw), s, p = op.kernel, op.stride, op.padding
+        ho, wo = op.out_size
+        xp = F.pad(x, (0, 0, p, p, p, p))  # zero words in the padding ...
+        valid = F.pad(torch.ones(H, W, dtype=torch.int64, device=x.device), (p, p, p, p))  # ... masked out here
+        patches = xp.unfold(1, kh, s).unfold(2, kw, s)[:, :ho, :wo]  # (B, Ho, Wo, nw, kh, kw)
+        patches = patches.permute(0, 1, 2, 4, 5, 3).reshape(B, ho * wo, kh * kw, nw)
+        mask = valid.unfold(0, kh, s).unfold(1, kw, s)[:ho, :wo].reshape(ho * wo, kh * kw)
+        nvalid = mask.sum(1)
+        P = w.shape[0]
+        wv = w.view(P, kh * kw, nw)
+        pop = torch.empty(B, ho * wo, P, dtype=torch.int64, device=x.device)
+        step = max(1, self.budget // max(1, P * kh * kw * nw))
+        for start in range(0, ho * wo, step):
+            sl = slice(start, start + step)
+            xor = patches[:, sl, None] ^ wv[None, None]  # (B, n, P, taps, nw)
+            counts = popcount_int64(xor).sum(-1) * mask[None, sl, None]
+            pop[:, sl] = counts.sum(-1)
+        dot = nvalid.view(1, -1, 1) * op.nbits - 2 * pop + corr_int.view(1, 1, -1)
+        if corr_border.numel():
+            border = (nvalid < kh * kw).view(1, -1, 1)
+            dot = dot + border * corr_border.reshape(1, ho * wo, P)
+        return dot.view(B, ho, wo, P)
+
+    def bconv_bits(self, op, x: torch.Tensor) -> torch.Tensor:
+        _, _, _, flip, thr = op.backend_data["torch"]
+        return _pack_bool(flip * self._acc(op, x) >= thr)
+
+    def bconv_acc(self, op, x: torch.Tensor) -> torch.Tensor:
+        return self._acc(op, x).to(torch.int32).permute(0, 3, 1, 2).contiguous().cpu()
+
+    def bit_maxpool(self, op, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, nw = x.shape
+        ho, wo = op.out_size
+        k, s, p = op.kernel, op.stride, op.padding
+        extra_h = max(0, (ho - 1) * s + k - (H + 2 * p))
+        extra_w = max(0, (wo - 1) * s + k - (W + 2 * p))
+        xp = F.pad(x, (0, 0, p, p + extra_w, p, p + extra_h))  # zero words: the OR's identity
+        out = torch.zeros(B, ho, wo, nw, dtype=torch.int64, device=x.device)
+        for ky in range(k):
+            for kx in range(k):
+                out |= xp[:, ky: ky + (ho - 1) * s + 1: s, kx: kx + (wo - 1) * s + 1: s]
+        return out
+
+    @staticmethod
+    def to_numpy(bits: torch.Tensor) -> np.ndarray:
+        return bits.cpu().numpy().view(np.uint64)
+
+
+def make_backend(name: str = "numba", device: str | torch.device | None = None):
+    if name == "numba":
+        return NumbaBackend()
+    if name == "torch":
+        return TorchBackend(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from prunus.errors import ConfigError
+
+    raise ConfigError(f"unknown engine backend {name!r}; use numba (CPU) or torch (CPU or CUDA)")

@@ -1,0 +1,133 @@
+"""`prunus bcnn bench|verify`, BCNN training and SLR filter pruning through the existing commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from prunus.checkpoint import save_checkpoint
+from prunus.cli import main
+
+numba = pytest.importorskip("numba")
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code, err, *fragments):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prunus: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def tiny_checkpoint(path, name="cnin_small", options=None, in_channels=1, dataset="digits", size=28):
+    torch.manual_seed(0)
+    from prunus.models import build_model
+
+    options = {"width": 0.25} if options is None else options
+    model = build_model(name, in_channels=in_channels, num_classes=10, **options)
+    model.train()
+    with torch.no_grad():  # realistic BN statistics
+        model(torch.randn(16, in_channels, size, size))
+    meta = {"model": {"name": name, "in_channels": in_channels, "num_classes": 10, "options": options},
+            "dataset": {"name": dataset, "image_size": size}, "epoch": 0}
+    return save_checkpoint(path, model.state_dict(), {}, meta)
+
+
+def test_bench_prints_throughput_latency_and_bit_macs(capsys, tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    code, out, err = run_cli(capsys, "bcnn", "bench", "--model", "nin", "--checkpoint", ckpt, "--batch-sizes", "1,3",
+                             "--repeats", "2", "--warmup", "0", "--threads", "1")
+    assert code == 0, err
+    assert "cnin_small" in out and "input 1x28x28" in out and "1 threads" in out
+    assert "bit-exact: engine logits == PyTorch forward on 8 random inputs: yes" in out
+    assert "popcount ceiling:" in out and "Gbit-MAC/s" in out and "bit-MACs per image:" in out
+    for column in ("frames/s", "of ceiling", "pytorch frames/s", "speed-up", "body.3", "threshold"):
+        assert column in out
+    assert "latency (batch 1): median" in out
+    rows = [line for line in out.splitlines() if line.strip("│ ").startswith(("1 ", "3 "))]
+    assert len(rows) == 2
+
+
+def test_bench_json_structure(capsys, tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", "cresnet_small", {"width": 0.5})
+    code, out, err = run_cli(capsys, "bcnn", "bench", "--checkpoint", ckpt, "--batch-sizes", "2", "--repeats", "1",
+                             "--warmup", "0", "--threads", "1", "--no-ceiling", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["exact"] is True and result["image_size"] == 28 and result["ceiling_bit_macs_per_s"] is None
+    assert [r["batch_size"] for r in result["engine"]] == [2] and result["engine"][0]["fps"] > 0
+    assert result["torch_fp32"][0]["batch_size"] == 2 and result["bit_macs_per_image"] > 0
+    assert {layer["name"] for layer in result["layers"]} >= {"body.0.conv1", "body.1.shortcut"}
+
+
+def test_bench_random_model_without_checkpoint(capsys):
+    code, out, err = run_cli(capsys, "bcnn", "bench", "--model", "resnet_small", "--image-size", "28",
+                             "--in-channels", "2",
+                             "--batch-sizes", "1", "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-torch",
+                             "--no-ceiling")
+    assert code == 0, err
+    assert "cresnet_small (random weights)" in out and "input 2x28x28" in out
+
+
+@pytest.mark.parametrize(("make", "args", "fragments"), [
+    (None, ["bcnn", "bench", "--checkpoint", "{tmp}/missing"], ["{tmp}/missing", "does not exist"]),
+    ("lenet5", ["bcnn", "bench", "--checkpoint", "{tmp}/ckpt"], ["BCNN engine", "not a LeNet5"]),
+    ("cnin_fp", ["bcnn", "bench", "--checkpoint", "{tmp}/ckpt"], ["full precision"]),
+    ("cnin_small", ["bcnn", "bench", "--model", "resnet18", "--checkpoint", "{tmp}/ckpt"],
+     ["does not match", "cnin_small"]),
+    (None, ["bcnn", "bench", "--model", "alexnet"], ["alexnet"]),
+    (None, ["bcnn", "bench"], ["--checkpoint", "--model"]),
+    (None, ["bcnn", "bench", "--model", "nin", "--batch-sizes", "1,x"], ["batch-sizes"]),
+    (None, ["bcnn"], ["bench or verify"]),
+    ("lenet5", ["bcnn", "verify", "{tmp}/ckpt"], ["not a LeNet5"]),
+])
+def test_user_errors_are_one_line_exit_2(capsys, tmp_path, make, args, fragments):
+    if make == "lenet5":
+        from prunus.models import build_model
+
+        model = build_model("lenet5", in_channels=1)
+        save_checkpoint(tmp_path / "ckpt", model.state_dict(), {}, {
+            "model": {"name": "lenet5", "in_channels": 1, "num_classes": 10, "options": {}},
+            "dataset": {"name": "digits", "image_size": 28}, "epoch": 0})
+    elif make:
+        tiny_checkpoint(tmp_path / "ckpt", make, {} if make == "cnin_fp" else None)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    code, _, err = run_cli(capsys, *argv)
+    assert_user_error(code, err, *[f.replace("{tmp}", str(tmp_path)) for f in fragments])
+
+
+def test_train_slr_filter_prune_then_engine(capsys, tmp_path):
+    """A BCNN trains with the reference loop, SLR prunes whole complex filters, the engine runs the result exactly."""
+    dense, pruned = tmp_path / "dense", tmp_path / "slr"
+    code, out, err = run_cli(capsys, "train", "--model", "cnin_small", "--width", "0.25", "--dataset", "digits",
+                             "--epochs", "2", "--optimizer", "adam", "--lr", "0.005", "--batch-size", "64",
+                             "--out", dense)
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "prune", "--method", "slr", "--init", dense, "--ratio", "0.75", "--structure",
+                             "filter", "--epochs", "1", "--retrain-epochs", "1", "--batch-size", "64", "--out", pruned)
+    assert code == 0, err
+    assert "compression 4.0x" in out
+    results = json.loads((pruned / "results.json").read_text())
+    assert {"dense_accuracy", "hard_pruned_accuracy", "retrain_accuracy"} <= set(results)
+    code, out, err = run_cli(capsys, "bcnn", "verify", pruned / "retrain", "--samples", "120")
+    assert code == 0, err
+    assert "engine logits equal PyTorch's exactly on 120/120" in out
+
+    from prunus.bcnn.engine import compile_engine
+    from prunus.training import load_model
+
+    model, _ = load_model(pruned / "retrain")
+    engine = compile_engine(model, 28)
+    for op, info in zip(engine.program.bconvs(), engine.layers()):
+        conv = model.get_submodule(op.name).conv
+        kept = int((conv.conv.weight.flatten(1) != 0).any(1).sum())
+        assert kept == conv.out_channels // 4  # 75% of the complex filters pruned, real and imaginary together
+        assert info.out_channels == 2 * kept  # ... and physically gone from the packed weights
