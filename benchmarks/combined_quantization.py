@@ -52,11 +52,11 @@ def summarize(data: dict) -> str:
         "scale per layer, zeros kept: 'slr' = 3 SLR epochs projecting onto the levels, hard-quantize, 2 straight-through "
         "fine-tuning epochs; 'none' = hard-quantize, then the same 2 fine-tuning epochs. Biases in float16. "
         "Size = bytes of the exported file (bit-packed codes, position bitmaps, scales, header; LZMA). "
-        f"Seeds {', '.join(map(str, data['seeds']))}; mean ± std. Machine: {data['environment']['cpu']}, "
+        f"Seeds {', '.join(map(str, sorted({r['seed'] for r in data['runs']})))} (the 'seeds' column: how many a row has); mean ± std. Machine: {data['environment']['cpu']}, "
         f"{data['environment']['cpu_count']} cores, torch {data['environment']['torch']}.",
         "",
-        "| sparsity | quantization | method | pruned (fp32) % | hard-quantized % | after fine-tuning % | bytes | smaller than dense fp32 | target: >= 100x and within 1.5 pt |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| sparsity | quantization | method | seeds | pruned (fp32) % | hard-quantized % | after fine-tuning % | bytes | smaller than dense fp32 | target: >= 100x and within 1.5 pt |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple, list] = {}
     for r in data["runs"]:
@@ -68,7 +68,7 @@ def summarize(data: dict) -> str:
         ratio = statistics.mean(x["ratio"] for x in g)
         ok = ratio >= TARGET_RATIO and statistics.mean(final) >= dense - TARGET_DROP
         lines.append(
-            f"| {key[0]} 20x | {'4-bit' if key[1] == '4' else key[1]} | {key[2]} | {mean_std([x['pruned_accuracy'] for x in g])} | "
+            f"| {key[0]} 20x | {'4-bit' if key[1] == '4' else key[1]} | {key[2]} | {len(g)} | {mean_std([x['pruned_accuracy'] for x in g])} | "
             f"{mean_std([x['hard_quantized_accuracy'] for x in g])} | {mean_std(final)} | "
             f"{statistics.mean(x['file_bytes'] for x in g):,.0f} | {ratio:.1f}x | {'met' if ok else 'not met'} |"
         )
@@ -86,7 +86,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--continue", dest="cont", action="store_true")
+    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
+    if args.render:
+        data = json.loads((RESULTS / f"{NAME}.json").read_text())
+        return write_result(NAME, data, summarize(data))
 
     init = dense_checkpoint()
     model, _ = load_model(init)
