@@ -6,6 +6,7 @@ without depending on the reference loop (they work in any loop).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -37,7 +38,7 @@ class TrainingHook:
         pass
 
 
-class WeightKeeper(TrainingHook):
+class WeightKeeper(TrainingHook, ABC):
     """A hook that re-imposes a constraint on weights after every optimizer step (``apply``).
 
     Use it in any loop with ``keeper.attach(optimizer)`` (an optimizer step post-hook), or
@@ -46,8 +47,9 @@ class WeightKeeper(TrainingHook):
 
     _handles: list[Any]
 
+    @abstractmethod
     def apply(self) -> None:
-        raise NotImplementedError
+        """Put the weights back into the constraint set (idempotent)."""
 
     def attach(self, optimizer: torch.optim.Optimizer):
         self._handles.append(optimizer.register_step_post_hook(lambda *_: self.apply()))
