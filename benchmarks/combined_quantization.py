@@ -58,8 +58,9 @@ def summarize(data: dict) -> str:
         "| sparsity | quantization | method | seeds | pruned (fp32) % | hard-quantized % | after fine-tuning % | bytes | smaller than dense fp32 | target: >= 100x and within 1.5 pt |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    latest = {(r["sparsity"], r["scheme"], r["method"], r["seed"]): r for r in data["runs"]}  # a re-run replaces
     groups: dict[tuple, list] = {}
-    for r in data["runs"]:
+    for r in latest.values():
         groups.setdefault((r["sparsity"], r["scheme"], r["method"]), []).append(r)
     order = lambda k: (list(SPARSITIES).index(k[0]), SCHEMES.index(k[1]), QUANT_METHODS.index(k[2]))
     for key in sorted(groups, key=order):
@@ -109,6 +110,8 @@ def main() -> None:
                                  pruned_dir, console=quiet)
             for scheme in SCHEMES:
                 for method in QUANT_METHODS:
+                    if (sparsity, scheme, method, seed) in done:
+                        continue
                     qdir = CACHE / f"q-{structure.replace(':', '')}-{scheme}-{method}-seed{seed}"
                     shutil.rmtree(qdir, ignore_errors=True)
                     q = run_quantization(pruned_dir / "retrain", QuantizeConfig(scheme=scheme, method=method, seed=seed),
