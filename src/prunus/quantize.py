@@ -254,7 +254,8 @@ class QuantKeeper(WeightKeeper):
                 p = self.params[t.name]
                 q = quantize(p, t.scheme, t.mask)
                 self.state[t.name] = {"latent": p.detach() * q.mask, "scale": q.scale, "mask": q.mask}
-                p.copy_(self.quantized(t.name))
+        self._held: dict[str, torch.Tensor] = {}  # Q(latent), what each weight held after the last apply
+        self._requantize()
 
     def codes(self, name: str) -> torch.Tensor:
         """Indices into the level set of the current weights (what an export stores)."""
@@ -269,11 +270,18 @@ class QuantKeeper(WeightKeeper):
         return rows.reshape(s["latent"].shape) * s["mask"]
 
     @torch.no_grad()
+    def _requantize(self) -> None:
+        for n, p in self.params.items():
+            self._held[n] = self.quantized(n)
+            p.copy_(self._held[n])
+
+    @torch.no_grad()
     def apply(self) -> None:
+        """Move each step's change onto the latent weights, then re-quantize (one quantization per tensor)."""
         for n, p in self.params.items():
             s = self.state[n]
-            s["latent"] += (p - self.quantized(n)) * s["mask"]
-            p.copy_(self.quantized(n))
+            s["latent"] += (p - self._held[n]) * s["mask"]
+        self._requantize()
 
     def state_dict(self) -> dict[str, Any]:
         return {"tensors": {n: {k: v.clone() for k, v in s.items()} for n, s in self.state.items()}}
@@ -282,6 +290,7 @@ class QuantKeeper(WeightKeeper):
         for n, tensors in state["tensors"].items():
             self.state[n] = {k: v.to(self.params[n].device) for k, v in tensors.items()}
             self.state[n]["mask"] = self.state[n]["mask"].bool()
+        self._requantize()
 
 
 def bits_needed(scheme: QuantScheme) -> int:
