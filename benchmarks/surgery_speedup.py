@@ -6,12 +6,18 @@ at 2x and 4x fewer MACs, two methods get the same epoch budget:
        per coupled group, 1 masked retraining epoch
   l1   L1-norm filter pruning (Li et al. 2017): one-shot at the start, then
        3 + 1 masked training epochs (the same 4 epochs)
-One uniform filter ratio for every Conv2d/Linear but the first and last, found by
-bisection so that the MACs of the physically pruned model fall 2x or 4x. The
-retrained model then goes through surgery (``prunus.surgery``; outputs checked
-equal), and the dense and the small model are timed in the same process:
-median of 30 forward passes after 5 warm-ups, batch 1 and 64, torch's default
-threads on this machine. MACs: Conv2d/Linear multiply-accumulates per image.
+One uniform filter ratio for every Conv2d/Linear but the last (the classifier), found
+by bisection so that the MACs of the physically pruned model fall 2x or 4x; each
+layer keeps a multiple of 8 filters (``round_to=8``: oneDNN's convolutions are much
+faster on round channel counts) and the first convolution is pruned too (at full
+resolution it carries the most activation traffic). The retrained model then goes
+through surgery (``prunus.surgery``; outputs checked equal), and the dense and the
+small model are timed in the same process, their runs interleaved
+(``prunus.latency.compare_latency``): median of 30 forward passes after 5 warm-ups,
+batch 1 and 64, torch's default threads on this machine; once as eager PyTorch
+modules and once as deployed (``prunus.latency.for_inference``: BatchNorm folded
+into the convolution, channels-last). MACs: Conv2d/Linear multiply-accumulates per
+image.
 
     python benchmarks/surgery_speedup.py [--models vgg16 resnet20] [--continue]
 """
@@ -26,7 +32,7 @@ import torch
 from common import HERE, RESULTS, prune_run, write_result
 from reweighted_structured import ratio_for_macs
 
-from prunus.latency import measure_latency
+from prunus.latency import compare_latency, for_inference
 from prunus.masks import count_macs
 from prunus.pipeline import PruneConfig
 from prunus.plan import Plan
@@ -39,6 +45,7 @@ DENSE_EPOCHS = 4
 METHODS = {"slr": ("slr", {}), "l1": ("magnitude", {"norm": "l1"})}
 TARGETS = (2.0, 4.0)
 PROBE = torch.zeros(1, 1, 32, 32)
+PLAN_OPTIONS = {"round_to": 8, "skip_first": False}
 
 
 def dense_checkpoint(name: str):
@@ -51,9 +58,18 @@ def dense_checkpoint(name: str):
     return latest_checkpoint(path)
 
 
-def timings(model) -> dict[str, float]:
-    lat = measure_latency(model, PROBE, (1, 64), repeats=30, warmup=5)
-    return {"b1_ms": lat[1].median_ms, "b64_ms": lat[64].median_ms}
+def timings(dense, small) -> dict[str, float]:
+    """Latency of the dense and the small model, eager and deployed, at batch 1 and 64 (ms, medians)."""
+    out = {}
+    for mode, (d, s, probe) in {
+        "eager": (dense, small, PROBE),
+        "deployed": (for_inference(dense), for_inference(small), PROBE.to(memory_format=torch.channels_last)),
+    }.items():
+        lat = compare_latency({"dense": d, "small": s}, probe, (1, 64), repeats=30, warmup=5)
+        for who in ("dense", "small"):
+            for b in (1, 64):
+                out[f"{mode}_{who}_b{b}_ms"] = lat[who][b].median_ms
+    return out
 
 
 def shrink(run_dir) -> dict:
@@ -65,27 +81,39 @@ def shrink(run_dir) -> dict:
 
 
 def summarize(data: dict) -> str:
+    env = data["environment"]
     lines = [
         f"## Filter pruning that makes models faster: surgery and CPU latency (`benchmarks/{NAME}.py`)",
         "",
         f"Fashion-MNIST padded to 32x32; dense models trained {data['dense_epochs']} epochs (SGD, cosine). One filter ratio "
-        "for every Conv2d/Linear but the first and last, chosen so that the MACs of the physically smaller model fall 2x "
-        "or 4x. slr: 3 SLR epochs + hard-prune (per coupled group) + 1 masked epoch; l1: L1-norm filter pruning at the "
-        "start + 4 masked epochs. Then surgery (outputs checked equal) and latency of dense and small model in the same "
-        "process: median of 30 forward passes after 5 warm-ups, eval mode, inference mode, "
-        f"{data['threads']} threads. MACs = Conv2d/Linear multiply-accumulates per image. Seed 0. "
-        f"Machine: {data['environment']['cpu']}, {data['environment']['cpu_count']} cores, torch {data['environment']['torch']}.",
+        "for every Conv2d/Linear but the classifier (the first conv included), each layer keeping a multiple of 8 "
+        "filters, the ratio chosen by bisection so that the MACs of the physically smaller model fall at least 2x or "
+        "4x. slr: 3 SLR epochs + hard-prune (per coupled group) + 1 masked epoch; l1: L1-norm filter pruning at the "
+        "start + 4 masked epochs (the same budget). Then surgery (outputs checked equal to the masked model's) and "
+        "latency of the dense and the small model in the same process, their runs interleaved: median of 30 forward "
+        "passes after 5 warm-ups, inference mode. *eager*: the PyTorch modules as trained; *deployed*: both models with "
+        "BatchNorm folded into the convolutions and channels-last layout (`prunus.latency.for_inference`). "
+        f"{data['threads']} threads. MACs = Conv2d/Linear multiply-accumulates per image. One seed (0). "
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.",
         "",
-        "| model | dense acc % | target | method | MACs (fewer) | params | hard-pruned % | final % | Δ vs dense | latency b1 ms (speedup) | latency b64 ms (speedup) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | dense acc % | target | method | MACs (fewer) | params (fewer) | hard-pruned % | final % | Δ vs dense "
+        "| eager b1 ms (speedup) | eager b64 ms (speedup) | deployed b1 ms (speedup) | deployed b64 ms (speedup) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def cell(r, mode, b):
+        small, dense = r[f"{mode}_small_b{b}_ms"], r[f"{mode}_dense_b{b}_ms"]
+        return f"{small:.2f} ({dense / small:.2f}x)"
+
     for r in data["runs"]:
         d = data["dense"][r["model"]]
+        final = r["retrain_accuracy"][-1]
         lines.append(
             f"| {r['model']} | {d['accuracy']:.2f} | {r['target']:g}x | {r['variant']} | "
-            f"{r['macs_after']:,} ({d['macs'] / r['macs_after']:.2f}x) | {r['params_after']:,} | {r['hard_pruned_accuracy']:.2f} | "
-            f"{r['retrain_accuracy'][-1]:.2f} | {r['retrain_accuracy'][-1] - d['accuracy']:+.2f} | "
-            f"{r['b1_ms']:.2f} ({r['dense_b1_ms'] / r['b1_ms']:.2f}x) | {r['b64_ms']:.1f} ({r['dense_b64_ms'] / r['b64_ms']:.2f}x) |"
+            f"{r['macs_after']:,} ({d['macs'] / r['macs_after']:.2f}x) | {r['params_after']:,} "
+            f"({d['params'] / r['params_after']:.2f}x) | {r['hard_pruned_accuracy']:.2f} | {final:.2f} | "
+            f"{final - d['accuracy']:+.2f} | {cell(r, 'eager', 1)} | {cell(r, 'eager', 64)} | "
+            f"{cell(r, 'deployed', 1)} | {cell(r, 'deployed', 64)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -110,16 +138,15 @@ def main() -> None:
         data["dense"][name] = {"accuracy": evaluate(model, test_set)["accuracy"], "macs": count_macs(model, PROBE).dense,
                                "params": sum(p.numel() for p in model.parameters())}
         for target in TARGETS:
-            ratio, _ = ratio_for_macs(model, "filter", target, PROBE)
-            plan = Plan.uniform(model, ratio, "filter")
+            ratio, _ = ratio_for_macs(model, "filter", target, PROBE, **PLAN_OPTIONS)
+            plan = Plan.uniform(model, ratio, "filter", **PLAN_OPTIONS)
             for variant, (method, options) in METHODS.items():
                 if (name, target, variant) in done:
                     continue
                 config = PruneConfig(method=method, epochs=3, retrain_epochs=1, seed=0, options=options)
                 run = prune_run(init, plan, config, inspect=shrink, model=name, target=target, ratio=ratio, variant=variant)
                 small = run.pop("small")
-                dense_t, small_t = timings(model), timings(small)  # same process, back to back
-                run.update(small_t, dense_b1_ms=dense_t["b1_ms"], dense_b64_ms=dense_t["b64_ms"])
+                run.update(timings(model, small))
                 data["runs"].append(run)
                 print(json.dumps(run), flush=True)
                 write_result(NAME, data, summarize(data))

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from prunus.latency import Latency, _quantile, measure_latency
+from prunus.latency import Latency, _quantile, compare_latency, for_inference, measure_latency
 
 
 def tiny() -> nn.Module:
@@ -41,3 +41,24 @@ def test_bad_arguments():
         measure_latency(tiny(), torch.randn(1, 1, 6, 6), (1,), repeats=0)
     with pytest.raises(ValueError, match="batch sizes"):
         measure_latency(tiny(), torch.randn(1, 1, 6, 6), (0,))
+
+
+def test_compare_latency_times_every_model_at_every_batch_size():
+    a, b = tiny().train(), tiny().eval()
+    result = compare_latency({"dense": a, "small": b}, torch.randn(1, 1, 6, 6), (1, 2), repeats=2, warmup=0)
+    assert set(result) == {"dense", "small"} and all(list(r) == [1, 2] for r in result.values())
+    assert result["dense"][2].repeats == 2 and result["small"][1].batch_size == 1
+    assert a.training and not b.training, "each model's train flag must be restored"
+
+
+def test_for_inference_folds_batchnorm_and_keeps_outputs():
+    torch.manual_seed(0)
+    model = tiny()
+    model[1].running_mean.normal_()
+    model[1].running_var.uniform_(0.5, 2.0)
+    model.eval()
+    deployed = for_inference(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules()), "BatchNorm should be folded away"
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()), "the original model is left alone"
+    x = torch.randn(5, 1, 6, 6)
+    torch.testing.assert_close(deployed(x.to(memory_format=torch.channels_last)), model(x), atol=1e-5, rtol=1e-5)

@@ -6,6 +6,7 @@ import torch.nn as nn
 from prunus.errors import ConfigError
 from prunus.models import build_model
 from prunus.plan import Plan, ratio_for_compression
+from prunus.sparsity import num_pruned
 
 
 class Tiny(nn.Module):
@@ -69,8 +70,9 @@ def test_uniform_skips_first_and_last_and_unfit_layers():
     model = build_model("lenet5")
     plan = Plan.uniform(model, 0.9)
     assert [t.name for t in plan.resolve(model)] == ["conv2.weight", "fc1.weight", "fc2.weight"]
-    everything = Plan.uniform(model, 0.9, skip_first_last=False)
+    everything = Plan.uniform(model, 0.9, skip_first=False, skip_last=False)
     assert len(everything.resolve(model)) == 5
+    assert [t.name for t in Plan.uniform(model, 0.9, skip_first=False).resolve(model)][0] == "conv1.weight"
     # pattern only fits 3x3 convolutions: Tiny has exactly one (conv2) once first/last are skipped
     assert [t.name for t in Plan.uniform(Tiny(), 0.8, "pattern").resolve(Tiny())] == ["conv2.weight"]
     with pytest.raises(ConfigError, match="ratio"):
@@ -94,3 +96,17 @@ def test_ratio_that_removes_every_group_is_rejected():
     plan = Plan.from_dict({"prune": {"fc.weight": {"structure": "filter", "ratio": 0.9}}})
     with pytest.raises(ConfigError, match="would remove all 4 filter groups"):
         plan.resolve(Tiny())
+
+
+def test_round_to_keeps_multiples_of_the_given_count():
+    model = build_model("vgg16", in_channels=1, num_classes=10, width=0.25)  # 16, 32, 64 and 128 filters
+    plan = Plan.uniform(model, 0.33, "filter", round_to=8, skip_first=False)
+    kept = {}
+    for t in plan.resolve(model):
+        filters = dict(model.named_parameters())[t.name].shape[0]
+        kept[filters] = filters - num_pruned(t.ratio, filters)
+    assert kept == {16: 8, 32: 24, 64: 40, 128: 88}  # 10.72 -> 8, 21.44 -> 24, 42.88 -> 40, 85.76 -> 88
+    with pytest.raises(ConfigError, match="round-to applies to filter and channel"):
+        Plan.uniform(model, 0.5, "unstructured", round_to=8)
+    with pytest.raises(ConfigError, match="round-to must be"):
+        Plan.uniform(model, 0.5, "filter", round_to=0)

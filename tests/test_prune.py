@@ -68,6 +68,7 @@ def test_slr_keeps_accuracy_on_fashion_mnist(tmp_path):
         ([], ["--recipe", "--ratio"]),
         (["--ratio", "0.5", "--model", "vgg11"], ["--model vgg11 does not match"]),
         (["--ratio", "0.5", "--rho", "-1"], ["rho"]),
+        (["--ratio", "0.5", "--round-to", "8"], ["round-to applies to filter and channel"]),
     ],
 )
 def test_prune_user_errors(capsys, tmp_path, dense_digits, args, fragments):

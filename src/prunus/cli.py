@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--compression", type=float, help="like --ratio, as a rate: 20 means 20x fewer weights (ratio 0.95)")
     pr.add_argument("--structure", default="unstructured", help="unstructured, filter, channel, column, pattern, block:4x1, nm:2:4")
     pr.add_argument("--global", dest="global_", action="store_true", help="one magnitude threshold across layers (unstructured)")
+    pr.add_argument("--round-to", type=_positive_int, default=1,
+                    help="filter/channel: keep a multiple of this many per layer (8 gives faster kernels)")
+    pr.add_argument("--prune-first", action="store_true",
+                    help="also prune the first layer (skipped by default; with filters it buys the most speed)")
     pr.add_argument("--epochs", type=int, default=pdefaults.epochs, help="epochs with the method active")
     pr.add_argument("--retrain-epochs", type=int, default=pdefaults.retrain_epochs, help="masked retraining epochs")
     pr.add_argument("--optimizer", choices=OPTIMIZERS, default=pdefaults.optimizer)
@@ -403,7 +407,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         plan = Plan.from_yaml(args.recipe)
     else:
         ratio = args.ratio if args.ratio is not None else ratio_for_compression(args.compression)
-        plan = Plan.uniform(model, ratio, args.structure, global_unstructured=args.global_)
+        plan = Plan.uniform(model, ratio, args.structure, global_unstructured=args.global_, round_to=args.round_to,
+                            skip_first=not args.prune_first)
     plan.resolve(model)
 
     if args.init:
