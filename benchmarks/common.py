@@ -59,11 +59,15 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def write_result(name: str, data: dict, table_md: str) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
-    (RESULTS / f"{name}.md").write_text(table_md.rstrip() + "\n")
-    render_benchmarks_md()
+def write_result(name: str, data: dict, table_md: str, results: Path | None = None) -> None:
+    """Write ``NAME.json`` and ``NAME.md``; into ``results/`` (then BENCHMARKS.md is rebuilt) or, for trial
+    runs such as smoke tests, into another directory (BENCHMARKS.md is then left alone)."""
+    where = RESULTS if results is None else Path(results)
+    where.mkdir(parents=True, exist_ok=True)
+    (where / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (where / f"{name}.md").write_text(table_md.rstrip() + "\n")
+    if where.resolve() == RESULTS.resolve():
+        render_benchmarks_md()
 
 
 def render_benchmarks_md() -> None:

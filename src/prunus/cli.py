@@ -236,6 +236,10 @@ def _add_privacy_parsers(sub, optimizers, schedules) -> None:
                     help="LiRA Gaussians: auto = global below 64 models per side")
     au.add_argument("--epochs", type=_positive_int, help="reference/shadow training epochs (default: the target's recipe)")
     au.add_argument("--seed", type=int, default=a.seed)
+    au.add_argument("--reference-bank", metavar="DIR",
+                    help="share shadow/reference models between audits of one split: reuse the bank in DIR (built "
+                         "with the same split, recipe, --seed, --epochs and model counts), or train them and store "
+                         "them there when DIR is new; e.g. every `prunus defend --init TARGET` model of one target")
     au.add_argument("--out", required=True, help="report directory to create")
     _add_data_args(au)
 
@@ -288,7 +292,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     ).validate()
     out = Path(args.out)
     _check_new_dir(out)
-    report = run_audit(args.checkpoint, config, out, data_dir=args.data_dir, download=args.download, device=args.device)
+    report = run_audit(args.checkpoint, config, out, reference_bank=args.reference_bank, data_dir=args.data_dir,
+                       download=args.download, device=args.device)
     best = max(report["attacks"], key=lambda r: r["auc"])
     print(f"strongest attack {best['attack']}: AUC {best['auc']:.4f}, TPR@0.1%FPR {100 * best['tpr_at_0.1pct_fpr']:.2f}% "
           f"({best['members']} members, {best['nonmembers']} non-members); report {out / 'report.md'}, "

@@ -5,13 +5,15 @@
 * :mod:`prunus.privacy.attacks`: metric attacks (loss, confidence, entropy, modified entropy), Shokri's
   shadow-model attack, LiRA (online and offline);
 * :mod:`prunus.privacy.defenses`: pruning, adversarial regularization (the min-max game), MCMIA, DP-SGD;
-* :mod:`prunus.privacy.audit`: what ``prunus audit`` runs (reference models, report, ROC plots).
+* :mod:`prunus.privacy.audit`: what ``prunus audit`` runs (reference models, report, ROC plots);
+* :mod:`prunus.privacy.bank`: shadow/reference models' outputs, trained once per split and shared by audits.
 
 Importing this package needs neither opacus nor matplotlib; DP-SGD and the plots ask for them when used.
 """
 
+from prunus.privacy.bank import ReferenceBank
 from prunus.privacy.metrics import AttackMetrics, choose_threshold, evaluate_attack, roc_curve
 from prunus.privacy.splits import MembershipSplit, SplitRecord, make_split, split_of_checkpoint
 
-__all__ = ["AttackMetrics", "MembershipSplit", "SplitRecord", "choose_threshold", "evaluate_attack", "make_split",
-           "roc_curve", "split_of_checkpoint"]
+__all__ = ["AttackMetrics", "MembershipSplit", "ReferenceBank", "SplitRecord", "choose_threshold", "evaluate_attack",
+           "make_split", "roc_curve", "split_of_checkpoint"]

@@ -14,8 +14,15 @@ as many non-members (balanced, so chance is AUC 0.5 and balanced accuracy 50%).
   when the number is even, Carlini et al.'s design; a half has as many examples as the
   target's training set).  The inclusion matrix is saved (``lira_inclusion.npy``).
 
-Writes into ``OUT``: ``config.json``, ``shadow/NN`` and ``reference/NN`` training runs,
-``report.json`` (every metric with its counts and ROC), ``report.md`` (the table),
+Both depend only on the split and the undefended recipe, never on the audited weights
+(a non-adaptive attacker), so several checkpoints of one split can share them: a
+:class:`~prunus.privacy.bank.ReferenceBank` (``reference_bank=`` of :func:`run_audit`,
+``prunus audit --reference-bank DIR``) holds their outputs, built once by
+:func:`prepare_reference_bank` or by the first audit that uses the directory.
+
+Writes into ``OUT``: ``config.json``, ``shadow/NN`` and ``reference/NN`` training runs
+(into the bank directory instead when one is used), ``report.json`` (every metric with
+its counts and ROC), ``report.md`` (the table),
 ``roc.png`` (linear axes) and ``roc-log.png`` (log-log), ``scores.npz`` (per-example
 scores and membership, plain arrays).
 """
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +44,8 @@ from rich.table import Table
 
 from prunus.checkpoint import write_json_atomic
 from prunus.errors import ConfigError
-from prunus.privacy.attacks import METRIC_ATTACKS, ShadowAttack, lira_attack, lira_phi, metric_attack, model_logits
+from prunus.privacy.attacks import METRIC_ATTACKS, lira_attack, lira_phi, metric_attack, model_logits
+from prunus.privacy.bank import BANK_FORMAT, LiraOutputs, ReferenceBank, ShadowOutputs, check_bank_dir
 from prunus.privacy.metrics import AttackMetrics
 from prunus.privacy.splits import MembershipSplit, balanced_inclusion, subset
 
@@ -130,19 +139,180 @@ def train_models(name: str, index_sets: list[np.ndarray], train_set, test_set, m
     return np.stack(logits)
 
 
-def run_audit(
+def bank_key(ckpt, split: MembershipSplit, tcfg, config: AuditConfig) -> dict[str, Any]:
+    """What a target's shadow and reference models depend on: a :class:`ReferenceBank` built for the same key
+    holds exactly the models this audit would train (same split, architecture, recipe and seeds).
+
+    The recipe's own ``seed`` is left out (reference models get seeds of their own from ``config.seed``),
+    and so are fields that do not change the weights (evaluation batch size, checkpoints kept).
+    """
+    recipe = dataclasses.asdict(tcfg)
+    for k in ("seed", "keep_checkpoints", "eval_batch_size"):
+        recipe.pop(k, None)
+    dataset = ckpt.meta.get("dataset") or {}
+    return {"format": BANK_FORMAT, "dataset": {"name": dataset.get("name"), "image_size": dataset.get("image_size")},
+            "split": split.summary(), "model": _model_record(ckpt), "recipe": recipe, "seed": config.seed}
+
+
+def _model_record(ckpt) -> dict[str, Any]:
+    record = ckpt.meta["model"]
+    return {k: v for k, v in record.items() if k in ("name", "in_channels", "num_classes", "options")}
+
+
+def _train_shadow_outputs(split: MembershipSplit, train_set, ref_test, record, tcfg, config: AuditConfig, out_dir: Path,
+                          *, device, console: Console) -> ShadowOutputs:
+    """Shadow models trained like the target on random draws from the attacker pool; their outputs on their
+    own members and on as many non-members (equally large disjoint draws from the pool)."""
+    n_in = min(len(split.members), len(split.pool) // 2)
+    if n_in < 1:
+        raise ConfigError("the attacker pool is too small for shadow models (it needs at least 2 examples)")
+    rng = np.random.default_rng(config.seed)
+    draws = [rng.permutation(split.pool)[: 2 * n_in] for _ in range(config.shadow_models)]
+    shadow_in = [d[:n_in] for d in draws]
+    shadow_eval = np.unique(np.concatenate(draws))
+    pos = {int(i): j for j, i in enumerate(shadow_eval)}
+    console.print(f"training {config.shadow_models} shadow models on {n_in} pool examples each "
+                  f"({'as many as the target' if n_in == len(split.members) else 'the pool is too small for a full-size shadow training set'})")
+    s_logits = train_models("shadow", shadow_in, train_set, ref_test, record, tcfg, out_dir,
+                            train_set.images[torch.as_tensor(shadow_eval)], device=device, console=console,
+                            seed=config.seed + 500)
+    logits, labels, member = [], [], []
+    for k, d in enumerate(draws):
+        rows = np.array([pos[int(i)] for i in d])
+        logits.append(s_logits[k][rows])
+        labels.append(train_set.labels[torch.as_tensor(d)].numpy())
+        member.append(np.r_[np.ones(n_in, bool), np.zeros(len(d) - n_in, bool)])
+    return ShadowOutputs(np.concatenate(logits), np.concatenate(labels), np.concatenate(member), config.shadow_models,
+                         n_in)
+
+
+def _train_lira_outputs(split: MembershipSplit, train_set, ref_test, record, tcfg, config: AuditConfig, out_dir: Path,
+                        *, device, console: Console) -> LiraOutputs:
+    """LiRA reference models trained like the target on balanced random halves of members + non-members."""
+    audit_idx = np.concatenate([split.members, split.nonmembers])
+    n = len(audit_idx)
+    inclusion = balanced_inclusion(config.reference_models, n, config.seed + 17)
+    console.print(f"training {config.reference_models} LiRA reference models on random halves of the "
+                  f"{n} members and non-members")
+    r_logits = train_models("reference", [audit_idx[row] for row in inclusion], train_set, ref_test, record, tcfg,
+                            out_dir, train_set.images[torch.as_tensor(audit_idx)], device=device, console=console,
+                            seed=config.seed + 900)
+    return LiraOutputs(inclusion, r_logits, audit_idx)
+
+
+def _fill_bank(bank: ReferenceBank, config: AuditConfig, split: MembershipSplit, train_set, test_set, record, tcfg,
+               directory: Path, *, save: bool, device, console: Console) -> dict[str, bool]:
+    """Train the parts of ``bank`` this audit needs and it lacks (into ``directory/shadow``, ``directory/reference``);
+    save the bank into ``directory`` when ``save``.  Returns which parts were trained now."""
+    from prunus.training import environment_info
+
+    # reference/shadow models report their per-epoch test accuracy on the first 1000 test images only
+    ref_test = subset(test_set, np.arange(min(1000, len(test_set))), "test")
+    trained = {"shadow": False, "lira": False}
+    for part, needed, sub, train in (("shadow", config.needs_shadows, "shadow", _train_shadow_outputs),
+                                     ("lira", "lira" in config.attacks, "reference", _train_lira_outputs)):
+        if not needed or getattr(bank, part) is not None:
+            continue
+        if save:  # a crashed build may have left part of this training behind
+            shutil.rmtree(directory / sub, ignore_errors=True)
+        t0 = time.perf_counter()
+        setattr(bank, part, train(split, train_set, ref_test, record, tcfg, config, directory / sub, device=device,
+                                  console=console))
+        bank.info[part] = {"seconds": time.perf_counter() - t0, "epochs": tcfg.epochs,
+                           "environment": environment_info()}
+        trained[part] = True
+    if save and any(trained.values()):
+        bank.save(directory)
+    return trained
+
+
+def _open_bank(reference_bank, key: dict[str, Any], config: AuditConfig) -> ReferenceBank:
+    """The bank an audit uses: the given object (checked, must hold every part needed), the bank saved in a
+    directory (checked; missing parts are trained into it later), or a new empty one."""
+    counts = {"shadow_models": config.shadow_models if config.needs_shadows else None,
+              "reference_models": config.reference_models if "lira" in config.attacks else None}
+    if isinstance(reference_bank, ReferenceBank):
+        reference_bank.check(key, **counts, need_shadow=config.needs_shadows, need_lira="lira" in config.attacks)
+        return reference_bank
+    if reference_bank is None:
+        return ReferenceBank(key)
+    directory = Path(reference_bank)
+    check_bank_dir(directory)
+    if not ReferenceBank.exists(directory):
+        return ReferenceBank(key)
+    bank = ReferenceBank.load(directory)
+    bank.check(key, **counts)
+    return bank
+
+
+def prepare_reference_bank(
     checkpoint: str | Path,
     config: AuditConfig,
-    out: str | Path,
+    directory: str | Path,
     *,
     data_dir: str | None = None,
     download: bool = False,
     device: str | None = None,
     console: Console | None = None,
-) -> dict[str, Any]:
-    """Run the attacks of ``config`` against ``checkpoint`` and write the report into ``out``."""
-    from prunus._optional import require
+) -> ReferenceBank:
+    """The shadow/reference models an audit of ``checkpoint`` with ``config`` needs, as a bank in ``directory``.
+
+    A bank already in ``directory`` is reused when it was built for the same split, recipe, seed and
+    model counts (else a ConfigError); parts it lacks are trained and added.  Pass the result (or the
+    directory) to :func:`run_audit` as ``reference_bank`` for every checkpoint of the same split: the
+    defenses of one target then share one set of reference models.
+    """
+    from prunus.privacy.defenses import load_defended
+    from prunus.privacy.splits import split_of_checkpoint
+    from prunus.training import pick_device
+
+    config.validate()
+    console = console or Console()
+    directory = Path(directory)
+    _, ckpt = load_defended(checkpoint)
+    split = split_of_checkpoint(ckpt)
+    tcfg = reference_recipe(ckpt, config)
+    bank = _open_bank(directory, bank_key(ckpt, split, tcfg, config), config)
+    missing_shadow = config.needs_shadows and bank.shadow is None
+    if not missing_shadow and ("lira" not in config.attacks or bank.lira is not None):
+        return bank
+    train_set, test_set = _datasets(ckpt, data_dir, download)
+    split.check_dataset(train_set)
+    _fill_bank(bank, config, split, train_set, test_set, _model_record(ckpt), tcfg, directory, save=True,
+               device=pick_device(device), console=console)
+    return bank
+
+
+def _datasets(ckpt, data_dir, download):
     from prunus.data import load_dataset
+
+    dataset = ckpt.meta.get("dataset") or {}
+    if "name" not in dataset:
+        raise ConfigError(f"checkpoint {ckpt.path} does not record its dataset")
+    return tuple(load_dataset(dataset["name"], part, data_dir=data_dir, download=download,
+                              image_size=dataset.get("image_size")) for part in ("train", "test"))
+
+
+def run_audit(
+    checkpoint: str | Path,
+    config: AuditConfig,
+    out: str | Path,
+    *,
+    reference_bank: ReferenceBank | str | Path | None = None,
+    data_dir: str | None = None,
+    download: bool = False,
+    device: str | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run the attacks of ``config`` against ``checkpoint`` and write the report into ``out``.
+
+    ``reference_bank``: None trains the shadow/reference models into ``out``; a directory reuses
+    the bank saved there (or builds and saves it there, see :func:`prepare_reference_bank`); a
+    :class:`ReferenceBank` object is used as it is (it must hold every part the attacks need, and
+    keeps Shokri's fitted attack classifier between audits).  A bank built for another split,
+    recipe, seed or model count is refused before anything is written.
+    """
+    from prunus._optional import require
     from prunus.privacy.defenses import load_defended
     from prunus.privacy.splits import split_of_checkpoint
     from prunus.training import check_run_dir, create_run_dir, environment_info, evaluate, pick_device
@@ -154,80 +324,69 @@ def run_audit(
     require("matplotlib", "prunus audit's ROC plots")
     model, ckpt = load_defended(checkpoint)
     split: MembershipSplit = split_of_checkpoint(ckpt)
-    dataset = ckpt.meta.get("dataset") or {}
-    if "name" not in dataset:
-        raise ConfigError(f"checkpoint {ckpt.path} does not record its dataset")
     tcfg = reference_recipe(ckpt, config)
+    key = bank_key(ckpt, split, tcfg, config)
+    bank = _open_bank(reference_bank, key, config)
+    bank_dir = None if reference_bank is None or isinstance(reference_bank, ReferenceBank) else Path(reference_bank)
     dev = pick_device(device)
-    train_set = load_dataset(dataset["name"], "train", data_dir=data_dir, download=download, image_size=dataset.get("image_size"))
-    test_set = load_dataset(dataset["name"], "test", data_dir=data_dir, download=download, image_size=dataset.get("image_size"))
+    train_set, test_set = _datasets(ckpt, data_dir, download)
     split.check_dataset(train_set)
     model.to(dev)
-    # reference/shadow models report their per-epoch test accuracy on the first 1000 test images only
-    ref_test = subset(test_set, np.arange(min(1000, len(test_set))), "test")
 
     create_run_dir(out)
     write_json_atomic(out / "config.json", {"checkpoint": str(ckpt.path), "audit": dataclasses.asdict(config),
                                             "reference_training": dataclasses.asdict(tcfg), "split": split.summary(),
+                                            "reference_bank": str(bank.path or bank_dir or "") or None,
                                             "environment": environment_info()})
     t_start = time.perf_counter()
+    trained = _fill_bank(bank, config, split, train_set, test_set, _model_record(ckpt), tcfg, bank_dir or out,
+                         save=bank_dir is not None, device=dev, console=console)
+    bank_seconds = time.perf_counter() - t_start
+    for part, what, used in (("shadow", "shadow models", config.needs_shadows),
+                             ("lira", "LiRA reference models", "lira" in config.attacks)):
+        if used and not trained[part]:
+            where = bank.path or "(in memory)"
+            console.print(f"reusing {getattr(bank, part).models} {what} from reference bank {where}")
     audit_idx = np.concatenate([split.members, split.nonmembers])
     is_member = np.r_[np.ones(len(split.members), bool), np.zeros(len(split.nonmembers), bool)]
     labels = train_set.labels[torch.as_tensor(audit_idx)].numpy()
     target_logits = model_logits(model, train_set.images[torch.as_tensor(audit_idx)], device=dev)
     results: list[AttackMetrics] = []
-    record = ckpt.meta["model"]
-    record = {k: v for k, v in record.items() if k in ("name", "in_channels", "num_classes", "options")}
     info: dict[str, Any] = {}
 
     if config.needs_shadows:
-        n_in = min(len(split.members), len(split.pool) // 2)
-        if n_in < 1:
-            raise ConfigError("the attacker pool is too small for shadow models (it needs at least 2 examples)")
-        rng = np.random.default_rng(config.seed)
-        draws = [rng.permutation(split.pool)[: 2 * n_in] for _ in range(config.shadow_models)]
-        shadow_in = [d[:n_in] for d in draws]
-        shadow_eval = np.unique(np.concatenate(draws))
-        pos = {int(i): j for j, i in enumerate(shadow_eval)}
-        console.print(f"training {config.shadow_models} shadow models on {n_in} pool examples each "
-                      f"({'as many as the target' if n_in == len(split.members) else 'the pool is too small for a full-size shadow training set'})")
-        s_logits = train_models("shadow", shadow_in, train_set, ref_test, record, tcfg, out / "shadow",
-                                train_set.images[torch.as_tensor(shadow_eval)], device=dev, console=console,
-                                seed=config.seed + 500)
-        ref_logits, ref_labels, ref_member = [], [], []
-        for k, d in enumerate(draws):
-            rows = np.array([pos[int(i)] for i in d])
-            ref_logits.append(s_logits[k][rows])
-            ref_labels.append(train_set.labels[torch.as_tensor(d)].numpy())
-            ref_member.append(np.r_[np.ones(n_in, bool), np.zeros(len(d) - n_in, bool)])
-        ref_logits, ref_labels, ref_member = np.concatenate(ref_logits), np.concatenate(ref_labels), np.concatenate(ref_member)
-        info["shadow"] = {"models": config.shadow_models, "train_size": n_in, "nonmembers_each": n_in}
+        s = bank.shadow
+        ref_logits = s.logits.astype(np.float64)
+        info["shadow"] = {"models": s.models, "train_size": s.train_size, "nonmembers_each": s.train_size}
         for name in METRIC_ATTACKS:
             if name in config.attacks:
                 results.append(metric_attack(name, target_logits, labels, is_member, ref_logits=ref_logits,
-                                             ref_labels=ref_labels, ref_is_member=ref_member,
+                                             ref_labels=s.labels, ref_is_member=s.is_member,
                                              per_class=config.per_class_thresholds))
         if "shadow" in config.attacks:
-            attack = ShadowAttack(per_class=config.shadow_per_class, seed=config.seed).fit(ref_logits, ref_labels, ref_member)
+            attack = bank.shadow_attack(per_class=config.shadow_per_class, seed=config.seed)
             results.append(attack.attack(target_logits, labels, is_member))
 
     lira_extra: dict[str, np.ndarray] = {}
     if "lira" in config.attacks:
-        n = len(audit_idx)
-        inclusion = balanced_inclusion(config.reference_models, n, config.seed + 17)
-        np.save(out / "lira_inclusion.npy", inclusion)
-        console.print(f"training {config.reference_models} LiRA reference models on random halves of the "
-                      f"{n} members and non-members")
-        r_logits = train_models("reference", [audit_idx[row] for row in inclusion], train_set, ref_test, record, tcfg,
-                                out / "reference", train_set.images[torch.as_tensor(audit_idx)], device=dev,
-                                console=console, seed=config.seed + 900)
-        phi_ref = np.stack([lira_phi(lg, labels) for lg in r_logits])
+        ref = bank.lira
+        if not np.array_equal(ref.indices, audit_idx):  # the key pins the split; this guards a hand-edited bank
+            raise ConfigError("the reference bank's LiRA models were scored on other examples than this split's "
+                              "members and non-members")
+        np.save(out / "lira_inclusion.npy", ref.inclusion)
+        phi_ref = ref.phi(labels)
         phi = lira_phi(target_logits, labels)
         for online in (True, False):
-            results.append(lira_attack(phi, is_member, phi_ref, inclusion, online=online,
+            results.append(lira_attack(phi, is_member, phi_ref, ref.inclusion, online=online,
                                        global_variance=config.global_variance))
         lira_extra = {"lira_phi": phi, "lira_phi_reference": phi_ref}
-        info["lira"] = {"models": config.reference_models, "examples_per_model": inclusion.sum(1).tolist()}
+        info["lira"] = {"models": ref.models, "examples_per_model": ref.inclusion.sum(1).tolist()}
+    info["bank"] = {"path": str(bank.path) if bank.path else None,
+                    "trained_now": [p for p, t in trained.items() if t],
+                    "reused": [p for p in ("shadow", "lira") if p in info and not trained[p]],
+                    "seconds_now": bank_seconds,
+                    "seconds_when_built": {p: bank.info[p]["seconds"] for p in ("shadow", "lira")
+                                           if p in info and p in bank.info}}
 
     accuracy = {
         "test": evaluate(model, test_set, device=dev)["accuracy"],
@@ -239,6 +398,7 @@ def run_audit(
         "split": split.summary(), "accuracy": accuracy, "models": info,
         "queries": "one un-augmented query per example, eval mode",
         "attacks": [r.to_dict(roc_points=400) for r in results], "seconds": time.perf_counter() - t_start,
+        "attack_seconds": time.perf_counter() - t_start - bank_seconds,
     }
     scores = {f"score_{r.attack}": r.scores for r in results}
     _write_npz(out / "scores.npz", is_member=is_member, indices=audit_idx, labels=labels, **scores, **lira_extra)

@@ -1,0 +1,555 @@
+"""Membership inference on Fashion-MNIST: an overfit LeNet-5 target and its defenses, audited (issue 6).
+
+Per seed s: a membership split of Fashion-MNIST's 60,000 training images drawn with seed s
+(MEMBERS members, as many non-members that no model of the row ever trains on, the rest the
+attacker's pool). The undefended target trains on the members only, then every defense
+(``prunus.privacy.defenses.run_defense``; pruning and MCMIA start from the target's weights,
+AdvReg and DP-SGD train from scratch on the same members) and every row is audited with
+``run_audit``: the metric attacks (loss, confidence, entropy, modified entropy), Shokri's
+shadow-model attack and LiRA (online and offline) on all members and non-members.
+
+Shadow and LiRA reference models depend only on the split and the undefended recipe (the
+attacker is non-adaptive), not on the defended weights: they are trained once per seed into a
+reference bank (``benchmarks/.cache/privacy_mia/bank-*``, reused on later runs when it was built
+for the same split, recipe and counts) and shared by every row of that seed.
+
+    python benchmarks/privacy_mia.py [--seeds 0 1 2] [--rows ROW ...] [--continue] [--render]
+    python benchmarks/privacy_mia.py --smoke [--out DIR]   # tiny end-to-end check, not into results/
+
+``--continue`` keeps the rows already in the JSON (and refuses a JSON made with another setup);
+``--render`` rebuilds the table from the JSON without training. The budgets are the module
+constants below; the script prints an estimate of its runtime, calibrated on the machine, first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import HERE, RESULTS, write_result
+
+NAME = "privacy_mia"
+CACHE = HERE / ".cache" / NAME
+
+# -- the setup (module constants: change here, and the table says what ran) ------------------------------
+MODEL, DATASET = "lenet5", "fashion-mnist"
+MEMBERS = 10_000  # target training set; as many non-members; the pool is the rest of the 60,000
+TARGET_EPOCHS = 20  # the undefended recipe: target, AdvReg, and every shadow/reference model
+# Adam 3e-3 at batch 64 overfits within 20 epochs (measured on seed 0: members 98.1%, non-members 88.5%);
+# the default 1e-3 at batch 128 barely does (89.9% vs 86.8%), and leakage needs the gap
+BATCH, OPTIMIZER, LR, SCHEDULE = 64, "adam", 3e-3, "cosine"
+EVAL_EXAMPLES = 1000  # per-epoch test accuracy on the first N test images (final accuracies: the whole test set)
+REFERENCE_MODELS = 16  # LiRA: each audited example IN for half of them, OUT for the other half
+SHADOW_MODELS = 4  # metric-attack thresholds and Shokri's attack classifier
+ATTACKS = ("loss", "confidence", "entropy", "mentr", "shadow", "lira")
+PRUNE_EPOCHS, RETRAIN_EPOCHS, PRUNE_LR = 8, 4, 1e-3  # SLR/ADMM epochs from the target, masked fine-tuning; Adam lr
+COMPRESSIONS = (10, 20)
+PRUNE_METHODS = ("slr", "admm")
+ADV_LAMBDA, ATTACK_STEPS, ADV_WARMUP = 1.0, 1, 2  # the min-max game (Nasr et al.): lambda, k, warm-up epochs
+MCMIA_METHOD, MCMIA_COMPRESSION, MCMIA_WARMUP = "slr", 10, 1
+DP_EPSILONS = (1.0, 4.0, 8.0)
+DP_DELTA, DP_EPOCHS, DP_BATCH, DP_OPTIMIZER, DP_LR, DP_CLIP = 1e-5, 15, 256, "adam", 2e-3, 1.0
+SEEDS = (0, 1, 2)
+GOAL_MAX_DROP, GOAL_MAX_LIRA_AUC = 1.0, 0.55  # MCMIA: at most 1 point of test accuracy lost, LiRA AUC <= 0.55
+
+# Cost of a 10k-example epoch relative to a plain one (measured on LeNet-5 here; used for the estimate only)
+COST = {"plain": 1.0, "prune": 1.0, "game": 1.35, "mcmia": 1.55, "dp": 3.1}
+ROW_OVERHEAD_S = 6.0  # per row: data loading, final evaluations, checkpoints, the audit itself (plots included)
+DP_SETUP_S = 2.0  # opacus' noise calibration for the target epsilon
+EPOCH_OVERHEAD = 1.1  # batching, the per-epoch evaluation on EVAL_EXAMPLES images and the checkpoint
+SHADOW_FIT_S = 15.0  # Shokri's attack classifier (scikit-learn MLP), fitted once per seed
+
+
+@dataclass(frozen=True)
+class Budget:
+    members: int = MEMBERS
+    target_epochs: int = TARGET_EPOCHS
+    prune_epochs: int = PRUNE_EPOCHS
+    retrain_epochs: int = RETRAIN_EPOCHS
+    dp_epochs: int = DP_EPOCHS
+    reference_models: int = REFERENCE_MODELS
+    shadow_models: int = SHADOW_MODELS
+    eval_examples: int = EVAL_EXAMPLES
+    seeds: tuple[int, ...] = SEEDS
+
+
+SMOKE = Budget(members=500, target_epochs=1, prune_epochs=2, retrain_epochs=1, dp_epochs=1, reference_models=2,
+               shadow_models=1, eval_examples=200, seeds=(0,))
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str  # the key in the JSON
+    label: str  # the table's first column
+    defense: str
+    options: dict[str, Any] = field(default_factory=dict)
+    kind: str = "plain"  # cost class for the estimate
+
+    @property
+    def from_target(self) -> bool:
+        return self.defense in ("prune", "mcmia")
+
+
+def rows(b: Budget) -> list[Row]:
+    prune = dict(prune_epochs=b.prune_epochs, retrain_epochs=b.retrain_epochs, lr=PRUNE_LR)
+    game = dict(adv_lambda=ADV_LAMBDA, attack_steps=ATTACK_STEPS)
+    out = [Row("undefended", "undefended", "none")]
+    for method in PRUNE_METHODS:
+        for c in COMPRESSIONS:
+            out.append(Row(f"prune-{method}-{c}x", f"pruned, {method.upper()} {c}x", "prune",
+                           dict(method=method, compression=float(c), **prune), "prune"))
+    out.append(Row("advreg", f"AdvReg (λ {ADV_LAMBDA:g})", "advreg",
+                   dict(warmup_epochs=min(ADV_WARMUP, b.target_epochs - 1), **game), "game"))
+    out.append(Row("mcmia", f"MCMIA ({MCMIA_METHOD.upper()} {MCMIA_COMPRESSION}x + game λ {ADV_LAMBDA:g})", "mcmia",
+                   dict(method=MCMIA_METHOD, compression=float(MCMIA_COMPRESSION),
+                        warmup_epochs=min(MCMIA_WARMUP, b.prune_epochs - 1), **prune, **game), "mcmia"))
+    for eps in DP_EPSILONS:
+        out.append(Row(f"dpsgd-eps{eps:g}", f"DP-SGD ε = {eps:g}", "dpsgd",
+                       dict(epsilon=eps, delta=DP_DELTA, max_grad_norm=DP_CLIP, epochs=b.dp_epochs,
+                            batch_size=DP_BATCH, optimizer=DP_OPTIMIZER, lr=DP_LR), "dp"))
+    return out
+
+
+def defense_config(row: Row, seed: int, b: Budget):
+    from prunus.privacy.defenses import DefenseConfig
+
+    base = dict(defense=row.defense, model=MODEL, dataset=DATASET, members=b.members, split_seed=seed, seed=seed,
+                epochs=b.target_epochs, batch_size=BATCH, optimizer=OPTIMIZER, lr=LR, schedule=SCHEDULE,
+                eval_examples=b.eval_examples)
+    return DefenseConfig(**{**base, **row.options}).validate()
+
+
+def audit_config(seed: int, b: Budget):
+    from prunus.privacy.audit import AuditConfig
+
+    return AuditConfig(attacks=ATTACKS, reference_models=b.reference_models, shadow_models=b.shadow_models,
+                       seed=seed).validate()
+
+
+def setup(b: Budget) -> dict[str, Any]:
+    """Everything the numbers depend on (a --continue run must have the same)."""
+    return {
+        "model": MODEL, "dataset": DATASET, "members": b.members, "nonmembers": b.members,
+        "target": {"epochs": b.target_epochs, "batch_size": BATCH, "optimizer": OPTIMIZER, "lr": LR,
+                   "schedule": SCHEDULE, "augment": False},
+        "eval_examples": b.eval_examples, "reference_models": b.reference_models, "shadow_models": b.shadow_models,
+        "attacks": list(ATTACKS),
+        "prune": {"epochs": b.prune_epochs, "retrain_epochs": b.retrain_epochs, "lr": PRUNE_LR,
+                  "methods": list(PRUNE_METHODS), "compressions": list(COMPRESSIONS)},
+        "game": {"lambda": ADV_LAMBDA, "attack_steps": ATTACK_STEPS,
+                 "advreg_warmup": min(ADV_WARMUP, b.target_epochs - 1),
+                 "mcmia_warmup": min(MCMIA_WARMUP, b.prune_epochs - 1), "mcmia_method": MCMIA_METHOD,
+                 "mcmia_compression": MCMIA_COMPRESSION},
+        "dp": {"epsilons": list(DP_EPSILONS), "delta": DP_DELTA, "epochs": b.dp_epochs, "batch_size": DP_BATCH,
+               "optimizer": DP_OPTIMIZER, "lr": DP_LR, "max_grad_norm": DP_CLIP, "accountant": "prv"},
+        "rows": [r.name for r in rows(b)],
+    }
+
+
+# -- runtime estimate -------------------------------------------------------------------------------------
+
+
+def seconds_per_step(steps: int = 30) -> float:
+    """One LeNet-5 Adam training step on a batch of BATCH 28x28 images, timed here."""
+    import torch
+    import torch.nn.functional as F
+
+    from prunus.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(MODEL)
+        opt = torch.optim.Adam(model.parameters(), lr=LR)
+        x, y = torch.randn(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,))
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        for _ in range(5):
+            step()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+    return (time.perf_counter() - t0) / steps
+
+
+def estimate(b: Budget, todo: list[tuple[int, Row]], banks_needed: int, step_s: float) -> float:
+    """Seconds the runs in ``todo`` and ``banks_needed`` reference banks take, from the cost model above."""
+    epoch = math.ceil(b.members / BATCH) * step_s * EPOCH_OVERHEAD  # a plain epoch over the members
+    total = banks_needed * (b.reference_models + b.shadow_models) * b.target_epochs * epoch
+    total += len({seed for seed, _ in todo}) * SHADOW_FIT_S
+    for _, row in todo:
+        epochs = {"none": b.target_epochs, "advreg": b.target_epochs, "dpsgd": b.dp_epochs}.get(
+            row.defense, b.prune_epochs + b.retrain_epochs)
+        total += epochs * epoch * COST[row.kind] + ROW_OVERHEAD_S + (DP_SETUP_S if row.defense == "dpsgd" else 0)
+    return total
+
+
+# -- one row ---------------------------------------------------------------------------------------------
+
+
+def train_row(row: Row, seed: int, b: Budget, cache: Path, target: Path | None) -> dict[str, Any]:
+    """Train the row's model on the seed's members: from ``target`` for pruning and MCMIA, from scratch on
+    ``target``'s split otherwise (the undefended target itself draws the split)."""
+    from rich.console import Console
+
+    from prunus.privacy.defenses import run_defense
+
+    run_dir = cache / f"seed{seed}" / row.name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    res = run_defense(defense_config(row, seed, b), run_dir, init=None if row.defense == "none" else target,
+                      console=Console(quiet=True))
+    return {**res, "run_dir": str(run_dir), "wall_seconds": time.perf_counter() - t0}
+
+
+def audit_row(row: Row, seed: int, b: Budget, cache: Path, res: dict[str, Any], bank) -> dict[str, Any]:
+    """Audit the row's model with the seed's shared reference bank; the row's JSON record."""
+    from rich.console import Console
+
+    from prunus.privacy.audit import run_audit
+    from prunus.training import environment_info
+
+    audit_dir = cache / f"seed{seed}" / f"{row.name}-audit"
+    shutil.rmtree(audit_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    report = run_audit(Path(res["run_dir"]) / "final", audit_config(seed, b), audit_dir, reference_bank=bank,
+                       console=Console(quiet=True))
+    if report["models"]["bank"]["trained_now"]:
+        raise RuntimeError(f"the audit of {row.name} trained reference models; the shared bank should hold them all")
+    keep = ("auc", "balanced_accuracy", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "members", "nonmembers",
+            "best_balanced_accuracy_on_eval_data")
+    out = {"row": row.name, "seed": seed, "defense": row.defense, "test_accuracy": res["test_accuracy"],
+           "member_accuracy": res["member_accuracy"], "nonmember_accuracy": res["nonmember_accuracy"],
+           "train_seconds": res["seconds"], "audit_seconds": report["attack_seconds"],
+           "wall_seconds": res["wall_seconds"] + time.perf_counter() - t0,
+           "attacks": {a["attack"]: {k: a[k] for k in keep} for a in report["attacks"]}, "split": res["split"],
+           "environment": environment_info()}
+    if "report" in res:
+        out["compression"] = res["report"]["compression"]  # of the pruned layers (conv2, fc1, fc2)
+        out["model_compression"] = res["report"]["params_total"] / res["report"]["params_nonzero"]
+        out["hard_pruned_accuracy"] = res.get("hard_pruned_accuracy")
+    if "dp" in res:
+        out["dp"] = {k: res["dp"][k] for k in ("epsilon", "delta", "target_epsilon", "noise_multiplier",
+                                               "sample_rate", "steps", "epochs", "accountant")}
+    if res.get("game"):
+        last = [g for g in res["game"] if g["game"]]
+        out["game_final_h_gain"] = last[-1]["h_gain"] if last else None
+    return out
+
+
+# -- the table -------------------------------------------------------------------------------------------
+
+ATTACK_COLUMNS = (("loss", "loss"), ("confidence", "confidence"), ("entropy", "entropy"), ("mentr", "m-entropy"),
+                  ("shadow", "shadow (Shokri)"), ("lira-online", "LiRA online"), ("lira-offline", "LiRA offline"))
+
+
+def _ms(values: list[float], digits: int = 2, scale: float = 1.0) -> str:
+    values = [v * scale for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _groups(data: dict) -> dict[str, list[dict]]:
+    latest = {(r["row"], r["seed"]): r for r in data["runs"]}  # a re-run replaces
+    groups: dict[str, list[dict]] = {}
+    for name in data["setup"]["rows"]:
+        g = [latest[k] for k in sorted(latest) if k[0] == name]
+        if g:
+            groups[name] = g
+    return groups
+
+
+def lira_auc(run: dict) -> float:
+    """The stronger LiRA variant's AUC on this run (what the goal is judged on)."""
+    return max(run["attacks"][a]["auc"] for a in ("lira-online", "lira-offline") if a in run["attacks"])
+
+
+def goal(data: dict) -> dict[str, Any]:
+    """The issue's goal, from the means over seeds: MCMIA within GOAL_MAX_DROP points of the undefended test
+    accuracy, LiRA AUC <= GOAL_MAX_LIRA_AUC, and a lower LiRA AUC than DP-SGD at equal test accuracy."""
+    groups = _groups(data)
+    if "undefended" not in groups or "mcmia" not in groups:
+        return {"status": "not measured", "parts": [], "text": "the undefended and MCMIA rows are needed"}
+    mean = statistics.mean
+    base = mean(r["test_accuracy"] for r in groups["undefended"])
+    acc = mean(r["test_accuracy"] for r in groups["mcmia"])
+    auc = mean(lira_auc(r) for r in groups["mcmia"])
+    drop = base - acc
+    parts = [
+        {"what": f"test-accuracy loss <= {GOAL_MAX_DROP:g} pt", "value": f"{drop:.2f} pt "
+         f"({acc:.2f}% vs undefended {base:.2f}%)", "met": drop <= GOAL_MAX_DROP},
+        {"what": f"LiRA AUC <= {GOAL_MAX_LIRA_AUC:g}", "value": f"{auc:.3f}", "met": auc <= GOAL_MAX_LIRA_AUC},
+    ]
+    dp = sorted(((mean(r["test_accuracy"] for r in g), mean(lira_auc(r) for r in g), name)
+                 for name, g in groups.items() if name.startswith("dpsgd")))
+    parts.append(compare_with_dp(acc, auc, dp))
+    met = [p["met"] for p in parts]
+    status = "met" if all(m is True for m in met) else "not met" if any(m is False for m in met) else "undetermined"
+    return {"status": status, "parts": parts, "mcmia": {"test_accuracy": acc, "lira_auc": auc},
+            "undefended_test_accuracy": base}
+
+
+def compare_with_dp(acc: float, auc: float, dp: list[tuple[float, float, str]]) -> dict[str, Any]:
+    """Does (acc, auc) leak less than DP-SGD at the same test accuracy?  ``dp``: (accuracy, LiRA AUC, row) sorted
+    by accuracy. Inside the DP-SGD rows' accuracy range, DP-SGD's AUC is interpolated linearly in accuracy;
+    outside it the nearest row decides only when it settles the question (assuming DP-SGD leaks more at larger
+    epsilon, i.e. at higher accuracy), else the comparison is undetermined."""
+    what = "LiRA AUC below DP-SGD's at equal test accuracy"
+    if not dp:
+        return {"what": what, "value": "no DP-SGD row", "met": None}
+    accs = [d[0] for d in dp]
+    if accs[0] <= acc <= accs[-1]:
+        for (a0, u0, n0), (a1, u1, n1) in zip(dp, dp[1:] + [dp[-1]]):
+            if a0 <= acc <= a1:
+                u = u0 if a1 == a0 else u0 + (u1 - u0) * (acc - a0) / (a1 - a0)
+                between = n0 if n0 == n1 else f"{n0} and {n1}"
+                return {"what": what, "value": f"{auc:.3f} vs {u:.3f} (DP-SGD interpolated between {between} "
+                        f"at {acc:.2f}%)", "met": auc < u}
+    if acc > accs[-1]:
+        a, u, n = dp[-1]
+        if auc < u:
+            return {"what": what, "value": f"{auc:.3f} vs {u:.3f}: more accurate ({acc:.2f}% vs {a:.2f}%) and less "
+                    f"leaky than the most accurate DP-SGD row ({n})", "met": True}
+        return {"what": what, "value": f"DP-SGD does not reach {acc:.2f}% (best {n}: {a:.2f}%, AUC {u:.3f}); "
+                "a larger epsilon would be needed to compare", "met": None}
+    a, u, n = dp[0]
+    if u <= auc:
+        return {"what": what, "value": f"{auc:.3f} vs {u:.3f}: the least accurate DP-SGD row ({n}) is more accurate "
+                f"({a:.2f}% vs {acc:.2f}%) and leaks no more", "met": False}
+    return {"what": what, "value": f"every DP-SGD row is more accurate (least: {n}, {a:.2f}%); a smaller epsilon "
+            "would be needed to compare", "met": None}
+
+
+def summarize(data: dict) -> str:
+    s, env = data["setup"], data["environment"]
+    groups = _groups(data)
+    seeds = sorted({r["seed"] for r in data["runs"]})
+    m, r_models, sh = s["members"], s["reference_models"], s["shadow_models"]
+    t, p, gm, dp = s["target"], s["prune"], s["game"], s["dp"]
+    bank_s = [b["seconds"] for b in data.get("banks", {}).values() if b.get("seconds") is not None]
+    variance = ("one global variance per side (fewer than 64 models per side, as Carlini et al. advise)"
+                if r_models // 2 < 64 else "per-example variances")
+    smoke = " (SMOKE TEST: tiny budgets, not a result)" if data.get("smoke") else ""
+    methods = " and ".join(x.upper() for x in p["methods"])
+    lines = [
+        f"## Membership inference on Fashion-MNIST: LeNet-5 and its defenses{smoke} (`benchmarks/{NAME}.py`)",
+        "",
+        "**Setup.** Per seed, one split of Fashion-MNIST's 60,000 training images (split seed = seed): "
+        f"**{m:,} members** (the only images a row's model trains on), **{m:,} non-members** that no model of the "
+        "row ever sees (they only evaluate the attacks: balanced, chance = AUC 0.5), and the remaining "
+        f"{60000 - 2 * m:,} as the attacker's pool (shadow models, metric thresholds, the game's reference set). "
+        f"Target: {MODEL} (61,706 parameters), {t['optimizer']} lr {t['lr']:g}, batch {t['batch_size']}, "
+        f"{t['schedule']} schedule, **{_n(t['epochs'], 'epoch')}**, no augmentation, trained on the members only. "
+        "Test accuracy: the 10,000 test images.",
+        "",
+        f"**Rows.** Pruned: {methods} from the undefended target ({t['optimizer']} lr {p['lr']:g}), "
+        f"{_n(p['epochs'], 'epoch')} with the method, hard-prune, {_n(p['retrain_epochs'], 'masked fine-tuning epoch')}"
+        "; one sparsity per layer on conv2/fc1/fc2 (conv1, fc3 and the biases stay dense, so the whole model's "
+        "compression, in the first table, is lower). AdvReg: Nasr et al.'s min-max game, from scratch with the "
+        f"target's recipe, λ {gm['lambda']:g}, k = {gm['attack_steps']} inference-model step per classifier step, "
+        f"{_n(gm['advreg_warmup'], 'warm-up epoch')}. MCMIA: {gm['mcmia_method'].upper()} {gm['mcmia_compression']}x "
+        f"pruning and the same game in one run from the undefended target ({p['epochs']} + {p['retrain_epochs']} "
+        f"epochs as above, {_n(gm['mcmia_warmup'], 'warm-up epoch')}). DP-SGD (opacus, "
+        f"{dp['accountant'].upper()} accountant): from scratch, {_n(dp['epochs'], 'epoch')}, expected batch "
+        f"{dp['batch_size']} (Poisson sampling), {dp['optimizer']} lr {dp['lr']:g}, clipping norm "
+        f"{dp['max_grad_norm']:g}, **δ = {dp['delta']:g}**; the ε column is the accountant's ε after training. "
+        "λ and the DP-SGD recipe are set once, not tuned per row.",
+        "",
+        f"**Attacks.** One un-augmented query per example, on all {m:,} members and {m:,} non-members (TPR@0.1%FPR "
+        f"allows {_n(m // 1000, 'false positive')}{'' if m >= 1000 else ': with fewer than 1,000 non-members'}). "
+        f"LiRA: **{r_models} reference models** per seed, trained with the undefended recipe on random halves of the "
+        f"{2 * m:,} members + non-members (every example IN for {r_models // 2}, OUT for {r_models - r_models // 2}); "
+        f"online = IN/OUT likelihood ratio, offline = OUT only; {variance}. Metric attacks: the threshold with the "
+        f"best balanced accuracy on **{_n(sh, 'shadow model')}**' own members and non-members (pool draws as large "
+        "as the target's training set); shadow attack: Shokri's MLP on those outputs. Shadow and reference models "
+        "are trained **once per seed and shared by every row** (a non-adaptive attacker, who trains them like the "
+        "undefended target, not with the defense)"
+        + (f", {statistics.mean(bank_s):,.0f} s per seed, not in the rows' times" if bank_s else "")
+        + ". Balanced accuracy is at a threshold fixed beforehand on reference data only, so a defense that shifts "
+        "the outputs can show 50% with an AUC above 0.5; AUC and TPR need no threshold.",
+        "",
+        f"Seeds {', '.join(map(str, seeds))} (the 'seeds' column: how many a row has); mean ± std over seeds. "
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']} ({_n(env['torch_threads'], 'thread')})"
+        f"{', GPU ' + env['gpu'] if env.get('gpu') else ', no GPU'}. Wall times: 'train s' = the row's own training "
+        "(pruning and MCMIA start from the undefended target, whose time is the first row's), 'audit s' = all "
+        "attacks given the shared reference models.",
+        "",
+    ]
+    g = goal(data)
+    lines.append(f"**Goal** (issue 6): MCMIA at ≤ {GOAL_MAX_DROP:g} pt test-accuracy loss brings LiRA AUC ≤ "
+                 f"{GOAL_MAX_LIRA_AUC:g} and beats DP-SGD at equal test accuracy: **{g['status']}** (means over "
+                 "seeds; LiRA AUC = the stronger of online and offline).")
+    if g["parts"]:
+        lines += ["", "| condition | measured | |", "|---|---|---|"]
+        for p in g["parts"]:
+            verdict = {True: "met", False: "not met", None: "undetermined"}[p["met"]]
+            lines.append(f"| {p['what']} | {p['value']} | {verdict} |")
+    lines += ["", "| defense | seeds | test acc. % | members % | non-members % | compression (pruned layers; "
+              "whole model) | (ε, δ) | train s | audit s |", "|---|---|---|---|---|---|---|---|---|"]
+    labels = {r: lab for r, lab in data.get("labels", {}).items()}
+    for name, runs in groups.items():
+        comp = (f"{_ms([r['compression'] for r in runs], 1)}x; {_ms([r['model_compression'] for r in runs], 1)}x"
+                if runs[0].get("compression") else "")
+        eps = (f"({_ms([r['dp']['epsilon'] for r in runs], 2)}, {runs[0]['dp']['delta']:g})" if "dp" in runs[0]
+               else "")
+        lines.append(f"| {labels.get(name, name)} | {len(runs)} | {_ms([r['test_accuracy'] for r in runs])} | "
+                     f"{_ms([r['member_accuracy'] for r in runs])} | {_ms([r['nonmember_accuracy'] for r in runs])} | "
+                     f"{comp} | {eps} | {_ms([r['train_seconds'] for r in runs], 0)} | "
+                     f"{_ms([r['audit_seconds'] for r in runs], 0)} |")
+    present = [(a, lab) for a, lab in ATTACK_COLUMNS if any(a in r["attacks"] for g_ in groups.values() for r in g_)]
+    for metric, title, digits, scale in (("auc", "AUC", 3, 1.0), ("balanced_accuracy", "Balanced accuracy %", 1, 100.0),
+                                         ("tpr_at_0.1pct_fpr", "TPR at 0.1% FPR, %", 2, 100.0)):
+        lines += ["", f"{title} per attack:", "",
+                  "| defense | test acc. % | " + " | ".join(lab for _, lab in present) + " |",
+                  "|---|---|" + "---|" * len(present)]
+        for name, runs in groups.items():
+            cells = [_ms([r["attacks"][a][metric] for r in runs if a in r["attacks"]], digits, scale)
+                     for a, _ in present]
+            lines.append(f"| {labels.get(name, name)} | {_ms([r['test_accuracy'] for r in runs])} | "
+                         + " | ".join(cells) + " |")
+    lines += ["", "Per-example scores, ROC curves (linear and log-log PNGs) and every threshold's source are in each "
+              f"row's audit directory under `benchmarks/.cache/{NAME}/`; the raw numbers, the game's last inference "
+              "gain, DP-SGD's noise multiplier and steps are in the JSON."]
+    return "\n".join(lines) + "\n"
+
+
+# -- main ------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", help=f"default {' '.join(map(str, SEEDS))}")
+    ap.add_argument("--rows", nargs="+", help="only these rows (names as in the JSON: undefended, prune-slr-10x, ...)")
+    ap.add_argument("--continue", dest="cont", action="store_true", help="keep the rows already in the JSON")
+    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
+    ap.add_argument("--smoke", action="store_true", help=f"tiny budgets ({SMOKE.members} members, "
+                    f"{SMOKE.reference_models} reference models, 1 epoch, 1 seed) into a temporary directory")
+    ap.add_argument("--out", type=Path, help="results directory (default benchmarks/results; with --smoke a new "
+                    "temporary directory); the cache goes into OUT/.cache unless it is benchmarks/results")
+    args = ap.parse_args()
+    budget = SMOKE if args.smoke else Budget()
+    if args.seeds:
+        budget = dataclasses.replace(budget, seeds=tuple(args.seeds))
+    if args.smoke and (args.render or args.cont) and not args.out:
+        sys.exit("--smoke with --render or --continue needs the --out DIR of the smoke run")
+    results = args.out or (Path(tempfile.mkdtemp(prefix=f"{NAME}-smoke-")) if args.smoke else RESULTS)
+    cache = CACHE if results.resolve() == RESULTS.resolve() else results / ".cache"
+    path = results / f"{NAME}.json"
+    if args.render:
+        data = json.loads(path.read_text())
+        return write_result(NAME, data, summarize(data), results)
+
+    from prunus.training import environment_info
+
+    all_rows = rows(budget)
+    if args.rows:
+        unknown = sorted(set(args.rows) - {r.name for r in all_rows})
+        if unknown:
+            sys.exit(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(r.name for r in all_rows)}")
+    chosen = [r for r in all_rows if not args.rows or r.name in args.rows]
+    data = json.loads(path.read_text()) if args.cont and path.exists() else None
+    if data is not None and data["setup"] != setup(budget):
+        sys.exit(f"{path} was made with another setup (the module constants changed); run without --continue")
+    if data is None:
+        data = {"benchmark": NAME, "smoke": args.smoke, "setup": setup(budget), "seeds": list(budget.seeds),
+                "environment": environment_info(), "banks": {}, "runs": []}
+    data["labels"] = {r.name: r.label for r in all_rows}
+    done = {(r["row"], r["seed"]) for r in data["runs"]}
+    todo = [(seed, row) for seed in budget.seeds for row in chosen if (row.name, seed) not in done]
+    banks_needed = sum(1 for seed in budget.seeds if any(s == seed for s, _ in todo)
+                       and not (cache / f"bank-seed{seed}" / "bank.json").is_file())
+    step_s = seconds_per_step()
+    est = estimate(budget, todo, banks_needed, step_s)
+    print(f"{len(todo)} runs to do ({len(budget.seeds)} seed(s) x {len(chosen)} rows, {len(done)} already in the "
+          f"JSON), {banks_needed} reference bank(s) of {budget.reference_models} LiRA + {budget.shadow_models} shadow "
+          f"models to train; estimated {est / 60:.0f} min ({1000 * step_s:.1f} ms per training step of batch {BATCH} "
+          f"measured now, {budget.target_epochs} target epochs of {budget.members:,} members). Results: {results}",
+          flush=True)
+
+    t_all = time.perf_counter()
+    undefended = all_rows[0]
+    for seed in budget.seeds:
+        seed_todo = [row for s, row in todo if s == seed]
+        if not seed_todo:
+            continue
+        # the undefended target: its own row, the init of every other row, and what the bank is keyed on
+        target = cache / f"seed{seed}" / undefended.name / "final"
+        target_res = None
+        if undefended in seed_todo or not (target.parent / "results.json").is_file():
+            t0 = time.perf_counter()
+            target_res = train_row(undefended, seed, budget, cache, None)
+            note = "" if undefended in seed_todo else " (its cache was missing; its recorded row is kept)"
+            print(f"seed {seed}: undefended target trained in {time.perf_counter() - t0:.0f} s{note}", flush=True)
+        bank = open_bank(target, seed, budget, cache / f"bank-seed{seed}", data)
+        for row in seed_todo:
+            if row is undefended:
+                record = audit_row(row, seed, budget, cache, target_res, bank)
+            else:
+                record = audit_row(row, seed, budget, cache, train_row(row, seed, budget, cache, target), bank)
+            data["runs"] = [r for r in data["runs"] if (r["row"], r["seed"]) != (row.name, seed)] + [record]
+            a = record["attacks"]
+            print(f"seed {seed} {row.name}: test {record['test_accuracy']:.2f}% (members "
+                  f"{record['member_accuracy']:.2f}%), AUC loss {a['loss']['auc']:.4f}, LiRA online "
+                  f"{a['lira-online']['auc']:.4f}, {record['wall_seconds']:.0f} s", flush=True)
+            data["wall_seconds_last_run"] = time.perf_counter() - t_all
+            write_result(NAME, data, summarize(data), results)
+    print(f"done in {(time.perf_counter() - t_all) / 60:.1f} min (estimated {est / 60:.0f}); "
+          f"table {results / (NAME + '.md')}", flush=True)
+
+
+_BANKS: dict[int, Any] = {}
+
+
+def open_bank(target: Path, seed: int, b: Budget, bank_dir: Path, data: dict):
+    """The seed's reference bank: in memory, else from the cache (when built for this split, recipe and counts),
+    else trained now against the undefended target."""
+    from rich.console import Console
+
+    from prunus.errors import ConfigError
+    from prunus.privacy.audit import prepare_reference_bank
+
+    if seed in _BANKS:
+        return _BANKS[seed]
+    marker = bank_dir / "bank.json"
+    stamp = marker.stat().st_mtime_ns if marker.is_file() else None
+    config = audit_config(seed, b)
+    try:
+        bank = prepare_reference_bank(target, config, bank_dir, console=Console(quiet=True))
+    except ConfigError as e:  # a bank of another setup (the constants changed): ours to replace
+        print(f"seed {seed}: cached reference bank not usable ({e}); rebuilding it", flush=True)
+        shutil.rmtree(bank_dir, ignore_errors=True)
+        stamp = None
+        bank = prepare_reference_bank(target, config, bank_dir, console=Console(quiet=True))
+    trained = stamp is None or marker.stat().st_mtime_ns != stamp
+    built = sum(bank.info[p]["seconds"] for p in ("shadow", "lira") if p in bank.info)
+    data["banks"][str(seed)] = {"path": str(bank_dir), "seconds": built, "reference_models": bank.lira.models,
+                                "shadow_models": bank.shadow.models, "trained_in_last_run": trained,
+                                "machine": bank.info["lira"]["environment"]["cpu"]}
+    print(f"seed {seed}: reference bank {'trained' if trained else 'reused from the cache'} "
+          f"({bank.lira.models} LiRA + {bank.shadow.models} shadow models, {built:.0f} s to build)", flush=True)
+    _BANKS[seed] = bank
+    return bank
+
+
+if __name__ == "__main__":
+    main()
