@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -316,7 +317,9 @@ def _game(config: DefenseConfig, model, members: ArrayDataset, split: Membership
     if n == 0:
         raise ConfigError("the min-max game needs reference non-members from the attacker pool, which is empty; "
                           "use fewer --members")
-    reference = subset(train_set, split.pool[:n], "pool")
+    # a seeded random draw: the pool is stored sorted, so its first n indices would not be a random sample
+    draw = np.random.default_rng(config.seed + 31).choice(split.pool, size=n, replace=False)
+    reference = subset(train_set, np.sort(draw), "pool")
     return AdversarialRegularizer(model, members, reference, lam=config.adv_lambda, attack_steps=config.attack_steps,
                                   warmup_epochs=warmup, batch_size=config.adv_batch_size, lr=config.adv_lr,
                                   seed=config.seed)
