@@ -1,30 +1,32 @@
 """Filter pruning that makes models faster: accuracy and measured CPU latency (issue 5).
 
 For each model, a dense model is trained on Fashion-MNIST padded to 32x32; then,
-at 2x and 4x fewer MACs, two methods get the same epoch budget:
-  slr  SLR with a filter plan (3 pruning epochs, Adam lr 1e-3, cosine), hard-prune
-       per coupled group, 1 masked retraining epoch
+at 2x and 4x fewer MACs, two methods get the same epoch budget E + R (``BUDGETS``):
+  slr  SLR with a filter plan (E pruning epochs, Adam lr 1e-3, cosine), hard-prune
+       per coupled group, R masked retraining epochs
   l1   L1-norm filter pruning (Li et al. 2017): one-shot at the start, then
-       3 + 1 masked training epochs (the same 4 epochs)
+       E + R masked training epochs
 One uniform filter ratio for every Conv2d/Linear but the last (the classifier), found
 by bisection so that the MACs of the physically pruned model fall 2x or 4x; each
 layer keeps a multiple of 8 filters (``round_to=8``: oneDNN's convolutions are much
 faster on round channel counts) and the first convolution is pruned too (at full
 resolution it carries the most activation traffic). The retrained model then goes
-through surgery (``prunus.surgery``; outputs checked equal), and the dense and the
-small model are timed in the same process, their runs interleaved
-(``prunus.latency.compare_latency``): median of 30 forward passes after 5 warm-ups,
+through surgery (``prunus.surgery``; outputs checked equal). After all training, one
+timing pass (``--retime-only`` repeats it alone, for a quiet machine) times the dense
+and each small model in the same process, their runs interleaved
+(``prunus.latency.compare_latency``): median of 100 forward passes after 5 warm-ups,
 batch 1 and 64, torch's default threads on this machine; once as eager PyTorch
 modules and once as deployed (``prunus.latency.for_inference``: BatchNorm folded
 into the convolution, channels-last). MACs: Conv2d/Linear multiply-accumulates per
 image.
 
-    python benchmarks/surgery_speedup.py [--models vgg16 resnet20] [--continue]
+    python benchmarks/surgery_speedup.py [--models vgg16 resnet20] [--continue] [--retime-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 
@@ -32,20 +34,27 @@ import torch
 from common import HERE, RESULTS, prune_run, write_result
 from reweighted_structured import ratio_for_macs
 
+from prunus.footprint import weights_bytes
 from prunus.latency import compare_latency, for_inference
 from prunus.masks import count_macs
 from prunus.pipeline import PruneConfig
+from prunus.coupling import project_coupled
 from prunus.plan import Plan
 from prunus.surgery import remove_pruned_channels
 from prunus.training import TrainConfig, environment_info, evaluate, latest_checkpoint, load_model, train
 
 NAME = "surgery_speedup"
 MODELS = {"vgg16": {"width": 0.25}, "resnet20": {}}
+# (method epochs, masked retraining epochs, batches between SLR rounds) per model. ResNet-20 trains at ~6.5 min
+# per epoch on the 2-core machine (VGG-16 w0.25: ~1 min), so it gets a 1 + 1 budget with SLR rounds every
+# 100 batches (4 per epoch) instead of once per epoch.
+BUDGETS = {"vgg16": (3, 1, None), "resnet20": (1, 1, 100)}
 DENSE_EPOCHS = 4
 METHODS = {"slr": ("slr", {}), "l1": ("magnitude", {"norm": "l1"})}
 TARGETS = (2.0, 4.0)
 PROBE = torch.zeros(1, 1, 32, 32)
 PLAN_OPTIONS = {"round_to": 8, "skip_first": False}
+REPEATS = 100  # timed forward passes per model and batch size (interleaved), after 5 warm-ups
 
 
 def dense_checkpoint(name: str):
@@ -65,7 +74,7 @@ def timings(dense, small) -> dict[str, float]:
         "eager": (dense, small, PROBE),
         "deployed": (for_inference(dense), for_inference(small), PROBE.to(memory_format=torch.channels_last)),
     }.items():
-        lat = compare_latency({"dense": d, "small": s}, probe, (1, 64), repeats=30, warmup=5)
+        lat = compare_latency({"dense": d, "small": s}, probe, (1, 64), repeats=REPEATS, warmup=5)
         for who in ("dense", "small"):
             for b in (1, 64):
                 out[f"{mode}_{who}_b{b}_ms"] = lat[who][b].median_ms
@@ -80,6 +89,33 @@ def shrink(run_dir) -> dict:
             "channels_removed": report.removed, "channels_blocked": report.blocked, "small": report.model}
 
 
+def rebuild_small(dense_model, ratio: float, params_after: int):
+    """The small model's architecture, rebuilt from the plan for the timing pass.
+
+    Size and speed depend only on the tensors' shapes, and those only on the plan (a uniform ratio
+    with rounded kept counts), not on the trained weights: prune the dense model with the same plan
+    and remove the channels; the parameter count must match the trained run's.
+    """
+    m = copy.deepcopy(dense_model)
+    project_coupled(m, Plan.uniform(m, ratio, "filter", **PLAN_OPTIONS), PROBE)
+    small = remove_pruned_channels(m, PROBE).model
+    if sum(p.numel() for p in small.parameters()) != params_after:
+        raise RuntimeError(f"rebuilt model has a different shape than the recorded one ({params_after:,} parameters)")
+    return small
+
+
+def retime(name: str, dense_model, data: dict) -> None:
+    """Time every row of ``name`` against the dense model in one pass, after all training (a quiet machine)."""
+    for r in data["runs"]:
+        if r["model"] == name:
+            small = rebuild_small(dense_model, r["ratio"], r["params_after"])
+            r["weights_bytes_after"] = weights_bytes(small)
+            r.update(timings(dense_model, small))
+            print(f"{name} {r['target']:g}x {r['variant']}: eager b64 "
+                  f"{r['eager_dense_b64_ms'] / r['eager_small_b64_ms']:.2f}x, deployed b64 "
+                  f"{r['deployed_dense_b64_ms'] / r['deployed_small_b64_ms']:.2f}x", flush=True)
+
+
 def summarize(data: dict) -> str:
     env = data["environment"]
     lines = [
@@ -88,17 +124,19 @@ def summarize(data: dict) -> str:
         f"Fashion-MNIST padded to 32x32; dense models trained {data['dense_epochs']} epochs (SGD, cosine). One filter ratio "
         "for every Conv2d/Linear but the classifier (the first conv included), each layer keeping a multiple of 8 "
         "filters, the ratio chosen by bisection so that the MACs of the physically smaller model fall at least 2x or "
-        "4x. slr: 3 SLR epochs + hard-prune (per coupled group) + 1 masked epoch; l1: L1-norm filter pruning at the "
-        "start + 4 masked epochs (the same budget). Then surgery (outputs checked equal to the masked model's) and "
+        "4x. Budget E + R (the 'budget' column): slr = E SLR epochs (rounds once per epoch for VGG-16, every 100 "
+        "batches for ResNet-20) + hard-prune (per coupled group) + R masked epochs; l1 = L1-norm filter pruning at the "
+        "start + E + R masked epochs. Then surgery (outputs checked equal to the masked model's) and "
         "latency of the dense and the small model in the same process, their runs interleaved: median of 30 forward "
-        "passes after 5 warm-ups, inference mode. *eager*: the PyTorch modules as trained; *deployed*: both models with "
+        "passes after 5 warm-ups, inference mode, in one pass after all training, on models rebuilt from each row's plan "
+        "(speed depends on the shapes, not the trained values; the parameter count is checked). *eager*: the PyTorch modules as trained; *deployed*: both models with "
         "BatchNorm folded into the convolutions and channels-last layout (`prunus.latency.for_inference`). "
-        f"{data['threads']} threads. MACs = Conv2d/Linear multiply-accumulates per image. One seed (0). "
+        f"{data['threads']} threads. MACs = Conv2d/Linear multiply-accumulates per image; file bytes = the checkpoint's model.safetensors. One seed (0). "
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.",
         "",
-        "| model | dense acc % | target | method | MACs (fewer) | params (fewer) | hard-pruned % | final % | Δ vs dense "
+        "| model | dense acc % | target | method | budget | MACs (fewer) | params (fewer) | file bytes (smaller) | hard-pruned % | final % | Δ vs dense "
         "| eager b1 ms (speedup) | eager b64 ms (speedup) | deployed b1 ms (speedup) | deployed b64 ms (speedup) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(r, mode, b):
@@ -108,10 +146,12 @@ def summarize(data: dict) -> str:
     for r in data["runs"]:
         d = data["dense"][r["model"]]
         final = r["retrain_accuracy"][-1]
+        e, rt = r.get("budget") or BUDGETS[r["model"]][:2]  # rows written before the budget was recorded
         lines.append(
-            f"| {r['model']} | {d['accuracy']:.2f} | {r['target']:g}x | {r['variant']} | "
+            f"| {r['model']} | {d['accuracy']:.2f} | {r['target']:g}x | {r['variant']} | {e} + {rt} | "
             f"{r['macs_after']:,} ({d['macs'] / r['macs_after']:.2f}x) | {r['params_after']:,} "
-            f"({d['params'] / r['params_after']:.2f}x) | {r['hard_pruned_accuracy']:.2f} | {final:.2f} | "
+            f"({d['params'] / r['params_after']:.2f}x) | {r['weights_bytes_after']:,} "
+            f"({d['weights_bytes'] / r['weights_bytes_after']:.2f}x) | {r['hard_pruned_accuracy']:.2f} | {final:.2f} | "
             f"{final - d['accuracy']:+.2f} | {cell(r, 'eager', 1)} | {cell(r, 'eager', 64)} | "
             f"{cell(r, 'deployed', 1)} | {cell(r, 'deployed', 64)} |"
         )
@@ -122,7 +162,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--continue", dest="cont", action="store_true")
+    ap.add_argument("--retime-only", action="store_true",
+                    help="no training: re-time the rows in the JSON (run on a quiet machine)")
     args = ap.parse_args()
+    args.cont |= args.retime_only
     path = RESULTS / f"{NAME}.json"
     data = json.loads(path.read_text()) if args.cont and path.exists() else None
     if data is None:
@@ -136,20 +179,28 @@ def main() -> None:
         init = dense_checkpoint(name)
         model, _ = load_model(init)
         data["dense"][name] = {"accuracy": evaluate(model, test_set)["accuracy"], "macs": count_macs(model, PROBE).dense,
-                               "params": sum(p.numel() for p in model.parameters())}
+                               "params": sum(p.numel() for p in model.parameters()), "weights_bytes": weights_bytes(model)}
         for target in TARGETS:
+            if args.retime_only:
+                break
             ratio, _ = ratio_for_macs(model, "filter", target, PROBE, **PLAN_OPTIONS)
             plan = Plan.uniform(model, ratio, "filter", **PLAN_OPTIONS)
             for variant, (method, options) in METHODS.items():
                 if (name, target, variant) in done:
                     continue
-                config = PruneConfig(method=method, epochs=3, retrain_epochs=1, seed=0, options=options)
-                run = prune_run(init, plan, config, inspect=shrink, model=name, target=target, ratio=ratio, variant=variant)
-                small = run.pop("small")
-                run.update(timings(model, small))
+                epochs, retrain, every = BUDGETS[name]
+                config = PruneConfig(method=method, epochs=epochs, retrain_epochs=retrain, seed=0, options=options,
+                                     update_every=every if method == "slr" else None)
+                run = prune_run(init, plan, config, inspect=shrink, model=name, target=target, ratio=ratio, variant=variant,
+                                budget=[epochs, retrain])
+                run.pop("small")
                 data["runs"].append(run)
                 print(json.dumps(run), flush=True)
-                write_result(NAME, data, summarize(data))
+                path.write_text(json.dumps(data, indent=1) + "\n")  # the table comes after the timing pass
+        retime(name, model, data)
+        data["timing"] = {"repeats": REPEATS, "warmup": 5, "threads": torch.get_num_threads(),
+                          "environment": environment_info()}
+        write_result(NAME, data, summarize(data))
 
 
 if __name__ == "__main__":
