@@ -22,50 +22,68 @@ def _words(channels: int) -> int:
 
 
 class NumbaBackend:
-    """XNOR-popcount kernels compiled by numba (:mod:`prunus.bcnn.engine.kernels`), parallel over batch x rows."""
+    """XNOR-popcount kernels compiled by numba (:mod:`prunus.bcnn.engine.kernels`).
+
+    ``engine(x)`` runs the fused, chunked, multi-threaded path (:mod:`prunus.bcnn.engine.runner`);
+    the per-op methods below serve :func:`~prunus.bcnn.engine.program.run_program` (``engine.trace``,
+    the tests, and batches the fast path must not chunk).  They take and return the engine's common
+    layouts: sign bits ``uint64[B, H, W, nw]`` (the kernels' planar ``[B, nw, H, W]`` transposed) and
+    int32 accumulators ``(B, P, H, W)`` as a torch tensor.
+    """
 
     name = "numba"
     device = torch.device("cpu")
 
     def __init__(self) -> None:
         require("numba", "the BCNN inference engine (prunus bcnn, prunus.bcnn.engine)")
-        from prunus.bcnn.engine import kernels
+        from prunus.bcnn.engine import kernels, runner
 
-        self.k = kernels
-        self._no_bits = np.zeros((0, 0, 0, 0), np.uint64)
-        self._no_acc = np.zeros((0, 0, 0, 0), np.int32)
+        self.k, self.runner = kernels, runner
 
     def prepare(self, op) -> None:
-        c = np.ascontiguousarray
-        op.backend_data["numba"] = (c(op.weights, np.uint64), c(op.corr_int, np.int32), c(op.corr_border, np.int32),
-                                    c(op.flip, np.int64), c(op.thr, np.int64))
+        op.backend_data["numba"] = {}  # input size -> ConvLayer, made on first use
+
+    def _layer(self, op, x: np.ndarray):
+        layers = op.backend_data.setdefault("numba", {})
+        size = (x.shape[2], x.shape[3])
+        if size not in layers:
+            layers[size] = self.runner.ConvLayer(op, size)
+        return layers[size]
+
+    @staticmethod
+    def _planar(bits: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(bits.transpose(0, 3, 1, 2))
+
+    @staticmethod
+    def _interleaved(bits: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(bits.transpose(0, 2, 3, 1))
 
     def pack(self, data: torch.Tensor) -> np.ndarray:
         x = data.detach().to(torch.float32).contiguous().numpy()
-        out = np.empty((x.shape[0], x.shape[2], x.shape[3], _words(x.shape[1])), np.uint64)
-        self.k.pack_signs(x, out)
-        return out
-
-    def _run(self, op, x: np.ndarray, mode: int, out_bits, out_acc) -> None:
-        w, ci, cb, flip, thr = op.backend_data["numba"]
-        ho, wo = op.out_size
-        self.k.bconv(x, w, op.nbits, op.stride, op.padding, ho, wo, ci, cb, flip, thr, mode, out_bits, out_acc)
+        out = np.empty((x.shape[0], _words(x.shape[1]), x.shape[2], x.shape[3]), np.uint64)
+        self.k.pack_nchw(x, out)
+        return self._interleaved(out)
 
     def bconv_bits(self, op, x: np.ndarray) -> np.ndarray:
-        out = np.empty((x.shape[0],) + tuple(op.out_size) + (_words(op.out_channels),), np.uint64)
-        self._run(op, x, 0, out, self._no_acc)
-        return out
+        xp = self._planar(x)
+        layer = self._layer(op, xp)
+        out = np.empty((x.shape[0], _words(op.out_channels)) + tuple(op.out_size), np.uint64)
+        layer.bits(xp, out, layer.scratch())
+        return self._interleaved(out)
 
     def bconv_acc(self, op, x: np.ndarray) -> torch.Tensor:
-        acc = np.empty((x.shape[0],) + tuple(op.out_size) + (op.out_channels,), np.int32)
-        self._run(op, x, 1, self._no_bits, acc)
-        return torch.from_numpy(acc).permute(0, 3, 1, 2).contiguous()
+        xp = self._planar(x)
+        layer = self._layer(op, xp)
+        acc = np.empty((x.shape[0], op.out_channels) + tuple(op.out_size), np.int32)
+        layer.ints(xp, acc, layer.scratch())
+        return torch.from_numpy(acc)
 
     def bit_maxpool(self, op, x: np.ndarray) -> np.ndarray:
+        xp = self._planar(x)
         ho, wo = op.out_size
-        out = np.empty((x.shape[0], ho, wo, x.shape[3]), np.uint64)
-        self.k.bit_maxpool(x, op.kernel, op.stride, op.padding, ho, wo, out)
-        return out
+        out = np.empty((x.shape[0], xp.shape[1], ho, wo), np.uint64)
+        self.k.bit_maxpool(xp, op.kernel, op.stride, op.padding, ho, wo, out)
+        return self._interleaved(out)
 
     @staticmethod
     def to_numpy(bits) -> np.ndarray:
