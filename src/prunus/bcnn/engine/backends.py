@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from prunus._optional import require
 
-__all__ = ["NumbaBackend", "TorchBackend", "make_backend"]
+__all__ = ["Fp32Backend", "NumbaBackend", "TorchBackend", "make_backend"]
 
 
 def _words(channels: int) -> int:
@@ -191,11 +191,62 @@ class TorchBackend:
         return bits.cpu().numpy().view(np.uint64)
 
 
+class Fp32Backend:
+    """Not an engine: PyTorch float32 inference of the *physically pruned* model, the fair baseline for timings.
+
+    Binary layers are ``F.conv2d`` on +-1 float tensors (NCHW) with the live weights only, plus the
+    exact contribution of removed input channels as a fixed map; the first layer runs only its live
+    filters (:func:`~prunus.bcnn.engine.program.fp_stem_forward`); epilogues are the reference's own
+    float32 ops.  Sums of +-1 products are exact in float32, so the logits equal the model's.  This is
+    what PyTorch gets from the same pruning, as opposed to the masked model, which still computes
+    every zeroed filter.
+    """
+
+    name = "fp32"
+    device = torch.device("cpu")
+
+    def prepare(self, op) -> None:
+        kh, kw, nw, P = op.weights.shape
+        bits = np.unpackbits(np.ascontiguousarray(op.weights.transpose(3, 0, 1, 2)).view(np.uint8), axis=-1,
+                             bitorder="little").reshape(P, kh, kw, nw * 64)[..., : op.nbits]
+        w = torch.from_numpy(bits.transpose(0, 3, 1, 2).astype(np.float32) * 2 - 1)  # (P, C, kh, kw) of +-1
+        corr = torch.from_numpy(op.corr_int.astype(np.float32)).view(1, P, 1, 1)
+        if op.corr_border.shape[0]:
+            corr = corr + torch.from_numpy(op.corr_border.astype(np.float32)).permute(2, 0, 1)[None]
+        op.backend_data["fp32"] = (w.contiguous(), corr.contiguous())
+
+    def run_stem(self, op, x: torch.Tensor) -> torch.Tensor:
+        from prunus.bcnn.engine.program import fp_stem_forward
+
+        return fp_stem_forward(op.stem, x)
+
+    def pack(self, data: torch.Tensor) -> torch.Tensor:
+        one = torch.ones((), dtype=torch.float32)
+        return torch.where(data >= 0, one, -one)
+
+    def bconv_acc(self, op, x: torch.Tensor) -> torch.Tensor:
+        w, corr = op.backend_data["fp32"]
+        return F.conv2d(x, w, None, op.stride, op.padding) + corr
+
+    def bconv_bits(self, op, x: torch.Tensor) -> torch.Tensor:
+        from prunus.bcnn.engine.program import float_epilogue
+
+        return self.pack(float_epilogue(op, self.bconv_acc(op, x)))
+
+    def bit_maxpool(self, op, x: torch.Tensor) -> torch.Tensor:
+        args = (op.kernel, op.stride, op.padding, 1)
+        out = F.max_pool2d(x, *args, False)
+        return out if tuple(out.shape[2:]) == tuple(op.out_size) else F.max_pool2d(x, *args, True)
+
+
 def make_backend(name: str = "numba", device: str | torch.device | None = None):
     if name == "numba":
         return NumbaBackend()
     if name == "torch":
         return TorchBackend(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if name == "fp32":
+        return Fp32Backend()
     from prunus.errors import ConfigError
 
-    raise ConfigError(f"unknown engine backend {name!r}; use numba (CPU) or torch (CPU or CUDA)")
+    raise ConfigError(f"unknown engine backend {name!r}; use numba (CPU) or torch (CPU or CUDA), or fp32 (the "
+                      "PyTorch float32 baseline)")

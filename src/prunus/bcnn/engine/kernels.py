@@ -171,42 +171,73 @@ def bconv_bits(x, wt, C, k, stride, pad, ho, wo, R, ck, ckb, border_rows, lo_col
 
     ``dot = ck[p] - 2 * popcount`` inside the image, ``ckb[oy, p, ox] - 2 * popcount`` at border pixels
     (rows ``border_rows``, columns outside ``[lo_col, hi_col)``): ``K`` plus the exact integer corrections.
-    ``pw``, ``acc``: scratch.  Inside the image the test is one compare, ``2 * popcount <= ck - thr``
-    (or ``>= ck + thr`` for ``flip = -1``); ``thr`` is at most 2**62 in size, so nothing overflows.
+    ``pw``, ``acc``: scratch.  Every pixel of the tile first gets the interior test, one compare
+    ``2 * popcount <= ck - thr`` (``>= ck + thr`` for ``flip = -1``; ``|thr| <= 2**62``, nothing overflows)
+    in a single loop over the tile when its rows are one image's; border pixels are then redone.
     """
     n = x.shape[0]
     P = wt.shape[1]
+    nwo = out.shape[1]
     rows = n * ho
     xf, pwf, accf = _flat(x, pw, acc)
+    of = out.reshape(n, nwo, ho * wo)
     for r0 in range(0, rows, R):
         nr = min(R, rows - r0)
         _tile(x, xf, wt, C, k, stride, pad, ho, wo, r0, nr, pw, pwf, accf)
-        for r in range(nr):
-            b = (r0 + r) // ho
-            oy = r0 + r - b * ho
-            for qo in range(out.shape[1]):
-                for ox in range(wo):
-                    out[b, qo, oy, ox] = 0
-            brow = border_rows[oy]
+        b0 = r0 // ho
+        oy0 = r0 - b0 * ho
+        L = nr * wo
+        if oy0 + nr <= ho:  # the tile is rows oy0.. of image b0: contiguous in the output
+            start = U(oy0 * wo)
+            for qo in range(nwo):
+                for i in range(L):
+                    of[b0, qo, start + U(i)] = 0
             for p in range(P):
                 qo = p >> 6
                 sh = U(p & 63)
+                if flip[p] > 0:
+                    lim = ck[p] - thr[p]
+                    for i in range(L):
+                        of[b0, qo, start + U(i)] |= U(2 * accf[p, i] <= lim) << sh
+                else:
+                    lim = ck[p] + thr[p]
+                    for i in range(L):
+                        of[b0, qo, start + U(i)] |= U(2 * accf[p, i] >= lim) << sh
+        else:  # rows of several images (small maps)
+            for r in range(nr):
+                b = (r0 + r) // ho
+                oy = r0 + r - b * ho
+                for qo in range(nwo):
+                    for ox in range(wo):
+                        out[b, qo, oy, ox] = 0
+                for p in range(P):
+                    qo = p >> 6
+                    sh = U(p & 63)
+                    if flip[p] > 0:
+                        lim = ck[p] - thr[p]
+                        for ox in range(wo):
+                            out[b, qo, oy, ox] |= U(2 * acc[p, r, ox] <= lim) << sh
+                    else:
+                        lim = ck[p] + thr[p]
+                        for ox in range(wo):
+                            out[b, qo, oy, ox] |= U(2 * acc[p, r, ox] >= lim) << sh
+        for r in range(nr):  # border pixels: the per-pixel corrections
+            b = (r0 + r) // ho
+            oy = r0 + r - b * ho
+            brow = border_rows[oy]
+            if not brow and lo_col == 0 and hi_col == wo:
+                continue
+            for p in range(P):
+                qo = p >> 6
+                sh = U(p & 63)
+                keep = ~(U(1) << sh)
                 t = thr[p]
                 f = flip[p]
                 if brow:
                     for ox in range(wo):
-                        out[b, qo, oy, ox] |= U(f * (ckb[oy, p, ox] - 2 * acc[p, r, ox]) >= t) << sh
+                        v = U(f * (ckb[oy, p, ox] - 2 * acc[p, r, ox]) >= t) << sh
+                        out[b, qo, oy, ox] = (out[b, qo, oy, ox] & keep) | v
                     continue
-                c = ck[p]
-                if f > 0:
-                    lim = c - t
-                    for ox in range(wo):
-                        out[b, qo, oy, ox] |= U(2 * acc[p, r, ox] <= lim) << sh
-                else:
-                    lim = c + t
-                    for ox in range(wo):
-                        out[b, qo, oy, ox] |= U(2 * acc[p, r, ox] >= lim) << sh
-                keep = ~(U(1) << sh)
                 for ox in range(lo_col):
                     v = U(f * (ckb[oy, p, ox] - 2 * acc[p, r, ox]) >= t) << sh
                     out[b, qo, oy, ox] = (out[b, qo, oy, ox] & keep) | v

@@ -612,8 +612,11 @@ def run_program(program: Program, backend, x: torch.Tensor, *, keep: bool = Fals
     with torch.no_grad():
         for k, op in enumerate(program.ops):
             if isinstance(op, TorchIn):
-                out = op.fn(x)
-                values[op.dst] = out if op.live is None else out.index_select(1, op.live)
+                if op.stem is not None and hasattr(backend, "run_stem"):  # the pruned stem, live filters only
+                    values[op.dst] = backend.run_stem(op, x)
+                else:
+                    out = op.fn(x)
+                    values[op.dst] = out if op.live is None else out.index_select(1, op.live)
             elif isinstance(op, Pack):
                 values[op.dst] = backend.pack(values[op.src[0]])
             elif isinstance(op, BConv):

@@ -59,6 +59,7 @@ from prunus.bcnn.engine.program import (
     fp_stem_conv,
 )
 from prunus.bcnn.layers import unstack
+from prunus.bcnn.models import ComplexHead
 
 __all__ = ["ChunkedRunner", "ConvLayer"]
 
@@ -130,8 +131,8 @@ class Workspace:
 
     def buffer(self, key: Any, n: int, tail: tuple[int, ...], dtype) -> np.ndarray:
         arr = self.buffers.get(key)
-        if arr is None or arr.shape[1:] != tuple(tail) or arr.dtype != dtype:
-            arr = self.buffers[key] = np.empty((self.capacity, *tail), dtype)
+        if arr is None or arr.shape[0] < n or arr.shape[1:] != tuple(tail) or arr.dtype != dtype:
+            arr = self.buffers[key] = np.empty((max(n, self.capacity), *tail), dtype)
         return arr[:n]
 
     def layer_scratch(self, layer: ConvLayer):
@@ -184,6 +185,7 @@ class _Builder:
             self.layers[op.name] = ConvLayer(op, program.edges[op.src[0]].size)
         self.fused: set[int] = set()  # ids of ops done inside another step
         self.deferred: dict[int, BConv] = {}  # id of an add -> the conv whose epilogue it joins
+        self.head_fns: dict[int, Callable] = {}
         self.steps: list[Step] = []
 
     def edge(self, i: int):
@@ -381,22 +383,20 @@ class _Builder:
     # -- head --------------------------------------------------------------------------------------------------------
     def head(self, op: TorchHead) -> None:
         e = self.edge(op.src[0])
+        fn = self.head_fns[id(op)] = _head_fns(op, e)[1]
 
         def run_head(ws, x, n, op=op, e=e):
-            r, i = unstack(_full(_float_value(ws.values[e.id]), e))
-            ws.values[op.dst] = op.fn((r.contiguous(), i.contiguous()))
+            ws.values[op.dst] = fn(_float_value(ws.values[e.id]))
 
         self.steps.append(Step(op.name, run_head))
 
     def pooled_bits(self, op: PooledBits) -> None:
         e = self.edge(op.src[0])
         nw = _words(len(e.live))
-        live = torch.from_numpy(e.live)
+        fn = self.head_fns[id(op)] = _head_fns(op, e)[1]
 
         def run_pooled(ws, x, n, op=op, e=e):
-            r, i = unstack(_full(_float_value(ws.values[e.id]), e))
-            pr, pi = op.fn((r.contiguous(), i.contiguous()))
-            pooled = _numpy_float(torch.cat([pr, pi], 1)[:, live][:, :, None, None])
+            pooled = _numpy_float(fn(_float_value(ws.values[e.id]))[:, :, None, None])
             out = ws.buffer(op.dst, n, (nw, 1, 1), np.uint64)
             K.pack_nchw(pooled, out)
             ws.values[op.dst] = out
@@ -404,14 +404,50 @@ class _Builder:
         self.steps.append(Step(op.name, run_pooled))
 
 
+def _head_fns(op: TorchHead | PooledBits, e) -> tuple[Callable, Callable]:
+    """``(reference, fast)`` functions of the head on a live float map ``(n, L, h, w)``.
+
+    Both give the logits (``TorchHead``) or the pooled live features (``PooledBits``, before the sign).
+    The reference rebuilds the full-width map (dead channels at their constant) and calls the model's
+    head.  The fast one pools only the live channels and takes each dead channel's pooled value from
+    a constant map pooled once, then calls the head's own linear layer: the same per-channel
+    operations on a map a few times smaller (checked against the reference by the runner's probe).
+    """
+    head = op.fn if isinstance(op, TorchHead) else getattr(op.fn, "__self__", None)
+    live = torch.from_numpy(e.live)
+
+    def reference(v: torch.Tensor) -> torch.Tensor:
+        r, i = unstack(_full(v, e))
+        out = op.fn((r.contiguous(), i.contiguous()))
+        return out if isinstance(op, TorchHead) else torch.cat(out, 1)[:, live]
+
+    if not isinstance(head, ComplexHead) or head.pool.kernel_size is not None:
+        return reference, reference
+    h, w = e.size
+    const_map = torch.from_numpy(e.const).view(1, -1, 1, 1).expand(1, e.channels, h, w).contiguous()
+    pooled_const = F.adaptive_avg_pool2d(const_map, 1).view(1, e.channels)
+    half = e.channels // 2
+
+    def fast(v: torch.Tensor) -> torch.Tensor:
+        n = v.shape[0]
+        pooled = F.adaptive_avg_pool2d(v.contiguous(), 1).view(n, -1)
+        if isinstance(op, PooledBits):
+            return pooled
+        feats = pooled_const.expand(n, e.channels).clone()
+        feats[:, live] = pooled
+        return head.fc((feats[:, :half], feats[:, half:]))
+
+    return reference, fast
+
+
 # -- the runner ----------------------------------------------------------------------------------------------------
 
 
 def chunk_sizes(batch: int, chunk: int) -> list[int]:
-    """Near-equal chunks of at most ``chunk`` images; a chunk has 1 image only when the batch has."""
+    """Near-equal chunks of about ``chunk`` images; a chunk has 1 image only when the batch has (see the probe)."""
     if batch <= chunk:
         return [batch]
-    m = -(-batch // chunk)
+    m = min(-(-batch // chunk), batch // 2)
     base, extra = divmod(batch, m)
     return [base + (1 if i < extra else 0) for i in range(m)]
 
@@ -475,15 +511,11 @@ class ChunkedRunner:
             elif isinstance(op, (TorchHead, PooledBits)):
                 e = p.edges[op.src[0]]
                 feat = torch.randn(24, len(e.live), *e.size, generator=gen)
-
-                def head(v, op=op, e=e):
-                    r, i = unstack(_full(v, e))
-                    out = op.fn((r.contiguous(), i.contiguous()))
-                    return torch.cat(out, 1) if isinstance(out, tuple) else out
-
+                reference, fast = _head_fns(op, e)
                 with torch.no_grad():
-                    ref = head(feat)
-                    self.ok[2] = self.ok[2] and all(torch.equal(head(feat[a:b].clone()), ref[a:b]) for a, b in pieces)
+                    ref = reference(feat)
+                    self.ok[1] = self.ok[1] and torch.equal(fast(feat[:1].clone()), reference(feat[:1].clone()))
+                    self.ok[2] = self.ok[2] and all(torch.equal(fast(feat[a:b].clone()), ref[a:b]) for a, b in pieces)
 
     @staticmethod
     def _fn(op: TorchIn, x: torch.Tensor) -> torch.Tensor:
