@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from prunus.bcnn.engine.backends import make_backend
-from prunus.bcnn.engine.program import Program, compile_program, run_program
+from prunus.bcnn.engine.program import BConv, Program, compile_program, run_program
 
 __all__ = ["BinaryEngine", "LayerInfo", "compile_engine"]
 
@@ -104,6 +104,29 @@ class BinaryEngine:
                                  dst.channels if dst.channels else op.out_channels, tuple(op.out_size),
                                  int(op.weights.nbytes), op.bit_macs))
         return out
+
+    def live_weights(self) -> dict[str, int]:
+        """Real weights each layer still applies (live filters x live input channels), first and last layers included.
+
+        Weights that read a removed (constant) channel are not counted: the compiler folds them into
+        exact constant corrections.  A binary complex layer counts ``[Wr | Wi]`` once, although its
+        packed block weight holds every value twice.
+        """
+        from prunus.bcnn.engine.program import TorchHead, TorchIn
+
+        counts: dict[str, int] = {}
+        for op in self.program.ops:
+            if isinstance(op, TorchIn) and op.stem is not None:
+                counts[op.name] = int(op.stem.weight.numel())
+            elif isinstance(op, TorchHead):
+                fc = op.fn.fc if hasattr(op.fn, "fc") else None
+                live = len(self.program.edges[op.src[0]].live)
+                counts[op.name] = (fc.out_channels if fc is not None else 0) * live
+            elif isinstance(op, BConv):
+                taps = op.kernel[0] * op.kernel[1]
+                per_row = op.nbits * taps
+                counts[op.name] = op.out_channels * per_row if op.mode == "logits" else op.out_channels * per_row // 2
+        return counts
 
     @property
     def bit_macs(self) -> int:

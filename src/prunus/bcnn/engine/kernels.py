@@ -13,7 +13,7 @@ Layouts (the engine's own; PyTorch's NCHW order, so no transposes at the boundar
 Why this shape: after structured pruning the layers are narrow (14..112 live bits, 14..112 output
 channels), so vectorising over output channels (the classic inner loop) runs 1-2 SIMD iterations plus
 a scalar remainder per tap and pixel, and loop overhead dominates.  These kernels instead vectorise
-over a *tile of output pixels* (``R`` output rows, at least 32 pixels; rows of several images when
+over a *tile of output pixels* (``R`` output rows, at least 64 pixels; rows of several images when
 the maps are small)::
 
     acc[p, i] += popcount(patch[q, i] ^ w[q, p])      for i in tile   (q over patch words)
@@ -127,34 +127,51 @@ def _patch_row(x, b, oy, r, C, k, stride, pad, wo, pw):
 
 @njit(cache=True, nogil=True, inline="always")
 def _tile(x, xf, wt, C, k, stride, pad, ho, wo, r0, nr, pw, pwf, accf):
-    """``acc[p, r, ox]`` (``accf`` flat) = summed popcounts of output row ``r0 + r`` ((image, row) flattened)."""
+    """``acc[p, r, ox]`` (``accf`` flat) = summed popcounts of output row ``r0 + r`` ((image, row) flattened).
+
+    Four output channels per pass over the tile's patch words, so each word is loaded once for four
+    XOR-popcounts and the (short) vector loops are entered a quarter as often.
+    """
     KW, P = wt.shape
     L = nr * wo
     b0 = r0 // ho
     oy0 = r0 - b0 * ho
-    # a 1x1 stride-1 conv reads its input rows directly when the tile stays inside one image
-    direct = k == 1 and stride == 1 and pad == 0 and oy0 + nr <= ho
-    if not direct:
+    if k == 1 and stride == 1 and pad == 0 and oy0 + nr <= ho:  # 1x1 conv, rows of one image: copy them
+        start = U(oy0 * wo)
+        for q in range(KW):
+            for i in range(L):
+                pwf[q, i] = xf[b0, q, start + U(i)]
+    else:
         for r in range(nr):
             b = (r0 + r) // ho
             _patch_row(x, b, r0 + r - b * ho, r, C, k, stride, pad, wo, pw)
-    start = U(oy0 * wo)
-    for p in range(P):
+    p = 0
+    while p + 4 <= P:
+        w0, w1, w2, w3 = wt[0, p], wt[0, p + 1], wt[0, p + 2], wt[0, p + 3]
+        for i in range(L):
+            v = pwf[0, i]
+            accf[p, i] = popcount64(v ^ w0)
+            accf[p + 1, i] = popcount64(v ^ w1)
+            accf[p + 2, i] = popcount64(v ^ w2)
+            accf[p + 3, i] = popcount64(v ^ w3)
+        for q in range(1, KW):
+            w0, w1, w2, w3 = wt[q, p], wt[q, p + 1], wt[q, p + 2], wt[q, p + 3]
+            for i in range(L):
+                v = pwf[q, i]
+                accf[p, i] += popcount64(v ^ w0)
+                accf[p + 1, i] += popcount64(v ^ w1)
+                accf[p + 2, i] += popcount64(v ^ w2)
+                accf[p + 3, i] += popcount64(v ^ w3)
+        p += 4
+    while p < P:
         wv = wt[0, p]
-        if direct:
+        for i in range(L):
+            accf[p, i] = popcount64(pwf[0, i] ^ wv)
+        for q in range(1, KW):
+            wv = wt[q, p]
             for i in range(L):
-                accf[p, i] = popcount64(xf[b0, 0, start + U(i)] ^ wv)
-            for q in range(1, KW):
-                wv = wt[q, p]
-                for i in range(L):
-                    accf[p, i] += popcount64(xf[b0, q, start + U(i)] ^ wv)
-        else:
-            for i in range(L):
-                accf[p, i] = popcount64(pwf[0, i] ^ wv)
-            for q in range(1, KW):
-                wv = wt[q, p]
-                for i in range(L):
-                    accf[p, i] += popcount64(pwf[q, i] ^ wv)
+                accf[p, i] += popcount64(pwf[q, i] ^ wv)
+        p += 1
 
 
 @njit(cache=True, nogil=True, inline="always")

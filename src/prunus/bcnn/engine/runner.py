@@ -63,8 +63,8 @@ from prunus.bcnn.models import ComplexHead
 
 __all__ = ["ChunkedRunner", "ConvLayer"]
 
-#: output pixels per kernel tile (rows of several images are tiled together when maps are small)
-TILE_PIXELS = 32
+#: output pixels per kernel tile, at least (rows of several images are tiled together when maps are small)
+TILE_PIXELS = 64
 
 
 def _words(channels: int) -> int:
@@ -185,7 +185,8 @@ class _Builder:
             self.layers[op.name] = ConvLayer(op, program.edges[op.src[0]].size)
         self.fused: set[int] = set()  # ids of ops done inside another step
         self.deferred: dict[int, BConv] = {}  # id of an add -> the conv whose epilogue it joins
-        self.head_fns: dict[int, Callable] = {}
+        self.head_fns: dict[int, HeadFns] = {}
+        self.finish: Callable | None = None  # run once per call on the concatenated chunk outputs
         self.steps: list[Step] = []
 
     def edge(self, i: int):
@@ -383,7 +384,11 @@ class _Builder:
     # -- head --------------------------------------------------------------------------------------------------------
     def head(self, op: TorchHead) -> None:
         e = self.edge(op.src[0])
-        fn = self.head_fns[id(op)] = _head_fns(op, e)[1]
+        fns = _head_fns(op, e)
+        self.head_fns[id(op)] = fns
+        if fns.finish is not None:  # per chunk: pooled features; once per call: the linear layer
+            self.finish = fns.finish
+        fn = fns.features or fns.fast
 
         def run_head(ws, x, n, op=op, e=e):
             ws.values[op.dst] = fn(_float_value(ws.values[e.id]))
@@ -393,7 +398,8 @@ class _Builder:
     def pooled_bits(self, op: PooledBits) -> None:
         e = self.edge(op.src[0])
         nw = _words(len(e.live))
-        fn = self.head_fns[id(op)] = _head_fns(op, e)[1]
+        fns = self.head_fns[id(op)] = _head_fns(op, e)
+        fn = fns.fast
 
         def run_pooled(ws, x, n, op=op, e=e):
             pooled = _numpy_float(fn(_float_value(ws.values[e.id]))[:, :, None, None])
@@ -404,14 +410,27 @@ class _Builder:
         self.steps.append(Step(op.name, run_pooled))
 
 
-def _head_fns(op: TorchHead | PooledBits, e) -> tuple[Callable, Callable]:
-    """``(reference, fast)`` functions of the head on a live float map ``(n, L, h, w)``.
+@dataclass
+class HeadFns:
+    """How the head runs: ``reference`` and ``fast`` map a live float map ``(n, L, h, w)`` to the logits
+    (``TorchHead``) or to the pooled live features (``PooledBits``, before the sign).  For a ``TorchHead``
+    with a fast form, ``features`` (per chunk: every channel's pooled value) followed by ``finish``
+    (once per call, on the whole batch: the head's linear layer) is ``fast``."""
 
-    Both give the logits (``TorchHead``) or the pooled live features (``PooledBits``, before the sign).
+    reference: Callable
+    fast: Callable
+    features: Callable | None = None
+    finish: Callable | None = None
+
+
+def _head_fns(op: TorchHead | PooledBits, e) -> HeadFns:
+    """The head's functions (:class:`HeadFns`).
+
     The reference rebuilds the full-width map (dead channels at their constant) and calls the model's
-    head.  The fast one pools only the live channels and takes each dead channel's pooled value from
-    a constant map pooled once, then calls the head's own linear layer: the same per-channel
-    operations on a map a few times smaller (checked against the reference by the runner's probe).
+    head.  The fast form pools only the live channels and takes each dead channel's pooled value from
+    a constant map pooled once -- the same per-channel operation on a map a few times smaller -- and
+    runs the head's own linear layer once on the whole batch, so that it sees the same batch shape as
+    in the reference forward (checked against the reference by the runner's probe).
     """
     head = op.fn if isinstance(op, TorchHead) else getattr(op.fn, "__self__", None)
     live = torch.from_numpy(e.live)
@@ -422,22 +441,27 @@ def _head_fns(op: TorchHead | PooledBits, e) -> tuple[Callable, Callable]:
         return out if isinstance(op, TorchHead) else torch.cat(out, 1)[:, live]
 
     if not isinstance(head, ComplexHead) or head.pool.kernel_size is not None:
-        return reference, reference
+        return HeadFns(reference, reference)
     h, w = e.size
     const_map = torch.from_numpy(e.const).view(1, -1, 1, 1).expand(1, e.channels, h, w).contiguous()
     pooled_const = F.adaptive_avg_pool2d(const_map, 1).view(1, e.channels)
     half = e.channels // 2
 
-    def fast(v: torch.Tensor) -> torch.Tensor:
-        n = v.shape[0]
-        pooled = F.adaptive_avg_pool2d(v.contiguous(), 1).view(n, -1)
-        if isinstance(op, PooledBits):
-            return pooled
-        feats = pooled_const.expand(n, e.channels).clone()
-        feats[:, live] = pooled
+    def pooled_live(v: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(v.contiguous(), 1).view(v.shape[0], -1)
+
+    if isinstance(op, PooledBits):
+        return HeadFns(reference, pooled_live)
+
+    def features(v: torch.Tensor) -> torch.Tensor:
+        feats = pooled_const.expand(v.shape[0], e.channels).clone()
+        feats[:, live] = pooled_live(v)
+        return feats
+
+    def finish(feats: torch.Tensor) -> torch.Tensor:
         return head.fc((feats[:, :half], feats[:, half:]))
 
-    return reference, fast
+    return HeadFns(reference, lambda v: finish(features(v)), features, finish)
 
 
 # -- the runner ----------------------------------------------------------------------------------------------------
@@ -460,7 +484,9 @@ class ChunkedRunner:
         self.chunk = max(2, int(chunk))
         self.stem_variant: dict[int, bool | None] = {1: False, 2: False}  # channels-last first layer, per class
         self.ok = {1: True, 2: True}  # batch of 1 / batches of 2 or more may run chunked
-        self.steps = _Builder(program, self.stem_variant).build()
+        builder = _Builder(program, self.stem_variant)
+        self.steps = builder.build()
+        self.finish = builder.finish
         if probe:
             self._probe()
         self._pool: ThreadPoolExecutor | None = None
@@ -511,11 +537,16 @@ class ChunkedRunner:
             elif isinstance(op, (TorchHead, PooledBits)):
                 e = p.edges[op.src[0]]
                 feat = torch.randn(24, len(e.live), *e.size, generator=gen)
-                reference, fast = _head_fns(op, e)
+                fns = _head_fns(op, e)
                 with torch.no_grad():
-                    ref = reference(feat)
-                    self.ok[1] = self.ok[1] and torch.equal(fast(feat[:1].clone()), reference(feat[:1].clone()))
-                    self.ok[2] = self.ok[2] and all(torch.equal(fast(feat[a:b].clone()), ref[a:b]) for a, b in pieces)
+                    ref = fns.reference(feat)
+                    self.ok[1] = self.ok[1] and torch.equal(fns.fast(feat[:1].clone()), fns.reference(feat[:1].clone()))
+                    if fns.finish is None:
+                        same = all(torch.equal(fns.fast(feat[a:b].clone()), ref[a:b]) for a, b in pieces)
+                    else:  # features per chunk, the linear layer on the whole batch
+                        parts = [fns.features(feat[a:b].clone()) for a, b in [(0, 1)] + pieces]
+                        same = torch.equal(fns.finish(torch.cat(parts, 0)), ref)
+                    self.ok[2] = self.ok[2] and same
 
     @staticmethod
     def _fn(op: TorchIn, x: torch.Tensor) -> torch.Tensor:
@@ -587,7 +618,14 @@ class ChunkedRunner:
                         f.result()
         finally:
             torch.set_num_threads(torch_threads)
-        return torch.cat(results, 0)  # type: ignore[arg-type]
+        out = torch.cat(results, 0)  # type: ignore[arg-type]
+        if self.finish is not None:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = self.finish(out)
+            if times is not None:
+                times["head.fc"] = times.get("head.fc", 0.0) + time.perf_counter() - t0
+        return out
 
     def _executor(self, threads: int) -> ThreadPoolExecutor:
         if self._pool is None or self._pool_threads != threads:
