@@ -503,17 +503,27 @@ class ChunkedRunner:
 
         A batch of 1 runs as one chunk of 1, so it is compared with the reference at batch size 1;
         larger batches run in chunks of 2 or more images, compared with one reference batch of 24.
+        The engine's side runs single-threaded, as inside a call; the reference with PyTorch's setting.
         """
+        torch_threads = torch.get_num_threads()
+        try:
+            self._probe_pieces(torch_threads)
+        finally:
+            torch.set_num_threads(torch_threads)
+
+    def _probe_pieces(self, torch_threads: int) -> None:
         p = self.program
         gen = torch.Generator().manual_seed(12345)
         x = torch.randn(24, p.in_channels_raw, p.image_size, p.image_size, generator=gen)
         pieces = [(1, 3), (3, 6), (6, 11), (11, 24)]  # chunks of 2, 3, 5 and 13 images
         for op in p.ops:
             if isinstance(op, TorchIn):
+                torch.set_num_threads(torch_threads)
                 with torch.no_grad():
                     ref, ref_one = op.fn(x), op.fn(x[:1])
                     if op.live is not None:
                         ref, ref_one = ref.index_select(1, op.live), ref_one.index_select(1, op.live)
+                torch.set_num_threads(1)
                 if op.stem is None or op.stem.norm != "naive":  # the model's own modules, per chunk
                     with torch.no_grad():
                         same = all(torch.equal(self._fn(op, x[a:b]), ref[a:b]) for a, b in pieces)
@@ -538,9 +548,12 @@ class ChunkedRunner:
                 e = p.edges[op.src[0]]
                 feat = torch.randn(24, len(e.live), *e.size, generator=gen)
                 fns = _head_fns(op, e)
+                torch.set_num_threads(torch_threads)
                 with torch.no_grad():
-                    ref = fns.reference(feat)
-                    self.ok[1] = self.ok[1] and torch.equal(fns.fast(feat[:1].clone()), fns.reference(feat[:1].clone()))
+                    ref, ref_one = fns.reference(feat), fns.reference(feat[:1].clone())
+                torch.set_num_threads(1)
+                with torch.no_grad():
+                    self.ok[1] = self.ok[1] and torch.equal(fns.fast(feat[:1].clone()), ref_one)
                     if fns.finish is None:
                         same = all(torch.equal(fns.fast(feat[a:b].clone()), ref[a:b]) for a, b in pieces)
                     else:  # features per chunk, the linear layer on the whole batch
@@ -616,15 +629,14 @@ class ChunkedRunner:
                     pool = self._executor(threads)
                     for f in [pool.submit(work, self._workspaces[i]) for i in range(threads)]:
                         f.result()
+                out = torch.cat(results, 0)  # type: ignore[arg-type]
+                if self.finish is not None:
+                    t0 = time.perf_counter()
+                    out = self.finish(out)
+                    if times is not None:
+                        times["head.fc"] = times.get("head.fc", 0.0) + time.perf_counter() - t0
         finally:
             torch.set_num_threads(torch_threads)
-        out = torch.cat(results, 0)  # type: ignore[arg-type]
-        if self.finish is not None:
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                out = self.finish(out)
-            if times is not None:
-                times["head.fc"] = times.get("head.fc", 0.0) + time.perf_counter() - t0
         return out
 
     def _executor(self, threads: int) -> ThreadPoolExecutor:
