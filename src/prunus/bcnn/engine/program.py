@@ -114,6 +114,7 @@ class FpStem:
     bn: tuple[torch.Tensor, ...]
     pool: tuple[int, int, int, bool] | None
     input_fn: Callable = None  # type: ignore[assignment]  # the model's ComplexInput
+    weight_cl: torch.Tensor | None = None  # ``weight`` in channels-last memory order, made on first use
 
 
 @dataclass
@@ -566,7 +567,9 @@ def fp_stem_conv(stem: FpStem, x: torch.Tensor, channels_last: bool = False) -> 
     w = stem.weight
     if channels_last:
         inp = inp.contiguous(memory_format=torch.channels_last)
-        w = w.contiguous(memory_format=torch.channels_last)
+        if stem.weight_cl is None:  # made once (two threads may both make it: the same values)
+            stem.weight_cl = w.contiguous(memory_format=torch.channels_last)
+        w = stem.weight_cl
     y = F.conv2d(inp, w, None, stem.stride, stem.padding)
     if not stem.real_input:
         n = x.shape[0]
