@@ -3,8 +3,8 @@
 Why chunks: a layer-at-a-time pass over a batch of 1024 images allocates and page-faults hundreds of
 MB per call (the full-precision first layer alone: 1024 x 192 x 32 x 32 floats, several times over
 in PyTorch's temporaries) and streams every activation through DRAM.  A chunk of ``chunk`` images
-(16 by default) keeps each activation in L2, and its buffers are allocated once per thread and
-reused on every call.
+(16 by default) keeps each activation within a few MB (in L2 for the binary layers), and its buffers
+are allocated once per thread and reused on every call.
 
 Why our own threads: every kernel is serial and releases the GIL; ``threads`` Python threads take
 chunks from a shared counter.  There is no numba thread pool, whose OpenMP workers spin between
@@ -23,7 +23,8 @@ Exactness: the binary part is exact by construction (integers, and the same floa
 the reference).  Two things are checked on random inputs when the runner is built, because they
 depend on PyTorch rather than on this code: that PyTorch's first-layer convolution gives each
 output the same value without the pruned filters, per chunk and (if it is faster) in channels-last
-layout, and that the full-precision head gives each row the same value per chunk.  PyTorch picks a
+layout, and that the full-precision head's pooling gives each image the same features per chunk
+(its linear layer runs once per call on the whole batch, as in the reference).  PyTorch picks a
 different algorithm for a single image than for a batch (e.g. a 3x3 conv on one 32x32 image is not
 run by oneDNN), so batch size 1 is checked against the reference at batch size 1, and chunks never
 have 1 image unless the batch has.  Where a check fails the engine runs that case the exact
