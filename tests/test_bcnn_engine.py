@@ -263,6 +263,116 @@ def test_cuda_path_is_bit_exact(name, options, size, cin):  # pragma: no cover -
     assert torch.equal(engine(x), model(x))
 
 
+# -- the numba backend's chunked, threaded path ---------------------------------------------------------------------
+
+needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+
+
+@needs_numba
+@pytest.mark.parametrize(("name", "options", "size", "cin", "prune"), [
+    ("cnin", {"width": 0.125}, 32, 3, "coupled"),  # fp stem (live filters, channels-last) feeding bits
+    ("cresnet18", {"width": 0.125}, 32, 3, "random"),  # fp stem feeding the residual stream; uncoupled adds
+    ("cnin_small", {"norm": "whiten"}, 28, 1, "coupled"),  # whitening BN: PyTorch epilogues inside the chunks
+    ("cresnet_small", {"fp_first": False, "fp_last": False}, 28, 2, "none"),  # binary stem and head
+])
+def test_chunked_threaded_path_is_exact_for_any_batch(name, options, size, cin, prune):
+    model, _ = random_bcnn(name, options, size, cin, prune, seed=7)
+    engine = compile_engine(model, size, threads=2, chunk=4)
+    gen = torch.Generator().manual_seed(8)
+    for batch in (1, 2, 3, 9):  # one chunk of 1, one chunk, chunks of 4/5 on two threads
+        if not engine.runner.supports(batch):
+            pytest.skip(f"PyTorch's first layer/head is not batch-invariant here (batch {batch})")
+        x = torch.randn(batch, cin, size, size, generator=gen)
+        with torch.no_grad():
+            assert torch.equal(engine(x), model(x)), batch
+
+
+def test_chunks_have_one_image_only_when_the_batch_has():
+    """PyTorch runs some first layers differently on a single image, so the probe checks batch 1 separately."""
+    from prunus.bcnn.engine.runner import chunk_sizes
+
+    for batch in (1, 2, 3, 5, 9, 17, 64, 1023, 1024):
+        for chunk in (2, 4, 16):
+            sizes = chunk_sizes(batch, chunk)
+            assert sum(sizes) == batch and (batch == 1 or min(sizes) >= 2) and max(sizes) - min(sizes) <= 1
+            assert max(sizes) <= max(chunk, 3)
+    assert chunk_sizes(1024, 16) == [16] * 64
+
+
+@needs_numba
+def test_probe_refuses_a_first_layer_that_changes_with_the_batch(monkeypatch):
+    """If PyTorch computed the pruned first layer differently per chunk, the engine runs the whole-batch way."""
+    from prunus.bcnn.engine import runner
+
+    real = runner.fp_stem_conv
+
+    def drifting(stem, x, channels_last=False):
+        y = real(stem, x, channels_last)
+        return y if x.shape[0] == 1 else torch.nextafter(y, torch.full_like(y, float("inf")))
+
+    monkeypatch.setattr(runner, "fp_stem_conv", drifting)
+    model, x = random_bcnn("cnin", {"width": 0.125}, 32, 3, "coupled")
+    engine = compile_engine(model, 32, chunk=2)
+    assert engine.runner.ok == {1: True, 2: False}
+    assert torch.equal(engine(x), model(x))  # 5 images: the exact whole-batch path
+
+
+@needs_numba
+def test_profile_times_every_step_and_keeps_the_logits():
+    model, x = random_bcnn("cresnet18", {"width": 0.125}, 32, 3, "coupled")
+    engine = compile_engine(model, 32, chunk=2)
+    logits, times = engine.profile(x)
+    assert torch.equal(logits, model(x))
+    assert {"stem", "body.0.conv1", "body.0.conv2+add", "body.2.shortcut", "head"} <= set(times)
+    assert all(t >= 0 for t in times.values())
+
+
+@needs_numba
+@pytest.mark.parametrize(("channels", "out", "k", "stride", "padding"), [
+    (10, 7, 3, 1, 1), (20, 40, 5, 1, 2), (70, 9, 3, 2, 1), (14, 66, 3, 2, 1), (40, 12, 1, 1, 0),
+])
+def test_threshold_kernel_with_corrections_matches_the_torch_backend(channels, out, k, stride, padding):
+    """Fused threshold epilogue, padding restored at border pixels, removed-channel corrections, ALWAYS/NEVER."""
+    from prunus.bcnn.engine.backends import NumbaBackend
+
+    gen = torch.Generator().manual_seed(channels + out)
+    x = torch.randn(3, channels, 9, 8, generator=gen)
+    op = conv_op(sign(torch.randn(out, channels, k, k, generator=gen)), k, stride, padding, (9, 8))
+    rng = np.random.default_rng(channels)
+    op.mode = "threshold"
+    op.corr_int = rng.integers(-6, 7, out).astype(np.int32)
+    border = rng.integers(-4, 5, (*op.out_size, out)).astype(np.int32)
+    inner = np.zeros(op.out_size, bool)
+    inner[(padding + stride - 1) // stride: (9 + padding - k) // stride + 1,
+          (padding + stride - 1) // stride: (8 + padding - k) // stride + 1] = True
+    border[inner] = 0  # removed channels change the dot only where a tap falls outside the image
+    op.corr_border = border
+    op.flip = np.where(rng.random(out) < 0.4, -1, 1).astype(np.int64)
+    op.thr = rng.integers(-k * k * channels // 3, k * k * channels // 3, out).astype(np.int64)
+    op.flip[0], op.thr[0] = 1, ALWAYS
+    op.flip[1], op.thr[1] = 1, NEVER
+    nb, tb = NumbaBackend(), TorchBackend("cpu")
+    nb.prepare(op)
+    tb.prepare(op)
+    got = nb.bconv_bits(op, nb.pack(x))
+    expected = TorchBackend.to_numpy(tb.bconv_bits(op, tb.pack(x)))
+    assert np.array_equal(got, expected)
+    assert unpack(got, out)[:, 0].all() and not unpack(got, out)[:, 1].any()
+
+
+@needs_numba
+def test_fp32_backend_is_the_physically_pruned_model_in_pytorch():
+    """The timing baseline: PyTorch float32 on live channels only, logits equal to the masked model's."""
+    model, x = random_bcnn("cresnet18", {"width": 0.125}, 32, 3, "coupled")
+    engine = compile_engine(model, 32, backend="fp32")
+    assert engine.runner is None
+    with torch.no_grad():
+        assert torch.equal(engine(x), model(x))
+    stem = next(op for op in engine.program.ops if op.name == "stem").stem
+    live = int((model.stem.conv.conv.weight.flatten(1) != 0).any(1).sum())
+    assert stem.weight.shape[0] == 2 * live < 2 * model.stem.conv.out_channels
+
+
 # -- numba specifics -------------------------------------------------------------------------------------------------
 
 

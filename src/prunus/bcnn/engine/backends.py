@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from prunus._optional import require
 
-__all__ = ["NumbaBackend", "TorchBackend", "make_backend"]
+__all__ = ["Fp32Backend", "NumbaBackend", "TorchBackend", "make_backend"]
 
 
 def _words(channels: int) -> int:
@@ -22,50 +22,68 @@ def _words(channels: int) -> int:
 
 
 class NumbaBackend:
-    """XNOR-popcount kernels compiled by numba (:mod:`prunus.bcnn.engine.kernels`), parallel over batch x rows."""
+    """XNOR-popcount kernels compiled by numba (:mod:`prunus.bcnn.engine.kernels`).
+
+    ``engine(x)`` runs the fused, chunked, multi-threaded path (:mod:`prunus.bcnn.engine.runner`);
+    the per-op methods below serve :func:`~prunus.bcnn.engine.program.run_program` (``engine.trace``,
+    the tests, and batches the fast path must not chunk).  They take and return the engine's common
+    layouts: sign bits ``uint64[B, H, W, nw]`` (the kernels' planar ``[B, nw, H, W]`` transposed) and
+    int32 accumulators ``(B, P, H, W)`` as a torch tensor.
+    """
 
     name = "numba"
     device = torch.device("cpu")
 
     def __init__(self) -> None:
         require("numba", "the BCNN inference engine (prunus bcnn, prunus.bcnn.engine)")
-        from prunus.bcnn.engine import kernels
+        from prunus.bcnn.engine import kernels, runner
 
-        self.k = kernels
-        self._no_bits = np.zeros((0, 0, 0, 0), np.uint64)
-        self._no_acc = np.zeros((0, 0, 0, 0), np.int32)
+        self.k, self.runner = kernels, runner
 
     def prepare(self, op) -> None:
-        c = np.ascontiguousarray
-        op.backend_data["numba"] = (c(op.weights, np.uint64), c(op.corr_int, np.int32), c(op.corr_border, np.int32),
-                                    c(op.flip, np.int64), c(op.thr, np.int64))
+        op.backend_data["numba"] = {}  # input size -> ConvLayer, made on first use
+
+    def _layer(self, op, x: np.ndarray):
+        layers = op.backend_data.setdefault("numba", {})
+        size = (x.shape[2], x.shape[3])
+        if size not in layers:
+            layers[size] = self.runner.ConvLayer(op, size)
+        return layers[size]
+
+    @staticmethod
+    def _planar(bits: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(bits.transpose(0, 3, 1, 2))
+
+    @staticmethod
+    def _interleaved(bits: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(bits.transpose(0, 2, 3, 1))
 
     def pack(self, data: torch.Tensor) -> np.ndarray:
         x = data.detach().to(torch.float32).contiguous().numpy()
-        out = np.empty((x.shape[0], x.shape[2], x.shape[3], _words(x.shape[1])), np.uint64)
-        self.k.pack_signs(x, out)
-        return out
-
-    def _run(self, op, x: np.ndarray, mode: int, out_bits, out_acc) -> None:
-        w, ci, cb, flip, thr = op.backend_data["numba"]
-        ho, wo = op.out_size
-        self.k.bconv(x, w, op.nbits, op.stride, op.padding, ho, wo, ci, cb, flip, thr, mode, out_bits, out_acc)
+        out = np.empty((x.shape[0], _words(x.shape[1]), x.shape[2], x.shape[3]), np.uint64)
+        self.k.pack_nchw(x, out)
+        return self._interleaved(out)
 
     def bconv_bits(self, op, x: np.ndarray) -> np.ndarray:
-        out = np.empty((x.shape[0],) + tuple(op.out_size) + (_words(op.out_channels),), np.uint64)
-        self._run(op, x, 0, out, self._no_acc)
-        return out
+        xp = self._planar(x)
+        layer = self._layer(op, xp)
+        out = np.empty((x.shape[0], _words(op.out_channels)) + tuple(op.out_size), np.uint64)
+        layer.bits(xp, out, layer.scratch())
+        return self._interleaved(out)
 
     def bconv_acc(self, op, x: np.ndarray) -> torch.Tensor:
-        acc = np.empty((x.shape[0],) + tuple(op.out_size) + (op.out_channels,), np.int32)
-        self._run(op, x, 1, self._no_bits, acc)
-        return torch.from_numpy(acc).permute(0, 3, 1, 2).contiguous()
+        xp = self._planar(x)
+        layer = self._layer(op, xp)
+        acc = np.empty((x.shape[0], op.out_channels) + tuple(op.out_size), np.int32)
+        layer.ints(xp, acc, layer.scratch())
+        return torch.from_numpy(acc)
 
     def bit_maxpool(self, op, x: np.ndarray) -> np.ndarray:
+        xp = self._planar(x)
         ho, wo = op.out_size
-        out = np.empty((x.shape[0], ho, wo, x.shape[3]), np.uint64)
-        self.k.bit_maxpool(x, op.kernel, op.stride, op.padding, ho, wo, out)
-        return out
+        out = np.empty((x.shape[0], xp.shape[1], ho, wo), np.uint64)
+        self.k.bit_maxpool(xp, op.kernel, op.stride, op.padding, ho, wo, out)
+        return self._interleaved(out)
 
     @staticmethod
     def to_numpy(bits) -> np.ndarray:
@@ -173,11 +191,62 @@ class TorchBackend:
         return bits.cpu().numpy().view(np.uint64)
 
 
+class Fp32Backend:
+    """Not an engine: PyTorch float32 inference of the *physically pruned* model, the fair baseline for timings.
+
+    Binary layers are ``F.conv2d`` on +-1 float tensors (NCHW) with the live weights only, plus the
+    exact contribution of removed input channels as a fixed map; the first layer runs only its live
+    filters (:func:`~prunus.bcnn.engine.program.fp_stem_forward`); epilogues are the reference's own
+    float32 ops.  Sums of +-1 products are exact in float32, so the logits equal the model's.  This is
+    what PyTorch gets from the same pruning, as opposed to the masked model, which still computes
+    every zeroed filter.
+    """
+
+    name = "fp32"
+    device = torch.device("cpu")
+
+    def prepare(self, op) -> None:
+        kh, kw, nw, P = op.weights.shape
+        bits = np.unpackbits(np.ascontiguousarray(op.weights.transpose(3, 0, 1, 2)).view(np.uint8), axis=-1,
+                             bitorder="little").reshape(P, kh, kw, nw * 64)[..., : op.nbits]
+        w = torch.from_numpy(bits.transpose(0, 3, 1, 2).astype(np.float32) * 2 - 1)  # (P, C, kh, kw) of +-1
+        corr = torch.from_numpy(op.corr_int.astype(np.float32)).view(1, P, 1, 1)
+        if op.corr_border.shape[0]:
+            corr = corr + torch.from_numpy(op.corr_border.astype(np.float32)).permute(2, 0, 1)[None]
+        op.backend_data["fp32"] = (w.contiguous(), corr.contiguous())
+
+    def run_stem(self, op, x: torch.Tensor) -> torch.Tensor:
+        from prunus.bcnn.engine.program import fp_stem_forward
+
+        return fp_stem_forward(op.stem, x)
+
+    def pack(self, data: torch.Tensor) -> torch.Tensor:
+        one = torch.ones((), dtype=torch.float32)
+        return torch.where(data >= 0, one, -one)
+
+    def bconv_acc(self, op, x: torch.Tensor) -> torch.Tensor:
+        w, corr = op.backend_data["fp32"]
+        return F.conv2d(x, w, None, op.stride, op.padding) + corr
+
+    def bconv_bits(self, op, x: torch.Tensor) -> torch.Tensor:
+        from prunus.bcnn.engine.program import float_epilogue
+
+        return self.pack(float_epilogue(op, self.bconv_acc(op, x)))
+
+    def bit_maxpool(self, op, x: torch.Tensor) -> torch.Tensor:
+        args = (op.kernel, op.stride, op.padding, 1)
+        out = F.max_pool2d(x, *args, False)
+        return out if tuple(out.shape[2:]) == tuple(op.out_size) else F.max_pool2d(x, *args, True)
+
+
 def make_backend(name: str = "numba", device: str | torch.device | None = None):
     if name == "numba":
         return NumbaBackend()
     if name == "torch":
         return TorchBackend(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if name == "fp32":
+        return Fp32Backend()
     from prunus.errors import ConfigError
 
-    raise ConfigError(f"unknown engine backend {name!r}; use numba (CPU) or torch (CPU or CUDA)")
+    raise ConfigError(f"unknown engine backend {name!r}; use numba (CPU) or torch (CPU or CUDA), or fp32 (the "
+                      "PyTorch float32 baseline)")

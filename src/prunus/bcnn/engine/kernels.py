@@ -1,30 +1,48 @@
 """Numba kernels of the BCNN engine (imported only when numba is installed).
 
-Bit layout: an activation is ``uint64[B, H, W, nw]``; stacked channel ``c`` (in the layer's own
-order of live channels) is bit ``c % 64`` of word ``c // 64``, bit 1 meaning +1 and bit 0 meaning
--1.  Unused high bits of the last word are 0 in activations and weights alike, so they XOR to 0
-and never count.  Weights are ``uint64[kh, kw, nw, P]`` (P = output channels, contiguous), so the
-innermost loop runs over output channels with one activation word held in a register:
+Layouts (the engine's own; PyTorch's NCHW order, so no transposes at the boundaries):
 
-    acc[p] += popcount(a ^ w[ky, kx, q, p])        for p in 0..P-1
+* sign bits ``uint64[B, nw, H, W]`` ("planar"): stacked channel ``c`` (in the layer's order of live
+  channels) is bit ``c % 64`` of word plane ``c // 64``; bit 1 = +1, bit 0 = -1.  Unused high bits are 0.
+* floats ``float32[B, C, H, W]`` (NCHW), live channels only.
+* weights of a binary layer ``uint64[KW, P]`` in *patch* order (:func:`patch_weights`): the bits of
+  all ``k*k`` taps of one output channel, tap after tap.  With at most 64 input bits the taps are
+  packed densely (tap ``t`` channel ``c`` at bit ``t*C + c`` of the patch), so a 3x3 conv on 14
+  input bits needs 2 words per output pixel instead of 9; wider inputs take ``nw`` whole words per tap.
 
-For +-1 vectors of n entries, ``dot = n - 2 * popcount(a XOR b)`` (each differing position
-contributes -1 instead of +1).  Out-of-image taps are skipped, which is exactly zero padding of
-the reference convolution: ``dot = (valid taps) * nbits - 2 * sum popcounts``.
+Why this shape: after structured pruning the layers are narrow (14..112 live bits, 14..112 output
+channels), so vectorising over output channels (the classic inner loop) runs 1-2 SIMD iterations plus
+a scalar remainder per tap and pixel, and loop overhead dominates.  These kernels instead vectorise
+over a *tile of output pixels* (``R`` output rows, at least 64 pixels; rows of several images when
+the maps are small)::
 
-``popcount64`` lowers to LLVM's ``ctpop``; numba compiles for the host CPU, so on a CPU with
-AVX-512 VPOPCNTDQ the vectorised loop above becomes ``vpopcntq`` on zmm registers, elsewhere
-``popcnt`` (x86-64-v2) or a bit-trick sequence.  :func:`popcount_instructions` reports what the
-compiled kernels contain (checked on this project's AMD EPYC, Zen 5: ``vpopcntq`` on zmm registers).
+    acc[p, i] += popcount(patch[q, i] ^ w[q, p])      for i in tile   (q over patch words)
+
+For +-1 vectors of n entries, ``dot = n - 2 * popcount(a XOR b)``.  Taps outside the image are 0
+bits in the patch; their exact contribution (zero padding) is restored by a per-pixel correction
+that is nonzero only at border pixels (:func:`padding_correction`), together with the contribution
+of pruned input channels (see :mod:`prunus.bcnn.engine.program`).
+
+Each kernel is serial (``nogil``): the engine runs chunks of the batch on its own threads, so there
+is no numba thread pool (whose OpenMP workers spin and compete with PyTorch's).  Hot loops start at
+0 or use unsigned indices: numba then omits negative-index wraparound checks, which otherwise stop
+LLVM from vectorising them.  ``popcount64`` lowers to LLVM ``ctpop``: ``vpopcntq`` on zmm registers
+on CPUs with AVX-512 VPOPCNTDQ (see :func:`popcount_instructions`), ``popcnt`` elsewhere.
+
+Float epilogues repeat the reference's float32 operations one by one (numba does not contract them
+into FMAs without ``fastmath``), so they are bit-exact with PyTorch.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["bconv", "bit_maxpool", "pack_signs", "popcount64", "popcount_ceiling_kernel", "popcount_instructions"]
+__all__ = ["bconv_bits", "bconv_bn", "bconv_int", "bit_maxpool", "pack_nchw", "popcount64",
+           "popcount_ceiling_kernel", "popcount_instructions", "stem_epilogue"]
+
+U = np.uint64
 
 
 @intrinsic
@@ -39,154 +57,497 @@ def popcount64(typingctx, x):
     return types.int64(x), codegen
 
 
-#: modes of :func:`bconv`
-THRESHOLD, ACCUMULATE = 0, 1
+# -- binary convolution ----------------------------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True, fastmath=False, nogil=True)
-def bconv(x, w, nbits, stride, pad, out_h, out_w, corr_int, corr_border, flip, thr, mode, out_bits, out_acc):
-    """Binary convolution by XNOR-popcount, parallel over (batch, output row).
+@njit(cache=True, nogil=True, inline="always")
+def _col_range(kx, stride, pad, wo, W):
+    """Output columns ``[lo, hi)`` whose tap ``kx`` lies inside the image."""
+    lo = 0
+    while lo < wo and lo * stride - pad + kx < 0:
+        lo += 1
+    hi = wo
+    while hi > lo and (hi - 1) * stride - pad + kx >= W:
+        hi -= 1
+    return lo, hi
 
-    ``mode == THRESHOLD``: output bit ``p`` is ``flip[p] * dot >= thr[p]`` (BN + sign folded),
-    written to ``out_bits[B, out_h, out_w, nwo]``.  ``mode == ACCUMULATE``: the integer ``dot`` goes
-    to ``out_acc[B, out_h, out_w, P]`` (int32).  ``dot`` includes ``corr_int[p]`` and, at border
-    pixels (some taps outside the image) when ``corr_border`` is not empty, ``corr_border[oy, ox, p]``:
-    the exact contribution of removed input channels that hold a constant +-1 (see the engine).
-    """
-    B, H, W, nw = x.shape
-    kh, kw = w.shape[0], w.shape[1]
-    P = w.shape[3]
-    full = kh * kw
-    has_border = corr_border.shape[0] > 0
-    nwo = out_bits.shape[3]
-    for job in prange(B * out_h):
-        b = job // out_h
-        oy = job - b * out_h
-        acc = np.empty(P, np.int64)
-        dd = np.empty(P, np.int64)
-        for ox in range(out_w):
-            for p in range(P):
-                acc[p] = 0
-            nvalid = 0
-            for ky in range(kh):
-                iy = oy * stride - pad + ky
-                if iy < 0 or iy >= H:
-                    continue
-                for kx in range(kw):
-                    ix = ox * stride - pad + kx
-                    if ix < 0 or ix >= W:
-                        continue
-                    nvalid += 1
+
+@njit(cache=True, nogil=True, inline="always")
+def _patch_row(x, b, oy, r, C, k, stride, pad, wo, pw):
+    """``pw[q, r, ox]``: the packed receptive field of output pixel ``(oy, ox)`` of image ``b``; outside taps stay 0."""
+    nw, H, W = x.shape[1], x.shape[2], x.shape[3]
+    KW = pw.shape[0]
+    for q in range(KW):
+        for ox in range(wo):
+            pw[q, r, ox] = 0
+    y0 = oy * stride - pad
+    st = U(stride)
+    if nw == 1:  # dense: tap t at bits [t*C, t*C + C) of the patch
+        off = 0
+        for ky in range(k):
+            iy = y0 + ky
+            if iy < 0 or iy >= H:
+                off += k * C
+                continue
+            for kx in range(k):
+                lo, hi = _col_range(kx, stride, pad, wo, W)
+                if hi > lo:
+                    q = off >> 6
+                    sh = off & 63
+                    s = U(sh)
+                    first = U(lo * stride - pad + kx)
+                    ulo = U(lo)
+                    if sh + C > 64:  # the tap straddles two words
+                        rs = U(64 - sh)
+                        for j in range(U(hi - lo)):
+                            v = x[b, 0, iy, first + j * st]
+                            pw[q, r, ulo + j] |= v << s
+                            pw[q + 1, r, ulo + j] |= v >> rs
+                    else:
+                        for j in range(U(hi - lo)):
+                            pw[q, r, ulo + j] |= x[b, 0, iy, first + j * st] << s
+                off += C
+    else:  # word-aligned: tap t at words [t*nw, t*nw + nw)
+        jw = 0
+        for ky in range(k):
+            iy = y0 + ky
+            if iy < 0 or iy >= H:
+                jw += k * nw
+                continue
+            for kx in range(k):
+                lo, hi = _col_range(kx, stride, pad, wo, W)
+                if hi > lo:
+                    first = U(lo * stride - pad + kx)
+                    ulo = U(lo)
                     for q in range(nw):
-                        a = x[b, iy, ix, q]
-                        row = w[ky, kx, q]
-                        for p in range(P):
-                            acc[p] += popcount64(a ^ row[p])
-            base = nvalid * nbits
-            border = has_border and nvalid < full
-            if mode == 0:
-                for p in range(P):  # vectorised: dd >= 0 <=> output bit 1
-                    dd[p] = flip[p] * (base - 2 * acc[p] + corr_int[p]) - thr[p]
-                if border:
-                    for p in range(P):
-                        dd[p] += flip[p] * corr_border[oy, ox, p]
-                for qo in range(nwo):
-                    word = np.uint64(0)
-                    for j in range(min(64, P - qo * 64)):
-                        if dd[qo * 64 + j] >= 0:
-                            word |= np.uint64(1) << np.uint64(j)
-                    out_bits[b, oy, ox, qo] = word
-            else:
-                for p in range(P):
-                    d = base - 2 * acc[p] + corr_int[p]
-                    if border:
-                        d += corr_border[oy, ox, p]
-                    out_acc[b, oy, ox, p] = d
+                        for j in range(U(hi - lo)):
+                            pw[jw + q, r, ulo + j] = x[b, q, iy, first + j * st]
+                jw += nw
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def bit_maxpool(x, k, stride, pad, out_h, out_w, out):
-    """Max-pool on sign bits: the OR of the window's words (max of +-1 is +1 iff any is +1); padding ignored."""
-    B, H, W, nw = x.shape
-    for job in prange(B * out_h):
-        b = job // out_h
-        oy = job - b * out_h
-        for ox in range(out_w):
-            for q in range(nw):
-                word = np.uint64(0)
-                for ky in range(k):
-                    iy = oy * stride - pad + ky
-                    if iy < 0 or iy >= H:
-                        continue
-                    for kx in range(k):
-                        ix = ox * stride - pad + kx
-                        if ix < 0 or ix >= W:
-                            continue
-                        word |= x[b, iy, ix, q]
-                out[b, oy, ox, q] = word
+@njit(cache=True, nogil=True, inline="always")
+def _tile(x, xf, wt, C, k, stride, pad, ho, wo, r0, nr, pw, pwf, accf):
+    """``acc[p, r, ox]`` (``accf`` flat) = summed popcounts of output row ``r0 + r`` ((image, row) flattened).
 
-
-@njit(parallel=True, cache=True, nogil=True)
-def pack_signs(x, out):
-    """``float32[B, C, H, W]`` (NCHW, as PyTorch holds it) -> sign bits ``uint64[B, H, W, nw]`` (1 where ``x >= 0``).
-
-    Parallel over (batch, row); the inner loop runs along a contiguous image row.
+    Four output channels per pass over the tile's patch words, so each word is loaded once for four
+    XOR-popcounts and the (short) vector loops are entered a quarter as often.
     """
+    KW, P = wt.shape
+    L = nr * wo
+    b0 = r0 // ho
+    oy0 = r0 - b0 * ho
+    if k == 1 and stride == 1 and pad == 0 and oy0 + nr <= ho:  # 1x1 conv, rows of one image: copy them
+        start = U(oy0 * wo)
+        for q in range(KW):
+            for i in range(L):
+                pwf[q, i] = xf[b0, q, start + U(i)]
+    else:
+        for r in range(nr):
+            b = (r0 + r) // ho
+            _patch_row(x, b, r0 + r - b * ho, r, C, k, stride, pad, wo, pw)
+    p = 0
+    while p + 4 <= P:
+        w0, w1, w2, w3 = wt[0, p], wt[0, p + 1], wt[0, p + 2], wt[0, p + 3]
+        for i in range(L):
+            v = pwf[0, i]
+            accf[p, i] = popcount64(v ^ w0)
+            accf[p + 1, i] = popcount64(v ^ w1)
+            accf[p + 2, i] = popcount64(v ^ w2)
+            accf[p + 3, i] = popcount64(v ^ w3)
+        for q in range(1, KW):
+            w0, w1, w2, w3 = wt[q, p], wt[q, p + 1], wt[q, p + 2], wt[q, p + 3]
+            for i in range(L):
+                v = pwf[q, i]
+                accf[p, i] += popcount64(v ^ w0)
+                accf[p + 1, i] += popcount64(v ^ w1)
+                accf[p + 2, i] += popcount64(v ^ w2)
+                accf[p + 3, i] += popcount64(v ^ w3)
+        p += 4
+    while p < P:
+        wv = wt[0, p]
+        for i in range(L):
+            accf[p, i] = popcount64(pwf[0, i] ^ wv)
+        for q in range(1, KW):
+            wv = wt[q, p]
+            for i in range(L):
+                accf[p, i] += popcount64(pwf[q, i] ^ wv)
+        p += 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _flat(x, pw, acc):
+    """Flat views the tile loops index (made once per call: each view costs reference counting)."""
+    xf = x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
+    pwf = pw.reshape(pw.shape[0], pw.shape[1] * pw.shape[2])
+    return xf, pwf, acc.reshape(acc.shape[0], acc.shape[1] * acc.shape[2])
+
+
+@njit(cache=True, nogil=True)
+def bconv_bits(x, wt, C, k, stride, pad, ho, wo, R, ck, ckb, border_rows, lo_col, hi_col, flip, thr, pw, acc, out):
+    """Binary conv with BN + sign folded in: output bit ``p`` is ``flip[p] * dot >= thr[p]`` (``out``: planar bits).
+
+    ``dot = ck[p] - 2 * popcount`` inside the image, ``ckb[oy, p, ox] - 2 * popcount`` at border pixels
+    (rows ``border_rows``, columns outside ``[lo_col, hi_col)``): ``K`` plus the exact integer corrections.
+    ``pw``, ``acc``: scratch.  Every pixel of the tile first gets the interior test, one compare
+    ``2 * popcount <= ck - thr`` (``>= ck + thr`` for ``flip = -1``; ``|thr| <= 2**62``, nothing overflows)
+    in a single loop over the tile when its rows are one image's; border pixels are then redone.
+    """
+    n = x.shape[0]
+    P = wt.shape[1]
+    nwo = out.shape[1]
+    rows = n * ho
+    xf, pwf, accf = _flat(x, pw, acc)
+    of = out.reshape(n, nwo, ho * wo)
+    for r0 in range(0, rows, R):
+        nr = min(R, rows - r0)
+        _tile(x, xf, wt, C, k, stride, pad, ho, wo, r0, nr, pw, pwf, accf)
+        b0 = r0 // ho
+        oy0 = r0 - b0 * ho
+        L = nr * wo
+        if oy0 + nr <= ho:  # the tile is rows oy0.. of image b0: contiguous in the output
+            start = U(oy0 * wo)
+            for qo in range(nwo):
+                for i in range(L):
+                    of[b0, qo, start + U(i)] = 0
+            for p in range(P):
+                qo = p >> 6
+                sh = U(p & 63)
+                if flip[p] > 0:
+                    lim = ck[p] - thr[p]
+                    for i in range(L):
+                        of[b0, qo, start + U(i)] |= U(2 * accf[p, i] <= lim) << sh
+                else:
+                    lim = ck[p] + thr[p]
+                    for i in range(L):
+                        of[b0, qo, start + U(i)] |= U(2 * accf[p, i] >= lim) << sh
+        else:  # rows of several images (small maps)
+            for r in range(nr):
+                b = (r0 + r) // ho
+                oy = r0 + r - b * ho
+                for qo in range(nwo):
+                    for ox in range(wo):
+                        out[b, qo, oy, ox] = 0
+                for p in range(P):
+                    qo = p >> 6
+                    sh = U(p & 63)
+                    if flip[p] > 0:
+                        lim = ck[p] - thr[p]
+                        for ox in range(wo):
+                            out[b, qo, oy, ox] |= U(2 * acc[p, r, ox] <= lim) << sh
+                    else:
+                        lim = ck[p] + thr[p]
+                        for ox in range(wo):
+                            out[b, qo, oy, ox] |= U(2 * acc[p, r, ox] >= lim) << sh
+        for r in range(nr):  # border pixels: the per-pixel corrections
+            b = (r0 + r) // ho
+            oy = r0 + r - b * ho
+            brow = border_rows[oy]
+            if not brow and lo_col == 0 and hi_col == wo:
+                continue
+            for p in range(P):
+                qo = p >> 6
+                sh = U(p & 63)
+                keep = ~(U(1) << sh)
+                t = thr[p]
+                f = flip[p]
+                if brow:
+                    for ox in range(wo):
+                        v = U(f * (ckb[oy, p, ox] - 2 * acc[p, r, ox]) >= t) << sh
+                        out[b, qo, oy, ox] = (out[b, qo, oy, ox] & keep) | v
+                    continue
+                for ox in range(lo_col):
+                    v = U(f * (ckb[oy, p, ox] - 2 * acc[p, r, ox]) >= t) << sh
+                    out[b, qo, oy, ox] = (out[b, qo, oy, ox] & keep) | v
+                for ox in range(hi_col, wo):
+                    v = U(f * (ckb[oy, p, ox] - 2 * acc[p, r, ox]) >= t) << sh
+                    out[b, qo, oy, ox] = (out[b, qo, oy, ox] & keep) | v
+
+
+@njit(cache=True, nogil=True)
+def bconv_int(x, wt, C, k, stride, pad, ho, wo, R, ck, ckb, border_rows, lo_col, hi_col, pw, acc, out):
+    """Binary conv returning the exact integer dots ``int32[B, P, ho, wo]`` (a float epilogue follows in PyTorch)."""
+    n = x.shape[0]
+    P = wt.shape[1]
+    rows = n * ho
+    xf, pwf, accf = _flat(x, pw, acc)
+    for r0 in range(0, rows, R):
+        nr = min(R, rows - r0)
+        _tile(x, xf, wt, C, k, stride, pad, ho, wo, r0, nr, pw, pwf, accf)
+        for r in range(nr):
+            b = (r0 + r) // ho
+            oy = r0 + r - b * ho
+            brow = border_rows[oy]
+            for p in range(P):
+                if brow:
+                    for ox in range(wo):
+                        out[b, p, oy, ox] = ckb[oy, p, ox] - 2 * acc[p, r, ox]
+                    continue
+                c = ck[p]
+                for ox in range(wo):
+                    out[b, p, oy, ox] = c - 2 * acc[p, r, ox]
+                for ox in range(lo_col):
+                    out[b, p, oy, ox] = ckb[oy, p, ox] - 2 * acc[p, r, ox]
+                for ox in range(hi_col, wo):
+                    out[b, p, oy, ox] = ckb[oy, p, ox] - 2 * acc[p, r, ox]
+
+
+@njit(cache=True, nogil=True)
+def bconv_bn(x, wt, C, k, stride, pad, ho, wo, R, ck, ckb, border_rows, lo_col, hi_col, alpha, s, t, rows_of, const,
+             res, res_rows, res_const, pw, acc, out, out_bits):
+    """Binary conv + scale + naive BN (+ residual add) (+ sign bits), all in float32 as the reference computes it.
+
+    Output channel ``j`` of ``out`` (``float32[B, J, ho, wo]``) is ``((dot * alpha) * s) + t`` of conv row
+    ``rows_of[j]``, or ``const[j]`` when ``rows_of[j] < 0`` (a pruned channel); then, when ``res`` is not
+    empty, ``+ res[:, res_rows[j]]`` (or ``+ res_const[j]``), the residual add.  ``out_bits`` (planar,
+    may be empty) receives ``sign`` of the result.  Each step is its own branch-free pass over the row
+    (a conditional load inside a loop would keep LLVM from vectorising it); the row stays in L1.
+    """
+    n = x.shape[0]
+    J = out.shape[1]
+    rows = n * ho
+    has_res = res.shape[0] > 0
+    has_bits = out_bits.shape[0] > 0
+    xf, pwf, accf = _flat(x, pw, acc)
+    for r0 in range(0, rows, R):
+        nr = min(R, rows - r0)
+        _tile(x, xf, wt, C, k, stride, pad, ho, wo, r0, nr, pw, pwf, accf)
+        for r in range(nr):
+            b = (r0 + r) // ho
+            oy = r0 + r - b * ho
+            brow = border_rows[oy]
+            if has_bits:
+                for qo in range(out_bits.shape[1]):
+                    for ox in range(wo):
+                        out_bits[b, qo, oy, ox] = 0
+            for j in range(J):
+                p = rows_of[j]
+                if p < 0:  # a pruned channel: its constant
+                    c = const[j]
+                    for ox in range(wo):
+                        out[b, j, oy, ox] = c
+                else:
+                    a, sp, tp = alpha[p], s[p], t[p]
+                    if brow:
+                        for ox in range(wo):
+                            y = np.float32(ckb[oy, p, ox] - 2 * acc[p, r, ox]) * a
+                            y = y * sp
+                            out[b, j, oy, ox] = y + tp
+                    else:
+                        c = ck[p]
+                        for ox in range(wo):
+                            y = np.float32(c - 2 * acc[p, r, ox]) * a
+                            y = y * sp
+                            out[b, j, oy, ox] = y + tp
+                        for ox in range(lo_col):
+                            y = np.float32(ckb[oy, p, ox] - 2 * acc[p, r, ox]) * a
+                            y = y * sp
+                            out[b, j, oy, ox] = y + tp
+                        for ox in range(hi_col, wo):
+                            y = np.float32(ckb[oy, p, ox] - 2 * acc[p, r, ox]) * a
+                            y = y * sp
+                            out[b, j, oy, ox] = y + tp
+                if has_res:
+                    q = res_rows[j]
+                    if q >= 0:
+                        for ox in range(wo):
+                            out[b, j, oy, ox] = out[b, j, oy, ox] + res[b, q, oy, ox]
+                    else:
+                        c = res_const[j]
+                        for ox in range(wo):
+                            out[b, j, oy, ox] = out[b, j, oy, ox] + c
+                if has_bits:
+                    qo = j >> 6
+                    sh = U(j & 63)
+                    for ox in range(wo):
+                        out_bits[b, qo, oy, ox] |= U(out[b, j, oy, ox] >= 0) << sh
+
+
+# -- first layer epilogue, packing, pooling ---------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def stem_epilogue(y, channels_last, bias, s, t, out, out_bits):
+    """Full-precision first layer: ``z = ((y [+ bias]) * s) + t`` per channel (naive BN), then sign bits.
+
+    ``y`` is the convolution output, ``float32[B, C, H, W]`` or, with ``channels_last``, ``[B, H, W, C]``;
+    a bias is added to it in place.  ``out`` (NCHW, may be empty) receives ``z`` when a float consumer
+    needs it (ResNet's residual stream); ``out_bits`` (planar, may be empty) receives ``sign(z)``.  The
+    same float32 operations, in the same order, as the reference (conv, bias add, ``apply_fold``).
+    One pass over ``y``: in channels-last order each pixel's word is built from its contiguous channels.
+    """
+    if channels_last:
+        B, H, W, C = y.shape
+    else:
+        B, C, H, W = y.shape
+    HW = H * W
+    has_out = out.shape[0] > 0
+    has_bits = out_bits.shape[0] > 0
+    nwo = out_bits.shape[1] if has_bits else 0
+    if channels_last:
+        yf = y.reshape(B, HW, C)
+    else:
+        yf = y.reshape(B, C, HW)
+    if bias.shape[0] > 0:
+        for b in range(B):
+            for i in range(HW):
+                for c in range(C):
+                    if channels_last:
+                        yf[b, i, c] = yf[b, i, c] + bias[c]
+                    else:
+                        yf[b, c, i] = yf[b, c, i] + bias[c]
+    of = out.reshape(out.shape[0], out.shape[1], out.shape[2] * out.shape[3])
+    bf = out_bits.reshape(out_bits.shape[0], out_bits.shape[1], out_bits.shape[2] * out_bits.shape[3])
+    if channels_last:
+        for b in range(B):
+            for i in range(HW):
+                for q in range(nwo):
+                    c0 = q * 64
+                    word = U(0)
+                    for c in range(min(64, C - c0)):
+                        v = yf[b, i, c0 + c] * s[c0 + c]
+                        v = v + t[c0 + c]
+                        word |= U(v >= 0) << U(c)
+                    bf[b, q, i] = word
+            if has_out:
+                for c in range(C):
+                    sc, tc = s[c], t[c]
+                    for i in range(HW):
+                        v = yf[b, i, c] * sc
+                        of[b, c, i] = v + tc
+        return
+    for b in range(B):
+        for q in range(nwo):
+            for i in range(HW):
+                bf[b, q, i] = 0
+        for c in range(C):
+            sc, tc = s[c], t[c]
+            if has_out:
+                for i in range(HW):
+                    v = yf[b, c, i] * sc
+                    of[b, c, i] = v + tc
+            if has_bits:
+                q = c >> 6
+                sh = U(c & 63)
+                for i in range(HW):
+                    v = yf[b, c, i] * sc
+                    v = v + tc
+                    bf[b, q, i] |= U(v >= 0) << sh
+
+
+@njit(cache=True, nogil=True)
+def pack_nchw(x, out):
+    """``float32[B, C, H, W]`` -> planar sign bits ``uint64[B, nw, H, W]`` (1 where ``x >= 0``; NaN gives 0)."""
     B, C, H, W = x.shape
-    nw = out.shape[3]
-    for job in prange(B * H):
-        b = job // H
-        h = job - b * H
-        words = np.zeros((nw, W), np.uint64)
+    HW = H * W
+    for b in range(B):
+        xb = x[b].reshape(C, HW)
+        bits = out[b].reshape(out.shape[1], HW)
+        for q in range(out.shape[1]):
+            for i in range(HW):
+                bits[q, i] = 0
         for c in range(C):
             q = c >> 6
-            bit = np.uint64(1) << np.uint64(c & 63)
-            for j in range(W):
-                if x[b, c, h, j] >= 0:
-                    words[q, j] |= bit
-        for j in range(W):
-            for q in range(nw):
-                out[b, h, j, q] = words[q, j]
+            sh = U(c & 63)
+            for i in range(HW):
+                bits[q, i] |= U(xb[c, i] >= 0) << sh
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def popcount_ceiling_kernel(a, w, repeats, out):
-    """The convolution's inner loop on L1-resident data, one independent copy per thread.
+@njit(cache=True, nogil=True)
+def bit_maxpool(x, k, stride, pad, out_h, out_w, out):
+    """Max-pool on sign bits: the OR of the window's words (max of +-1 is +1 iff any is +1); padding ignored."""
+    B, nw, H, W = x.shape
+    for b in range(B):
+        for q in range(nw):
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    word = U(0)
+                    for ky in range(k):
+                        iy = oy * stride - pad + ky
+                        if iy < 0 or iy >= H:
+                            continue
+                        for kx in range(k):
+                            ix = ox * stride - pad + kx
+                            if ix < 0 or ix >= W:
+                                continue
+                            word |= x[b, q, iy, ix]
+                    out[b, q, oy, ox] = word
 
-    ``a``: ``uint64[T, n]`` activation words, ``w``: ``uint64[n, P]``; every thread ``t`` does
-    ``repeats`` passes of ``acc[p] += popcount(a[t, q] ^ w[q, p])``; ``out[t]`` keeps a checksum so
-    that nothing is optimised away.  Bit-MACs done: ``T * repeats * n * P * 64``.
+
+# -- packing weights and corrections (numpy, at compile time) ----------------------------------------------------------
+
+
+def patch_weights(weights: np.ndarray, nbits: int) -> np.ndarray:
+    """``uint64 (kh, kw, nw, P)`` (the program's weights) -> ``uint64 (KW, P)`` in patch order (module docstring)."""
+    kh, kw, nw, P = weights.shape
+    bits = np.unpackbits(np.ascontiguousarray(weights.transpose(0, 1, 3, 2)).view(np.uint8), axis=-1,
+                         bitorder="little").reshape(kh * kw, P, nw * 64)[..., :nbits]  # (taps, P, C)
+    field = nbits if nw == 1 else nw * 64
+    KW = max(1, -(-(kh * kw * field) // 64))
+    full = np.zeros((P, KW * 64), np.uint8)
+    for tap in range(kh * kw):
+        full[:, tap * field: tap * field + nbits] = bits[tap]
+    words = np.packbits(full, axis=-1, bitorder="little").view("<u8").reshape(P, KW)
+    return np.ascontiguousarray(words.T).astype(np.uint64)
+
+
+def padding_correction(weights: np.ndarray, nbits: int, size: tuple[int, int], stride: int, pad: int,
+                       out_size: tuple[int, int]) -> np.ndarray:
+    """``int64 (Ho, Wo, P)``: what taps outside the image add to ``K - 2 * popcount`` and zero padding does not.
+
+    An outside tap has 0 bits in the patch, i.e. reads as all -1, so the kernel counts
+    ``sum_c (-1) * w[p, c, tap] = C - 2 * popcount(w[p, tap])`` for it where the reference adds 0.
     """
-    T, n = a.shape
-    P = w.shape[1]
-    for t in prange(T):
-        acc = np.zeros(P, np.int64)
-        for _ in range(repeats):
-            for q in range(n):
-                v = a[t, q]
-                for p in range(P):
-                    acc[p] += popcount64(v ^ w[q, p])
-        s = 0
-        for p in range(P):
-            s += acc[p]
-        out[t] = s
+    kh, kw, nw, P = weights.shape
+    bits = np.unpackbits(np.ascontiguousarray(weights.transpose(0, 1, 3, 2)).view(np.uint8), axis=-1,
+                         bitorder="little").reshape(kh * kw, P, nw * 64)[..., :nbits]
+    per_tap = nbits - 2 * bits.sum(-1, dtype=np.int64)  # (taps, P): value counted for an outside tap
+    (H, W), (ho, wo) = size, out_size
+    iy = np.arange(ho)[:, None] * stride - pad + np.arange(kh)[None, :]  # (Ho, kh)
+    ix = np.arange(wo)[:, None] * stride - pad + np.arange(kw)[None, :]  # (Wo, kw)
+    inside = ((iy >= 0) & (iy < H))[:, None, :, None] & ((ix >= 0) & (ix < W))[None, :, None, :]  # (Ho, Wo, kh, kw)
+    outside = (~inside).reshape(ho, wo, kh * kw).astype(np.int64)
+    return -(outside @ per_tap)
+
+
+# -- the popcount ceiling ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def popcount_ceiling_kernel(a, w, repeats, out):
+    """The convolution's inner loop on L1-resident data: ``repeats`` passes of ``acc[i] += popcount(a[q, i] ^ w[q])``.
+
+    ``a``: ``uint64[n, T]`` activation words (a tile of T pixels), ``w``: ``uint64[n]`` (one output
+    channel); ``out[0]`` keeps a checksum so that nothing is optimised away.  Bit-MACs done:
+    ``repeats * n * T * 64``.  Serial; the benchmark runs one copy per thread.
+    """
+    n, T = a.shape
+    acc = np.zeros(T, np.int64)
+    for _ in range(repeats):
+        for q in range(n):
+            wv = w[q]
+            for i in range(T):
+                acc[i] += popcount64(a[q, i] ^ wv)
+    s = 0
+    for i in range(T):
+        s += acc[i]
+    out[0] = s
 
 
 def popcount_instructions(kernel: str = "ceiling") -> dict[str, int]:
     """Count popcount instructions in freshly compiled x86 assembly of a kernel's inner loop.
 
     ``kernel="ceiling"`` (quick) compiles :func:`popcount_ceiling_kernel`, whose loop is the
-    convolution's ``acc[p] += popcount(a ^ w[q, p])``; ``kernel="bconv"`` compiles :func:`bconv` itself
-    (a few seconds).  A private, uncached copy is compiled because numba cannot show the assembly of
+    convolution's ``acc[i] += popcount(a[q, i] ^ w[q])``; ``kernel="bconv"`` compiles :func:`bconv_bits`
+    itself (a few seconds).  A private, uncached copy is compiled because numba cannot show the assembly of
     code it loaded from its disk cache.  ``vpopcntq`` (with ``zmm_vpopcnt`` counting those on 512-bit
     registers) means the loop is vectorised with AVX-512 VPOPCNTDQ; ``popcnt`` is the scalar instruction.
     """
     if kernel == "ceiling":
-        fn = njit(parallel=True, cache=False)(popcount_ceiling_kernel.py_func)
-        fn(np.zeros((1, 2), np.uint64), np.zeros((2, 8), np.uint64), 1, np.zeros(1, np.int64))
+        fn = njit(cache=False, nogil=True)(popcount_ceiling_kernel.py_func)
+        fn(np.zeros((2, 8), np.uint64), np.zeros(2, np.uint64), 1, np.zeros(1, np.int64))
     elif kernel == "bconv":
-        fn = njit(parallel=True, cache=False, fastmath=False, nogil=True)(bconv.py_func)
-        _call_bconv(fn)
+        fn = njit(cache=False, nogil=True)(bconv_bits.py_func)
+        _call_bconv_bits(fn)
     else:
         raise ValueError(f"kernel must be 'ceiling' or 'bconv', got {kernel!r}")
     counts = {"vpopcntq": 0, "vpopcntd": 0, "popcnt": 0, "zmm_vpopcnt": 0}
@@ -200,18 +561,9 @@ def popcount_instructions(kernel: str = "ceiling") -> dict[str, int]:
     return counts
 
 
-def _call_bconv(fn) -> None:
-    x = np.zeros((1, 2, 2, 1), np.uint64)
-    w = np.zeros((1, 1, 1, 3), np.uint64)
-    i64 = np.zeros(3, np.int64)
-    fn(x, w, 3, 1, 0, 2, 2, np.zeros(3, np.int32), np.zeros((0, 0, 0), np.int32), i64, i64, 0,
-       np.zeros((1, 2, 2, 1), np.uint64), np.zeros((1, 2, 2, 3), np.int32))
-
-
-def _warm_up() -> None:
-    """Compile every kernel once for the engine's argument types (cached on disk by numba)."""
-    _call_bconv(bconv)
-    x = np.zeros((1, 2, 2, 1), np.uint64)
-    bit_maxpool(x, 2, 2, 0, 1, 1, np.zeros((1, 1, 1, 1), np.uint64))
-    pack_signs(np.zeros((1, 3, 2, 2), np.float32), np.zeros((1, 2, 2, 1), np.uint64))
-    popcount_ceiling_kernel(np.zeros((1, 2), np.uint64), np.zeros((2, 8), np.uint64), 1, np.zeros(1, np.int64))
+def _call_bconv_bits(fn) -> None:
+    x = np.zeros((1, 1, 2, 2), np.uint64)
+    P, R = 3, 16
+    i64 = np.zeros(P, np.int64)
+    fn(x, np.zeros((1, P), np.uint64), 3, 1, 1, 0, 2, 2, R, i64, np.zeros((1, P, 1), np.int64), np.zeros(2, np.bool_),
+       0, 2, i64, i64, np.zeros((1, R, 2), np.uint64), np.zeros((P, R, 2), np.int64), np.zeros((1, 1, 2, 2), np.uint64))

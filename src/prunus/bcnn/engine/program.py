@@ -43,7 +43,7 @@ from prunus.bcnn.layers import ComplexConv2d, ComplexLinear, apply_fold, apply_w
 from prunus.bcnn.models import ComplexBasicBlock, ComplexNet, ComplexUnit
 from prunus.errors import ConfigError
 
-__all__ = ["BConv", "Edge", "Program", "compile_program"]
+__all__ = ["BConv", "Edge", "FpStem", "Program", "compile_program", "fp_stem_conv", "fp_stem_forward"]
 
 ALWAYS, NEVER = -(1 << 62), 1 << 62
 
@@ -93,11 +93,37 @@ class Op:
 
 
 @dataclass
+class FpStem:
+    """A full-precision first layer with its pruned filters removed, for backends that run it themselves.
+
+    ``weight``: the live filters as one real conv weight -- for a real input (``real_input``, the
+    "zero" complex input) ``[Wr[rows]; Wi[rows]]`` (2L, Cin, k, k), whose outputs are the stacked
+    ``[real; imag]`` live channels; otherwise ``[Wr | Wi][rows]`` (L, 2Cin, k, k), applied to the batch
+    ``[(xr, -xi); (xi, xr)]`` as the reference does.  ``bias``: stacked (2L,) or None.  ``norm``, ``bn``:
+    the BN constants as for :class:`BConv` (naive: ``(s, t)`` per stacked live channel).  ``pool``: the stem's max-pool
+    ``(kernel, stride, padding, ceil_mode)`` or None.  See :func:`fp_stem_conv` for how it is run and
+    why its result equals the reference's.
+    """
+
+    weight: torch.Tensor
+    real_input: bool
+    stride: int
+    padding: int
+    bias: torch.Tensor | None
+    norm: str
+    bn: tuple[torch.Tensor, ...]
+    pool: tuple[int, int, int, bool] | None
+    input_fn: Callable = None  # type: ignore[assignment]  # the model's ComplexInput
+    weight_cl: torch.Tensor | None = None  # ``weight`` in channels-last memory order, made on first use
+
+
+@dataclass
 class TorchIn(Op):
     """Model input -> complex boundary -> [full-precision stem] as a float edge of live channels."""
 
     fn: Callable[[torch.Tensor], torch.Tensor] = None  # type: ignore[assignment]
     live: torch.Tensor | None = None  # channels to keep (None: all)
+    stem: FpStem | None = None  # the full-precision first layer, pruned filters removed (None: no fp stem)
 
 
 @dataclass
@@ -328,7 +354,7 @@ class _Compiler:
                 r, i = model.stem(model.input(x))
                 return torch.cat([r, i], 1)
 
-            self.ops.append(TorchIn("stem", [], e.id, fn=fn, live=keep))
+            self.ops.append(TorchIn("stem", [], e.id, fn=fn, live=keep, stem=self._fp_stem(rows)))
             return e
         e = self.edge("float", 2 * cin, np.arange(2 * cin), np.zeros(2 * cin), size)
 
@@ -338,6 +364,23 @@ class _Compiler:
 
         self.ops.append(TorchIn("input", [], e.id, fn=fn_in))
         return self.unit(m.stem, e, "float" if self._stem_feeds_float() else "bits", "stem")
+
+    def _fp_stem(self, rows: np.ndarray) -> FpStem:
+        m = self.model
+        conv, bn, pool = m.stem.conv, m.stem.bn, m.stem.pool
+        w = conv.conv.weight.detach().float()
+        idx = torch.from_numpy(rows)
+        cin = conv.in_channels
+        real_input = m.input.mode == "zero"
+        weight = torch.cat([w[idx, :cin], w[idx, cin:]], 0) if real_input else w[idx]
+        bias = None
+        if conv.bias is not None:
+            b = conv.bias.detach().float()
+            bias = torch.cat([b[0, idx], b[1, idx]])
+        norm, consts, _ = _bn_constants(bn, rows)
+        pooling = None if pool is None else (pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)
+        return FpStem(weight.contiguous(), real_input, conv.conv.stride[0], conv.conv.padding[0], bias, norm, consts,
+                      pooling, m.input)
 
     def _stem_feeds_float(self) -> bool:
         return isinstance(self.model.body[0], ComplexBasicBlock) if len(self.model.body) else True
@@ -506,6 +549,50 @@ def _expand(data: torch.Tensor, e: Edge, live: np.ndarray) -> torch.Tensor:
     return out
 
 
+def fp_stem_conv(stem: FpStem, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """The pruned first layer's convolution: ``(B, 2L, H, W)`` stacked live channels, before bias and BN.
+
+    It computes each live output with the same PyTorch convolution the reference runs, only without
+    the all-zero filters (and, for a real input, both halves in one call).  PyTorch computes each
+    output of a convolution by its own fixed sequence of float operations, so the values equal the
+    reference's as long as the algorithm PyTorch picks does not change with the number of filters,
+    the batch size or the memory format -- which the numba backend checks on random inputs before
+    using this path (``channels_last`` is only used where that check passed).
+    """
+    if stem.real_input:
+        inp = x
+    else:
+        xr, xi = stem.input_fn(x)
+        inp = torch.cat([torch.cat([xr, -xi], 1), torch.cat([xi, xr], 1)], 0)
+    w = stem.weight
+    if channels_last:
+        inp = inp.contiguous(memory_format=torch.channels_last)
+        if stem.weight_cl is None:  # made once (two threads may both make it: the same values)
+            stem.weight_cl = w.contiguous(memory_format=torch.channels_last)
+        w = stem.weight_cl
+    y = F.conv2d(inp, w, None, stem.stride, stem.padding)
+    if not stem.real_input:
+        n = x.shape[0]
+        y = torch.cat([y[:n], y[n:]], 1)
+    return y
+
+
+def fp_stem_forward(stem: FpStem, x: torch.Tensor) -> torch.Tensor:
+    """The pruned first layer in PyTorch float32 ops (conv, bias, BN, pool), stacked live channels."""
+    y = fp_stem_conv(stem, x)
+    if stem.bias is not None:
+        y = y + stem.bias.view(1, -1, 1, 1)
+    if stem.norm == "naive":
+        y = apply_fold(y, *stem.bn)
+    else:
+        k = y.shape[1] // 2
+        y = torch.cat(apply_whitening(y[:, :k].contiguous(), y[:, k:].contiguous(), stem.bn), 1)
+    if stem.pool is not None:
+        k, s, p, ceil = stem.pool
+        y = F.max_pool2d(y, k, s, p, 1, ceil)
+    return y
+
+
 def float_epilogue(op: BConv, acc: torch.Tensor) -> torch.Tensor:
     """Integer accumulators (B, P, H, W) -> the reference's float32 ops: scale, then BN (or logits: scale, bias)."""
     y = acc.to(torch.float32)
@@ -528,8 +615,11 @@ def run_program(program: Program, backend, x: torch.Tensor, *, keep: bool = Fals
     with torch.no_grad():
         for k, op in enumerate(program.ops):
             if isinstance(op, TorchIn):
-                out = op.fn(x)
-                values[op.dst] = out if op.live is None else out.index_select(1, op.live)
+                if op.stem is not None and hasattr(backend, "run_stem"):  # the pruned stem, live filters only
+                    values[op.dst] = backend.run_stem(op, x)
+                else:
+                    out = op.fn(x)
+                    values[op.dst] = out if op.live is None else out.index_select(1, op.live)
             elif isinstance(op, Pack):
                 values[op.dst] = backend.pack(values[op.src[0]])
             elif isinstance(op, BConv):

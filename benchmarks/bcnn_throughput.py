@@ -1,0 +1,320 @@
+"""Throughput of the BCNN engine on 20x structurally pruned complex NIN and ResNet-18, 32x32x3 inputs (issue 7).
+
+For each model (``cnin``, ``cresnet18``; 3x32x32 inputs, 10 classes):
+
+1. Prune whole complex filters (real and imaginary rows together) with prunus' own machinery:
+   ``Plan.uniform(model, ratio, "filter")`` plus, for NIN, the full-precision first layer, projected
+   per coupled group by ``prunus.coupling.project_coupled`` (ResNet's first layer is coupled to the
+   first stage's residual stream and is pruned with it).  The ratio is the smallest (on a 0.005
+   grid) whose model keeps at most 1/20 of the dense conv/linear weights, counted as **live
+   weights**: weights of live filters that read live input channels, in every conv and linear
+   layer, first and last included (``BinaryEngine.live_weights``).  Weights that read a pruned
+   channel are not counted: that channel is a constant, and its contribution becomes an exact
+   constant correction.  The masked model's nonzero count is recorded too.
+2. Without ``--checkpoint`` the weights are random (seeded) and BN statistics come from one
+   training-mode pass on noise, so thresholds are not trivial: throughput does not depend on the
+   values.  ``--checkpoint nin=PATH`` (or ``resnet18=PATH``) times a trained, pruned model instead.
+3. Check bit-exactness first: engine logits == the PyTorch forward (``torch.equal``) on random
+   batches of 1 and 37 images; the PyTorch fp32 baseline of the physically pruned model too.
+4. Time, in one process, at batch sizes 1, 64 and 1024, on ``--threads`` threads (engine and
+   PyTorch alike): the engine (frames/s, median and p90 latency, bit-MAC/s and the fraction of the
+   popcount ceiling measured on the machine), PyTorch fp32 inference of the *physically pruned*
+   model (live filters only; ``backend="fp32"``; the better of 1 and ``--threads`` PyTorch threads),
+   and PyTorch fp32 of the masked model as trained.
+   Median of up to ``--repeats`` runs after ``--warmup`` runs (fewer when a configuration takes
+   longer than ``--max-seconds``).
+5. Profile the engine on one thread (seconds per fused step, 64 images): shares of time per layer.
+
+    python benchmarks/bcnn_throughput.py [--models nin resnet18] [--threads 2] [--checkpoint nin=PATH]
+    python benchmarks/bcnn_throughput.py --render            # rebuild the table from the JSON
+    python benchmarks/bcnn_throughput.py --smoke --out /tmp/bcnn.json   # seconds: a check that it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from common import RESULTS, write_result
+
+from prunus.bcnn.engine import compile_engine
+from prunus.bcnn.engine.bench import popcount_ceiling
+from prunus.coupling import project_coupled
+from prunus.models import build_model
+from prunus.plan import Plan, Rule, prunable_weights
+from prunus.sparsity import Structure
+from prunus.training import environment_info, load_model
+
+NAME = "bcnn_throughput"
+MODELS = {"nin": "cnin", "resnet18": "cresnet18"}
+TARGETS = {"nin": 5882.0, "resnet18": 4938.0}  # frames/s of the reference FPGA design (Alveo U280)
+STRETCH = {"nin": 20000.0}
+BATCHES = (1, 64, 1024)
+COMPRESSION = 20.0
+SIZE, CIN, CLASSES = 32, 3, 10
+
+
+# -- the pruned models ---------------------------------------------------------------------------------------------
+
+
+def calibrate_bn(model: torch.nn.Module, seed: int) -> None:
+    """One training-mode pass on noise: realistic BN statistics for a random model (as ``prunus bcnn bench`` does)."""
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, CIN, SIZE, SIZE, generator=torch.Generator().manual_seed(seed + 1)))
+    model.eval()
+
+
+def filter_plan(key: str, model: torch.nn.Module, ratio: float) -> Plan:
+    plan = Plan.uniform(model, ratio, "filter")  # every conv/linear but the first and last
+    if key == "nin":  # NIN's first layer is a large share of its weights and time: prune its filters too
+        plan.rules.insert(0, Rule("stem.conv.conv.weight", Structure.parse("filter"), ratio))
+    return plan
+
+
+def weight_counts(model: torch.nn.Module, engine) -> dict:
+    dense = sum(p.numel() for _, p in prunable_weights(model))
+    nonzero = sum(int((p != 0).sum()) for _, p in prunable_weights(model))
+    live = engine.live_weights()
+    return {"dense_weights": dense, "nonzero_weights": nonzero, "live_weights": sum(live.values()),
+            "live_per_layer": live, "compression": dense / sum(live.values())}
+
+
+def pruned_model(key: str, seed: int) -> tuple[torch.nn.Module, dict]:
+    """A random ``key`` model pruned by whole filters to at most 1/20 of its live weights (smallest such ratio)."""
+    torch.manual_seed(seed)
+    dense = build_model(MODELS[key], in_channels=CIN, num_classes=CLASSES)
+    example = torch.randn(2, CIN, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+    def attempt(ratio: float):
+        model = copy.deepcopy(dense)
+        project_coupled(model, filter_plan(key, model, ratio), example)
+        calibrate_bn(model, seed)
+        engine = compile_engine(model, SIZE, backend="fp32")  # cheap: only to count live weights
+        return model, weight_counts(model, engine)
+
+    grid = [round(0.5 + 0.005 * i, 3) for i in range(96)]  # 0.5 .. 0.975
+    lo, hi = 0, len(grid) - 1
+    while lo < hi:  # smallest grid ratio with compression >= 20 (monotone in the ratio)
+        mid = (lo + hi) // 2
+        if attempt(grid[mid])[1]["compression"] >= COMPRESSION:
+            hi = mid
+        else:
+            lo = mid + 1
+    model, counts = attempt(grid[lo])
+    return model, {**counts, "ratio": grid[lo], "source": "random weights (seeded), BN statistics from noise",
+                   "stem_pruned": key == "nin"}
+
+
+def checkpoint_model(path: str) -> tuple[torch.nn.Module, dict]:
+    model, ckpt = load_model(path)
+    model.eval()
+    engine = compile_engine(model, SIZE, backend="fp32")
+    return model, {**weight_counts(model, engine), "ratio": None, "source": f"checkpoint {ckpt.path}"}
+
+
+# -- timing ----------------------------------------------------------------------------------------------------------
+
+
+def time_fn(fn, batch: int, repeats: int, warmup: int, max_seconds: float) -> dict:
+    """Median / p90 / min of ``repeats`` timed calls after ``warmup``; past ``max_seconds`` it stops after 3 calls."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < max_seconds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    median = statistics.median(times)
+    return {"batch_size": batch, "runs": len(times), "median_ms": 1000 * median, "min_ms": 1000 * times[0],
+            "p90_ms": 1000 * times[min(len(times) - 1, round(0.9 * (len(times) - 1)))], "fps": batch / median}
+
+
+def run_model(key: str, args, ceiling: float) -> dict:
+    if key in args.checkpoint:
+        model, pruning = checkpoint_model(args.checkpoint[key])
+    else:
+        model, pruning = pruned_model(key, args.seed)
+    engine = compile_engine(model, SIZE, threads=args.threads, chunk=args.chunk)
+    baseline = compile_engine(model, SIZE, backend="fp32")
+    gen = torch.Generator().manual_seed(args.seed + 2)
+    exact = {}
+    for b in (1, 37):
+        x = torch.randn(b, CIN, SIZE, SIZE, generator=gen)
+        with torch.no_grad():
+            ref = model(x)
+            exact[f"engine_b{b}"] = bool(torch.equal(engine(x), ref))
+            exact[f"fp32_pruned_b{b}"] = bool(torch.equal(baseline(x), ref))
+    if not all(exact.values()):
+        raise SystemExit(f"{key}: not bit-exact ({exact}); refusing to time a wrong engine")
+    chunked = {b: engine.runner.supports(b) for b in args.batches}
+
+    x64 = torch.randn(64, CIN, SIZE, SIZE, generator=gen)
+    engine.profile(x64)  # warm
+    best: dict[str, float] = {}
+    for _ in range(args.profile_runs):
+        times = engine.profile(x64)[1]
+        for step, t in times.items():
+            best[step] = min(best.get(step, float("inf")), t)
+    total = sum(best.values())
+    profile = [{"step": s, "us_per_image": 1e6 * t / 64, "share": t / total}
+               for s, t in sorted(best.items(), key=lambda kv: -kv[1])]
+
+    rows = []
+    torch_threads = torch.get_num_threads()
+    timing = (args.repeats, args.warmup, args.max_seconds)
+    try:
+        for b in args.batches:
+            x = torch.randn(b, CIN, SIZE, SIZE, generator=gen)
+            row = {"batch_size": b, "chunked": chunked[b]}
+            with torch.inference_mode():
+                torch.set_num_threads(args.threads)
+                row["engine"] = time_fn(lambda: engine(x), b, *timing)
+                row["masked"] = time_fn(lambda: model(x), b, *timing)
+                # the fair baseline gets PyTorch's better thread setting (small convs often run best on one)
+                per_threads = {}
+                for t in sorted({1, args.threads}):
+                    torch.set_num_threads(t)
+                    per_threads[t] = time_fn(lambda: baseline(x), b, *timing)
+                best = max(per_threads, key=lambda t: per_threads[t]["fps"])
+                row["fp32_pruned"] = {**per_threads[best], "threads": best,
+                                      "fps_by_threads": {str(t): v["fps"] for t, v in per_threads.items()}}
+            row["engine"]["bit_macs_per_s"] = row["engine"]["fps"] * engine.bit_macs
+            row["engine"]["ceiling_fraction"] = row["engine"]["bit_macs_per_s"] / ceiling
+            rows.append(row)
+            print(json.dumps({"model": key, **row}), flush=True)
+    finally:
+        torch.set_num_threads(torch_threads)
+    return {"model": key, "registry_name": MODELS[key], "pruning": pruning, "exact": exact,
+            "bit_macs_per_image": engine.bit_macs, "layers": [layer.to_dict() for layer in engine.layers()],
+            "single_thread_profile": {"images": 64, "runs": args.profile_runs, "us_per_image": 1e6 * total / 64,
+                                      "steps": profile},
+            "timings": rows}
+
+
+# -- the table -------------------------------------------------------------------------------------------------------
+
+
+def summarize(data: dict) -> str:
+    env = data["environment"]
+    lines = [
+        f"## BCNN engine throughput, 20x structurally pruned complex NIN and ResNet-18 (`benchmarks/{NAME}.py`)",
+        "",
+        f"3x32x32 inputs, 10 classes. Whole complex filters pruned (real and imaginary rows together) by "
+        "`Plan.uniform(..., 'filter')` + `project_coupled` (NIN: the full-precision first layer too) at the smallest "
+        "ratio (0.005 grid) that keeps at most 1/20 of the conv/linear weights, counted as **live weights**: "
+        "weights of live filters reading live input channels, in every conv and linear layer including the first "
+        "and last "
+        "(weights reading a pruned channel, a constant, are folded into exact corrections and not counted). "
+        f"Weights: {data['models'][0]['pruning']['source'] if data['models'] else '-'}; throughput does not depend on "
+        "the values. Engine logits checked equal (`torch.equal`) to the PyTorch forward before timing. "
+        f"{data['threads']} thread(s) for the engine and for PyTorch; median of {data['repeats']} runs (fewer, but at "
+        f"least 3, for a configuration past {data['max_seconds']:g} s) after {data['warmup']} warm-up(s), one process. "
+        "*fp32 pruned*: PyTorch float32 of the physically pruned model (live filters only), the better of 1 and "
+        f"{data['threads']} PyTorch threads; *masked*: the model as pruned (zeros in place). Popcount ceiling "
+        f"{data['ceiling_bit_macs_per_s'] / 1e9:.0f} Gbit-MAC/s ({data['threads']} thread(s)). "
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, numba {data.get('numba', '?')}.",
+        "",
+        "| model | live weights (compression) | ratio | bit-MACs/img | batch | engine frames/s "
+        "| latency ms (median / p90) | Gbit-MAC/s (of ceiling) | fp32 pruned frames/s | masked frames/s "
+        "| vs fp32 pruned | vs masked | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in data["models"]:
+        pr = m["pruning"]
+        for row in m["timings"]:
+            e, f, k = row["engine"], row["fp32_pruned"], row["masked"]
+            target = TARGETS[m["model"]]
+            verdict = "-"
+            if row["batch_size"] == max(r["batch_size"] for r in m["timings"]):
+                verdict = f"{target:.0f}: {'met' if e['fps'] >= target else 'not met'}"
+                stretch = STRETCH.get(m["model"])
+                if stretch:
+                    verdict += f"; stretch {stretch:.0f}: {'met' if e['fps'] >= stretch else 'not met'}"
+            ratio = f"{pr['ratio']:.3f}" if pr.get("ratio") is not None else "checkpoint"
+            lines.append(
+                f"| {m['registry_name']} | {pr['live_weights']:,} of {pr['dense_weights']:,} "
+                f"({pr['compression']:.1f}x) | "
+                f"{ratio} | {m['bit_macs_per_image'] / 1e6:.2f} M | {row['batch_size']} | {e['fps']:,.0f} | "
+                f"{e['median_ms']:.3f} / {e['p90_ms']:.3f} | {e['bit_macs_per_s'] / 1e9:.0f} "
+                f"({100 * e['ceiling_fraction']:.1f}%) | {f['fps']:,.0f} | {k['fps']:,.0f} | "
+                f"{e['fps'] / f['fps']:.1f}x | {e['fps'] / k['fps']:.1f}x | {verdict} |"
+            )
+    lines += ["", "Where the engine's time goes (one thread, 64 images, best of "
+              f"{data['models'][0]['single_thread_profile']['runs'] if data['models'] else 0} runs per step; "
+              "`stem` = the full-precision first layer in PyTorch + its BN/sign/pack kernel):", ""]
+    for m in data["models"]:
+        prof = m["single_thread_profile"]
+        top = ", ".join(f"{s['step']} {100 * s['share']:.0f}%" for s in prof["steps"][:6])
+        lines.append(f"* {m['registry_name']}: {prof['us_per_image']:.0f} us/image on one thread; {top}")
+    return "\n".join(lines) + "\n"
+
+
+# -- main ------------------------------------------------------------------------------------------------------------
+
+
+def _checkpoints(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, _, path = item.partition("=")
+        if key not in MODELS or not path:
+            raise SystemExit(f"--checkpoint expects nin=PATH or resnet18=PATH, got {item!r}")
+        out[key] = path
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--checkpoint", action="append", default=[], help="nin=PATH or resnet18=PATH (a trained, "
+                                                                       "pruned binary model); repeatable")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--chunk", type=int, default=16, help="images per chunk of the engine")
+    ap.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--max-seconds", type=float, default=30.0, help="per configuration, after 3 runs")
+    ap.add_argument("--profile-runs", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="write the JSON (and the .md next to it) here instead of benchmarks/results, "
+                                  "without touching BENCHMARKS.md")
+    ap.add_argument("--smoke", action="store_true", help="tiny batches and repeats: only checks that it runs")
+    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
+    args = ap.parse_args()
+    if args.render:
+        data = json.loads((RESULTS / f"{NAME}.json").read_text())
+        return write_result(NAME, data, summarize(data))
+    if args.smoke:
+        args.batches, args.repeats, args.warmup, args.max_seconds, args.profile_runs = [1, 8], 2, 1, 1.0, 1
+    args.checkpoint = _checkpoints(args.checkpoint)
+    import numba
+
+    t0 = time.perf_counter()
+    ceiling = popcount_ceiling(args.threads)["bit_macs_per_s"]
+    data = {"benchmark": NAME, "threads": args.threads, "chunk": args.chunk, "repeats": args.repeats,
+            "warmup": args.warmup, "max_seconds": args.max_seconds, "seed": args.seed, "smoke": args.smoke,
+            "ceiling_bit_macs_per_s": ceiling, "environment": environment_info(), "numba": numba.__version__,
+            "models": []}
+    for key in args.models:
+        data["models"].append(run_model(key, args, ceiling))
+    data["wall_seconds"] = time.perf_counter() - t0
+    if args.out:
+        out = Path(args.out)
+        out.write_text(json.dumps(data, indent=1) + "\n")
+        out.with_suffix(".md").write_text(summarize(data))
+        print(summarize(data))
+        return
+    write_result(NAME, data, summarize(data))
+    print(summarize(data))
+
+
+if __name__ == "__main__":
+    main()
