@@ -54,7 +54,7 @@ def add_parsers(sub, positive_int) -> None:
                    help="numba (CPU kernels) or torch (PyTorch integer ops; CUDA when --device cuda)")
     b.add_argument("--device", help="device of the torch backend (cpu or cuda)")
     b.add_argument("--torch", dest="compare_torch", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time PyTorch fp32 inference of the same model (default: on)")
+                   help="also time PyTorch fp32 inference of the same model, pruned channels removed (default: on)")
     b.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                    help="measure the popcount ceiling (about 0.2 s; default: on)")
     b.add_argument("--json", action="store_true", help="print the result as JSON")

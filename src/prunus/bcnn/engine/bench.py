@@ -114,7 +114,12 @@ class BenchResult:
 def benchmark(engine, model: torch.nn.Module, *, name: str, batch_sizes: Sequence[int] = (1, 64, 1024),
               repeats: int = 10, warmup: int = 2, threads: int | None = None, compare_torch: bool = True,
               ceiling: bool = True, exact_inputs: int = 8, seed: int = 0) -> BenchResult:
-    """Check the engine against the PyTorch forward, then time both at each batch size."""
+    """Check the engine against the PyTorch forward, then time both at each batch size.
+
+    The PyTorch baseline is the *physically pruned* model in float32 (the ``fp32`` backend: live
+    filters only, same logits): timing the masked model would credit the engine with skipping
+    zero filters that any deployment would remove anyway.
+    """
     from prunus.training import environment_info
 
     size, cin = engine.program.image_size, engine.program.in_channels_raw
@@ -127,8 +132,14 @@ def benchmark(engine, model: torch.nn.Module, *, name: str, batch_sizes: Sequenc
     used = engine.num_threads() if engine.backend.name == "numba" else torch.get_num_threads()
     try:
         x = torch.randn(exact_inputs, cin, size, size, generator=gen)
+        baseline = None
+        if compare_torch:
+            from prunus.bcnn.engine import compile_engine
+
+            baseline = compile_engine(model, size, backend="fp32")
         with torch.no_grad():
-            exact = bool(torch.equal(engine(x), model(x)))
+            ref = model(x)
+            exact = bool(torch.equal(engine(x), ref)) and (baseline is None or bool(torch.equal(baseline(x), ref)))
         result = BenchResult(name, size, cin, engine.backend.name, used, engine.bit_macs, exact, exact_inputs, None,
                              layers=[layer.to_dict() for layer in engine.layers()], machine=environment_info())
         if ceiling and engine.backend.name == "numba":
@@ -140,9 +151,9 @@ def benchmark(engine, model: torch.nn.Module, *, name: str, batch_sizes: Sequenc
             if result.ceiling_bit_macs_per_s:
                 row["ceiling_fraction"] = row["bit_macs_per_s"] / result.ceiling_bit_macs_per_s
             result.engine.append(row)
-            if compare_torch:
+            if baseline is not None:
                 with torch.inference_mode():
-                    tt = time_call(lambda: model(xb), repeats, warmup, b)
+                    tt = time_call(lambda: baseline(xb), repeats, warmup, b)
                 result.torch_fp32.append({**asdict(tt), "fps": tt.fps})
         return result
     finally:
