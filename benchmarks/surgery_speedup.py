@@ -20,7 +20,8 @@ modules and once as deployed (``prunus.latency.for_inference``: BatchNorm folded
 into the convolution, channels-last). MACs: Conv2d/Linear multiply-accumulates per
 image.
 
-    python benchmarks/surgery_speedup.py [--models vgg16 resnet20] [--continue] [--retime-only]
+    python benchmarks/surgery_speedup.py [--models vgg16 resnet20] [--targets 2 4] [--allocations uniform early]
+                                         [--continue] [--retime-only]
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import shutil
 
 import torch
 from common import HERE, RESULTS, prune_run, write_result
-from reweighted_structured import ratio_for_macs
 
 from prunus.footprint import weights_bytes
 from prunus.latency import compare_latency, for_inference
@@ -55,6 +55,13 @@ METHODS = {"slr": ("slr", {}), "l1": ("magnitude", {"norm": "l1"})}
 TARGETS = (2.0, 4.0)
 PROBE = torch.zeros(1, 1, 32, 32)
 PLAN_OPTIONS = {"round_to": 8, "skip_first": False}
+# How the filters to remove are spread over the layers, at the same MAC target:
+#   uniform  one ratio everywhere
+#   early    the layers at the two highest output resolutions keep EARLY_KEEP of their filters, the others one
+#            ratio found by bisection. Those layers cost few MACs per channel but the most activation traffic
+#            (BN, ReLU, pooling, memory), which MACs do not count and a CPU pays for.
+ALLOCATIONS = ("uniform", "early")
+EARLY_KEEP = 0.5
 REPEATS = 100  # timed forward passes per model and batch size (interleaved), after 5 warm-ups
 
 
@@ -90,16 +97,59 @@ def shrink(run_dir) -> dict:
             "channels_removed": report.removed, "channels_blocked": report.blocked, "small": report.model}
 
 
-def rebuild_small(dense_model, ratio: float, params_after: int):
+def high_resolution_layers(model) -> set[str]:
+    """Conv2d weights whose outputs have one of the two largest spatial sizes (for PROBE)."""
+    sizes: dict[str, int] = {}
+    hooks = [mod.register_forward_hook(lambda _m, _i, out, n=name: sizes.__setitem__(f"{n}.weight", out.shape[-1]))
+             for name, mod in model.named_modules() if isinstance(mod, torch.nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model.eval()(PROBE)
+    finally:
+        for h in hooks:
+            h.remove()
+    top = sorted(set(sizes.values()), reverse=True)[:2]
+    return {n for n, size in sizes.items() if size in top}
+
+
+def plan_for(model, allocation: str, ratio: float) -> Plan:
+    """The filter plan of one allocation; ``ratio`` is the uniform ratio (for 'early': that of the other layers)."""
+    uniform = Plan.uniform(model, ratio, "filter", **PLAN_OPTIONS)
+    if allocation == "uniform":
+        return uniform
+    early = high_resolution_layers(model)
+    halved = Plan.uniform(model, 1.0 - EARLY_KEEP, "filter", **PLAN_OPTIONS)
+    rules = [r for r in halved.rules if r.pattern in early] + [r for r in uniform.rules if r.pattern not in early]
+    return Plan(rules, source=f"early-heavy filter plan (keep {EARLY_KEEP:g} early, {ratio:.4f} elsewhere)")
+
+
+def pruned_small(dense_model, plan: Plan):
+    m = copy.deepcopy(dense_model)
+    project_coupled(m, plan, PROBE)
+    return remove_pruned_channels(m, PROBE).model
+
+
+def ratio_for(model, allocation: str, target: float) -> float:
+    """The smallest ratio (to 0.0001) whose plan gives ``target`` times fewer MACs after surgery."""
+    dense = count_macs(model, PROBE).dense
+    lo, hi = 0.0, 0.99
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        if dense / count_macs(pruned_small(model, plan_for(model, allocation, mid)), PROBE).dense < target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def rebuild_small(dense_model, allocation: str, ratio: float, params_after: int):
     """The small model's architecture, rebuilt from the plan for the timing pass.
 
-    Size and speed depend only on the tensors' shapes, and those only on the plan (a uniform ratio
-    with rounded kept counts), not on the trained weights: prune the dense model with the same plan
+    Size and speed depend only on the tensors' shapes, and those only on the plan (ratios with
+    rounded kept counts), not on the trained weights: prune the dense model with the same plan
     and remove the channels; the parameter count must match the trained run's.
     """
-    m = copy.deepcopy(dense_model)
-    project_coupled(m, Plan.uniform(m, ratio, "filter", **PLAN_OPTIONS), PROBE)
-    small = remove_pruned_channels(m, PROBE).model
+    small = pruned_small(dense_model, plan_for(dense_model, allocation, ratio))
     if sum(p.numel() for p in small.parameters()) != params_after:
         raise RuntimeError(f"rebuilt model has a different shape than the recorded one ({params_after:,} parameters)")
     return small
@@ -109,10 +159,10 @@ def retime(name: str, dense_model, data: dict) -> None:
     """Time every row of ``name`` against the dense model in one pass, after all training (a quiet machine)."""
     for r in data["runs"]:
         if r["model"] == name:
-            small = rebuild_small(dense_model, r["ratio"], r["params_after"])
+            small = rebuild_small(dense_model, r.get("allocation", "uniform"), r["ratio"], r["params_after"])
             r["weights_bytes_after"] = weights_bytes(small)
             r.update(timings(dense_model, small))
-            print(f"{name} {r['target']:g}x {r['variant']}: eager b64 "
+            print(f"{name} {r['target']:g}x {r.get('allocation', 'uniform')} {r['variant']}: eager b64 "
                   f"{r['eager_dense_b64_ms'] / r['eager_small_b64_ms']:.2f}x, deployed b64 "
                   f"{r['deployed_dense_b64_ms'] / r['deployed_small_b64_ms']:.2f}x", flush=True)
 
@@ -122,10 +172,12 @@ def summarize(data: dict) -> str:
     lines = [
         f"## Filter pruning that makes models faster: surgery and CPU latency (`benchmarks/{NAME}.py`)",
         "",
-        f"Fashion-MNIST padded to 32x32; dense models trained {data['dense_epochs']} epochs (SGD, cosine). One filter ratio "
-        "for every Conv2d/Linear but the classifier (the first conv included), each layer keeping a multiple of 8 "
-        "filters, the ratio chosen by bisection so that the MACs of the physically smaller model fall at least 2x or "
-        "4x. Budget E + R (the 'budget' column): slr = E SLR epochs (a round every 100 batches) + hard-prune (per coupled group) + R masked epochs; l1 = L1-norm filter pruning at the "
+        f"Fashion-MNIST padded to 32x32; dense models trained {data['dense_epochs']} epochs (SGD, cosine). Filter pruning of "
+        "every Conv2d/Linear but the classifier (the first conv included), each layer keeping a multiple of 8 "
+        "filters. Allocation *uniform*: one ratio everywhere; *early*: the convs at the two highest output "
+        f"resolutions keep {EARLY_KEEP:g} of their filters and the others one ratio (they cost few MACs but the "
+        "most activation traffic). The ratio is chosen by bisection so that the MACs of the physically smaller model "
+        "fall at least 2x or 4x. Budget E + R (the 'budget' column): slr = E SLR epochs (a round every 100 batches) + hard-prune (per coupled group) + R masked epochs; l1 = L1-norm filter pruning at the "
         "start + E + R masked epochs. Then surgery (outputs checked equal to the masked model's) and "
         "latency of the dense and the small model in the same process, their runs interleaved: median of 30 forward "
         "passes after 5 warm-ups, inference mode, in one pass after all training, on models rebuilt from each row's plan "
@@ -134,21 +186,24 @@ def summarize(data: dict) -> str:
         f"{data['threads']} threads. MACs = Conv2d/Linear multiply-accumulates per image; file bytes = the checkpoint's model.safetensors. One seed (0). "
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.",
         "",
-        "| model | dense acc % | target | method | budget | MACs (fewer) | params (fewer) | file bytes (smaller) | hard-pruned % | final % | Δ vs dense "
+        "| model | dense acc % | target | allocation | method | budget | MACs (fewer) | params (fewer) | file bytes (smaller) | hard-pruned % | final % | Δ vs dense "
         "| eager b1 ms (speedup) | eager b64 ms (speedup) | deployed b1 ms (speedup) | deployed b64 ms (speedup) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(r, mode, b):
         small, dense = r[f"{mode}_small_b{b}_ms"], r[f"{mode}_dense_b{b}_ms"]
         return f"{small:.2f} ({dense / small:.2f}x)"
 
-    for r in data["runs"]:
+    order = {(m, t, a): i for i, (m, a, t) in enumerate((m, a, t) for m in MODELS for a in ALLOCATIONS for t in TARGETS)}
+    for r in sorted(data["runs"], key=lambda r: (order[r["model"], r["target"], r.get("allocation", "uniform")],
+                                                  list(METHODS).index(r["variant"]))):
         d = data["dense"][r["model"]]
         final = r["retrain_accuracy"][-1]
         e, rt = r.get("budget") or BUDGETS[r["model"]][:2]  # rows written before the budget was recorded
         lines.append(
-            f"| {r['model']} | {d['accuracy']:.2f} | {r['target']:g}x | {r['variant']} | {e} + {rt} | "
+            f"| {r['model']} | {d['accuracy']:.2f} | {r['target']:g}x | {r.get('allocation', 'uniform')} | {r['variant']} | "
+            f"{e} + {rt} | "
             f"{r['macs_after']:,} ({d['macs'] / r['macs_after']:.2f}x) | {r['params_after']:,} "
             f"({d['params'] / r['params_after']:.2f}x) | {r['weights_bytes_after']:,} "
             f"({d['weights_bytes'] / r['weights_bytes_after']:.2f}x) | {r['hard_pruned_accuracy']:.2f} | {final:.2f} | "
@@ -165,6 +220,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--continue", dest="cont", action="store_true")
+    ap.add_argument("--targets", type=float, nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    ap.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=list(ALLOCATIONS))
     ap.add_argument("--retime-only", action="store_true",
                     help="no training: re-time the rows in the JSON (run on a quiet machine)")
     args = ap.parse_args()
@@ -174,7 +231,7 @@ def main() -> None:
     if data is None:
         data = {"benchmark": NAME, "dense_epochs": DENSE_EPOCHS, "threads": torch.get_num_threads(),
                 "environment": environment_info(), "dense": {}, "runs": []}
-    done = {(r["model"], r["target"], r["variant"]) for r in data["runs"]}
+    done = {(r["model"], r["target"], r.get("allocation", "uniform"), r["variant"]) for r in data["runs"]}
     from prunus.data import load_dataset
 
     test_set = load_dataset("fashion-mnist", "test", image_size=32)
@@ -183,19 +240,21 @@ def main() -> None:
         model, _ = load_model(init)
         data["dense"][name] = {"accuracy": evaluate(model, test_set)["accuracy"], "macs": count_macs(model, PROBE).dense,
                                "params": sum(p.numel() for p in model.parameters()), "weights_bytes": weights_bytes(model)}
-        for target in TARGETS:
+        for target, allocation in [(t, a) for a in args.allocations for t in args.targets]:
             if args.retime_only:
                 break
-            ratio, _ = ratio_for_macs(model, "filter", target, PROBE, **PLAN_OPTIONS)
-            plan = Plan.uniform(model, ratio, "filter", **PLAN_OPTIONS)
+            if all((name, target, allocation, v) in done for v in METHODS):
+                continue
+            ratio = ratio_for(model, allocation, target)
+            plan = plan_for(model, allocation, ratio)
             for variant, (method, options) in METHODS.items():
-                if (name, target, variant) in done:
+                if (name, target, allocation, variant) in done:
                     continue
                 epochs, retrain, every = BUDGETS[name]
                 config = PruneConfig(method=method, epochs=epochs, retrain_epochs=retrain, seed=0, options=options,
                                      update_every=every if method == "slr" else None)
                 run = prune_run(init, plan, config, inspect=shrink, model=name, target=target, ratio=ratio, variant=variant,
-                                budget=[epochs, retrain])
+                                allocation=allocation, budget=[epochs, retrain])
                 run.pop("small")
                 data["runs"].append(run)
                 print(json.dumps(run), flush=True)
