@@ -181,7 +181,10 @@ def summarize(data: dict) -> str:
         "start + E + R masked epochs. Then surgery (outputs checked equal to the masked model's) and "
         "latency of the dense and the small model in the same process, their runs interleaved: median of 30 forward "
         "passes after 5 warm-ups, inference mode, in one pass after all training, on models rebuilt from each row's plan "
-        "(speed depends on the shapes, not the trained values; the parameter count is checked). *eager*: the PyTorch modules as trained; *deployed*: both models with "
+        "(speed depends on the shapes, not the trained values; the parameter count is checked). The timing process has "
+        "already evaluated the dense model on the test set (batches of 1000); in a fresh process, whose allocator has "
+        "not yet freed large buffers, every forward page-faults on new activation buffers, both models run about "
+        "twice as slow and the ratio comes out higher: these are the warmed, steady-state figures. *eager*: the PyTorch modules as trained; *deployed*: both models with "
         "BatchNorm folded into the convolutions and channels-last layout (`prunus.latency.for_inference`). "
         f"{data['threads']} threads. MACs = Conv2d/Linear multiply-accumulates per image; file bytes = the checkpoint's model.safetensors. One seed (0). "
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.",
