@@ -7,6 +7,13 @@ forward each; the median is robust to the occasional preemption on a shared
 machine.  The numbers are only comparable on the same machine with the same
 thread count, which is recorded with them; compare models measured in the same
 process (see BENCHMARKS.md on noisy machines).
+
+Process state matters as much as noise: a CPU process whose allocator has not yet
+freed large buffers takes fresh pages for every activation buffer and page-faults on
+each forward.  On the 2-core test machine VGG-16 (width 0.25, batch 64) ran about 2x
+slower in such a fresh process than after one evaluation pass with large batches, and
+the dense/pruned ratio differed (larger when fresh).  Warm the process the way it will
+serve before comparing.
 """
 
 from __future__ import annotations
