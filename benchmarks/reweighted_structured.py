@@ -48,10 +48,10 @@ def dense_checkpoint():
     return latest_checkpoint(DENSE)
 
 
-def macs_after(model, structure: str, ratio: float, probe: torch.Tensor, **plan_options) -> int:
+def macs_after(model, structure: str, ratio: float, probe: torch.Tensor) -> int:
     """MACs of the dense model hard-pruned at ``ratio`` (see the module docstring for how each is counted)."""
     m = copy.deepcopy(model)
-    plan = Plan.uniform(m, ratio, structure, **plan_options)
+    plan = Plan.uniform(m, ratio, structure)
     if structure == "filter":
         from prunus.coupling import project_coupled
 
@@ -61,17 +61,17 @@ def macs_after(model, structure: str, ratio: float, probe: torch.Tensor, **plan_
     return count_macs(m, probe).nonzero
 
 
-def ratio_for_macs(model, structure: str, target: float, probe: torch.Tensor, **plan_options) -> tuple[float, int]:
+def ratio_for_macs(model, structure: str, target: float, probe: torch.Tensor) -> tuple[float, int]:
     """The smallest uniform ratio (to 0.0001) whose hard-pruned model has ``target`` times fewer MACs."""
     dense = count_macs(model, probe).dense
     lo, hi = 0.0, 0.99
     for _ in range(14):
         mid = (lo + hi) / 2
-        if dense / macs_after(model, structure, mid, probe, **plan_options) < target:
+        if dense / macs_after(model, structure, mid, probe) < target:
             lo = mid
         else:
             hi = mid
-    return hi, macs_after(model, structure, hi, probe, **plan_options)
+    return hi, macs_after(model, structure, hi, probe)
 
 
 def summarize(data: dict) -> str:
