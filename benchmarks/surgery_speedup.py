@@ -8,8 +8,8 @@ at 2x and 4x fewer MACs, two methods get the same epoch budget E + R (``BUDGETS`
        E + R masked training epochs
 One uniform filter ratio for every Conv2d/Linear but the last (the classifier), found
 by bisection so that the MACs of the physically pruned model fall 2x or 4x; each
-layer keeps a multiple of 8 filters (``round_to=8``: oneDNN's convolutions are much
-faster on round channel counts) and the first convolution is pruned too (at full
+layer keeps a multiple of 8 filters (``round_to=8``: vectorised kernels work on blocks of
+channels) and the first convolution is pruned too (at full
 resolution it carries the most activation traffic). The retrained model then goes
 through surgery (``prunus.surgery``; outputs checked equal). After all training, one
 timing pass (``--retime-only`` repeats it alone, for a quiet machine) times the dense
@@ -90,11 +90,11 @@ def timings(dense, small) -> dict[str, float]:
 
 
 def shrink(run_dir) -> dict:
-    """Surgery on the retrained model; latency of the small model (the dense one is timed alongside)."""
+    """Surgery on the retrained model: its size, and the check that it gives the masked model's outputs."""
     model, _ = load_model(run_dir / "retrain")
     report = remove_pruned_channels(model, PROBE)
     return {"params_after": report.params_after, "macs_after": report.macs_after, "max_abs_diff": report.max_abs_diff,
-            "channels_removed": report.removed, "channels_blocked": report.blocked, "small": report.model}
+            "channels_removed": report.removed, "channels_blocked": report.blocked}
 
 
 def high_resolution_layers(model) -> set[str]:
@@ -183,8 +183,8 @@ def summarize(data: dict) -> str:
         "passes after 5 warm-ups, inference mode, in one pass after all training, on models rebuilt from each row's plan "
         "(speed depends on the shapes, not the trained values; the parameter count is checked). The timing process has "
         "already evaluated the dense model on the test set (batches of 1000); in a fresh process, whose allocator has "
-        "not yet freed large buffers, every forward page-faults on new activation buffers, both models run about "
-        "twice as slow and the ratio comes out higher: these are the warmed, steady-state figures. *eager*: the PyTorch modules as trained; *deployed*: both models with "
+        "not yet freed large buffers, every forward page-faults on new activation buffers, both models run slower "
+        "and the ratio comes out higher: these are the warmed, steady-state figures. *eager*: the PyTorch modules as trained; *deployed*: both models with "
         "BatchNorm folded into the convolutions and channels-last layout (`prunus.latency.for_inference`). "
         f"{data['threads']} threads. MACs = Conv2d/Linear multiply-accumulates per image; file bytes = the checkpoint's model.safetensors. One seed (0). "
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.",
@@ -258,7 +258,6 @@ def main() -> None:
                                      update_every=every if method == "slr" else None)
                 run = prune_run(init, plan, config, inspect=shrink, model=name, target=target, ratio=ratio, variant=variant,
                                 allocation=allocation, budget=[epochs, retrain])
-                run.pop("small")
                 data["runs"].append(run)
                 print(json.dumps(run), flush=True)
                 path.write_text(json.dumps(data, indent=1) + "\n")  # the table comes after the timing pass

@@ -119,9 +119,9 @@ class Plan:
         (``skip_first=False``).  Filter-pruning the last layer would remove classes.
 
         ``round_to`` (filter and channel plans) rounds each layer's number of kept
-        filters/channels to the nearest multiple (at least one multiple): CPU and GPU
-        convolution kernels run much faster on 8 channels than on 7 or 11, so a model
-        pruned to round counts gets more of its MAC reduction as real speed.
+        filters/channels to the nearest multiple (at least one multiple): vectorised
+        convolution kernels work on blocks of channels, so round counts leave no
+        partly filled blocks.
         """
         structure = _parse_structure(structure, "--structure")
         _check_ratio(ratio, "--ratio")
