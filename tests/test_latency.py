@@ -62,3 +62,19 @@ def test_for_inference_folds_batchnorm_and_keeps_outputs():
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()), "the original model is left alone"
     x = torch.randn(5, 1, 6, 6)
     torch.testing.assert_close(deployed(x.to(memory_format=torch.channels_last)), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_steady_allocator_sets_glibc_and_declines_elsewhere(monkeypatch):
+    """On glibc (these machines) both mallopt calls succeed; without a loadable C library it changes nothing
+    and says so."""
+    import ctypes
+
+    from prunus import latency
+
+    assert latency.steady_allocator() is True
+
+    def no_libc(*args, **kwargs):
+        raise OSError("no C library")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert latency.steady_allocator() is False
