@@ -550,9 +550,13 @@ def train_dpsgd(model: nn.Module, members: ArrayDataset, test_set: ArrayDataset,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # opacus warns about secure RNG and full backward hooks
         engine = PrivacyEngine(accountant=accountant)
-        dp_model, optimizer, loader = engine.make_private_with_epsilon(
-            module=model, optimizer=optimizer, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
-            epochs=tcfg.epochs, max_grad_norm=max_grad_norm)
+        try:
+            dp_model, optimizer, loader = engine.make_private_with_epsilon(
+                module=model, optimizer=optimizer, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
+                epochs=tcfg.epochs, max_grad_norm=max_grad_norm)
+        except MemoryError:  # the PRV accountant's grid grows with epsilon (epsilon 1000: a 30 GiB array)
+            raise ConfigError(f"the {accountant.upper()} accountant ran out of memory calibrating the noise for "
+                              f"--epsilon {epsilon:g}; use --accountant rdp for very large epsilons") from None
     history: list[dict[str, Any]] = []
     steps = 0
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
