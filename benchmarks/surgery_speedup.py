@@ -3,18 +3,19 @@
 For each model, a dense model is trained on Fashion-MNIST padded to 32x32; then,
 at 2x and 4x fewer MACs, two methods get the same epoch budget E + R (``BUDGETS``):
   slr  SLR with a filter plan (E pruning epochs, Adam lr 1e-3, cosine), hard-prune
-       per coupled group, R masked retraining epochs
+       per coupled group, R masked retraining epochs (Adam from lr 1e-4, cosine)
   l1   L1-norm filter pruning (Li et al. 2017): one-shot at the start, then
-       E + R masked training epochs
+       E + R masked training epochs (the same schedules)
 One uniform filter ratio for every Conv2d/Linear but the last (the classifier), found
 by bisection so that the MACs of the physically pruned model fall 2x or 4x; each
-layer keeps a multiple of 8 filters (``round_to=8``: vectorised kernels work on blocks of
-channels) and the first convolution is pruned too (at full
-resolution it carries the most activation traffic). The retrained model then goes
+layer keeps a multiple of 16 filters (``round_to=16``: AVX-512 holds 16 fp32 channels)
+and the first convolution is pruned too (at full resolution it carries the most
+activation traffic). The retrained model then goes
 through surgery (``prunus.surgery``; outputs checked equal). After all training, one
 timing pass (``--retime-only`` repeats it alone, for a quiet machine) times the dense
 and each small model in the same process, their runs interleaved
-(``prunus.latency.compare_latency``): median of 100 forward passes after 5 warm-ups,
+(``prunus.latency.compare_latency``, allocator held steady): median of 100 forward
+passes after 5 warm-ups,
 batch 1 and 64, torch's default threads on this machine; once as eager PyTorch
 modules and once as deployed (``prunus.latency.for_inference``: BatchNorm folded
 into the convolution, channels-last). MACs: Conv2d/Linear multiply-accumulates per
@@ -44,7 +45,10 @@ from prunus.surgery import remove_pruned_channels
 from prunus.training import TrainConfig, environment_info, evaluate, latest_checkpoint, load_model, train
 
 NAME = "surgery_speedup"
-MODELS = {"vgg16": {"width": 0.25}, "resnet20": {}}
+# VGG-16 at half width (32..256 channels): at width 0.25 (16..128) the pruned layers are so thin that
+# oneDNN's kernels lose efficiency almost as fast as MACs fall (2x fewer MACs -> 1.33-1.41x deployed b64, allocator
+# steady, random weights), while at width 0.5 and 1.0 2x fewer MACs gave 1.96x and 1.98x (round_to 16)
+MODELS = {"vgg16": {"width": 0.5}, "resnet20": {}}
 # (method epochs, masked retraining epochs, batches between SLR rounds) per model. SLR rounds every 100 batches
 # (4-5 per epoch) rather than once per epoch: with 3 rounds SLR hard-pruned VGG-16 at 2x to 69.85% (seed 0), and
 # slr_tuning.py found rounds every 100 batches best. ResNet-20 trains at ~6.5 min per epoch on the 2-core
@@ -54,19 +58,27 @@ DENSE_EPOCHS = 4
 METHODS = {"slr": ("slr", {}), "l1": ("magnitude", {"norm": "l1"})}
 TARGETS = (2.0, 4.0)
 PROBE = torch.zeros(1, 1, 32, 32)
-PLAN_OPTIONS = {"round_to": 8, "skip_first": False}
+# Each layer keeps a multiple of 16 filters: AVX-512 holds 16 fp32 channels and oneDNN blocks channels by 16
+# here (VGG-16 w0.5 at 2x fewer MACs: 1.74x deployed b64 with multiples of 8, 1.96x with multiples of 16)
+PLAN_OPTIONS = {"round_to": 16, "skip_first": False}
+# Masked retraining starts a fresh Adam after the pruning phase's cosine has brought the lr to ~0: at lr 1e-3 it
+# undid converged weights (L1, VGG-16 w0.5, 2x: 93.07% after the masked epochs, 91.20% after one retraining epoch
+# at 1e-3, cosine; w0.25 4x at a constant 1e-3: 91.10 -> 89.33), so it starts ten times lower and decays (cosine)
+RETRAIN_LR, RETRAIN_SCHEDULE = 1e-4, "cosine"
 # How the filters to remove are spread over the layers, at the same MAC target:
 #   uniform  one ratio everywhere
 #   early    the layers at the two highest output resolutions keep EARLY_KEEP of their filters, the others one
 #            ratio found by bisection. Those layers cost few MACs per channel but the most activation traffic
 #            (BN, ReLU, pooling, memory), which MACs do not count and a CPU pays for.
 ALLOCATIONS = ("uniform", "early")
+DEFAULT_ALLOCATIONS = ("uniform",)  # early gave no speed over uniform at equal MACs (w0.25: 1.41x vs 1.36x)
 EARLY_KEEP = 0.5
 REPEATS = 100  # timed forward passes per model and batch size (interleaved), after 5 warm-ups
 
 
 def dense_checkpoint(name: str):
-    path = HERE / ".cache" / f"dense-{name}-32"
+    tag = "".join(f"-{k[0]}{v:g}" for k, v in sorted(MODELS[name].items()))  # e.g. dense-vgg16-w0.5-32
+    path = HERE / ".cache" / f"dense-{name}{tag}-32"
     done = latest_checkpoint(path)
     if done is None or not done.name.endswith(f"{DENSE_EPOCHS:04d}"):
         shutil.rmtree(path, ignore_errors=True)
@@ -169,25 +181,37 @@ def retime(name: str, dense_model, data: dict) -> None:
 
 def summarize(data: dict) -> str:
     env = data["environment"]
+    allocations = sorted({r.get("allocation", "uniform") for r in data["runs"]}, key=ALLOCATIONS.index)
+    timing = data.get("timing", {})
+    early = (f"; *early*: the convs at the two highest output resolutions keep {EARLY_KEEP:g} of their filters and "
+             "the others one ratio (they cost few MACs but the most activation traffic)") if "early" in allocations else ""
+    widths = ", ".join(f"{m} {', '.join(f'{k} {v:g}' for k, v in o.items())}" for m, o in MODELS.items() if o)
     lines = [
         f"## Filter pruning that makes models faster: surgery and CPU latency (`benchmarks/{NAME}.py`)",
         "",
-        f"Fashion-MNIST padded to 32x32; dense models trained {data['dense_epochs']} epochs (SGD, cosine). Filter pruning of "
-        "every Conv2d/Linear but the classifier (the first conv included), each layer keeping a multiple of 8 "
-        "filters. Allocation *uniform*: one ratio everywhere; *early*: the convs at the two highest output "
-        f"resolutions keep {EARLY_KEEP:g} of their filters and the others one ratio (they cost few MACs but the "
-        "most activation traffic). The ratio is chosen by bisection so that the MACs of the physically smaller model "
-        "fall at least 2x or 4x. Budget E + R (the 'budget' column): slr = E SLR epochs (a round every 100 batches) + hard-prune (per coupled group) + R masked epochs; l1 = L1-norm filter pruning at the "
-        "start + E + R masked epochs. Then surgery (outputs checked equal to the masked model's) and "
-        "latency of the dense and the small model in the same process, their runs interleaved: median of 30 forward "
-        "passes after 5 warm-ups, inference mode, in one pass after all training, on models rebuilt from each row's plan "
-        "(speed depends on the shapes, not the trained values; the parameter count is checked). The timing process has "
-        "already evaluated the dense model on the test set (batches of 1000); in a fresh process, whose allocator has "
-        "not yet freed large buffers, every forward page-faults on new activation buffers, both models run slower "
-        "and the ratio comes out higher: these are the warmed, steady-state figures. *eager*: the PyTorch modules as trained; *deployed*: both models with "
+        f"Fashion-MNIST padded to 32x32 ({widths}); dense models trained {data['dense_epochs']} epochs (SGD, cosine). "
+        "Filter pruning of every Conv2d/Linear but the classifier (the first conv included), each layer keeping a "
+        f"multiple of {data.get('round_to', 8)} filters (AVX-512 holds 16 fp32 channels). Allocation *uniform*: one "
+        f"ratio everywhere{early}. The ratio is chosen by bisection so that the MACs of the physically smaller "
+        "model fall at least 2x or 4x. Budget E + R (the 'budget' column): slr = E SLR epochs (a round every 100 "
+        "batches) + hard-prune (per coupled group) + R masked epochs; l1 = L1-norm filter pruning at the start + "
+        f"E + R masked epochs; the R retraining epochs start at lr {data.get('retrain_lr', 1e-3):g} (Adam) and decay "
+        f"({data.get('retrain_schedule', 'constant')}). Then surgery "
+        "(outputs checked equal to the masked model's) and latency of the dense and the small model in the same "
+        f"process, their runs interleaved: median of {timing.get('repeats', REPEATS)} forward passes after "
+        f"{timing.get('warmup', 5)} warm-ups, inference mode, in one pass after all training, on models rebuilt from "
+        "each row's plan (speed depends on the shapes, not the trained values; the parameter count is checked). "
+        + ("The allocator is held in its steady state (`prunus.latency.steady_allocator`: freed activation buffers "
+           "stay in the process), so no forward page-faults on fresh buffers; without it the same model's time "
+           "depended on what the process had allocated before. "
+           if timing.get("steady_allocator") else
+           "The timing process has already evaluated the dense model on the test set (batches of 1000): these are "
+           "the warmed figures; a fresh process page-faults on new activation buffers and gives other ratios. ")
+        + "*eager*: the PyTorch modules as trained; *deployed*: both models with "
         "BatchNorm folded into the convolutions and channels-last layout (`prunus.latency.for_inference`). "
-        f"{data['threads']} threads. MACs = Conv2d/Linear multiply-accumulates per image; file bytes = the checkpoint's model.safetensors. One seed (0). "
-        f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.",
+        f"{data['threads']} threads. MACs = Conv2d/Linear multiply-accumulates per image; file bytes = the "
+        f"checkpoint's model.safetensors. One seed (0). Machine: {env['cpu']}, {env['cpu_count']} cores, "
+        f"torch {env['torch']}.",
         "",
         "| model | dense acc % | target | allocation | method | budget | MACs (fewer) | params (fewer) | file bytes (smaller) | hard-pruned % | final % | Δ vs dense "
         "| eager b1 ms (speedup) | eager b64 ms (speedup) | deployed b1 ms (speedup) | deployed b64 ms (speedup) |",
@@ -224,7 +248,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--continue", dest="cont", action="store_true")
     ap.add_argument("--targets", type=float, nargs="+", default=list(TARGETS), choices=list(TARGETS))
-    ap.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=list(ALLOCATIONS))
+    ap.add_argument("--allocations", nargs="+", default=list(DEFAULT_ALLOCATIONS), choices=list(ALLOCATIONS))
     ap.add_argument("--retime-only", action="store_true",
                     help="no training: re-time the rows in the JSON (run on a quiet machine)")
     args = ap.parse_args()
@@ -234,6 +258,14 @@ def main() -> None:
     if data is None:
         data = {"benchmark": NAME, "dense_epochs": DENSE_EPOCHS, "threads": torch.get_num_threads(),
                 "environment": environment_info(), "dense": {}, "runs": []}
+    # the plan and retraining constants every row is made with (rebuild_small checks the plan's shapes again)
+    data.setdefault("round_to", PLAN_OPTIONS["round_to"])
+    data.setdefault("retrain_schedule", RETRAIN_SCHEDULE)
+    data.setdefault("retrain_lr", RETRAIN_LR)
+    if (data["round_to"], data["retrain_schedule"], data["retrain_lr"]) != (PLAN_OPTIONS["round_to"], RETRAIN_SCHEDULE,
+                                                                          RETRAIN_LR):
+        raise SystemExit(f"{path} was made with round_to {data['round_to']} and {data['retrain_schedule']} "
+                         f"retraining at lr {data['retrain_lr']:g}; run without --continue")
     done = {(r["model"], r["target"], r.get("allocation", "uniform"), r["variant"]) for r in data["runs"]}
     from prunus.data import load_dataset
 
@@ -255,6 +287,7 @@ def main() -> None:
                     continue
                 epochs, retrain, every = BUDGETS[name]
                 config = PruneConfig(method=method, epochs=epochs, retrain_epochs=retrain, seed=0, options=options,
+                                     retrain_lr=RETRAIN_LR, retrain_schedule=RETRAIN_SCHEDULE,
                                      update_every=every if method == "slr" else None)
                 run = prune_run(init, plan, config, inspect=shrink, model=name, target=target, ratio=ratio, variant=variant,
                                 allocation=allocation, budget=[epochs, retrain])
@@ -262,7 +295,7 @@ def main() -> None:
                 print(json.dumps(run), flush=True)
                 path.write_text(json.dumps(data, indent=1) + "\n")  # the table comes after the timing pass
         retime(name, model, data)
-        data["timing"] = {"repeats": REPEATS, "warmup": 5, "threads": torch.get_num_threads(),
+        data["timing"] = {"repeats": REPEATS, "warmup": 5, "threads": torch.get_num_threads(), "steady_allocator": True,
                           "environment": environment_info()}
         write_result(NAME, data, summarize(data))
 
