@@ -12,8 +12,9 @@ Process state matters as much as noise.  glibc serves every allocation above its
 mmap threshold (128 KiB at start, raised as large buffers are freed) with fresh
 pages and hands them back on free, so a forward pass can page-fault on each of its
 activation buffers, or not, depending on what the process allocated before.  On the
-2-core test machine the same dense VGG-16 (width 0.25, batch 64) timed from 7.8 to
-35 ms, and its ratio to a pruned copy from 1.36x to 1.95x, with the process history.
+2-core test machine the same dense VGG-16 (width 0.25, batch 64) timed from 13.5 to
+35 ms as eager modules and from 7.7 to 11.7 ms deployed, and its ratio to a pruned copy
+from 1.36x to 1.95x, with the process history.
 :func:`compare_latency` therefore first puts the allocator in the steady state a
 serving process reaches (:func:`steady_allocator`), where the ratio was stable.
 """
