@@ -147,6 +147,8 @@ def audit_config(seed: int, b: Budget):
 
 def setup(b: Budget) -> dict[str, Any]:
     """Everything the numbers depend on (a --continue run must have the same)."""
+    from prunus.training import TrainConfig  # DP-SGD's SGD momentum is the training loop's default
+
     return {
         "model": MODEL, "dataset": DATASET, "members": b.members, "nonmembers": b.members,
         "target": {"epochs": b.target_epochs, "batch_size": BATCH, "optimizer": OPTIMIZER, "lr": LR,
@@ -160,7 +162,7 @@ def setup(b: Budget) -> dict[str, Any]:
                  "mcmia_warmup": min(MCMIA_WARMUP, b.prune_epochs - 1), "mcmia_method": MCMIA_METHOD,
                  "mcmia_compressions": list(MCMIA_COMPRESSIONS)},
         "dp": {"epsilons": list(DP_EPSILONS), "delta": DP_DELTA, "epochs": b.dp_epochs, "batch_size": DP_BATCH,
-               "optimizer": DP_OPTIMIZER, "lr": DP_LR, "momentum": 0.9 if DP_OPTIMIZER == "sgd" else None,
+               "optimizer": DP_OPTIMIZER, "lr": DP_LR, "momentum": TrainConfig.momentum if DP_OPTIMIZER == "sgd" else None,
                "max_grad_norm": DP_CLIP, "accountant": "prv"},
         "rows": [r.name for r in rows(b)],
     }

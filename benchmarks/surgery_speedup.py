@@ -71,7 +71,9 @@ RETRAIN_LR, RETRAIN_SCHEDULE = 1e-4, "cosine"
 #            ratio found by bisection. Those layers cost few MACs per channel but the most activation traffic
 #            (BN, ReLU, pooling, memory), which MACs do not count and a CPU pays for.
 ALLOCATIONS = ("uniform", "early")
-DEFAULT_ALLOCATIONS = ("uniform",)  # early gave no speed over uniform at equal MACs (w0.25: 1.41x vs 1.36x)
+# early gave no speed over uniform at equal MACs (this table in commit b8bbaa9, width 0.25, 2x: eager b64 1.47-1.51x
+# against 1.51-1.52x, deployed 1.28-1.32x against 1.27-1.33x)
+DEFAULT_ALLOCATIONS = ("uniform",)
 EARLY_KEEP = 0.5
 REPEATS = 100  # timed forward passes per model and batch size (interleaved), after 5 warm-ups
 
@@ -124,13 +126,14 @@ def high_resolution_layers(model) -> set[str]:
     return {n for n, size in sizes.items() if size in top}
 
 
-def plan_for(model, allocation: str, ratio: float) -> Plan:
+def plan_for(model, allocation: str, ratio: float, round_to: int = PLAN_OPTIONS["round_to"]) -> Plan:
     """The filter plan of one allocation; ``ratio`` is the uniform ratio (for 'early': that of the other layers)."""
-    uniform = Plan.uniform(model, ratio, "filter", **PLAN_OPTIONS)
+    options = {**PLAN_OPTIONS, "round_to": round_to}
+    uniform = Plan.uniform(model, ratio, "filter", **options)
     if allocation == "uniform":
         return uniform
     early = high_resolution_layers(model)
-    halved = Plan.uniform(model, 1.0 - EARLY_KEEP, "filter", **PLAN_OPTIONS)
+    halved = Plan.uniform(model, 1.0 - EARLY_KEEP, "filter", **options)
     rules = [r for r in halved.rules if r.pattern in early] + [r for r in uniform.rules if r.pattern not in early]
     return Plan(rules, source=f"early-heavy filter plan (keep {EARLY_KEEP:g} early, {ratio:.4f} elsewhere)")
 
@@ -141,13 +144,13 @@ def pruned_small(dense_model, plan: Plan):
     return remove_pruned_channels(m, PROBE).model
 
 
-def ratio_for(model, allocation: str, target: float) -> float:
+def ratio_for(model, allocation: str, target: float, round_to: int = PLAN_OPTIONS["round_to"]) -> float:
     """The smallest ratio (to 0.0001) whose plan gives ``target`` times fewer MACs after surgery."""
     dense = count_macs(model, PROBE).dense
     lo, hi = 0.0, 0.99
     for _ in range(14):
         mid = (lo + hi) / 2
-        if dense / count_macs(pruned_small(model, plan_for(model, allocation, mid)), PROBE).dense < target:
+        if dense / count_macs(pruned_small(model, plan_for(model, allocation, mid, round_to)), PROBE).dense < target:
             lo = mid
         else:
             hi = mid

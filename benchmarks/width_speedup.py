@@ -31,10 +31,8 @@ REPEATS, WARMUP = 40, 5
 def measure(width: float) -> list[dict]:
     torch.manual_seed(0)
     dense = build_model("vgg16", width=width).eval()
-    small = {}
-    for round_to in ROUND_TO:
-        S.PLAN_OPTIONS = {**S.PLAN_OPTIONS, "round_to": round_to}
-        small[round_to] = S.pruned_small(dense, S.plan_for(dense, "uniform", S.ratio_for(dense, "uniform", 2.0)))
+    small = {r: S.pruned_small(dense, S.plan_for(dense, "uniform", S.ratio_for(dense, "uniform", 2.0, r), r))
+             for r in ROUND_TO}
     forms = {"eager": ({"dense": dense, **small}, S.PROBE),
              "deployed": ({k: for_inference(m) for k, m in {"dense": dense, **small}.items()},
                           S.PROBE.to(memory_format=torch.channels_last))}
