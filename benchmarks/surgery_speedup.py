@@ -46,7 +46,7 @@ from prunus.training import TrainConfig, environment_info, evaluate, latest_chec
 
 NAME = "surgery_speedup"
 # VGG-16 at half width (32..256 channels): at width 0.25 (16..128) the pruned layers are so thin that
-# oneDNN's kernels lose efficiency almost as fast as MACs fall: 2x fewer MACs gave 1.28x deployed b64 there, 1.86x
+# oneDNN's kernels lose efficiency almost as fast as MACs fall: 2x fewer MACs gave 1.37x deployed b64 there, 1.87x
 # at width 0.5 and 2.02x at width 1.0 (width_speedup.py, round_to 16 at widths 0.5 and 1.0)
 MODELS = {"vgg16": {"width": 0.5}, "resnet20": {}}
 # (method epochs, masked retraining epochs, batches between SLR rounds) per model. SLR rounds every 100 batches
@@ -59,7 +59,7 @@ METHODS = {"slr": ("slr", {}), "l1": ("magnitude", {"norm": "l1"})}
 TARGETS = (2.0, 4.0)
 PROBE = torch.zeros(1, 1, 32, 32)
 # Each layer keeps a multiple of 16 filters: AVX-512 holds 16 fp32 channels and oneDNN blocks channels by 16
-# here (width_speedup.py, VGG-16 w0.5 at 2x fewer MACs: 1.64x deployed b64 with multiples of 8, 1.86x with 16)
+# here (width_speedup.py, VGG-16 w0.5 at 2x fewer MACs: 1.64x deployed b64 with multiples of 8, 1.87x with 16)
 PLAN_OPTIONS = {"round_to": 16, "skip_first": False}
 # Masked retraining starts a fresh Adam after the pruning phase's cosine has brought the lr to ~0: at lr 1e-3 it
 # undid converged weights (L1, VGG-16 w0.5, 2x: 93.07% after the masked epochs, 91.20% after one retraining epoch
