@@ -1,6 +1,7 @@
 """`prunus prune` end to end: real data, exact sparsity, zeros that stay zero, and its error paths."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -99,13 +100,14 @@ def test_reweighted_prune_then_quantize_cli(capsys, tmp_path, dense_digits):
 
     out = tmp_path / "q4"
     code, stdout, _ = run_cli(capsys, "quantize", "--init", str(pruned / "retrain"), "--bits", "4", "--method", "slr",
-                              "--epochs", "1", "--finetune-epochs", "1", "--batch-size", "32", "--out", str(out))
+                              "--epochs", "1", "--finetune-epochs", "1", "--batch-size", "32", "--rest", "int8",
+                              "--out", str(out))
     assert code == 0
     q = json.loads((out / "results.json").read_text())
     assert q["scheme"] == "fixed:4" and q["reloaded_accuracy"] == q["final_accuracy"]
     assert q["final_accuracy"] >= q["input_accuracy"] - 10
     assert q["size"]["file_bytes"] == (out / "model.pcz").stat().st_size
-    assert q["size"]["ratio"] > 30  # 10x fewer weights (first/last dense), 4-bit codes, bitmaps, fp16 biases
+    assert q["size"]["ratio"] > 30  # 10x fewer weights (first/last dense), 4-bit codes, positions, 8-bit biases
     source, _ = load_model(pruned / "retrain")
     model, _ = load_model(out / "quantized")
     src = dict(source.named_parameters())
@@ -113,6 +115,9 @@ def test_reweighted_prune_then_quantize_cli(capsys, tmp_path, dense_digits):
         if name.endswith("weight"):
             assert torch.all(p[src[name] == 0] == 0), f"{name}: a pruned weight came back"
             assert len(torch.unique(p)) <= 15, f"{name}: more than 15 levels"
+        else:  # --rest int8: biases on a power-of-two grid, at most 127 steps from 0
+            step = 2.0 ** math.ceil(math.log2(float(p.abs().max()) / 127))
+            assert torch.equal(p / step, torch.round(p / step)) and float((p / step).abs().max()) <= 127, name
     code, stdout, _ = run_cli(capsys, "eval", str(out / "model.pcz"), "--json")
     assert code == 0 and json.loads(stdout)["accuracy"] == pytest.approx(q["final_accuracy"], abs=1e-9)
 
@@ -122,6 +127,7 @@ def test_reweighted_prune_then_quantize_cli(capsys, tmp_path, dense_digits):
     (["--scheme", "int"], "cannot parse quantization 'int'"),
     (["--bits", "4", "--method", "magnitude"], "invalid choice"),
     (["--bits", "4", "--epochs", "0"], "--method slr needs --epochs >= 1"),
+    (["--bits", "4", "--rest", "int4"], "invalid choice"),
 ])
 def test_quantize_user_errors(capsys, tmp_path, dense_digits, args, fragment):
     out = tmp_path / "q"

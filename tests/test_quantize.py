@@ -2,13 +2,16 @@
 
 import itertools
 import math
+import struct
+import zlib
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from prunus.compressed import dense_fp32_bytes, export_compressed, load_compressed, pack_codes, round_floats_to_half, unpack_codes
+from prunus.compressed import dense_fp32_bytes, export_compressed, load_compressed, round_rest
+from prunus.entropy import StreamReader, StreamWriter
 from prunus.errors import CheckpointError, ConfigError
 from prunus.masks import MaskKeeper
 from prunus.methods import ADMM, SLR, batch_closure
@@ -159,17 +162,39 @@ def test_quant_keeper_is_a_straight_through_estimator():
     assert F.mse_loss(model(x), y).item() < before
 
 
-def test_pack_codes_round_trip():
+def test_entropy_coder_round_trips_and_costs_close_to_the_entropy():
     rng = np.random.default_rng(0)
-    for bits in (1, 2, 3, 4, 7, 8):
-        codes = rng.integers(0, 2**bits, size=1001)
-        data = pack_codes(codes, bits)
-        assert len(data) == math.ceil(1001 * bits / 8)
-        assert np.array_equal(unpack_codes(data, 1001, bits), codes)
+    mask = rng.random(61_706) < 0.03  # a LeNet-5-sized bitmap at 33x
+    probs = np.array([8, 6, 4, 2, 1, 0.5, 0.2, 0.1, 0.2, 0.5, 1, 2, 4, 6, 8], dtype=float)
+    codes = rng.choice(15, size=int(mask.sum()), p=probs / probs.sum())  # skewed 4-bit codes
+    ones = np.zeros(1000, dtype=int)  # a one-symbol stream and an empty one cost nothing
+    w = StreamWriter()
+    for symbols, alphabet in ((mask, 2), (codes, 15), (ones, 1), (ones[:0], 7), (rng.integers(0, 256, 70_000), 256)):
+        w.write(symbols, alphabet)
+    data = w.getvalue()
+    r = StreamReader(data)
+    assert np.array_equal(r.read(mask.size, 2), mask)
+    assert np.array_equal(r.read(codes.size, 15), codes)
+    assert np.array_equal(r.read(1000, 1), ones) and r.read(0, 7).size == 0
+    r.read(70_000, 256)
+    assert r.exhausted()
+
+    def entropy_bytes(x, k):  # empirical entropy of a stream, in bytes
+        p = np.bincount(x, minlength=k) / x.size
+        return -(x.size * p[p > 0] * np.log2(p[p > 0])).sum() / 8
+
+    alone = StreamWriter()
+    alone.write(mask, 2)
+    alone.write(codes, 15)
+    ideal = entropy_bytes(mask.astype(int), 2) + entropy_bytes(codes, 15)
+    assert ideal < len(alone.getvalue()) < ideal + 40  # the adaptive model's learning cost: a few dozen bytes
+    with pytest.raises(ValueError, match=r"symbols must lie in \[0, 15\)"):
+        StreamWriter().write(np.array([15]), 15)
 
 
-@pytest.mark.parametrize("scheme,per_channel", [("4", False), ("ternary", True), ("binary", False), ("pow2:3", True)])
-def test_export_reloads_bit_exactly_and_is_small(tmp_path, scheme, per_channel):
+@pytest.mark.parametrize("scheme,per_channel,rest", [("4", False, "float16"), ("ternary", True, "int8"),
+                                                     ("binary", False, "float32"), ("pow2:3", True, "int8")])
+def test_export_reloads_bit_exactly_and_is_small(tmp_path, scheme, per_channel, rest):
     torch.manual_seed(0)
     model = build_model("lenet5", 1, 10)
     plan_masks = {}
@@ -180,12 +205,22 @@ def test_export_reloads_bit_exactly_and_is_small(tmp_path, scheme, per_channel):
                 p.mul_(keep)
     plan = QuantPlan.for_pruned(model, scheme, per_channel)
     keeper = QuantKeeper(model, plan)
-    round_floats_to_half(model, skip=set(keeper.state))
+    round_rest(model, skip=set(keeper.state), rest=rest)
+    rounded = {n: t.clone() for n, t in model.state_dict().items()}
+    round_rest(model, skip=set(keeper.state), rest=rest)  # rounding again changes nothing
+    assert all(torch.equal(rounded[n], t) for n, t in model.state_dict().items())
     meta = {"model": {"name": "lenet5", "in_channels": 1, "num_classes": 10, "options": {}}, "dataset": {"name": "fashion-mnist"}}
-    size = export_compressed(model, keeper, meta, tmp_path / "m.pcz")
+    size = export_compressed(model, keeper, meta, tmp_path / "m.pcz", rest=rest)
     assert size.file_bytes == (tmp_path / "m.pcz").stat().st_size
+    assert size.raw["floats"] == {"float32": 4 * 236, "float16": 2 * 236, "int8": 236 + 5}[rest]  # LeNet-5's 5 biases
+    assert size.raw["scales"] == 4 * (236 if per_channel else 5)
     assert size.dense_fp32_bytes == dense_fp32_bytes(model) == 4 * 61706
-    assert size.ratio > 40  # 20x fewer weights at <= 4 bits, positions and all
+    assert size.file_bytes == 14 + sum(size.raw.values())  # signature, 2 checksums, header length, the parts
+    # the positions cost what their i.i.d. entropy says, plus the coder's learning cost (a few bytes per tensor)
+    kept = [float(m.float().mean()) for m in (s["mask"] for s in keeper.state.values())]
+    sizes = [s["mask"].numel() for s in keeper.state.values()]
+    entropy = sum(n * -(p * math.log2(p) + (1 - p) * math.log2(1 - p)) / 8 for n, p in zip(sizes, kept))
+    assert entropy < size.raw["masks"] < entropy + 40
     loaded, header = load_compressed(tmp_path / "m.pcz")
     for (n, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), n
@@ -201,15 +236,31 @@ def test_export_refuses_off_level_weights_and_corrupt_files(tmp_path):
     with torch.no_grad():
         model.fc1.weight[0, 0] += 1e-3
     with pytest.raises(CheckpointError, match="fc1.weight is not on its quantization levels"):
-        export_compressed(model, keeper, meta, tmp_path / "m.pcz", float16=False)
+        export_compressed(model, keeper, meta, tmp_path / "m.pcz", rest="float32")
     assert not (tmp_path / "m.pcz").exists()
     with torch.no_grad():
         model.fc1.weight[0, 0] -= 1e-3
     keeper.apply()
     with pytest.raises(CheckpointError, match="not representable in float16"):
         export_compressed(model, keeper, meta, tmp_path / "m.pcz")
-    export_compressed(model, keeper, meta, tmp_path / "m.pcz", float16=False)
+    with pytest.raises(CheckpointError, match=r"\.bias is not representable in 8 bits"):
+        export_compressed(model, keeper, meta, tmp_path / "m.pcz", rest="int8")
+    export_compressed(model, keeper, meta, tmp_path / "m.pcz", rest="float32")
     data = (tmp_path / "m.pcz").read_bytes()
     (tmp_path / "bad.pcz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="bad.pcz: cannot read the compressed model"):
+    with pytest.raises(CheckpointError, match="bad.pcz: cannot read the compressed model .checksum mismatch"):
         load_compressed(tmp_path / "bad.pcz")
+    flipped = bytearray(data)
+    flipped[-5] ^= 0x10
+    (tmp_path / "bad.pcz").write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_compressed(tmp_path / "bad.pcz")
+    # a coded stream that decodes to other symbols (file checksum recomputed): caught by the symbols' checksum
+    body = bytearray(data[8:])
+    body[-6] ^= 0x01
+    (tmp_path / "bad.pcz").write_bytes(data[:4] + struct.pack("<I", zlib.crc32(bytes(body))) + bytes(body))
+    with pytest.raises(CheckpointError, match="bad.pcz: cannot decode the compressed model"):
+        load_compressed(tmp_path / "bad.pcz")
+    (tmp_path / "old.pcz").write_bytes(b"\xfd7zXZ\x00" + bytes(40))
+    with pytest.raises(CheckpointError, match="old.pcz: .*prunus 0.1's LZMA format; export it again"):
+        load_compressed(tmp_path / "old.pcz")

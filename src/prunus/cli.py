@@ -41,6 +41,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from prunus.compressed import REST
     from prunus.pipeline import METHOD_NAMES, QUANT_METHODS, PruneConfig, QuantizeConfig
     from prunus.training import OPTIMIZERS, SCHEDULES, TrainConfig
 
@@ -127,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=qdefaults.seed)
     q.add_argument("--update-every", type=_positive_int, help="batches between method rounds (default: once per epoch)")
     q.add_argument("--rho", type=float, help="penalty weight (SLR, ADMM)")
-    q.add_argument("--float32-rest", action="store_true", help="store unquantized tensors in float32, not float16")
+    q.add_argument("--rest", default=qdefaults.rest, choices=REST,
+                   help="how biases and other unquantized tensors are rounded and stored (default float16)")
     q.add_argument("--out", required=True, help="run directory to create")
     _add_data_args(q)
 
@@ -438,7 +440,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     config = QuantizeConfig(
         scheme=scheme, per_channel=args.per_channel, method=args.method, epochs=args.epochs,
         finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr, finetune_lr=args.finetune_lr,
-        seed=args.seed, update_every=args.update_every, float16=not args.float32_rest,
+        seed=args.seed, update_every=args.update_every, rest=args.rest,
         options={"rho": args.rho} if args.rho is not None else {},
     ).validate()
     results = run_quantization(args.init, config, args.out, data_dir=args.data_dir, download=args.download, device=args.device)

@@ -1,22 +1,28 @@
-"""A pruned + quantized model as the bytes it really needs: codes, scales, sparse indices.
+"""A pruned + quantized model as the bytes it really needs: codes, scales, sparse positions.
 
 Checkpoints store float32 tensors, zeros included, so a 20x pruned 4-bit model
 is as big as the dense one. This format stores what a deployment needs:
 
-* a quantized weight: a bitmap of its nonzero positions (only when some entries
-  are pruned), the codes of those entries bit-packed at ``bits_needed(scheme)``
-  bits each (indices into the level set), and float32 scales (one per tensor or
-  per output channel);
-* every other tensor (biases, BatchNorm): raw, in float16 when ``float16=True``
-  (the exporter rounds those tensors in the model itself first, so the file
-  reloads to exactly the model that was evaluated) else in its own dtype;
-* a small JSON header: the model's constructor record (so :func:`load_compressed`
-  rebuilds it, and with it every tensor's name and shape) and, per tensor in
-  ``state_dict`` order, its scheme or dtype.
+* a quantized weight: its float32 scales (one per tensor or per output channel),
+  the positions of its nonzero entries (only when some entries are pruned) and
+  their codes (indices into the level set);
+* every other tensor (biases, BatchNorm): in float32 (``rest="float32"``: its own
+  dtype), float16, or 8 bits with a power-of-two scale (``rest="int8"``); the
+  exporter rounds those tensors in the model itself first (:func:`round_rest`), so
+  the file reloads to exactly the model that was evaluated;
+* a small header (deflated JSON): the model's constructor record (so
+  :func:`load_compressed` rebuilds it, and with it every tensor's name and shape)
+  and, per tensor in ``state_dict`` order, its scheme or storage.
 
-The whole stream ``len(header) | header | payload`` is then compressed with LZMA
-(Python's ``lzma``), which plays the role of Deep Compression's Huffman stage:
-sparse bitmaps and skewed code histograms shrink to close to their entropy.
+The position bitmaps and the codes are entropy-coded (:mod:`prunus.entropy`: a
+range coder with an adaptive model, the role Huffman coding plays in Deep
+Compression): a bitmap at density p costs close to H(p) bits per entry and the
+codes close to their empirical entropy. Layout::
+
+    b"PRZ2" | crc32 of the rest | crc32 of the decoded symbols | header length (u16) |
+    header | scales and other tensors, raw | range-coded words (positions and codes,
+    tensor by tensor)
+
 The true size is the size of that file. Writing goes to a temporary file that is
 renamed, so an interrupted export never leaves a half-written file.
 """
@@ -24,10 +30,11 @@ renamed, so an interrupted export never leaves a half-written file.
 from __future__ import annotations
 
 import json
-import lzma
+import math
 import os
 import struct
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +43,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from prunus.entropy import StreamReader, StreamWriter
 from prunus.errors import CheckpointError
-from prunus.quantize import QuantKeeper, QuantScheme, bits_needed
+from prunus.quantize import QuantKeeper, QuantScheme
 
-MAGIC = "prunus-compressed"
-VERSION = 1
+MAGIC = b"PRZ2"
+REST = ("float32", "float16", "int8")  # how tensors that are not quantized weights are stored
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64, "int64": torch.int64,
            "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool}
 
@@ -51,7 +59,7 @@ class SizeReport:
 
     file_bytes: int
     dense_fp32_bytes: int
-    raw: dict[str, int]  # before LZMA: codes, masks, scales, floats, header
+    raw: dict[str, int]  # bytes per part: masks and codes as coded (to the 32-bit word), scales, floats, header
 
     @property
     def ratio(self) -> float:
@@ -68,43 +76,61 @@ def dense_fp32_bytes(model: nn.Module) -> int:
     return 4 * sum(t.numel() for t in tensors)
 
 
-def pack_codes(codes: np.ndarray, bits: int) -> bytes:
-    """Unsigned codes < 2**bits, ``bits`` bits each, little-endian bit order."""
-    codes = codes.astype(np.uint16)
-    planes = ((codes[:, None] >> np.arange(bits, dtype=np.uint16)) & 1).astype(np.uint8)
-    return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
+def _int8_exponent(t: torch.Tensor) -> int:
+    """The power-of-two step 2**e that puts max|t| at 64..127 (0 for an all-zero tensor)."""
+    top = float(t.abs().max()) if t.numel() else 0.0
+    return 0 if top == 0 else max(-126, min(127, math.ceil(math.log2(top / 127))))
 
 
-def unpack_codes(data: bytes, count: int, bits: int) -> np.ndarray:
-    flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * bits, bitorder="little")
-    return (flat.reshape(count, bits).astype(np.int64) << np.arange(bits)).sum(1)
+def _int8_codes(t: torch.Tensor, e: int) -> torch.Tensor:
+    return torch.round(t.double() / 2.0**e).clamp(-127, 127).to(torch.int8)
 
 
 @torch.no_grad()
-def round_floats_to_half(model: nn.Module, skip: set[str]) -> None:
-    """Round every float parameter/buffer not in ``skip`` to float16 precision, in place (the export stores them so)."""
+def round_rest(model: nn.Module, skip: set[str], rest: str = "float16") -> None:
+    """Round every float parameter/buffer not in ``skip`` as :func:`export_compressed` stores it, in place.
+
+    int8 uses a power-of-two step, so rounding twice changes nothing and the file
+    holds exactly the evaluated values.
+    """
+    if rest not in REST:
+        raise ValueError(f"rest must be one of {', '.join(REST)}, got {rest!r}")
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if name not in skip and t.is_floating_point():
-            t.copy_(t.half().float())
+        if name in skip or not t.is_floating_point() or rest == "float32":
+            continue
+        if rest == "float16":
+            t.copy_(t.half().to(t.dtype))
+        else:
+            e = _int8_exponent(t)
+            t.copy_(_int8_codes(t, e).to(t.dtype) * 2.0**e)
 
 
 def export_compressed(model: nn.Module, keeper: QuantKeeper, meta: dict[str, Any], path: str | os.PathLike,
-                      *, float16: bool = True) -> SizeReport:
+                      *, rest: str = "float16") -> SizeReport:
     """Write ``model`` (quantized by ``keeper``) to ``path``; returns its true size.
 
     The header lists the tensors in ``state_dict`` order *without* names or shapes:
     the loader rebuilds the model from its constructor record, which gives both, and
     the sections follow one another, so no offsets are stored either. Each entry is
-    ``["q", scheme, bits, per_channel, has_mask]`` or ``["f", dtype]``.
+    ``["q", scheme, bits, per_channel, has_mask]``, ``["f", dtype]`` or ``["i8"]``
+    (8-bit codes and their power-of-two exponent).
     """
+    if rest not in REST:
+        raise ValueError(f"rest must be one of {', '.join(REST)}, got {rest!r}")
     path = Path(path)
-    payload = bytearray()
+    plain = bytearray()
+    stream = StreamWriter()
     raw = {"codes": 0, "masks": 0, "scales": 0, "floats": 0}
     entries: list[list[Any]] = []
 
     def put(data: bytes, kind: str) -> None:
         raw[kind] += len(data)
-        payload.extend(data)
+        plain.extend(data)
+
+    def code(symbols: np.ndarray, alphabet: int, kind: str) -> None:
+        before = stream.num_bytes()
+        stream.write(symbols, alphabet)
+        raw[kind] += stream.num_bytes() - before
 
     for name, tensor in model.state_dict().items():
         if name in keeper.state:
@@ -116,20 +142,30 @@ def export_compressed(model: nn.Module, keeper: QuantKeeper, meta: dict[str, Any
             entries.append(["q", scheme.kind, scheme.bits, scheme.per_channel, pruned])
             put(s["scale"].float().cpu().numpy().tobytes(), "scales")
             if pruned:
-                put(np.packbits(mask.cpu().numpy().reshape(-1), bitorder="little").tobytes(), "masks")
-            put(pack_codes(keeper.codes(name)[mask].cpu().numpy(), bits_needed(scheme)), "codes")
-        else:
-            dtype = torch.float16 if float16 and tensor.is_floating_point() else tensor.dtype
-            t = tensor.detach().to(dtype)
-            if float16 and tensor.is_floating_point() and not torch.equal(t.to(tensor.dtype), tensor):
-                raise CheckpointError(f"export: {name} is not representable in float16; call round_floats_to_half first")
-            entries.append(["f", str(dtype).removeprefix("torch.")])
+                code(mask.cpu().numpy().reshape(-1), 2, "masks")
+            code(keeper.codes(name)[mask].cpu().numpy(), len(scheme.levels()), "codes")
+        elif not tensor.is_floating_point() or rest == "float32":
+            entries.append(["f", str(tensor.dtype).removeprefix("torch.")])
+            put(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes(), "floats")
+        elif rest == "float16":
+            t = tensor.detach().half()
+            if not torch.equal(t.to(tensor.dtype), tensor):
+                raise CheckpointError(f"export: {name} is not representable in float16; call round_rest first")
+            entries.append(["f", "float16"])
             put(t.cpu().contiguous().view(torch.uint8).numpy().tobytes(), "floats")
+        else:
+            e = _int8_exponent(tensor)
+            codes = _int8_codes(tensor, e)
+            if not torch.equal(codes.to(tensor.dtype) * 2.0**e, tensor):
+                raise CheckpointError(f"export: {name} is not representable in 8 bits; call round_rest(..., 'int8') first")
+            entries.append(["i8"])
+            put(struct.pack("<b", e) + codes.cpu().numpy().tobytes(), "floats")
 
-    header = {"format": MAGIC, "version": VERSION, "model": meta["model"], "dataset": meta.get("dataset"), "tensors": entries}
-    head = json.dumps(header, separators=(",", ":")).encode()
+    header = {"model": meta["model"], "dataset": meta.get("dataset"), "tensors": entries}
+    head = _deflate(json.dumps(header, separators=(",", ":")).encode())
     raw["header"] = len(head)
-    blob = lzma.compress(struct.pack("<I", len(head)) + head + bytes(payload), preset=9 | lzma.PRESET_EXTREME)
+    body = struct.pack("<IH", stream.crc, len(head)) + head + bytes(plain) + stream.getvalue()
+    blob = MAGIC + struct.pack("<I", zlib.crc32(body)) + body
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -142,9 +178,19 @@ def export_compressed(model: nn.Module, keeper: QuantKeeper, meta: dict[str, Any
     return SizeReport(path.stat().st_size, dense_fp32_bytes(model), raw)
 
 
+def _deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: no zlib header, the file has its own checksum
+    return c.compress(data) + c.flush()
+
+
 def is_compressed(path: str | os.PathLike) -> bool:
+    """A file :func:`export_compressed` wrote (or an older, LZMA-based one, which the loader names)."""
     p = Path(path)
-    return p.is_file() and p.read_bytes()[:6] == b"\xfd7zXZ\x00"
+    if not p.is_file():
+        return False
+    with p.open("rb") as f:
+        start = f.read(6)
+    return start[:4] == MAGIC or start == b"\xfd7zXZ\x00"
 
 
 def load_compressed(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
@@ -153,14 +199,20 @@ def load_compressed(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
 
     path = Path(path)
     try:
-        blob = lzma.decompress(path.read_bytes())
-        (n,) = struct.unpack("<I", blob[:4])
-        header = json.loads(blob[4 : 4 + n])
-        if header.get("format") != MAGIC or header.get("version") != VERSION:
-            raise ValueError(f"not a {MAGIC} v{VERSION} file")
-    except (OSError, lzma.LZMAError, struct.error, ValueError, UnicodeDecodeError) as e:
+        blob = path.read_bytes()
+        if blob[:6] == b"\xfd7zXZ\x00":
+            raise ValueError("it was written by prunus 0.1's LZMA format; export it again with this version")
+        if blob[:4] != MAGIC:
+            raise ValueError("not a prunus compressed model (no PRZ2 signature)")
+        (crc,) = struct.unpack("<I", blob[4:8])
+        body = memoryview(blob)[8:]
+        if zlib.crc32(body) != crc:
+            raise ValueError("checksum mismatch: the file is corrupt or truncated")
+        symbols_crc, n = struct.unpack("<IH", body[:6])
+        header = json.loads(zlib.decompress(body[6 : 6 + n], -15))
+    except (OSError, struct.error, zlib.error, ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: cannot read the compressed model ({e})") from None
-    payload, pos = memoryview(blob)[4 + n :], 0
+    payload, pos = body[6 + n :], 0
 
     def take(length: int) -> bytes:
         nonlocal pos
@@ -174,28 +226,44 @@ def load_compressed(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
     target = model.state_dict()
     if len(header["tensors"]) != len(target):
         raise CheckpointError(f"{path}: {len(header['tensors'])} tensors stored, model {m['name']} has {len(target)}")
-    state = {}
-    for (name, ref), entry in zip(target.items(), header["tensors"]):
-        shape, numel = ref.shape, ref.numel()
+    # first pass: the raw section (scales and other tensors); its length follows from the shapes
+    raw_parts = []
+    for ref, entry in zip(target.values(), header["tensors"]):
         if entry[0] == "q":
-            _, kind, bits, per_channel, pruned = entry
-            scheme = QuantScheme(kind, bits, per_channel)
-            rows = shape[0] if per_channel and ref.dim() > 1 else 1
-            scales = torch.from_numpy(np.frombuffer(take(4 * rows), dtype=np.float32).copy())
-            mask = np.ones(numel, dtype=bool)
-            if pruned:
-                bitmap = np.frombuffer(take((numel + 7) // 8), dtype=np.uint8)
-                mask = np.unpackbits(bitmap, count=numel, bitorder="little").astype(bool)
-            kept, width = int(mask.sum()), bits_needed(scheme)
-            codes = np.zeros(numel, dtype=np.int64)
-            codes[mask] = unpack_codes(take((kept * width + 7) // 8), kept, width)
-            values = scheme.levels(ref.dtype)[torch.from_numpy(codes)].reshape(rows, -1) * scales.to(ref.dtype).unsqueeze(1)
-            state[name] = values.reshape(shape) * torch.from_numpy(mask).reshape(shape)
+            rows = ref.shape[0] if entry[3] and ref.dim() > 1 else 1
+            raw_parts.append(torch.from_numpy(np.frombuffer(take(4 * rows), dtype=np.float32).copy()))
+        elif entry[0] == "i8":
+            (e,) = struct.unpack("<b", take(1))
+            codes = np.frombuffer(take(ref.numel()), dtype=np.int8).copy()
+            raw_parts.append(torch.from_numpy(codes).to(ref.dtype).reshape(ref.shape) * 2.0**e)
         else:
             dtype = _DTYPES[entry[1]]
-            size = numel * torch.empty((), dtype=dtype).element_size()
-            state[name] = torch.frombuffer(bytearray(take(size)), dtype=dtype).reshape(shape).to(ref.dtype) if numel else ref.clone()
-    if pos != len(payload):
-        raise CheckpointError(f"{path}: {len(payload) - pos} bytes left over; the file does not match model {m['name']}")
+            size = ref.numel() * torch.empty((), dtype=dtype).element_size()
+            raw_parts.append(torch.frombuffer(bytearray(take(size)), dtype=dtype).reshape(ref.shape).to(ref.dtype)
+                             if ref.numel() else ref.clone())
+    # second pass: positions and codes from the coded words
+    try:
+        stream = StreamReader(bytes(payload[pos:]))
+        state = {}
+        for (name, ref), entry, part in zip(target.items(), header["tensors"], raw_parts):
+            if entry[0] != "q":
+                state[name] = part
+                continue
+            _, kind, bits, per_channel, pruned = entry
+            scheme = QuantScheme(kind, bits, per_channel)
+            levels = scheme.levels(ref.dtype)
+            numel = ref.numel()
+            mask = stream.read(numel, 2).astype(bool) if pruned else np.ones(numel, dtype=bool)
+            codes = np.zeros(numel, dtype=np.int64)
+            codes[mask] = stream.read(int(mask.sum()), len(levels))
+            rows = part.numel()
+            values = levels[torch.from_numpy(codes)].reshape(rows, -1) * part.to(ref.dtype).unsqueeze(1)
+            state[name] = values.reshape(ref.shape) * torch.from_numpy(mask).reshape(ref.shape)
+        if not stream.exhausted():
+            raise ValueError(f"coded data left over; the file does not match model {m['name']}")
+        if stream.crc != symbols_crc:
+            raise ValueError("the decoded positions and codes fail their checksum (written by an incompatible coder?)")
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: cannot decode the compressed model ({e})") from None
     model.load_state_dict(state)
     return model.eval(), header

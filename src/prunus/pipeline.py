@@ -29,7 +29,7 @@ from prunus.errors import ConfigError, MissingDependencyError
 from prunus.masks import CompressionReport, MaskKeeper
 from prunus.methods import ADMM, SLR, Magnitude, PruningMethod, Reweighted, batch_closure
 from prunus.plan import Plan
-from prunus.compressed import export_compressed, load_compressed, round_floats_to_half
+from prunus.compressed import REST, export_compressed, load_compressed, round_rest
 from prunus.quantize import QuantKeeper, QuantPlan, QuantScheme
 from prunus.training import TrainConfig, Trainer, check_run_dir, create_run_dir, evaluate, load_model, pick_device
 
@@ -221,7 +221,7 @@ class QuantizeConfig:
     seed: int = 0
     update_every: int | None = None
     closure_samples: int = 2048
-    float16: bool = True  # store (and round) the tensors that are not quantized in float16
+    rest: str = "float16"  # how the tensors that are not quantized are rounded and stored: float32, float16, int8
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "QuantizeConfig":
@@ -232,6 +232,8 @@ class QuantizeConfig:
             raise ConfigError(f"--epochs and --finetune-epochs must be >= 0, got {self.epochs} and {self.finetune_epochs}")
         if self.method != "none" and self.epochs < 1:
             raise ConfigError(f"--method {self.method} needs --epochs >= 1")
+        if self.rest not in REST:
+            raise ConfigError(f"--rest must be one of {', '.join(REST)}, got {self.rest!r}")
         return self
 
 
@@ -293,11 +295,10 @@ def run_quantization(
         history = Trainer(model, train_set, test_set, prune_cfg.train_config(config.finetune_epochs, lr, "constant"),
                           run_dir / "finetune", device=dev, hooks=[keeper], meta=meta, console=console).fit()
         results["finetune_accuracy"] = [h["test_accuracy"] for h in history]
-    if config.float16:
-        round_floats_to_half(model, skip=set(keeper.state))
+    round_rest(model, skip=set(keeper.state), rest=config.rest)
     results["final_accuracy"] = test_accuracy()
 
-    size = export_compressed(model, keeper, meta, run_dir / "model.pcz", float16=config.float16)
+    size = export_compressed(model, keeper, meta, run_dir / "model.pcz", rest=config.rest)
     reloaded, _ = load_compressed(run_dir / "model.pcz")
     results["reloaded_accuracy"] = evaluate(reloaded, test_set, device=dev)["accuracy"]
     if results["reloaded_accuracy"] != results["final_accuracy"]:
@@ -307,7 +308,7 @@ def run_quantization(
     nonzero = sum(int(m.sum()) for m in plan.masks.values())
     results["quantized_weights"] = {"total": sum(m.numel() for m in plan.masks.values()), "nonzero": nonzero}
     console.print(
-        f"final ({plan.scheme}, fp16 others): test accuracy {results['final_accuracy']:.2f}%; "
+        f"final ({plan.scheme}, {config.rest} others): test accuracy {results['final_accuracy']:.2f}%; "
         f"{size.file_bytes:,} bytes vs {size.dense_fp32_bytes:,} dense fp32 = {size.ratio:.1f}x smaller "
         f"({run_dir / 'model.pcz'}, reloaded: {results['reloaded_accuracy']:.2f}%)"
     )
