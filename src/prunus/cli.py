@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--finetune-epochs", type=int, default=qdefaults.finetune_epochs, help="straight-through fine-tuning epochs")
     q.add_argument("--lr", type=float, default=qdefaults.lr)
     q.add_argument("--finetune-lr", type=float, help="default: lr / 10")
+    q.add_argument("--finetune-schedule", choices=SCHEDULES, default=qdefaults.finetune_schedule)
     q.add_argument("--batch-size", type=_positive_int, default=qdefaults.batch_size)
     q.add_argument("--seed", type=int, default=qdefaults.seed)
     q.add_argument("--update-every", type=_positive_int, help="batches between method rounds (default: once per epoch)")
@@ -440,6 +441,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     config = QuantizeConfig(
         scheme=scheme, per_channel=args.per_channel, method=args.method, epochs=args.epochs,
         finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr, finetune_lr=args.finetune_lr,
+        finetune_schedule=args.finetune_schedule,
         seed=args.seed, update_every=args.update_every, rest=args.rest,
         options={"rho": args.rho} if args.rho is not None else {},
     ).validate()

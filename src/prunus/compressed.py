@@ -4,13 +4,13 @@ Checkpoints store float32 tensors, zeros included, so a 20x pruned 4-bit model
 is as big as the dense one. This format stores what a deployment needs:
 
 * a quantized weight: its float32 scales (one per tensor or per output channel),
-  the positions of its nonzero entries (only when some entries are pruned) and
+  the positions of its nonzero entries (only when some entries are zero) and
   their codes (indices into the level set);
 * every other tensor (biases, BatchNorm): in float32 (``rest="float32"``: its own
   dtype), float16, or 8 bits with a power-of-two scale (``rest="int8"``); the
   exporter rounds those tensors in the model itself first (:func:`round_rest`), so
   the file reloads to exactly the model that was evaluated;
-* a small header (deflated JSON): the model's constructor record (so
+* a small header (JSON, deflated with the format's vocabulary as a preset dictionary): the model's constructor record (so
   :func:`load_compressed` rebuilds it, and with it every tensor's name and shape)
   and, per tensor in ``state_dict`` order, its scheme or storage.
 
@@ -49,6 +49,17 @@ from prunus.quantize import QuantKeeper, QuantScheme
 
 MAGIC = b"PRZ2"
 REST = ("float32", "float16", "int8")  # how tensors that are not quantized weights are stored
+# The header's deflate stream is primed with the format's vocabulary (the LZ77 window starts with it), so key
+# names, model and dataset names and tensor entries cost a few bits instead of their spelling: ~135 -> ~40 bytes
+# for LeNet-5, whose whole 100x budget is 2,468 bytes. Part of the format: never edit it, add a new format instead.
+HEADER_VOCABULARY = (
+    b'"width":0.5,"depth":"image_size":32,"augment":false,"in_channels":3,'
+    b'"resnet18","resnet50","resnet20","resnet56","mobilenetv2","nin","cnin","cresnet18","vgg11","vgg16",'
+    b'"mnist","cifar10","digits","signals","fashion-mnist","image_size":28},'
+    b'["f","float32"],["f","int64"],["f","float16"],["q","ternary",2,true,true],["q","binary",1,false,false],'
+    b'["q","pow2",4,true,false],["q","fixed",8,false,false],["i8"],["q","fixed",4,false,true],["i8"],'
+    b'{"model":{"name":"lenet5","in_channels":1,"num_classes":10,"options":{}},"dataset":{"name":"'
+)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64, "int64": torch.int64,
            "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool}
 
@@ -137,7 +148,9 @@ def export_compressed(model: nn.Module, keeper: QuantKeeper, meta: dict[str, Any
             s, scheme = keeper.state[name], keeper.schemes[name]
             if not torch.equal(tensor, keeper.quantized(name)):
                 raise CheckpointError(f"export: {name} is not on its quantization levels; run the quantization first")
-            mask = s["mask"].bool()
+            # positions of the nonzero weights: pruned ones, and kept ones that quantized to the zero level,
+            # cost no code (the model is the same, and the bitmap is cheaper than a code per extra zero)
+            mask = s["mask"].bool() & (tensor != 0)
             pruned = not bool(mask.all())
             entries.append(["q", scheme.kind, scheme.bits, scheme.per_channel, pruned])
             put(s["scale"].float().cpu().numpy().tobytes(), "scales")
@@ -179,8 +192,17 @@ def export_compressed(model: nn.Module, keeper: QuantKeeper, meta: dict[str, Any
 
 
 def _deflate(data: bytes) -> bytes:
-    c = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: no zlib header, the file has its own checksum
+    # raw deflate (no zlib header: the file has its own checksum), primed with the format's vocabulary
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, zdict=HEADER_VOCABULARY)
     return c.compress(data) + c.flush()
+
+
+def _inflate(data: bytes) -> bytes:
+    d = zlib.decompressobj(-15, zdict=HEADER_VOCABULARY)
+    out = d.decompress(data) + d.flush()
+    if not d.eof:
+        raise ValueError("the header is truncated")
+    return out
 
 
 def is_compressed(path: str | os.PathLike) -> bool:
@@ -209,7 +231,7 @@ def load_compressed(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
         if zlib.crc32(body) != crc:
             raise ValueError("checksum mismatch: the file is corrupt or truncated")
         symbols_crc, n = struct.unpack("<IH", body[:6])
-        header = json.loads(zlib.decompress(body[6 : 6 + n], -15))
+        header = json.loads(_inflate(bytes(body[6 : 6 + n])))
     except (OSError, struct.error, zlib.error, ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: cannot read the compressed model ({e})") from None
     payload, pos = body[6 + n :], 0

@@ -218,6 +218,7 @@ class QuantizeConfig:
     optimizer: str = "adam"
     lr: float = 1e-3
     finetune_lr: float | None = None  # default: lr / 10
+    finetune_schedule: str = "constant"  # cosine: decays to ~0, so the result does not hang on the last batches
     seed: int = 0
     update_every: int | None = None
     closure_samples: int = 2048
@@ -292,7 +293,7 @@ def run_quantization(
     results["finetune_accuracy"] = []
     if config.finetune_epochs > 0:
         lr = config.finetune_lr if config.finetune_lr is not None else config.lr / 10
-        history = Trainer(model, train_set, test_set, prune_cfg.train_config(config.finetune_epochs, lr, "constant"),
+        history = Trainer(model, train_set, test_set, prune_cfg.train_config(config.finetune_epochs, lr, config.finetune_schedule),
                           run_dir / "finetune", device=dev, hooks=[keeper], meta=meta, console=console).fit()
         results["finetune_accuracy"] = [h["test_accuracy"] for h in history]
     round_rest(model, skip=set(keeper.state), rest=config.rest)
