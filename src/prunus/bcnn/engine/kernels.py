@@ -27,7 +27,8 @@ Each kernel is serial (``nogil``): the engine runs chunks of the batch on its ow
 is no numba thread pool (whose OpenMP workers spin and compete with PyTorch's).  Hot loops start at
 0 or use unsigned indices: numba then omits negative-index wraparound checks, which otherwise stop
 LLVM from vectorising them.  ``popcount64`` lowers to LLVM ``ctpop``: ``vpopcntq`` on zmm registers
-on CPUs with AVX-512 VPOPCNTDQ (see :func:`popcount_instructions`), ``popcnt`` elsewhere.
+on CPUs with AVX-512 VPOPCNTDQ (see :func:`popcount_instructions`), ``popcnt`` and AVX2 nibble
+look-ups (``vpshufb``) elsewhere.
 
 Float epilogues repeat the reference's float32 operations one by one (numba does not contract them
 into FMAs without ``fastmath``), so they are bit-exact with PyTorch.
@@ -540,7 +541,9 @@ def popcount_instructions(kernel: str = "ceiling") -> dict[str, int]:
     convolution's ``acc[i] += popcount(a[q, i] ^ w[q])``; ``kernel="bconv"`` compiles :func:`bconv_bits`
     itself (a few seconds).  A private, uncached copy is compiled because numba cannot show the assembly of
     code it loaded from its disk cache.  ``vpopcntq`` (with ``zmm_vpopcnt`` counting those on 512-bit
-    registers) means the loop is vectorised with AVX-512 VPOPCNTDQ; ``popcnt`` is the scalar instruction.
+    registers) means the loop is vectorised with AVX-512 VPOPCNTDQ; ``popcnt`` is the scalar instruction
+    (``popcntq`` in numba's AT&T syntax); ``vpshufb`` counts the nibble look-ups of the vector popcount
+    LLVM builds from SSSE3/AVX2 shuffles on CPUs without VPOPCNTDQ (AVX2-only Zen 3, say).
     """
     if kernel == "ceiling":
         fn = njit(cache=False, nogil=True)(popcount_ceiling_kernel.py_func)
@@ -550,10 +553,11 @@ def popcount_instructions(kernel: str = "ceiling") -> dict[str, int]:
         _call_bconv_bits(fn)
     else:
         raise ValueError(f"kernel must be 'ceiling' or 'bconv', got {kernel!r}")
-    counts = {"vpopcntq": 0, "vpopcntd": 0, "popcnt": 0, "zmm_vpopcnt": 0}
+    counts = {"vpopcntq": 0, "vpopcntd": 0, "popcnt": 0, "zmm_vpopcnt": 0, "vpshufb": 0}
     for asm in fn.inspect_asm().values():
         for line in asm.splitlines():
             op = line.strip().split("\t", 1)[0].strip()
+            op = "popcnt" if op in ("popcntq", "popcntl", "popcntw") else op  # AT&T operand-size suffixes
             if op in counts:
                 counts[op] += 1
                 if op.startswith("vpopcnt") and "zmm" in line:
