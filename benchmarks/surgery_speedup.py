@@ -8,8 +8,8 @@ at 2x and 4x fewer MACs, two methods get the same epoch budget E + R (``BUDGETS`
        E + R masked training epochs (the same schedules)
 One uniform filter ratio for every Conv2d/Linear but the last (the classifier), found
 by bisection so that the MACs of the physically pruned model fall 2x or 4x; each
-layer keeps a multiple of 16 filters (``round_to=16``: AVX-512 holds 16 fp32 channels)
-and the first convolution is pruned too (at full resolution it carries the most
+layer keeps a multiple of ``ROUND_TO`` filters (16 for VGG-16: AVX-512 holds 16 fp32
+channels; 8 for ResNet-20, whose first stage has only 16) and the first convolution is pruned too (at full resolution it carries the most
 activation traffic). The retrained model then goes
 through surgery (``prunus.surgery``; outputs checked equal). After all training, one
 timing pass (``--retime-only`` repeats it alone, for a quiet machine) times the dense
@@ -51,16 +51,19 @@ NAME = "surgery_speedup"
 MODELS = {"vgg16": {"width": 0.5}, "resnet20": {}}
 # (method epochs, masked retraining epochs, batches between SLR rounds) per model. SLR rounds every 100 batches
 # (4-5 per epoch) rather than once per epoch: with 3 rounds SLR hard-pruned VGG-16 at 2x to 69.85% (seed 0), and
-# slr_tuning.py found rounds every 100 batches best. ResNet-20 trains at ~6.5 min per epoch on the 2-core
-# machine (VGG-16 w0.25: ~1 min), so it gets a 1 + 1 budget.
-BUDGETS = {"vgg16": (3, 1, 100), "resnet20": (1, 1, 100)}
+# slr_tuning.py found rounds every 100 batches best. With 1 + 1 epochs ResNet-20 ended 2.5-4 pt below dense at 2x
+# (L1 89.83%, SLR 88.35%; dense 92.33%, seed 0), so it gets VGG-16's 3 + 1 (~2 min per epoch on the 2-core machine)
+BUDGETS = {"vgg16": (3, 1, 100), "resnet20": (3, 1, 100)}
 DENSE_EPOCHS = 4
 METHODS = {"slr": ("slr", {}), "l1": ("magnitude", {"norm": "l1"})}
 TARGETS = (2.0, 4.0)
 PROBE = torch.zeros(1, 1, 32, 32)
-# Each layer keeps a multiple of 16 filters: AVX-512 holds 16 fp32 channels and oneDNN blocks channels by 16
-# here (width_speedup.py, VGG-16 w0.5 at 2x fewer MACs: 1.64x deployed b64 with multiples of 8, 1.87x with 16)
-PLAN_OPTIONS = {"round_to": 16, "skip_first": False}
+# Each layer keeps a multiple of ROUND_TO filters: AVX-512 holds 16 fp32 channels and oneDNN blocks channels by 16
+# here (width_speedup.py, VGG-16 w0.5 at 2x fewer MACs: 1.64x deployed b64 with multiples of 8, 1.87x with 16).
+# ResNet-20's first stage has 16 channels, coupled through its residual adds: with multiples of 16 it cannot be
+# pruned at all, and the bisection stopped at 2.15x fewer MACs for a 4x target (ratio 0.99), so multiples of 8.
+ROUND_TO = {"vgg16": 16, "resnet20": 8}
+PLAN_OPTIONS = {"skip_first": False}
 # Masked retraining starts a fresh Adam after the pruning phase's cosine has brought the lr to ~0: at lr 1e-3 it
 # undid converged weights (L1, VGG-16 w0.5, 2x: 93.07% after the masked epochs, 91.20% after one retraining epoch
 # at 1e-3, cosine; w0.25 4x at a constant 1e-3: 91.10 -> 89.33), so it starts ten times lower and decays (cosine)
@@ -126,7 +129,7 @@ def high_resolution_layers(model) -> set[str]:
     return {n for n, size in sizes.items() if size in top}
 
 
-def plan_for(model, allocation: str, ratio: float, round_to: int = PLAN_OPTIONS["round_to"]) -> Plan:
+def plan_for(model, allocation: str, ratio: float, round_to: int) -> Plan:
     """The filter plan of one allocation; ``ratio`` is the uniform ratio (for 'early': that of the other layers)."""
     options = {**PLAN_OPTIONS, "round_to": round_to}
     uniform = Plan.uniform(model, ratio, "filter", **options)
@@ -144,27 +147,34 @@ def pruned_small(dense_model, plan: Plan):
     return remove_pruned_channels(m, PROBE).model
 
 
-def ratio_for(model, allocation: str, target: float, round_to: int = PLAN_OPTIONS["round_to"]) -> float:
+def ratio_for(model, allocation: str, target: float, round_to: int) -> float:
     """The smallest ratio (to 0.0001) whose plan gives ``target`` times fewer MACs after surgery."""
     dense = count_macs(model, PROBE).dense
+
+    def fewer(ratio: float) -> float:
+        return dense / count_macs(pruned_small(model, plan_for(model, allocation, ratio, round_to)), PROBE).dense
+
     lo, hi = 0.0, 0.99
+    if fewer(hi) < target:
+        raise SystemExit(f"{target:g}x fewer MACs is out of reach with multiples of {round_to} filters "
+                         f"(ratio {hi} gives {fewer(hi):.2f}x)")
     for _ in range(14):
         mid = (lo + hi) / 2
-        if dense / count_macs(pruned_small(model, plan_for(model, allocation, mid, round_to)), PROBE).dense < target:
+        if fewer(mid) < target:
             lo = mid
         else:
             hi = mid
     return hi
 
 
-def rebuild_small(dense_model, allocation: str, ratio: float, params_after: int):
+def rebuild_small(dense_model, allocation: str, ratio: float, round_to: int, params_after: int):
     """The small model's architecture, rebuilt from the plan for the timing pass.
 
     Size and speed depend only on the tensors' shapes, and those only on the plan (ratios with
     rounded kept counts), not on the trained weights: prune the dense model with the same plan
     and remove the channels; the parameter count must match the trained run's.
     """
-    small = pruned_small(dense_model, plan_for(dense_model, allocation, ratio))
+    small = pruned_small(dense_model, plan_for(dense_model, allocation, ratio, round_to))
     if sum(p.numel() for p in small.parameters()) != params_after:
         raise RuntimeError(f"rebuilt model has a different shape than the recorded one ({params_after:,} parameters)")
     return small
@@ -174,7 +184,8 @@ def retime(name: str, dense_model, data: dict) -> None:
     """Time every row of ``name`` against the dense model in one pass, after all training (a quiet machine)."""
     for r in data["runs"]:
         if r["model"] == name:
-            small = rebuild_small(dense_model, r.get("allocation", "uniform"), r["ratio"], r["params_after"])
+            small = rebuild_small(dense_model, r.get("allocation", "uniform"), r["ratio"], data["round_to"][name],
+                                  r["params_after"])
             r["weights_bytes_after"] = weights_bytes(small)
             r.update(timings(dense_model, small))
             print(f"{name} {r['target']:g}x {r.get('allocation', 'uniform')} {r['variant']}: eager b64 "
@@ -194,7 +205,8 @@ def summarize(data: dict) -> str:
         "",
         f"Fashion-MNIST padded to 32x32 ({widths}); dense models trained {data['dense_epochs']} epochs (SGD, cosine). "
         "Filter pruning of every Conv2d/Linear but the classifier (the first conv included), each layer keeping a "
-        f"multiple of {data.get('round_to', 8)} filters (AVX-512 holds 16 fp32 channels). Allocation *uniform*: one "
+        f"multiple of {' / '.join(f'{v} ({m})' for m, v in data['round_to'].items())} filters (AVX-512 holds 16 fp32 "
+        "channels; ResNet-20's first stage has only 16). Allocation *uniform*: one "
         f"ratio everywhere{early}. The ratio is chosen by bisection so that the MACs of the physically smaller "
         "model fall at least 2x or 4x. Budget E + R (the 'budget' column): slr = E SLR epochs (a round every 100 "
         "batches) + hard-prune (per coupled group) + R masked epochs; l1 = L1-norm filter pruning at the start + "
@@ -262,13 +274,17 @@ def main() -> None:
         data = {"benchmark": NAME, "dense_epochs": DENSE_EPOCHS, "threads": torch.get_num_threads(),
                 "environment": environment_info(), "dense": {}, "runs": []}
     # the plan and retraining constants every row is made with (rebuild_small checks the plan's shapes again)
-    data.setdefault("round_to", PLAN_OPTIONS["round_to"])
+    if isinstance(data.setdefault("round_to", {}), int):  # files from before round_to was per model: all vgg16
+        data["round_to"] = {m: data["round_to"] for m in {r["model"] for r in data["runs"]}}
     data.setdefault("retrain_schedule", RETRAIN_SCHEDULE)
     data.setdefault("retrain_lr", RETRAIN_LR)
-    if (data["round_to"], data["retrain_schedule"], data["retrain_lr"]) != (PLAN_OPTIONS["round_to"], RETRAIN_SCHEDULE,
-                                                                          RETRAIN_LR):
-        raise SystemExit(f"{path} was made with round_to {data['round_to']} and {data['retrain_schedule']} "
-                         f"retraining at lr {data['retrain_lr']:g}; run without --continue")
+    if (data["retrain_schedule"], data["retrain_lr"]) != (RETRAIN_SCHEDULE, RETRAIN_LR):
+        raise SystemExit(f"{path} was made with {data['retrain_schedule']} retraining at lr {data['retrain_lr']:g}; "
+                         "run without --continue")
+    for name in args.models:
+        if data["round_to"].setdefault(name, ROUND_TO[name]) != ROUND_TO[name]:
+            raise SystemExit(f"{path}: its {name} rows keep multiples of {data['round_to'][name]} filters, this script "
+                             f"{ROUND_TO[name]}; run without --continue")
     done = {(r["model"], r["target"], r.get("allocation", "uniform"), r["variant"]) for r in data["runs"]}
     from prunus.data import load_dataset
 
@@ -283,8 +299,8 @@ def main() -> None:
                 break
             if all((name, target, allocation, v) in done for v in METHODS):
                 continue
-            ratio = ratio_for(model, allocation, target)
-            plan = plan_for(model, allocation, ratio)
+            ratio = ratio_for(model, allocation, target, ROUND_TO[name])
+            plan = plan_for(model, allocation, ratio, ROUND_TO[name])
             for variant, (method, options) in METHODS.items():
                 if (name, target, allocation, variant) in done:
                     continue
