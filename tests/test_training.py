@@ -146,3 +146,20 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     for h1, h2 in zip(hist_1, hist_2):
         assert abs(h1["test_accuracy"] - h2["test_accuracy"]) <= 0.6
         assert h1["train_loss"] == pytest.approx(h2["train_loss"], rel=1e-3)
+
+
+def test_environment_names_the_cpus_vector_extension(monkeypatch, tmp_path):
+    import prunus.training as training
+
+    cpuinfo = tmp_path / "cpuinfo"
+    real = training.Path
+
+    def fake_path(p, *a):
+        return cpuinfo if str(p) == "/proc/cpuinfo" else real(p, *a)
+
+    monkeypatch.setattr(training, "Path", fake_path)
+    for flags, expected in [("fpu sse4_2 avx avx2 fma", "AMD EPYC (AVX2)"),
+                            ("avx2 avx512f avx512_vpopcntdq", "AMD EPYC (AVX-512 VPOPCNTDQ)"),
+                            ("avx2 avx512f", "AMD EPYC (AVX-512)"), ("fpu", "AMD EPYC")]:
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\n")
+        assert training.environment_info()["cpu"] == expected

@@ -218,13 +218,24 @@ def environment_info() -> dict[str, Any]:
 
 
 def _cpu_model() -> str:
+    """The CPU's model name with its widest vector extension, e.g. ``AMD EPYC (AVX2)``.
+
+    Virtual machines often report a bare family name, and two machines both called "AMD EPYC"
+    (an AVX2 Zen 3 and an AVX-512 Zen 4) time the same model very differently.
+    """
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    if "avx512f" in flags:
+        simd = "AVX-512" + (" VPOPCNTDQ" if "avx512_vpopcntdq" in flags else "")
+    else:
+        simd = next((s.upper() for s in ("avx2", "avx", "sse4_2") if s in flags), "")
+    return f"{name} ({simd})" if simd else name
 
 
 class Trainer:
