@@ -43,7 +43,7 @@ def prune_run(init, plan, config, inspect=None, **extra) -> dict:
         res = run_pruning(init, plan, config, Path(tmp) / "run", console=Console(file=io.StringIO()))
         extra.update(inspect(Path(tmp) / "run") if inspect else {})
     return {
-        **extra, "seed": config.seed,
+        **extra, "seed": config.seed, "dense_accuracy": res["dense_accuracy"],
         "hard_pruned_accuracy": res["hard_pruned_accuracy"], "retrain_accuracy": res["retrain_accuracy"],
         "prune_seconds": res["prune_seconds"], "retrain_seconds": res["retrain_seconds"],
         "total_seconds": time.perf_counter() - t0, "compression": res["report"]["compression"],

@@ -6,11 +6,15 @@ at 2x and 4x fewer MACs, two methods get the same epoch budget E + R (``BUDGETS`
        per coupled group, R masked retraining epochs (Adam from lr 1e-4, cosine)
   l1   L1-norm filter pruning (Li et al. 2017): one-shot at the start, then
        E + R masked training epochs (the same schedules)
-One uniform filter ratio for every Conv2d/Linear but the last (the classifier), found
-by bisection so that the MACs of the physically pruned model fall 2x or 4x; each
+Allocation *uniform*: one filter ratio for every Conv2d/Linear but the last (the classifier),
+found by bisection so that the MACs of the physically pruned model fall 2x or 4x; each
 layer keeps a multiple of ``ROUND_TO`` filters (16 for VGG-16: AVX-512 holds 16 fp32
 channels; 8 for ResNet-20, whose first stage has only 16) and the first convolution is pruned too (at full resolution it carries the most
-activation traffic). The retrained model then goes
+activation traffic). Allocation *latency*: the widths per coupled group that
+``prunus.allocation.latency_aware_plan`` finds by measured, deployed batch-64 latency on this
+machine (greedy, NetAdapt-style; same multiples, each group keeps at least a quarter), searched
+once on the untrained architecture before any training and recorded with the rows. The
+retrained model then goes
 through surgery (``prunus.surgery``; outputs checked equal). After all training, one
 timing pass (``--retime-only`` repeats it alone, for a quiet machine) times the dense
 and each small model in the same process, their runs interleaved
@@ -21,8 +25,13 @@ modules and once as deployed (``prunus.latency.for_inference``: BatchNorm folded
 into the convolution, channels-last). MACs: Conv2d/Linear multiply-accumulates per
 image.
 
-    python benchmarks/surgery_speedup.py [--models vgg16 resnet20] [--targets 2 4] [--allocations uniform early]
-                                         [--continue] [--retime-only]
+    python benchmarks/surgery_speedup.py [--models vgg16 resnet20] [--targets 2 4]
+                                         [--allocations uniform early latency]
+                                         [--continue] [--plans-only] [--retime-only]
+
+``--plans-only`` runs the latency searches and stops (run it on a quiet machine: the
+search times models); training then needs no quiet machine, and ``--retime-only`` times
+every row again in one pass.
 """
 
 from __future__ import annotations
@@ -35,11 +44,13 @@ import shutil
 import torch
 from common import HERE, RESULTS, prune_run, write_result
 
+from prunus.allocation import latency_aware_plan, plan_from_widths, shrink_to_widths
+from prunus.coupling import project_coupled
 from prunus.footprint import weights_bytes
 from prunus.latency import compare_latency, for_inference
 from prunus.masks import count_macs
+from prunus.models import build_model
 from prunus.pipeline import PruneConfig
-from prunus.coupling import project_coupled
 from prunus.plan import Plan
 from prunus.surgery import remove_pruned_channels
 from prunus.training import TrainConfig, environment_info, evaluate, latest_checkpoint, load_model, train
@@ -73,7 +84,9 @@ RETRAIN_LR, RETRAIN_SCHEDULE = 1e-4, "cosine"
 #   early    the layers at the two highest output resolutions keep EARLY_KEEP of their filters, the others one
 #            ratio found by bisection. Those layers cost few MACs per channel but the most activation traffic
 #            (BN, ReLU, pooling, memory), which MACs do not count and a CPU pays for.
-ALLOCATIONS = ("uniform", "early")
+#   latency  widths per coupled group by measured latency (prunus.allocation), for the same MAC target
+ALLOCATIONS = ("uniform", "early", "latency")
+SEARCH = {"batch_size": 64, "repeats": 10, "min_keep": 0.25}  # latency_aware_plan's settings (deployed form)
 # early gave no speed over uniform at equal MACs (this table in commit b8bbaa9, width 0.25, 2x: eager b64 1.47-1.51x
 # against 1.51-1.52x, deployed 1.28-1.32x against 1.27-1.33x)
 DEFAULT_ALLOCATIONS = ("uniform",)
@@ -167,14 +180,44 @@ def ratio_for(model, allocation: str, target: float, round_to: int) -> float:
     return hi
 
 
-def rebuild_small(dense_model, allocation: str, ratio: float, round_to: int, params_after: int):
+def search_widths(model, target: float, round_to: int) -> dict:
+    """The latency allocation's widths for ``target`` times fewer MACs, and how the search went."""
+    import time
+
+    t0 = time.perf_counter()
+    found = latency_aware_plan(model, PROBE, target, round_to=round_to, **SEARCH,
+                               log=lambda s: print(f"  search: {s.group} -> {s.kept} ({s.latency_ms:.2f} ms)", flush=True))
+    seconds = time.perf_counter() - t0
+    # the same shapes timed as the table times them, beside the uniform allocation at the same target
+    uniform = pruned_small(model, plan_for(model, "uniform", ratio_for(model, "uniform", target, round_to), round_to))
+    small = shrink_to_widths(model, PROBE, found.kept)
+    deployed = {k: for_inference(m) for k, m in {"dense": model, "uniform": uniform, "latency": small}.items()}
+    lat = compare_latency(deployed, PROBE.to(memory_format=torch.channels_last), (1, 64), repeats=REPEATS, warmup=5)
+    shapes = {k: {"macs": count_macs(m, PROBE).dense, **{f"deployed_b{b}_ms": lat[k][b].median_ms for b in (1, 64)}}
+              for k, m in {"dense": model, "uniform": uniform, "latency": small}.items()}
+    return {"widths": found.kept, "channels": found.channels, "fewer_macs": found.fewer_macs,
+            "steps": len(found.steps), "seconds": seconds, **SEARCH, "untrained_shapes": shapes}
+
+
+def row_plan(model, allocation: str, ratio: float | None, round_to: int, widths: dict | None) -> Plan:
+    """A row's plan: by widths for the latency allocation, else by its ratio."""
+    if allocation == "latency":
+        return plan_from_widths(model, PROBE, widths)
+    return plan_for(model, allocation, ratio, round_to)
+
+
+def rebuild_small(dense_model, allocation: str, ratio: float | None, round_to: int, params_after: int,
+                  widths: dict | None = None):
     """The small model's architecture, rebuilt from the plan for the timing pass.
 
     Size and speed depend only on the tensors' shapes, and those only on the plan (ratios with
-    rounded kept counts), not on the trained weights: prune the dense model with the same plan
-    and remove the channels; the parameter count must match the trained run's.
+    rounded kept counts, or widths), not on the trained weights: prune the dense model with the same
+    plan and remove the channels; the parameter count must match the trained run's.
     """
-    small = pruned_small(dense_model, plan_for(dense_model, allocation, ratio, round_to))
+    if allocation == "latency":
+        small = shrink_to_widths(dense_model, PROBE, widths)
+    else:
+        small = pruned_small(dense_model, plan_for(dense_model, allocation, ratio, round_to))
     if sum(p.numel() for p in small.parameters()) != params_after:
         raise RuntimeError(f"rebuilt model has a different shape than the recorded one ({params_after:,} parameters)")
     return small
@@ -185,7 +228,7 @@ def retime(name: str, dense_model, data: dict) -> None:
     for r in data["runs"]:
         if r["model"] == name:
             small = rebuild_small(dense_model, r.get("allocation", "uniform"), r["ratio"], data["round_to"][name],
-                                  r["params_after"])
+                                  r["params_after"], r.get("widths"))
             r["weights_bytes_after"] = weights_bytes(small)
             r.update(timings(dense_model, small))
             print(f"{name} {r['target']:g}x {r.get('allocation', 'uniform')} {r['variant']}: eager b64 "
@@ -197,18 +240,26 @@ def summarize(data: dict) -> str:
     env = data["environment"]
     allocations = sorted({r.get("allocation", "uniform") for r in data["runs"]}, key=ALLOCATIONS.index)
     timing = data.get("timing", {})
+    timed = timing.get("environment", env)
     early = (f"; *early*: the convs at the two highest output resolutions keep {EARLY_KEEP:g} of their filters and "
              "the others one ratio (they cost few MACs but the most activation traffic)") if "early" in allocations else ""
+    searches = data.get("searches", {})
+    latency = ("; *latency*: the widths per coupled group that `prunus.allocation.latency_aware_plan` found by "
+               f"measured deployed batch-{SEARCH['batch_size']} latency (greedy: each step removes one multiple from "
+               "the group that saves the most time per MAC, until the MAC target; every group keeps at least "
+               f"{SEARCH['min_keep']:g} of its filters), searched on the untrained architecture before training ("
+               + "; ".join(f"{k}: {v['steps']} steps, {v['seconds']:.0f} s, on {v['environment']['cpu']}"
+                           for k, v in searches.items()) + ")") if "latency" in allocations else ""
     widths = ", ".join(f"{m} {', '.join(f'{k} {v:g}' for k, v in o.items())}" for m, o in MODELS.items() if o)
     lines = [
         f"## Filter pruning that makes models faster: surgery and CPU latency (`benchmarks/{NAME}.py`)",
         "",
         f"Fashion-MNIST padded to 32x32 ({widths}); dense models trained {data['dense_epochs']} epochs (SGD, cosine). "
         "Filter pruning of every Conv2d/Linear but the classifier (the first conv included), each layer keeping a "
-        f"multiple of {' / '.join(f'{v} ({m})' for m, v in data['round_to'].items())} filters (AVX-512 holds 16 fp32 "
-        "channels; ResNet-20's first stage has only 16). Allocation *uniform*: one "
-        f"ratio everywhere{early}. The ratio is chosen by bisection so that the MACs of the physically smaller "
-        "model fall at least 2x or 4x. Budget E + R (the 'budget' column): slr = E SLR epochs (a round every 100 "
+        f"multiple of {' / '.join(f'{v} ({m})' for m, v in data['round_to'].items())} filters (an AVX-512 register "
+        "holds 16 fp32 values, an AVX2 one 8; ResNet-20's first stage has only 16). Allocation *uniform*: one "
+        f"ratio everywhere{early}, chosen by bisection so that the MACs of the physically smaller "
+        f"model fall at least 2x or 4x{latency}. Budget E + R (the 'budget' column): slr = E SLR epochs (a round every 100 "
         "batches) + hard-prune (per coupled group) + R masked epochs; l1 = L1-norm filter pruning at the start + "
         f"E + R masked epochs; the R retraining epochs start at lr {data.get('retrain_lr', 1e-3):g} (Adam) and decay "
         f"({data.get('retrain_schedule', 'constant')}). Then surgery "
@@ -224,9 +275,10 @@ def summarize(data: dict) -> str:
            "the warmed figures; a fresh process page-faults on new activation buffers and gives other ratios. ")
         + "*eager*: the PyTorch modules as trained; *deployed*: both models with "
         "BatchNorm folded into the convolutions and channels-last layout (`prunus.latency.for_inference`). "
-        f"{data['threads']} threads. MACs = Conv2d/Linear multiply-accumulates per image; file bytes = the "
-        f"checkpoint's model.safetensors. One seed (0). Machine: {env['cpu']}, {env['cpu_count']} cores, "
-        f"torch {env['torch']}.",
+        f"{timing.get('threads', data['threads'])} threads. MACs = Conv2d/Linear multiply-accumulates per image; "
+        "file bytes = the checkpoint's model.safetensors. One seed (0). Timing machine: "
+        f"{timed['cpu']}, {timed['cpu_count']} cores, torch {timed['torch']}"
+        + (f" (training ran on {env['cpu']})." if timed["cpu"] != env["cpu"] else "."),
         "",
         "| model | dense acc % | target | allocation | method | budget | MACs (fewer) | params (fewer) | file bytes (smaller) | hard-pruned % | final % | Δ vs dense "
         "| eager b1 ms (speedup) | eager b64 ms (speedup) | deployed b1 ms (speedup) | deployed b64 ms (speedup) |",
@@ -241,17 +293,29 @@ def summarize(data: dict) -> str:
     for r in sorted(data["runs"], key=lambda r: (order[r["model"], r["target"], r.get("allocation", "uniform")],
                                                   list(METHODS).index(r["variant"]))):
         d = data["dense"][r["model"]]
+        dense_accuracy = r.get("dense_accuracy", d["accuracy"])  # the dense model this row was pruned from
         final = r["retrain_accuracy"][-1]
         e, rt = r.get("budget") or BUDGETS[r["model"]][:2]  # rows written before the budget was recorded
         lines.append(
-            f"| {r['model']} | {d['accuracy']:.2f} | {r['target']:g}x | {r.get('allocation', 'uniform')} | {r['variant']} | "
+            f"| {r['model']} | {dense_accuracy:.2f} | {r['target']:g}x | {r.get('allocation', 'uniform')} | {r['variant']} | "
             f"{e} + {rt} | "
             f"{r['macs_after']:,} ({d['macs'] / r['macs_after']:.2f}x) | {r['params_after']:,} "
             f"({d['params'] / r['params_after']:.2f}x) | {r['weights_bytes_after']:,} "
             f"({d['weights_bytes'] / r['weights_bytes_after']:.2f}x) | {r['hard_pruned_accuracy']:.2f} | {final:.2f} | "
-            f"{final - d['accuracy']:+.2f} | {cell(r, 'eager', 1)} | {cell(r, 'eager', 64)} | "
+            f"{final - dense_accuracy:+.2f} | {cell(r, 'eager', 1)} | {cell(r, 'eager', 64)} | "
             f"{cell(r, 'deployed', 1)} | {cell(r, 'deployed', 64)} |"
         )
+    for key, v in searches.items():
+        sh = v["untrained_shapes"]
+        ratio = {k: sh["dense"]["deployed_b64_ms"] / sh[k]["deployed_b64_ms"] for k in ("uniform", "latency")}
+        lines += ["", f"Latency allocation search, {key} (untrained shapes, deployed batch 64, median of "
+                  f"{REPEATS}, timed on {v['environment']['cpu']}; not trained yet): dense "
+                  f"{sh['dense']['deployed_b64_ms']:.2f} ms; uniform {sh['dense']['macs'] / sh['uniform']['macs']:.2f}x "
+                  f"fewer MACs, {ratio['uniform']:.2f}x faster; latency-searched "
+                  f"{sh['dense']['macs'] / sh['latency']['macs']:.2f}x fewer MACs, {ratio['latency']:.2f}x faster "
+                  f"({v['steps']} steps, {v['seconds']:.0f} s). Widths: "
+                  + ", ".join(f"{g} {k}/{v['channels'][g]}" for g, k in v["widths"].items() if k < v["channels"][g])
+                  + "."]
     missing = [m for m in MODELS if not any(r["model"] == m for r in data["runs"])]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
@@ -266,8 +330,10 @@ def main() -> None:
     ap.add_argument("--allocations", nargs="+", default=list(DEFAULT_ALLOCATIONS), choices=list(ALLOCATIONS))
     ap.add_argument("--retime-only", action="store_true",
                     help="no training: re-time the rows in the JSON (run on a quiet machine)")
+    ap.add_argument("--plans-only", action="store_true",
+                    help="only run the latency allocation's searches and record them (run on a quiet machine)")
     args = ap.parse_args()
-    args.cont |= args.retime_only
+    args.cont |= args.retime_only | args.plans_only
     path = RESULTS / f"{NAME}.json"
     data = json.loads(path.read_text()) if args.cont and path.exists() else None
     if data is None:
@@ -286,21 +352,40 @@ def main() -> None:
             raise SystemExit(f"{path}: its {name} rows keep multiples of {data['round_to'][name]} filters, this script "
                              f"{ROUND_TO[name]}; run without --continue")
     done = {(r["model"], r["target"], r.get("allocation", "uniform"), r["variant"]) for r in data["runs"]}
+    # latency searches first, on the untrained architecture (only shapes matter), while the machine is quiet
+    searches = data.setdefault("searches", {})
+    if "latency" in args.allocations and not args.retime_only:
+        for name in args.models:
+            for target in args.targets:
+                key = f"{name} {target:g}x"
+                if key not in searches:
+                    print(f"{key}: latency allocation search", flush=True)
+                    torch.manual_seed(0)
+                    searches[key] = search_widths(build_model(name, in_channels=1, num_classes=10, **MODELS[name]),
+                                                  target, ROUND_TO[name])
+                    searches[key]["environment"] = environment_info()
+                    path.write_text(json.dumps(data, indent=1) + "\n")
+    if args.plans_only:
+        return
     from prunus.data import load_dataset
 
     test_set = load_dataset("fashion-mnist", "test", image_size=32)
     for name in args.models:
         init = dense_checkpoint(name)
         model, _ = load_model(init)
-        data["dense"][name] = {"accuracy": evaluate(model, test_set)["accuracy"], "macs": count_macs(model, PROBE).dense,
+        accuracy = evaluate(model, test_set)["accuracy"]
+        # the rows already there were pruned from the dense model this accuracy was first measured on
+        data["dense"][name] = {"accuracy": data["dense"].get(name, {}).get("accuracy", accuracy),
+                               "macs": count_macs(model, PROBE).dense,
                                "params": sum(p.numel() for p in model.parameters()), "weights_bytes": weights_bytes(model)}
         for target, allocation in [(t, a) for a in args.allocations for t in args.targets]:
             if args.retime_only:
                 break
             if all((name, target, allocation, v) in done for v in METHODS):
                 continue
-            ratio = ratio_for(model, allocation, target, ROUND_TO[name])
-            plan = plan_for(model, allocation, ratio, ROUND_TO[name])
+            widths = searches[f"{name} {target:g}x"]["widths"] if allocation == "latency" else None
+            ratio = None if widths else ratio_for(model, allocation, target, ROUND_TO[name])
+            plan = row_plan(model, allocation, ratio, ROUND_TO[name], widths)
             for variant, (method, options) in METHODS.items():
                 if (name, target, allocation, variant) in done:
                     continue
@@ -309,7 +394,7 @@ def main() -> None:
                                      retrain_lr=RETRAIN_LR, retrain_schedule=RETRAIN_SCHEDULE,
                                      update_every=every if method == "slr" else None)
                 run = prune_run(init, plan, config, inspect=shrink, model=name, target=target, ratio=ratio, variant=variant,
-                                allocation=allocation, budget=[epochs, retrain])
+                                allocation=allocation, budget=[epochs, retrain], **({"widths": widths} if widths else {}))
                 data["runs"].append(run)
                 print(json.dumps(run), flush=True)
                 path.write_text(json.dumps(data, indent=1) + "\n")  # the table comes after the timing pass
