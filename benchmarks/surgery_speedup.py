@@ -191,10 +191,11 @@ def search_widths(model, target: float, round_to: int) -> dict:
     # the same shapes timed as the table times them, beside the uniform allocation at the same target
     uniform = pruned_small(model, plan_for(model, "uniform", ratio_for(model, "uniform", target, round_to), round_to))
     small = shrink_to_widths(model, PROBE, found.kept)
-    deployed = {k: for_inference(m) for k, m in {"dense": model, "uniform": uniform, "latency": small}.items()}
+    models = {"dense": model, "uniform": uniform, "latency": small}
+    deployed = {k: for_inference(m) for k, m in models.items()}
     lat = compare_latency(deployed, PROBE.to(memory_format=torch.channels_last), (1, 64), repeats=REPEATS, warmup=5)
     shapes = {k: {"macs": count_macs(m, PROBE).dense, **{f"deployed_b{b}_ms": lat[k][b].median_ms for b in (1, 64)}}
-              for k, m in {"dense": model, "uniform": uniform, "latency": small}.items()}
+              for k, m in models.items()}
     return {"widths": found.kept, "channels": found.channels, "fewer_macs": found.fewer_macs,
             "steps": len(found.steps), "seconds": seconds, **SEARCH, "untrained_shapes": shapes}
 

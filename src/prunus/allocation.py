@@ -156,7 +156,7 @@ def latency_aware_plan(
         return {name: lat[name][batch_size].median_ms for name in models}
 
     current, macs = build(kept)
-    macs_dense = macs
+    dense, macs_dense = current, macs
     steps: list[AllocationStep] = []
     while macs_dense / macs < target:
         candidates: dict[str, tuple[dict[str, int], nn.Module, int]] = {}
@@ -176,6 +176,6 @@ def latency_aware_plan(
         steps.append(AllocationStep(best, kept[best], macs, times[best]))
         if log is not None:
             log(steps[-1])
-    final = time_all({"dense": build(channels)[0], "small": current})
+    final = time_all({"dense": dense, "small": current})
     plan = plan_from_widths(model, example_input, kept, groups)
     return Allocation(plan, kept, channels, macs_dense, macs, final["dense"], final["small"], steps)
