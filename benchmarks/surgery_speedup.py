@@ -31,7 +31,8 @@ image.
 
 ``--plans-only`` runs the latency searches and stops (run it on a quiet machine: the
 search times models); training then needs no quiet machine, and ``--retime-only`` times
-every row again in one pass.
+every row again in one pass, from the architectures alone (no trained weights needed); a pass on
+another CPU keeps the previous pass's batch-64 figures beside the new ones.
 """
 
 from __future__ import annotations
@@ -237,6 +238,17 @@ def retime(name: str, dense_model, data: dict) -> None:
                   f"{r['deployed_dense_b64_ms'] / r['deployed_small_b64_ms']:.2f}x", flush=True)
 
 
+def keep_earlier_pass(data: dict, names: list[str]) -> None:
+    """Before re-timing on another CPU, keep the last pass's batch-64 figures: speed-ups are per machine."""
+    timing = data.get("timing")
+    if not timing or timing["environment"]["cpu"] == environment_info()["cpu"]:
+        return
+    keys = [f"{mode}_{who}_b64_ms" for mode in ("eager", "deployed") for who in ("dense", "small")]
+    rows = [{**{k: r[k] for k in ("model", "target", "variant")}, "allocation": r.get("allocation", "uniform"),
+             **{k: r[k] for k in keys}} for r in data["runs"] if r["model"] in names and keys[0] in r]
+    data.setdefault("earlier_timings", []).append({**timing, "rows": rows})
+
+
 def summarize(data: dict) -> str:
     env = data["environment"]
     allocations = sorted({r.get("allocation", "uniform") for r in data["runs"]}, key=ALLOCATIONS.index)
@@ -317,6 +329,15 @@ def summarize(data: dict) -> str:
                   f"({v['steps']} steps, {v['seconds']:.0f} s). Widths: "
                   + ", ".join(f"{g} {k}/{v['channels'][g]}" for g, k in v["widths"].items() if k < v["channels"][g])
                   + "."]
+    for earlier in data.get("earlier_timings", []):
+        cpu = earlier["environment"]["cpu"]
+        note = "" if "(" in cpu else " (before the vector extension was recorded: the AVX-512 machine of the first runs)"
+        lines += ["", f"An earlier timing pass of these shapes on {cpu}{note}, {earlier['threads']} threads, batch 64, "
+                  "speed-up over dense (eager / deployed): "
+                  + "; ".join(f"{r['model']} {r['target']:g}x {r['allocation']} {r['variant']} "
+                              f"{r['eager_dense_b64_ms'] / r['eager_small_b64_ms']:.2f}x / "
+                              f"{r['deployed_dense_b64_ms'] / r['deployed_small_b64_ms']:.2f}x"
+                              for r in earlier["rows"]) + "."]
     missing = [m for m in MODELS if not any(r["model"] == m for r in data["runs"])]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
@@ -371,10 +392,18 @@ def main() -> None:
     from prunus.data import load_dataset
 
     test_set = load_dataset("fashion-mnist", "test", image_size=32)
+    if args.retime_only:
+        keep_earlier_pass(data, args.models)
     for name in args.models:
-        init = dense_checkpoint(name)
-        model, _ = load_model(init)
-        accuracy = evaluate(model, test_set)["accuracy"]
+        if args.retime_only:  # timing needs only the architecture: no dense training on a fresh machine
+            if name not in data["dense"]:
+                raise SystemExit(f"{path} has no {name} rows to re-time; run without --retime-only")
+            torch.manual_seed(0)
+            model = build_model(name, in_channels=1, num_classes=10, **MODELS[name])
+            accuracy = data["dense"][name]["accuracy"]
+        else:
+            model, _ = load_model(dense_checkpoint(name))
+            accuracy = evaluate(model, test_set)["accuracy"]
         # the rows already there were pruned from the dense model this accuracy was first measured on
         data["dense"][name] = {"accuracy": data["dense"].get(name, {}).get("accuracy", accuracy),
                                "macs": count_macs(model, PROBE).dense,
