@@ -18,7 +18,9 @@ layer dense) and block:4x1 20x (4 output rows x 1 input column share a zero), bo
 E + R = 6 + 3 as in ``reweighted_unstructured.py``, F = 2; and the row aimed at the
 target (>= 100x smaller, within 1.5 pt of dense): global unstructured 33x over all
 five layers with 4-bit codes, pruned on a longer budget (E + R = 30 + 10, retraining
-from lr 1e-4 with a cosine decay, F = 5 fine-tuning epochs, also cosine).
+from lr 1e-4 with a cosine decay, F = 5 fine-tuning epochs, also cosine), and the same
+pruned models fine-tuned for F = 15. Rows that differ only in quantization share the
+pruned model of their seed (``cached_pruning``).
 
     python benchmarks/combined_quantization.py [--seeds 0 1 2] [--continue] [--render]
 """
@@ -26,6 +28,7 @@ from lr 1e-4 with a cosine decay, F = 5 fine-tuning epochs, also cosine).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import math
@@ -77,8 +80,12 @@ SPARSITIES = {
     "block:4x1": Sparsity("block:4x1", False),
     # 20x cannot reach 100x (the positions alone nearly fill the budget, see the note); 33x over every layer fits
     # positions and 4-bit codes, and the longer budget buys back the accuracy the higher sparsity costs
-    "unstructured, all layers, 33x": Sparsity("unstructured", True, 33.0, True, ("4",), ("none",), 30, 10, 1e-4, 5,
-                                              "cosine"),
+    "unstructured, all layers, 33x": Sparsity("unstructured", True, 33.0, True, ("4",), ("slr", "none"), 30, 10, 1e-4,
+                                              5, "cosine"),
+    # the same pruned models (one per seed, shared through cached_pruning), fine-tuned three times longer: after 5
+    # epochs the 4-bit model was still 0.46 pt below its fp32 pruned self (89.04 against 89.50, 3 seeds)
+    "unstructured, all layers, 33x, longer fine-tuning": Sparsity("unstructured", True, 33.0, True, ("4",),
+                                                                  ("slr", "none"), 30, 10, 1e-4, 15, "cosine"),
 }
 SCHEMES = ("4", "ternary")
 QUANT_METHODS = ("slr", "none")
@@ -101,6 +108,19 @@ def information_bytes(model) -> dict[str, float]:
         _, counts = np.unique(nz, return_counts=True)
         codes += float(-(counts * np.log2(counts / counts.sum())).sum()) / 8
     return {"positions": positions, "codes": codes}
+
+
+def cached_pruning(pruned_dir, init, config: PruneConfig) -> dict | None:
+    """The results of a finished pruning run made from ``init`` with ``config``, else None.
+
+    Rows that differ only in how they quantize share one pruned model per seed (the 33x
+    pruning takes ~15 min), so a new quantization row does not prune again."""
+    path = pruned_dir / "results.json"
+    if not path.exists() or not (pruned_dir / "retrain").exists():
+        return None
+    results = json.loads(path.read_text())
+    same = results.get("config") == dataclasses.asdict(config) and results.get("init") == str(init)
+    return results if same else None
 
 
 def summarize(data: dict) -> str:
@@ -181,17 +201,20 @@ def main() -> None:
             done = {(r["sparsity"], r["scheme"], r["method"], r["seed"]) for r in (data or {}).get("runs", [])}
             if all((sparsity, s, m, seed) in done for s in sp.schemes for m in sp.methods):
                 continue
-            shutil.rmtree(pruned_dir, ignore_errors=True)
-            plan = Plan.uniform(model, ratio_for_compression(sp.compression), sp.structure, global_unstructured=sp.global_,
-                                skip_first=not sp.all_layers, skip_last=not sp.all_layers)
             retrain = {} if sp.retrain_lr is None else {"retrain_lr": sp.retrain_lr, "retrain_schedule": "cosine"}
-            pruned = run_pruning(init, plan, PruneConfig(method="reweighted", epochs=sp.epochs, retrain_epochs=sp.retrain_epochs,
-                                                         seed=seed, **retrain), pruned_dir, console=quiet)
+            config = PruneConfig(method="reweighted", epochs=sp.epochs, retrain_epochs=sp.retrain_epochs, seed=seed, **retrain)
+            pruned = cached_pruning(pruned_dir, init, config)
+            if pruned is None:
+                shutil.rmtree(pruned_dir, ignore_errors=True)
+                plan = Plan.uniform(model, ratio_for_compression(sp.compression), sp.structure,
+                                    global_unstructured=sp.global_, skip_first=not sp.all_layers,
+                                    skip_last=not sp.all_layers)
+                pruned = run_pruning(init, plan, config, pruned_dir, console=quiet)
             for scheme in sp.schemes:
                 for method in sp.methods:
                     if (sparsity, scheme, method, seed) in done:
                         continue
-                    qdir = CACHE / f"q-{sp.tag}-{scheme}-{method}-seed{seed}"
+                    qdir = CACHE / f"q-{sp.tag}-{scheme}-{method}-f{sp.finetune_epochs}{sp.finetune_schedule}-seed{seed}"
                     shutil.rmtree(qdir, ignore_errors=True)
                     q = run_quantization(pruned_dir / "retrain", QuantizeConfig(scheme=scheme, method=method, seed=seed,
                                                                                 finetune_epochs=sp.finetune_epochs,
