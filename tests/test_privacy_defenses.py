@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 
 from prunus.checkpoint import load_checkpoint
 from prunus.cli import main
+from prunus.data import load_dataset
 from prunus.errors import ConfigError, MissingDependencyError
-from prunus.privacy.defenses import DefenseConfig, load_defended, run_defense
+from prunus.privacy.defenses import DefenseConfig, RelaxLoss, load_defended, run_defense
 from prunus.privacy.splits import split_of_checkpoint
 
 QUIET = Console(quiet=True)
@@ -87,6 +89,11 @@ def test_dpsgd_reaches_its_epsilon(digits_target, tmp_path, capsys):
     assert dp["noise_multiplier"] > 0.3 and dp["groupnorm"] is False
     assert [h["epoch"] for h in dp["history"]] == [1, 2, 3]
     assert dp["history"][-1]["epsilon"] == pytest.approx(dp["epsilon"])
+    # progress before the last epoch is RDP's cheap upper bound, the last epoch the run's own (PRV) accountant
+    assert [h["epsilon_accountant"] for h in dp["history"]] == ["rdp", "rdp", "prv"]
+    assert 0 < dp["history"][0]["epsilon"] < dp["history"][1]["epsilon"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["device"] == "cpu" and results["environment"]["torch"] == torch.__version__
     # a LeNet-5 needs no replacement: prunus eval loads the DP model as it is
     assert main(["eval", str(out / "final"), "--json"]) == 0
     acc = json.loads(capsys.readouterr().out)["accuracy"]
@@ -118,11 +125,81 @@ def test_dpsgd_replaces_batchnorm(tmp_path):
     assert main(["eval", str(tmp_path / "dp-bn" / "final")]) == 0
 
 
+def test_relaxloss_modes_and_their_gradients():
+    """Above alpha plain descent; below it ascent in even epochs and posterior flattening in odd ones, each with
+    the gradient of its own objective (the Trainer adds the penalty to the cross-entropy it logs)."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4) * 3
+    y = logits.argmax(1).clone()
+    y[0] = (y[0] + 1) % 4  # one misclassified example
+    relax = RelaxLoss(alpha=50.0, num_classes=4)
+
+    def step(alpha: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        relax.alpha = alpha
+        out = logits.clone().requires_grad_(True)
+        ce = relax.loss_fn(out, y)
+        pen = relax.penalty()
+        (ce + (pen if pen is not None else 0)).backward()
+        return out.grad, pen
+
+    ce = F.cross_entropy(logits, y)
+    grad, pen = step(alpha=float(ce) / 2)  # loss above alpha: descent, no penalty
+    assert pen is None and relax.mode(float(ce)) == "descent"
+    plain = logits.clone().requires_grad_(True)
+    F.cross_entropy(plain, y).backward()
+    assert torch.allclose(grad, plain.grad)
+    grad, _ = step(alpha=50.0)  # epoch 0, below alpha: ascent on alpha - CE
+    assert torch.allclose(grad, -plain.grad, atol=1e-7)
+    relax.end_of_epoch(0)
+    grad, _ = step(alpha=50.0)  # epoch 1: posterior flattening
+    p = torch.softmax(logits, 1)
+    target = ((1 - p[range(6), y]) / 3)[:, None].expand(-1, 4).clone()
+    target[range(6), y] = p[range(6), y]
+    flat = logits.clone().requires_grad_(True)
+    per_example = -(target * torch.log_softmax(flat, 1)).sum(1)
+    per_example[0] = F.cross_entropy(flat[:1], y[:1])  # the misclassified one keeps plain cross-entropy
+    per_example.mean().backward()
+    assert torch.allclose(grad, flat.grad, atol=1e-6)
+    relax.end_of_epoch(1)
+    assert relax.history == [{"epoch": 1, "descent": 1, "ascent": 1, "flatten": 0},
+                             {"epoch": 2, "descent": 0, "ascent": 0, "flatten": 1}]
+    with pytest.raises(ConfigError, match="--relax-alpha must be a positive number"):
+        RelaxLoss(alpha=0.0, num_classes=4)
+
+
+def test_relaxloss_keeps_the_members_loss_near_alpha(digits_target, tmp_path, capsys):
+    """Same split, seed and recipe: undefended, the members' loss falls far below alpha; with RelaxLoss it stays
+    near alpha (ascent and flattening alternate by epoch once batches go below it)."""
+    recipe = ["--epochs", "12", "--lr", "3e-3", "--batch-size", "32"]
+    for defense, extra in (("none", []), ("relaxloss", ["--relax-alpha", "0.3"])):
+        code = main(["defend", "--defense", defense, "--init", str(digits_target / "final"), *recipe, *extra,
+                     "--out", str(tmp_path / defense)])
+        assert code == 0 and f"{defense}: test accuracy" in capsys.readouterr().out
+    history = json.loads((tmp_path / "relaxloss" / "results.json").read_text())["relaxloss"]
+    assert [h["epoch"] for h in history] == list(range(1, 13))
+    assert sum(h["ascent"] for h in history) > 0 and sum(h["flatten"] for h in history) > 0
+    assert all(h["flatten"] == 0 for h in history[0::2]) and all(h["ascent"] == 0 for h in history[1::2])
+
+    def member_loss(defense: str) -> float:
+        model, ckpt = load_defended(tmp_path / defense)
+        members = split_of_checkpoint(ckpt).subset(load_dataset("digits", "train"), "members")
+        with torch.no_grad():
+            return float(F.cross_entropy(model.eval()(members.images), members.labels))
+
+    assert member_loss("none") < 0.15, member_loss("none")
+    assert 0.2 < member_loss("relaxloss") < 0.45, member_loss("relaxloss")
+    _, ckpt = load_defended(tmp_path / "relaxloss")
+    assert ckpt.meta["privacy"]["defense"] == "relaxloss"
+    assert split_of_checkpoint(ckpt).digest == split_of_checkpoint(load_checkpoint(digits_target / "final")).digest
+
+
 def test_defense_errors(digits_target, tmp_path):
     with pytest.raises(ConfigError, match="--delta"):
         run_defense(DefenseConfig(defense="dpsgd", dataset="digits", members=300, delta=0.01), tmp_path / "a", console=QUIET)
     with pytest.raises(ConfigError, match="exactly one of --compression"):
         DefenseConfig(defense="mcmia").validate()
+    with pytest.raises(ConfigError, match="--relax-alpha must be a positive number"):
+        DefenseConfig(defense="relaxloss", relax_alpha=-1.0).validate()
     with pytest.raises(ConfigError, match="slr or admm"):
         DefenseConfig(defense="mcmia", method="magnitude", compression=10).validate()
     assert not (tmp_path / "a").exists()

@@ -179,7 +179,7 @@ def _add_privacy_parsers(sub, optimizers, schedules) -> None:
 
     d = DefenseConfig()
     de = sub.add_parser("defend", help="train a model on the members of a recorded split, with a membership-inference "
-                                       "defense (none, prune, advreg, mcmia, dpsgd)")
+                                       "defense (none, prune, advreg, mcmia, dpsgd, relaxloss)")
     de.add_argument("--defense", choices=DEFENSES, required=True)
     de.add_argument("--init", help="a `prunus defend` checkpoint (e.g. the undefended `--defense none` target) whose "
                                    "membership split, architecture and recipe are reused; prune and mcmia start from "
@@ -220,6 +220,9 @@ def _add_privacy_parsers(sub, optimizers, schedules) -> None:
     dp.add_argument("--delta", type=float, default=d.delta, help="target delta (must be below 1/members)")
     dp.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="per-sample clipping norm")
     dp.add_argument("--accountant", choices=("prv", "rdp", "gdp"), default=d.accountant)
+    rl = de.add_argument_group("RelaxLoss (relaxloss)")
+    rl.add_argument("--relax-alpha", type=float, default=d.relax_alpha,
+                    help="the training-loss level kept instead of zero (below it: ascent or posterior flattening)")
     de.add_argument("--out", required=True, help="run directory to create")
     _add_data_args(de)
 
@@ -270,6 +273,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
         prune_epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs, retrain_lr=args.retrain_lr,
         update_every=args.update_every, method_options={"rho": args.rho} if args.rho is not None else {},
         epsilon=args.epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm, accountant=args.accountant,
+        relax_alpha=args.relax_alpha,
     ).validate()
     results = run_defense(config, out, init=args.init, data_dir=args.data_dir, download=args.download, device=args.device)
     line = (f"{args.defense}: test accuracy {results['test_accuracy']:.2f}% (members {results['member_accuracy']:.2f}%, "

@@ -18,6 +18,8 @@ models are trained like the undefended target).
   training run (both are hooks of one Trainer), then hard-prune and masked fine-tuning
   with the game still on.
 * ``dpsgd``: DP-SGD with opacus (:func:`train_dpsgd`), reporting the (epsilon, delta) reached.
+* ``relaxloss``: RelaxLoss (Chen, Yu & Fritz, ICLR 2022), :class:`RelaxLoss`: the training loss is
+  held near a level alpha instead of driven to zero, so members' losses look like non-members'.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from prunus.errors import ConfigError
 from prunus.hooks import TrainingHook
 from prunus.privacy.splits import SECTION, MembershipSplit, SplitRecord, subset
 
-DEFENSES = ("none", "prune", "advreg", "mcmia", "dpsgd")
+DEFENSES = ("none", "prune", "advreg", "mcmia", "dpsgd", "relaxloss")
 
 
 # -- the min-max game ---------------------------------------------------------------------------
@@ -208,6 +210,88 @@ class AdversarialRegularizer(TrainingHook):
         self.history = list(state["history"])
 
 
+class RelaxLoss(TrainingHook):
+    """RelaxLoss (Chen, Yu & Fritz, ICLR 2022) as a :class:`~prunus.hooks.TrainingHook`.
+
+    Membership attacks feed on members' losses being far lower than non-members'. RelaxLoss stops
+    the training loss at a level ``alpha`` instead of zero. Per batch with mean cross-entropy L:
+
+    * L >= alpha: plain descent on L;
+    * L < alpha, in even epochs: gradient *ascent*, on ``alpha - L``, back up toward the level;
+    * L < alpha, in odd epochs: posterior flattening. Each correctly classified example is trained
+      toward its own probability for the true class (detached), with the rest spread evenly over the
+      other classes; misclassified ones keep plain cross-entropy. The prediction stays, but members'
+      outputs lose the peaked shape that sets them apart.
+
+    Like :class:`AdversarialRegularizer`, pass it as a hook **and** its :meth:`loss_fn` as the
+    Trainer's ``loss_fn``: the logged loss stays the cross-entropy, and :meth:`penalty` adds the
+    difference to RelaxLoss's objective. ``history`` counts each epoch's batches per mode.
+    """
+
+    name = "relaxloss"
+    MODES = ("descent", "ascent", "flatten")
+
+    def __init__(self, alpha: float, num_classes: int):
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise ConfigError(f"--relax-alpha must be a positive number, got {alpha}")
+        if num_classes < 2:
+            raise ConfigError(f"RelaxLoss needs at least 2 classes, got {num_classes}")
+        self.alpha, self.num_classes = alpha, num_classes
+        self.epochs_done = 0
+        self.history: list[dict[str, Any]] = []
+        self._captured: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._counts = dict.fromkeys(self.MODES, 0)
+
+    def loss_fn(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy; in a training step (gradients on) it also keeps (out, y) for :meth:`penalty`."""
+        if torch.is_grad_enabled() and out.requires_grad:
+            self._captured = (out, y)
+        return F.cross_entropy(out, y, reduction=reduction)
+
+    def mode(self, ce: float) -> str:
+        """Which update a batch of mean cross-entropy ``ce`` gets in the current epoch."""
+        if ce >= self.alpha:
+            return "descent"
+        return "ascent" if self.epochs_done % 2 == 0 else "flatten"
+
+    def objective(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """The loss RelaxLoss descends on this batch, and its mode."""
+        ce = F.cross_entropy(out, y)
+        mode = self.mode(float(ce.detach()))
+        if mode == "descent":
+            return ce, mode
+        if mode == "ascent":
+            return self.alpha - ce, mode
+        with torch.no_grad():
+            p_true = torch.softmax(out, 1).gather(1, y[:, None])
+            target = ((1 - p_true) / (self.num_classes - 1)).expand(-1, self.num_classes).clone()
+            target.scatter_(1, y[:, None], p_true)
+            correct = out.argmax(1) == y
+        flattened = -(target * torch.log_softmax(out, 1)).sum(1)
+        return torch.where(correct, flattened, F.cross_entropy(out, y, reduction="none")).mean(), mode
+
+    def penalty(self) -> torch.Tensor | None:
+        captured, self._captured = self._captured, None
+        if captured is None:
+            return None
+        out, y = captured
+        objective, mode = self.objective(out, y)
+        self._counts[mode] += 1
+        return None if mode == "descent" else objective - F.cross_entropy(out, y)
+
+    def end_of_epoch(self, epoch: int) -> None:
+        self.history.append({"epoch": self.epochs_done + 1, **self._counts})
+        self._counts = dict.fromkeys(self.MODES, 0)
+        self.epochs_done += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs_done": self.epochs_done, "history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epochs_done = int(state["epochs_done"])
+        self.history = list(state["history"])
+
+
 @torch.no_grad()
 def _logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     was = model.training
@@ -263,6 +347,8 @@ class DefenseConfig:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "prv"
+    # RelaxLoss
+    relax_alpha: float = 0.5
 
     def validate(self) -> "DefenseConfig":
         if self.defense not in DEFENSES:
@@ -285,6 +371,8 @@ class DefenseConfig:
                 raise ConfigError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
             if self.accountant not in ("prv", "rdp", "gdp"):
                 raise ConfigError(f"--accountant must be prv, rdp or gdp, got {self.accountant!r}")
+        if self.defense == "relaxloss" and not (math.isfinite(self.relax_alpha) and self.relax_alpha > 0):
+            raise ConfigError(f"--relax-alpha must be a positive number, got {self.relax_alpha}")
         if self.eval_examples is not None and self.eval_examples < 1:
             raise ConfigError(f"--eval-examples must be at least 1, got {self.eval_examples}")
         if self.adv_reference is not None and self.adv_reference < 1:
@@ -348,7 +436,8 @@ def run_defense(
     from prunus.models import build_model
     from prunus.plan import Plan, ratio_for_compression
     from prunus.privacy.splits import make_split, split_of_checkpoint
-    from prunus.training import Trainer, check_run_dir, create_run_dir, evaluate, model_record, pick_device
+    from prunus.training import (Trainer, check_run_dir, create_run_dir, environment_info, evaluate, model_record,
+                                 pick_device)
 
     config.validate()
     console = console or Console()
@@ -370,7 +459,7 @@ def run_defense(
         test_set = load_dataset(dataset["name"], "test", data_dir=data_dir, download=download,
                                 image_size=dataset.get("image_size"))
         meta = {"model": ckpt.meta["model"], "dataset": dataset, "init": str(ckpt.path)}
-        if config.defense in ("none", "advreg", "dpsgd"):
+        if config.defense in ("none", "advreg", "dpsgd", "relaxloss"):
             # only pruning starts from the init's weights: they have seen the members without the defense
             # (a DP guarantee would not hold for them), so the other defenses train a fresh model
             record = ckpt.meta["model"]
@@ -415,7 +504,8 @@ def run_defense(
     write_json_atomic(run_dir / "config.json", {"defense": dataclasses.asdict(config), "init": str(init) if init else None,
                                                "split": split.summary()})
     results: dict[str, Any] = {"config": dataclasses.asdict(config), "split": split.summary(),
-                               "init": str(init) if init else None}
+                               "init": str(init) if init else None, "device": str(dev),
+                               "environment": environment_info()}
     t0 = time.perf_counter()
     extra_meta: dict[str, Any] = {}
 
@@ -438,6 +528,10 @@ def run_defense(
         game = _game(config, model, members, split, train_set, config.warmup_epochs)
         trainer("train", config.train_config(), [game], game.loss_fn).fit()
         results["game"] = game.history
+    elif config.defense == "relaxloss":
+        relax = RelaxLoss(config.relax_alpha, members.num_classes)
+        trainer("train", config.train_config(), [relax], relax.loss_fn).fit()
+        results["relaxloss"] = relax.history
     elif config.defense in ("prune", "mcmia"):
         results.update(_prune(config, model, members, eval_set, train_set, split, plan, trainer, dev, console))
         extra_meta["pruning"] = {"plan": plan.to_dict(), "method": config.method}
@@ -587,11 +681,11 @@ def train_dpsgd(model: nn.Module, members: ArrayDataset, test_set: ArrayDataset,
                 count += len(y)
                 progress.update(task, description=f"DP-SGD epoch {epoch + 1}/{tcfg.epochs} loss {loss_sum / count:.4f}")
             test = evaluate(model, test_set, device=device)
-            spent = engine.get_epsilon(delta)
+            spent, spent_by = epsilon_so_far(engine, delta, last=epoch + 1 == tcfg.epochs)
             record = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1),
                       "train_accuracy": 100 * correct / max(count, 1), "test_loss": test["loss"],
                       "test_accuracy": test["accuracy"], "lr": tcfg.lr * factor, "epsilon": spent,
-                      "epoch_seconds": time.perf_counter() - t0}
+                      "epsilon_accountant": spent_by, "epoch_seconds": time.perf_counter() - t0}
             history.append(record)
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -606,13 +700,29 @@ def train_dpsgd(model: nn.Module, members: ArrayDataset, test_set: ArrayDataset,
 
                 shutil.rmtree(old, ignore_errors=True)
             console.print(f"epoch {epoch + 1:>3}/{tcfg.epochs}  train loss {record['train_loss']:.4f}  test acc "
-                          f"{test['accuracy']:.2f}%  epsilon {spent:.3f} (delta {delta:g})", soft_wrap=True)
+                          f"{test['accuracy']:.2f}%  epsilon {spent:.3f} (delta {delta:g}, {spent_by.upper()})",
+                          soft_wrap=True)
     dp_model._close()  # remove opacus' hooks; ``model`` is a plain module again
-    eps = float(engine.get_epsilon(delta))
+    eps = history[-1]["epsilon"] if history else float(engine.get_epsilon(delta))  # the last epoch's, by the run's accountant
     return {"model": model, "epsilon": eps, "delta": delta, "target_epsilon": epsilon, "accountant": accountant,
             "noise_multiplier": float(optimizer.noise_multiplier), "max_grad_norm": max_grad_norm,
             "sample_rate": float(getattr(loader, "sample_rate", 1 / len(loader))), "steps": steps, "epochs": tcfg.epochs, "groupnorm": groupnorm,
             "history": history}
+
+
+def epsilon_so_far(engine, delta: float, last: bool) -> tuple[float, str]:
+    """The privacy spent so far, and by which accountant.
+
+    The run's own accountant after the last epoch; before it, an RDP bound from the same history.
+    PRV's epsilon costs 1-2 s of CPU per call at epsilon 64 (longer than a GPU epoch), RDP's a few ms;
+    RDP's conversion is an upper bound, so the progress never shows less privacy loss than was spent."""
+    from opacus.accountants import RDPAccountant
+
+    if last or engine.accountant.mechanism() == "rdp":
+        return float(engine.get_epsilon(delta)), engine.accountant.mechanism()
+    bound = RDPAccountant()
+    bound.history = list(engine.accountant.history)
+    return float(bound.get_epsilon(delta)), "rdp"
 
 
 def load_defended(path: str | Path):
