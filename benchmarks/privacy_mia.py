@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -66,6 +67,18 @@ MCMIA_METHOD, MCMIA_COMPRESSIONS, MCMIA_WARMUP = "slr", (10, 8, 7), 1
 # (76.5% at eps 64: then the step budget limits, not the noise; Adam, batch 64, 20 epochs reached 78.5% at eps 64)
 DP_EPSILONS = (1.0, 4.0, 8.0, 64.0)
 DP_DELTA, DP_EPOCHS, DP_BATCH, DP_OPTIMIZER, DP_LR, DP_CLIP = 1e-5, 30, 512, "sgd", 2.0, 0.1
+# DP-SGD with the target's own recipe (Adam lr 3e-3, batch 64, 20 epochs) plus clipping at 1.0 and noise, for the
+# comparison at equal test accuracy: the recipe above stops near 77% whatever the epsilon, below every MCMIA row
+# (~87%). Seed-0 trials of it with 100 epochs (2,000 steps): 83.3% at epsilon 1000; with clip 1.0 and lr 0.2, 83.8%
+# at both epsilon 64 and 1000, so the optimisation limits, not the noise. The target's recipe: 80.9% at
+# epsilon 64, 84.6% at 1e3, 86.5% at 1e5, 87.5% at 1e7. So DP-SGD reaches MCMIA's accuracy only at epsilons that
+# promise nothing; those rows are here to place DP-SGD's AUC at that accuracy, not as private models.
+DP_TARGET_EPSILONS = (8.0, 64.0, 1e3, 1e5, 1e6, 1e7)
+DP_TARGET_CLIP = 1.0
+# RelaxLoss (Chen et al. 2022), a defense newer than MCMIA: the target's recipe with the members' training loss held
+# at alpha. Two levels, not tuned: 0.5, about where an overfit target's non-members sit, and a milder 0.3
+RELAX_ALPHAS = (0.3, 0.5)
+PRV_MAX_EPSILON = 64.0  # above it opacus' PRV accountant needs tens of GiB (its grid grows with epsilon): RDP there
 SEEDS = (0, 1, 2)
 GOAL_MAX_DROP, GOAL_MAX_LIRA_AUC = 1.0, 0.55  # MCMIA: at most 1 point of test accuracy lost, LiRA AUC <= 0.55
 
@@ -90,8 +103,8 @@ class Budget:
     seeds: tuple[int, ...] = SEEDS
 
 
-SMOKE = Budget(members=500, target_epochs=1, prune_epochs=2, retrain_epochs=1, dp_epochs=1, reference_models=2,
-               shadow_models=1, eval_examples=200, seeds=(0,))
+SMOKE = Budget(members=500, target_epochs=1, prune_epochs=2, retrain_epochs=1, dp_epochs=1,
+               reference_models=2, shadow_models=1, eval_examples=200, seeds=(0,))
 
 
 @dataclass(frozen=True)
@@ -101,10 +114,15 @@ class Row:
     defense: str
     options: dict[str, Any] = field(default_factory=dict)
     kind: str = "plain"  # cost class for the estimate
+    sections: tuple[str, ...] | None = None  # the setup sections its recipe lives in (default: its defense's)
 
     @property
     def from_target(self) -> bool:
         return self.defense in ("prune", "mcmia")
+
+    @property
+    def recipe_sections(self) -> tuple[str, ...]:
+        return self.sections if self.sections is not None else SECTIONS[self.defense]
 
 
 def rows(b: Budget) -> list[Row]:
@@ -126,7 +144,23 @@ def rows(b: Budget) -> list[Row]:
         out.append(Row(f"dpsgd-eps{eps:g}", f"DP-SGD ε = {eps:g}", "dpsgd",
                        dict(epsilon=eps, delta=DP_DELTA, max_grad_norm=DP_CLIP, epochs=b.dp_epochs,
                             batch_size=DP_BATCH, optimizer=DP_OPTIMIZER, lr=DP_LR), "dp"))
+    for alpha in RELAX_ALPHAS:
+        out.append(Row(f"relaxloss-a{alpha:g}", f"RelaxLoss (α {alpha:g})", "relaxloss", dict(relax_alpha=alpha)))
+    for eps in DP_TARGET_EPSILONS:  # the target's recipe (the defense config's base) with clipping and noise
+        out.append(Row(f"dpsgd-target-eps{short(eps)}", f"DP-SGD ε = {short(eps)}, target's recipe", "dpsgd",
+                       dict(epsilon=eps, delta=DP_DELTA, max_grad_norm=DP_TARGET_CLIP, accountant=dp_accountant(eps)),
+                       "dp", ("dp_target",)))
     return out
+
+
+def short(x: float) -> str:
+    """8, 64, 1000, 1e5, 1e6: a number as a row name and label show it."""
+    return f"{x:g}" if x < 1e4 else f"{x:.0e}".replace("e+0", "e").replace("e+", "e")
+
+
+def dp_accountant(epsilon: float) -> str:
+    """PRV (tight) where its grid fits in memory, RDP (looser: a stated epsilon means slightly more noise) above."""
+    return "prv" if epsilon <= PRV_MAX_EPSILON else "rdp"
 
 
 def defense_config(row: Row, seed: int, b: Budget):
@@ -164,13 +198,18 @@ def setup(b: Budget) -> dict[str, Any]:
         "dp": {"epsilons": list(DP_EPSILONS), "delta": DP_DELTA, "epochs": b.dp_epochs, "batch_size": DP_BATCH,
                "optimizer": DP_OPTIMIZER, "lr": DP_LR, "momentum": TrainConfig.momentum if DP_OPTIMIZER == "sgd" else None,
                "max_grad_norm": DP_CLIP, "accountant": "prv"},
+        "relax": {"alphas": list(RELAX_ALPHAS)},
+        "dp_target": {"epsilons": list(DP_TARGET_EPSILONS), "delta": DP_DELTA, "max_grad_norm": DP_TARGET_CLIP,
+                      "accountant": f"prv up to epsilon {PRV_MAX_EPSILON:g}, rdp above"},
         "rows": [r.name for r in rows(b)],
     }
 
 
 # Setup keys that list which rows exist rather than how a row is made: adding a row does not change the others
-ROW_LISTS = {"compressions", "mcmia_compressions", "epsilons", "methods"}
-SECTIONS = {"none": (), "prune": ("prune",), "advreg": ("game",), "mcmia": ("prune", "game"), "dpsgd": ("dp",)}
+ROW_LISTS = {"compressions", "mcmia_compressions", "epsilons", "methods", "alphas"}
+SECTIONS = {"none": (), "prune": ("prune",), "advreg": ("game",), "mcmia": ("prune", "game"), "dpsgd": ("dp",),
+            "relaxloss": ("relax",)}
+RECIPE_SECTIONS = {"prune", "game", "dp", "dp_target", "relax"}  # setup keys that only some rows depend on
 
 
 def still_valid(data: dict, b: Budget) -> list[dict] | None:
@@ -178,7 +217,7 @@ def still_valid(data: dict, b: Budget) -> list[dict] | None:
     the attacks changed (every row depends on those), else the runs of rows that still exist and whose own
     sections of the setup (pruning, the game, DP-SGD; lists of rows aside) are unchanged."""
     old, new = data["setup"], setup(b)
-    shared = set(new) - {"prune", "game", "dp", "rows"}
+    shared = set(new) - RECIPE_SECTIONS - {"rows"}
     if any(old.get(k) != new[k] for k in shared):
         return None
 
@@ -187,7 +226,7 @@ def still_valid(data: dict, b: Budget) -> list[dict] | None:
 
     current = {r.name: r for r in rows(b)}
     return [run for run in data["runs"] if run["row"] in current
-            and all(recipe(old, sec) == recipe(new, sec) for sec in SECTIONS[current[run["row"]].defense])]
+            and all(recipe(old, sec) == recipe(new, sec) for sec in current[run["row"]].recipe_sections)]
 
 
 # -- runtime estimate -------------------------------------------------------------------------------------
@@ -225,8 +264,9 @@ def estimate(b: Budget, todo: list[tuple[int, Row]], banks_needed: int, step_s: 
     total = banks_needed * (b.reference_models + b.shadow_models) * b.target_epochs * epoch
     total += len({seed for seed, _ in todo}) * SHADOW_FIT_S
     for _, row in todo:
-        epochs = {"none": b.target_epochs, "advreg": b.target_epochs, "dpsgd": b.dp_epochs}.get(
-            row.defense, b.prune_epochs + b.retrain_epochs)
+        from_scratch = {"none": b.target_epochs, "advreg": b.target_epochs, "dpsgd": b.target_epochs,
+                        "relaxloss": b.target_epochs}
+        epochs = row.options.get("epochs", from_scratch.get(row.defense, b.prune_epochs + b.retrain_epochs))
         total += epochs * epoch * COST[row.kind] + ROW_OVERHEAD_S + (DP_SETUP_S if row.defense == "dpsgd" else 0)
     return total
 
@@ -234,19 +274,84 @@ def estimate(b: Budget, todo: list[tuple[int, Row]], banks_needed: int, step_s: 
 # -- one row ---------------------------------------------------------------------------------------------
 
 
-def train_row(row: Row, seed: int, b: Budget, cache: Path, target: Path | None) -> dict[str, Any]:
+def train_row(row: Row, seed: int, b: Budget, cache: Path, target: Path | None,
+              device: str | None = None) -> dict[str, Any]:
     """Train the row's model on the seed's members: from ``target`` for pruning and MCMIA, from scratch on
-    ``target``'s split otherwise (the undefended target itself draws the split)."""
+    ``target``'s split otherwise (the undefended target itself draws the split). A finished run of the same
+    recipe already in the cache (``finished_run``) is used as it is."""
     from rich.console import Console
 
     from prunus.privacy.defenses import run_defense
 
     run_dir = cache / f"seed{seed}" / row.name
+    config = defense_config(row, seed, b)
+    done = None if row.from_target else finished_run(run_dir, config)
+    if done is not None:
+        return {**done, "run_dir": str(run_dir), "wall_seconds": done["seconds"], "reused": True}
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
-    res = run_defense(defense_config(row, seed, b), run_dir, init=None if row.defense == "none" else target,
+    res = run_defense(config, run_dir, init=None if row.defense == "none" else target, device=device,
                       console=Console(quiet=True))
     return {**res, "run_dir": str(run_dir), "wall_seconds": time.perf_counter() - t0}
+
+
+def finished_run(run_dir: Path, config) -> dict[str, Any] | None:
+    """The results of a finished run of exactly ``config`` in ``run_dir``, else None.
+
+    Rows that train from scratch depend only on their config (the split is drawn from its seed), so
+    one trained elsewhere (``--train-only`` on a GPU machine, its run directory copied into the cache)
+    is audited here as it is. Pruning and MCMIA rows also depend on the target's weights: never reused."""
+    path = run_dir / "results.json"
+    if not path.is_file() or not (run_dir / "final" / "meta.json").is_file():
+        return None
+    res = json.loads(path.read_text())
+    return res if res.get("config") == dataclasses.asdict(config) else None
+
+
+def _train_job(row_name: str, seed: int, b: Budget, cache: Path, device: str | None, threads: int) -> dict[str, Any]:
+    """One ``--train-only`` job in a worker process (spawned: CUDA cannot be forked)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    row = next(r for r in rows(b) if r.name == row_name)
+    target = cache / f"seed{seed}" / "undefended" / "final"
+    res = train_row(row, seed, b, cache, None if row.defense == "none" else target, device)
+    return {"row": row_name, "seed": seed, "test_accuracy": res["test_accuracy"], "seconds": res["seconds"],
+            "reused": res.get("reused", False), "epsilon": res.get("dp", {}).get("epsilon")}
+
+
+def train_only(b: Budget, chosen: list[Row], cache: Path, jobs: int, device: str | None) -> None:
+    """Train the chosen rows of every seed into the cache without auditing them, ``jobs`` at a time.
+
+    For a machine with a GPU and many cores: the run directories it leaves in ``cache`` are then
+    copied here, and a ``--continue`` run audits them (``finished_run``) instead of training them.
+    The undefended targets come first, on the CPU: rows trained here from scratch take only their
+    split from them, and the audit uses the targets trained where it runs. A failed job is reported
+    and the others go on."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")
+    t0 = time.perf_counter()
+    failed = 0
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        for phase, dev in (([rows(b)[0]], "cpu"), ([r for r in chosen if r.defense != "none"], device)):
+            futures = {pool.submit(_train_job, row.name, seed, b, cache, dev, threads): (row.name, seed)
+                       for row in phase for seed in b.seeds}
+            for f, (name, seed) in futures.items():
+                try:
+                    r = f.result()
+                except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
+                    failed += 1
+                    print(f"seed {seed} {name}: FAILED: {type(e).__name__}: {e}", flush=True)
+                    continue
+                eps = f", epsilon {r['epsilon']:.2f}" if r["epsilon"] is not None else ""
+                print(f"seed {r['seed']} {r['row']}: test {r['test_accuracy']:.2f}%{eps}, "
+                      f"{'reused' if r['reused'] else 'trained'} ({r['seconds']:.0f} s), "
+                      f"{time.perf_counter() - t0:.0f} s so far", flush=True)
+    if failed:
+        sys.exit(f"{failed} run(s) failed")
 
 
 def audit_row(row: Row, seed: int, b: Budget, cache: Path, res: dict[str, Any], bank) -> dict[str, Any]:
@@ -271,6 +376,8 @@ def audit_row(row: Row, seed: int, b: Budget, cache: Path, res: dict[str, Any], 
            "wall_seconds": res["wall_seconds"] + time.perf_counter() - t0,
            "attacks": {a["attack"]: {k: a[k] for k in keep} for a in report["attacks"]}, "split": res["split"],
            "environment": environment_info()}
+    if res.get("environment"):  # where the model was trained (the audit ran here)
+        out["train_environment"] = {**res["environment"], "device": res.get("device")}
     if "report" in res:
         out["compression"] = res["report"]["compression"]  # of the pruned layers (conv2, fc1, fc2)
         out["model_compression"] = res["report"]["params_total"] / res["report"]["params_nonzero"]
@@ -328,8 +435,8 @@ def goal(data: dict) -> dict[str, Any]:
         return {"status": "not measured", "parts": [], "text": "the undefended and MCMIA rows are needed"}
     mean = statistics.mean
     base = mean(r["test_accuracy"] for r in groups["undefended"])
-    dp = sorted(((mean(r["test_accuracy"] for r in g), mean(lira_auc(r) for r in g), name)
-                 for name, g in groups.items() if name.startswith("dpsgd")))
+    dp = dp_front([(mean(r["test_accuracy"] for r in g), mean(lira_auc(r) for r in g), name,
+                    standard_error([lira_auc(r) for r in g])) for name, g in groups.items() if name.startswith("dpsgd")])
     labels = data.get("labels", {})
     parts, verdicts = [], []
     for name in mcmia:
@@ -340,7 +447,7 @@ def goal(data: dict) -> dict[str, Any]:
             {"what": f"test-accuracy loss <= {GOAL_MAX_DROP:g} pt", "value": f"{drop:.2f} pt "
              f"({acc:.2f}% vs undefended {base:.2f}%)", "met": drop <= GOAL_MAX_DROP},
             {"what": f"LiRA AUC <= {GOAL_MAX_LIRA_AUC:g}", "value": f"{auc:.3f}", "met": auc <= GOAL_MAX_LIRA_AUC},
-            compare_with_dp(acc, auc, dp),
+            compare_with_dp(acc, auc, standard_error([lira_auc(r) for r in groups[name]]), dp),
         ]
         for p in row:
             p["row"] = labels.get(name, name)
@@ -352,35 +459,93 @@ def goal(data: dict) -> dict[str, Any]:
     return {"status": status, "parts": parts, "undefended_test_accuracy": base}
 
 
-def compare_with_dp(acc: float, auc: float, dp: list[tuple[float, float, str]]) -> dict[str, Any]:
-    """Does (acc, auc) leak less than DP-SGD at the same test accuracy?  ``dp``: (accuracy, LiRA AUC, row) sorted
-    by accuracy. Inside the DP-SGD rows' accuracy range, DP-SGD's AUC is interpolated linearly in accuracy;
-    outside it the nearest row decides only when it settles the question (assuming DP-SGD leaks more at larger
-    epsilon, i.e. at higher accuracy), else the comparison is undetermined."""
+def standard_error(values: list[float]) -> float:
+    """Standard error of the mean over seeds (0 for a single seed: then nothing is known of the spread)."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+
+
+DPPoint = tuple[float, float, str, float]  # DP-SGD row: mean test accuracy, mean LiRA AUC, row, AUC's standard error
+
+
+def dp_front(dp: list[DPPoint]) -> list[DPPoint]:
+    """DP-SGD's best trade-offs among the rows run: those that no other DP-SGD row beats on both test accuracy
+    (higher) and LiRA AUC (lower), sorted by accuracy. With several recipes and epsilons this is the curve a user
+    choosing DP-SGD could reach; along it, AUC grows with accuracy."""
+    front = [d for d in dp if not any(o[0] >= d[0] and o[1] <= d[1] and o[:2] != d[:2] for o in dp)]
+    return sorted(front)
+
+
+def compare_with_dp(acc: float, auc: float, auc_se: float, dp: list[DPPoint]) -> dict[str, Any]:
+    """Does (acc, auc) leak less than DP-SGD at the same test accuracy?  ``dp``: DP-SGD's best trade-offs
+    (``dp_front``), sorted by accuracy. Inside their accuracy range, DP-SGD's AUC (and its standard error) is
+    interpolated linearly in accuracy; outside it the nearest row decides only when it settles the question
+    (assuming DP-SGD leaks more at larger epsilon, i.e. at higher accuracy), else the comparison is undetermined.
+    A difference within two standard errors over seeds (``auc_se`` and DP-SGD's, combined) is a tie: not met,
+    since nothing shows that one leaks less than the other."""
     what = "LiRA AUC below DP-SGD's at equal test accuracy"
     if not dp:
         return {"what": what, "value": "no DP-SGD row", "met": None}
+
+    def verdict(u: float, u_se: float, where: str) -> dict[str, Any]:
+        margin = 2 * math.hypot(auc_se, u_se)
+        if u - auc > margin:
+            return {"what": what, "value": f"{auc:.3f} vs {u:.3f} ({where})", "met": True}
+        if auc - u > margin:
+            return {"what": what, "value": f"{auc:.3f} vs {u:.3f} ({where}): DP-SGD leaks less", "met": False}
+        return {"what": what, "value": f"{auc:.3f} vs {u:.3f} ({where}): a tie, the difference {auc - u:+.3f} is "
+                f"within two standard errors over seeds (±{margin:.3f})", "met": False}
+
     accs = [d[0] for d in dp]
     if accs[0] <= acc <= accs[-1]:
-        for (a0, u0, n0), (a1, u1, n1) in zip(dp, dp[1:] + [dp[-1]]):
+        for (a0, u0, n0, e0), (a1, u1, n1, e1) in zip(dp, dp[1:] + [dp[-1]]):
             if a0 <= acc <= a1:
-                u = u0 if a1 == a0 else u0 + (u1 - u0) * (acc - a0) / (a1 - a0)
+                w = 0.0 if a1 == a0 else (acc - a0) / (a1 - a0)
                 between = n0 if n0 == n1 else f"{n0} and {n1}"
-                return {"what": what, "value": f"{auc:.3f} vs {u:.3f} (DP-SGD interpolated between {between} "
-                        f"at {acc:.2f}%)", "met": auc < u}
+                return verdict(u0 + (u1 - u0) * w, e0 + (e1 - e0) * w,
+                               f"DP-SGD interpolated between {between} at {acc:.2f}%")
     if acc > accs[-1]:
-        a, u, n = dp[-1]
+        a, u, n, e = dp[-1]
         if auc < u:
-            return {"what": what, "value": f"{auc:.3f} vs {u:.3f}: more accurate ({acc:.2f}% vs {a:.2f}%) and less "
-                    f"leaky than the most accurate DP-SGD row ({n})", "met": True}
+            out = verdict(u, e, f"more accurate ({acc:.2f}% vs {a:.2f}%) than the most accurate DP-SGD row ({n})")
+            if out["met"]:
+                return out
         return {"what": what, "value": f"DP-SGD does not reach {acc:.2f}% at any epsilon run (best {n}: {a:.2f}%, "
                 f"AUC {u:.3f}); comparing needs a DP-SGD recipe that does", "met": None}
-    a, u, n = dp[0]
+    a, u, n, e = dp[0]
     if u <= auc:
         return {"what": what, "value": f"{auc:.3f} vs {u:.3f}: the least accurate DP-SGD row ({n}) is more accurate "
                 f"({a:.2f}% vs {acc:.2f}%) and leaks no more", "met": False}
     return {"what": what, "value": f"every DP-SGD row is more accurate (least: {n}, {a:.2f}%); a smaller epsilon "
             "would be needed to compare", "met": None}
+
+
+def _dp_target_text(dpt: dict | None, t: dict) -> str:
+    """The DP-SGD rows that train with the target's recipe."""
+    if not dpt:
+        return ""
+    return (f"DP-SGD, target's recipe: the target's {t['optimizer']} lr {t['lr']:g}, batch {t['batch_size']} (expected, "
+            f"Poisson), {_n(t['epochs'], 'epoch')}, plus clipping norm {dpt['max_grad_norm']:g} and the noise for ε; "
+            f"{dpt['accountant']} (PRV's grid needs tens of GiB at a large ε; RDP's ε is an upper bound). Its "
+            "ε ≥ 1,000 rows promise nothing as privacy: they locate DP-SGD's leakage at MCMIA's accuracy. ")
+
+
+def _other_machines(data: dict, groups: dict[str, list[dict]]) -> str:
+    """Rows trained on another machine or thread count than the header's (``--train-only``, a later session)."""
+    def machine(env: dict) -> str:
+        device = env.get("device") or ""
+        if env.get("gpu") and device.startswith("cuda"):
+            return f"{env['gpu']} (torch {env['torch']})"
+        return f"{env['cpu']}, {_n(env['torch_threads'], 'thread')} (torch {env['torch']})"
+
+    header = machine(data["environment"])
+    where: dict[str, list[str]] = {}
+    for name, runs in groups.items():
+        for r in runs:
+            m = machine(r.get("train_environment") or r["environment"])
+            label = data.get("labels", {}).get(name, name)
+            if m != header and label not in where.setdefault(m, []):
+                where[m].append(label)
+    return "".join(f" Trained on {m}: {'; '.join(labels)}." for m, labels in where.items() if labels)
 
 
 def summarize(data: dict) -> str:
@@ -418,7 +583,10 @@ def summarize(data: dict) -> str:
         f"{dp['batch_size']} (Poisson sampling), {dp['optimizer']} lr {dp['lr']:g}{momentum}, "
         f"{t['schedule']} schedule, clipping norm "
         f"{dp['max_grad_norm']:g}, **δ = {dp['delta']:g}**; the ε column is the accountant's ε after training. "
-        "λ and the DP-SGD recipe are set once, not tuned per row.",
+        + _dp_target_text(s.get("dp_target"), t)
+        + ("RelaxLoss: from scratch with the target's recipe, the members' training loss held at α (below it, "
+           "gradient ascent in even epochs and posterior flattening in odd ones). " if s.get("relax") else "")
+        + "λ and each DP-SGD recipe are set once, not tuned per row." + _other_machines(data, groups),
         "",
         f"**Attacks.** One un-augmented query per example, on all {m:,} members and {m:,} non-members (TPR@0.1%FPR "
         f"allows {_n(m // 1000, 'false positive')}{'' if m >= 1000 else ': with fewer than 1,000 non-members'}). "
@@ -449,6 +617,11 @@ def summarize(data: dict) -> str:
         for p in g["parts"]:
             verdict = {True: "met", False: "not met", None: "undetermined"}[p["met"]]
             lines.append(f"| {p['row']} | {p['what']} | {p['value']} | {verdict} |")
+        lines += ["", "LiRA's reference models train like the undefended target, so LiRA is calibrated for models "
+                  "that train like it (DP-SGD at a large ε is the target's recipe plus clipping and a little noise) "
+                  "and less for pruned, game or RelaxLoss models, whose outputs it was not shown: an adaptive "
+                  "attacker would do at least as well against those. The loss attack needs no reference model, so "
+                  "its column compares every defense on equal terms."]
     lines += ["", "| defense | seeds | test acc. % | members % | non-members % | compression (pruned layers; "
               "whole model) | (ε, δ) | train s | audit s |", "|---|---|---|---|---|---|---|---|---|"]
     labels = {r: lab for r, lab in data.get("labels", {}).items()}
@@ -491,7 +664,15 @@ def main() -> None:
                     f"{SMOKE.reference_models} reference models, 1 epoch, 1 seed) into a temporary directory")
     ap.add_argument("--out", type=Path, help="results directory (default benchmarks/results; with --smoke a new "
                     "temporary directory); the cache goes into OUT/.cache unless it is benchmarks/results")
+    ap.add_argument("--train-only", action="store_true", help="train the rows into the cache, audit nothing "
+                    "(on a GPU machine; copy the cache's run directories back, then --continue audits them)")
+    ap.add_argument("--jobs", type=int, default=1, help="--train-only: runs trained at once, in worker processes")
+    ap.add_argument("--device", help="--train-only: torch device (default: cuda when available)")
     args = ap.parse_args()
+    if args.jobs < 1:
+        sys.exit(f"--jobs must be at least 1, got {args.jobs}")
+    if (args.jobs > 1 or args.device) and not args.train_only:
+        sys.exit("--jobs and --device go with --train-only (audits run here, one at a time)")
     budget = SMOKE if args.smoke else Budget()
     if args.seeds:
         budget = dataclasses.replace(budget, seeds=tuple(args.seeds))
@@ -512,6 +693,8 @@ def main() -> None:
         if unknown:
             sys.exit(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(r.name for r in all_rows)}")
     chosen = [r for r in all_rows if not args.rows or r.name in args.rows]
+    if args.train_only:
+        return train_only(budget, chosen, cache, args.jobs, args.device)
     data = json.loads(path.read_text()) if args.cont and path.exists() else None
     if data is not None and data["setup"] != setup(budget):
         kept = still_valid(data, budget)
@@ -550,7 +733,8 @@ def main() -> None:
             t0 = time.perf_counter()
             target_res = train_row(undefended, seed, budget, cache, None)
             note = "" if undefended in seed_todo else " (its cache was missing; its recorded row is kept)"
-            print(f"seed {seed}: undefended target trained in {time.perf_counter() - t0:.0f} s{note}", flush=True)
+            how = "taken from the cache" if target_res.get("reused") else "trained"
+            print(f"seed {seed}: undefended target {how} in {time.perf_counter() - t0:.0f} s{note}", flush=True)
         bank = open_bank(target, seed, budget, cache / f"bank-seed{seed}", data)
         for row in seed_todo:
             if row is undefended:
