@@ -264,9 +264,7 @@ def estimate(b: Budget, todo: list[tuple[int, Row]], banks_needed: int, step_s: 
     total = banks_needed * (b.reference_models + b.shadow_models) * b.target_epochs * epoch
     total += len({seed for seed, _ in todo}) * SHADOW_FIT_S
     for _, row in todo:
-        from_scratch = {"none": b.target_epochs, "advreg": b.target_epochs, "dpsgd": b.target_epochs,
-                        "relaxloss": b.target_epochs}
-        epochs = row.options.get("epochs", from_scratch.get(row.defense, b.prune_epochs + b.retrain_epochs))
+        epochs = row.options.get("epochs", b.prune_epochs + b.retrain_epochs if row.from_target else b.target_epochs)
         total += epochs * epoch * COST[row.kind] + ROW_OVERHEAD_S + (DP_SETUP_S if row.defense == "dpsgd" else 0)
     return total
 

@@ -78,7 +78,25 @@ class InferenceModel(nn.Module):
         return self.head(torch.cat([self.pred(torch.cat([logp, logp_y], 1)), self.label(onehot)], 1)).squeeze(1)
 
 
-class AdversarialRegularizer(TrainingHook):
+class BatchLossHook(TrainingHook):
+    """A hook whose penalty depends on the batch's outputs: pass it as a hook **and** its :meth:`loss_fn` as
+    the Trainer's ``loss_fn``. The logged loss stays the cross-entropy; :meth:`take_batch` hands the
+    training batch's (outputs, labels) to :meth:`penalty` once."""
+
+    _captured: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def loss_fn(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy; in a training step (gradients on) it also keeps (out, y) for :meth:`penalty`."""
+        if torch.is_grad_enabled() and out.requires_grad:
+            self._captured = (out, y)
+        return F.cross_entropy(out, y, reduction=reduction)
+
+    def take_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        captured, self._captured = self._captured, None
+        return captured
+
+
+class AdversarialRegularizer(BatchLossHook):
     """The min-max game as a :class:`~prunus.hooks.TrainingHook` (Nasr, Shokri & Houmansadr 2018).
 
     Pass it to a Trainer as a hook **and** its :meth:`loss_fn` as the Trainer's ``loss_fn``
@@ -120,18 +138,11 @@ class AdversarialRegularizer(TrainingHook):
         self.generator = torch.Generator().manual_seed(seed + 7919)
         self.epochs_done = 0
         self.history: list[dict[str, float]] = []
-        self._captured: tuple[torch.Tensor, torch.Tensor] | None = None
         self._epoch_stats = [0.0, 0.0, 0]  # gain sum, accuracy sum, attack steps
 
     @property
     def active(self) -> bool:
         return self.epochs_done >= self.warmup_epochs
-
-    def loss_fn(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Cross-entropy; in a training step (gradients on) it also keeps (out, y) for :meth:`penalty`."""
-        if torch.is_grad_enabled() and out.requires_grad:
-            self._captured = (out, y)
-        return F.cross_entropy(out, y, reduction=reduction)
 
     def _outputs(self, data: ArrayDataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(data), (n,), generator=self.generator)
@@ -163,7 +174,7 @@ class AdversarialRegularizer(TrainingHook):
         return gain
 
     def penalty(self) -> torch.Tensor | None:
-        captured, self._captured = self._captured, None
+        captured = self.take_batch()
         if captured is None or not self.active:
             return None
         for _ in range(self.attack_steps):
@@ -210,7 +221,7 @@ class AdversarialRegularizer(TrainingHook):
         self.history = list(state["history"])
 
 
-class RelaxLoss(TrainingHook):
+class RelaxLoss(BatchLossHook):
     """RelaxLoss (Chen, Yu & Fritz, ICLR 2022) as a :class:`~prunus.hooks.TrainingHook`.
 
     Membership attacks feed on members' losses being far lower than non-members'. RelaxLoss stops
@@ -223,9 +234,8 @@ class RelaxLoss(TrainingHook):
       other classes; misclassified ones keep plain cross-entropy. The prediction stays, but members'
       outputs lose the peaked shape that sets them apart.
 
-    Like :class:`AdversarialRegularizer`, pass it as a hook **and** its :meth:`loss_fn` as the
-    Trainer's ``loss_fn``: the logged loss stays the cross-entropy, and :meth:`penalty` adds the
-    difference to RelaxLoss's objective. ``history`` counts each epoch's batches per mode.
+    A :class:`BatchLossHook`, like the game: :meth:`penalty` adds the difference between RelaxLoss's
+    objective and the cross-entropy. ``history`` counts each epoch's batches per mode.
     """
 
     name = "relaxloss"
@@ -239,14 +249,7 @@ class RelaxLoss(TrainingHook):
         self.alpha, self.num_classes = alpha, num_classes
         self.epochs_done = 0
         self.history: list[dict[str, Any]] = []
-        self._captured: tuple[torch.Tensor, torch.Tensor] | None = None
         self._counts = dict.fromkeys(self.MODES, 0)
-
-    def loss_fn(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Cross-entropy; in a training step (gradients on) it also keeps (out, y) for :meth:`penalty`."""
-        if torch.is_grad_enabled() and out.requires_grad:
-            self._captured = (out, y)
-        return F.cross_entropy(out, y, reduction=reduction)
 
     def mode(self, ce: float) -> str:
         """Which update a batch of mean cross-entropy ``ce`` gets in the current epoch."""
@@ -254,30 +257,28 @@ class RelaxLoss(TrainingHook):
             return "descent"
         return "ascent" if self.epochs_done % 2 == 0 else "flatten"
 
-    def objective(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, str]:
-        """The loss RelaxLoss descends on this batch, and its mode."""
-        ce = F.cross_entropy(out, y)
-        mode = self.mode(float(ce.detach()))
-        if mode == "descent":
-            return ce, mode
+    def _relaxed_loss(self, out: torch.Tensor, y: torch.Tensor, ce: torch.Tensor, mode: str) -> torch.Tensor:
+        """What RelaxLoss descends below alpha: ``alpha - ce`` (ascent) or the flattened-target loss."""
         if mode == "ascent":
-            return self.alpha - ce, mode
+            return self.alpha - ce
         with torch.no_grad():
             p_true = torch.softmax(out, 1).gather(1, y[:, None])
             target = ((1 - p_true) / (self.num_classes - 1)).expand(-1, self.num_classes).clone()
             target.scatter_(1, y[:, None], p_true)
             correct = out.argmax(1) == y
         flattened = -(target * torch.log_softmax(out, 1)).sum(1)
-        return torch.where(correct, flattened, F.cross_entropy(out, y, reduction="none")).mean(), mode
+        return torch.where(correct, flattened, F.cross_entropy(out, y, reduction="none")).mean()
 
     def penalty(self) -> torch.Tensor | None:
-        captured, self._captured = self._captured, None
+        """RelaxLoss's objective minus the cross-entropy the Trainer already adds (None when they are equal)."""
+        captured = self.take_batch()
         if captured is None:
             return None
         out, y = captured
-        objective, mode = self.objective(out, y)
+        ce = F.cross_entropy(out, y)
+        mode = self.mode(float(ce.detach()))
         self._counts[mode] += 1
-        return None if mode == "descent" else objective - F.cross_entropy(out, y)
+        return None if mode == "descent" else self._relaxed_loss(out, y, ce, mode) - ce
 
     def end_of_epoch(self, epoch: int) -> None:
         self.history.append({"epoch": self.epochs_done + 1, **self._counts})
