@@ -41,14 +41,14 @@ def _data(n=256, seed=0):
 PLAN = {"prune": {"mid.weight": {"structure": "filter", "ratio": 0.5}, "dec.weight": {"structure": "unstructured", "ratio": 0.9}}}
 
 
-def _run(method_cls, rounds=4, **kw):
+def _run(method_cls, train_rounds=4, **kw):
     torch.manual_seed(0)
     model = Denoiser()
     x, y = _data()
     plan = Plan.from_dict(PLAN)
     pruner = method_cls(model, plan, closure=batch_closure(model, x, y, F.mse_loss), **kw)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(rounds):
+    for _ in range(train_rounds):
         for i in range(0, 256, 32):
             loss = F.mse_loss(model(x[i : i + 32]), y[i : i + 32])
             penalty = pruner.penalty()
@@ -71,8 +71,8 @@ def _distance_to_set(model):
 
 @pytest.mark.parametrize("method_cls", [SLR, ADMM])
 def test_any_module_any_loss_reaches_exact_sparsity(method_cls):
-    model, pruner, _, (x, y) = _run(method_cls, rounds=6, rho=1.0)
-    plain, _, _, _ = _run(method_cls, rounds=6, rho=1e-9)  # same training, penalty negligible
+    model, pruner, _, (x, y) = _run(method_cls, train_rounds=6, rho=1.0)
+    plain, _, _, _ = _run(method_cls, train_rounds=6, rho=1e-9)  # same training, penalty negligible
     # the method pulls W toward the constraint set: hard-pruning removes much less
     assert _distance_to_set(model) < 0.5 * _distance_to_set(plain)
     masks = pruner.hard_prune()
@@ -86,10 +86,22 @@ def test_any_module_any_loss_reaches_exact_sparsity(method_cls):
 def test_slr_alpha_and_step_size_rule():
     assert alpha(1, 300, 0.1) == pytest.approx(1 - 1 / 300)
     assert alpha(4, 300, 0.1) == pytest.approx(1 - 1 / (300 * 4 ** (1 - 1 / 4**0.1)))
-    _, pruner, _, _ = _run(SLR, rounds=3)
+    _, pruner, _, _ = _run(SLR, train_rounds=3)
     steps = [h for h in pruner.history]
     assert all(h["z_condition"] for h in steps)  # the Z-step is an exact minimiser: L never rises
     assert pruner.j == sum(h["w_condition"] + h["z_condition"] for h in steps)
+    # s_j = alpha_j * s_{j-1} * ||W^{k-1} - Z^{k-1}|| / ||W^k - Z^k||, by hand on a known residual
+    pruner.j, pruner.s, pruner.prev_residual = 3, 0.01, 2.0
+    w = {n: torch.zeros_like(s["Z"]) for n, s in pruner.state.items()}
+    z = {n: torch.zeros_like(s["Z"]) for n, s in pruner.state.items()}
+    z["mid.weight"].view(-1)[0] = 0.3
+    z["mid.weight"].view(-1)[1] = -0.4  # ||W - Z|| = 0.5
+    before = pruner.state["mid.weight"]["Lambda"].clone()
+    s_j = pruner._multiplier_step(w, z)
+    expected = alpha(4, 300, 0.1) * 0.01 * 2.0 / 0.5
+    assert s_j == pytest.approx(expected) and pruner.s == pytest.approx(expected) and pruner.j == 4
+    assert pruner.prev_residual == pytest.approx(0.5)
+    assert torch.allclose(pruner.state["mid.weight"]["Lambda"], before + expected * (w["mid.weight"] - z["mid.weight"]))
 
 
 def test_slr_keeps_real_copies_and_restores_rejected_multipliers():
@@ -129,7 +141,7 @@ def test_slr_needs_a_closure():
 
 @pytest.mark.parametrize("method_cls", [SLR, ADMM, Magnitude])
 def test_state_dict_resumes_exactly(method_cls):
-    model, pruner, opt, (x, y) = _run(method_cls, rounds=2)
+    model, pruner, opt, (x, y) = _run(method_cls, train_rounds=2)
     tensors = {}
     skeleton = flatten_state(pruner.state_dict(), "pruner", tensors)
     model2 = copy.deepcopy(model)
@@ -144,11 +156,18 @@ def test_state_dict_resumes_exactly(method_cls):
 
 
 def test_admm_rho_schedule_keeps_unscaled_multiplier():
-    model, pruner, _, _ = _run(ADMM, rounds=1, rho=0.1, rho_factor=2.0, rho_max=0.3)
-    lam = {n: pruner.rho * s["U"].clone() for n, s in pruner.state.items()}
+    model, pruner, _, _ = _run(ADMM, train_rounds=1, rho=0.1, rho_factor=2.0, rho_max=0.3, penalize="all")
+    rho0 = pruner.rho
+    u0 = {n: s["U"].clone() for n, s in pruner.state.items()}
+    w = {n: p.detach().clone() for n, p in pruner.params.items()}
     pruner.step()
-    assert pruner.rho == pytest.approx(0.3)
+    assert (rho0, pruner.rho) == pytest.approx((0.2, 0.3))  # 0.1 -> 0.2 -> min(0.4, 0.3)
     assert [h["rho"] for h in pruner.history] == pytest.approx([0.1, 0.2])
+    for n, s in pruner.state.items():
+        # the U-step U + W - Z at the old rho, then U rescaled: the unscaled multiplier rho*U is unchanged
+        lam = rho0 * (u0[n] + w[n] - s["Z"])
+        assert torch.allclose(pruner.rho * s["U"], lam, atol=1e-7), n
+        assert not torch.allclose(s["U"], u0[n] + w[n] - s["Z"])  # and U itself was rescaled
 
 
 @pytest.mark.parametrize("make_opt", [
@@ -228,25 +247,32 @@ def test_filter_pruning_zeroes_bias_and_structural_macs_count_removed_channels()
     assert rep.macs_dense == 416520
 
 
-def test_penalty_is_the_augmented_lagrangian_term():
-    """The fused penalty equals <Lambda, W - Z> + rho/2 ||W - Z||^2 (SLR) and rho/2 ||W - Z + U||^2 (ADMM)."""
+@pytest.mark.parametrize("penalize", ["all", "removed"])
+def test_penalty_is_the_augmented_lagrangian_term(penalize):
+    """The fused penalty equals <Lambda, W - Z> + rho/2 ||W - Z||^2 (SLR) and rho/2 ||W - Z + U||^2 (ADMM);
+    with penalize="removed" only over the entries the Z-step removed (Z minimised out on the kept ones:
+    -Lambda^2/(2 rho) each for SLR, 0 for ADMM, whose kept U is 0 after a U-step)."""
     for method_cls in (SLR, ADMM):
-        model, pruner, _, _ = _run(method_cls, rounds=2, rho=0.3)
+        model, pruner, _, _ = _run(method_cls, train_rounds=2, rho=0.3, penalize=penalize)
         params = dict(model.named_parameters())
         expected = 0.0
         for n, s in pruner.state.items():
             d = params[n] - s["Z"]
+            on = ~s["keep"] if penalize == "removed" else torch.ones_like(s["keep"])
             if method_cls is SLR:
                 assert s["Lambda"].abs().sum() > 0
-                expected = expected + (s["Lambda"] * d).sum() + 0.5 * pruner.rho * (d**2).sum()
+                expected = expected + ((s["Lambda"] * d + 0.5 * pruner.rho * d**2) * on).sum()
+                expected = expected - (s["Lambda"] ** 2 * ~on).sum() / (2 * pruner.rho)
             else:
-                expected = expected + 0.5 * pruner.rho * ((d + s["U"]) ** 2).sum()
+                expected = expected + 0.5 * pruner.rho * (((d + s["U"]) ** 2) * on).sum()
         got = pruner.penalty()
         assert float(got.detach()) == pytest.approx(float(expected.detach()), rel=1e-4, abs=1e-6)
         g1 = torch.autograd.grad(got, [params[n] for n in pruner.state])
         g2 = torch.autograd.grad(expected, [params[n] for n in pruner.state])
-        for a, b in zip(g1, g2):
+        for (n, s), a, b in zip(pruner.state.items(), g1, g2):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+            if penalize == "removed":
+                assert torch.count_nonzero(a[s["keep"]]) == 0, n  # kept weights feel no pull at all
 
 
 def test_magnitude_l1_norm_ranks_filters_by_l1_not_energy():
@@ -261,3 +287,58 @@ def test_magnitude_l1_norm_ranks_filters_by_l1_not_energy():
     assert model[0].weight[1].abs().sum() == 0 and model[0].weight[0].abs().sum() == 3  # energy drops [1,1,1,1]
     with pytest.raises(ValueError, match="norm must be 'l1' or 'l2'"):
         Magnitude(copy.deepcopy(model), plan, norm="l3")
+
+
+def test_budget_schedule_path_and_factors_by_hand():
+    from prunus.methods.schedule import BudgetSchedule
+
+    sched = BudgetSchedule(rounds=5, tol=1e-3, max_growth=10.0)
+    assert sched.factor(1, 0.1) == pytest.approx(0.1 / (0.1 * (1e-3 / 0.1) ** 0.25))  # d_1 sets the path
+    assert sched.first == 0.1
+    assert [sched.planned(k) for k in (1, 3, 5, 7)] == pytest.approx([0.1, 0.01, 1e-3, 1e-3])
+    assert sched.factor(2, 0.001) == 1.0  # ahead of the path: rho stays
+    assert sched.factor(2, 0.5) == 10.0  # far behind: at most max_growth per round
+    assert sched.factor(2, float("nan")) == 1.0
+    with pytest.raises(ValueError, match="tol"):
+        BudgetSchedule(rounds=5, tol=2.0)
+
+
+@pytest.mark.parametrize("method_cls", [SLR, ADMM])
+def test_budget_schedule_reaches_the_set_by_the_last_round(method_cls):
+    fixed_model, fixed, _, _ = _run(method_cls, train_rounds=8, rho=0.1)
+    model, pruner, _, _ = _run(method_cls, train_rounds=8, rho=0.1, rounds=8)  # rounds: the method's budget
+    rhos = [h["rho"] for h in pruner.history]
+    assert all(b >= a for a, b in zip(rhos, rhos[1:])) and rhos[-1] > 10 * rhos[0]  # rho only grows, and a lot
+    assert {h["rho"] for h in fixed.history} == {0.1}
+    # the recorded distance is ||W - Pi(W)|| / ||W|| over the constrained tensors, computed here by hand
+    w = {n: p.detach() for n, p in pruner.params.items()}
+    gap = sum(float((w[n] - z).square().sum()) for n, (z, _) in pruner.project(w).items())
+    assert pruner.distances()[0] == pytest.approx(math.sqrt(gap / sum(float(t.square().sum()) for t in w.values())))
+    assert pruner.history[-1]["distance"] < 0.2 * fixed.history[-1]["distance"]
+    assert pruner.history[-1]["distance"] < 0.05
+    pruner.hard_prune()
+    assert pruner.distances()[0] == 0.0
+
+
+def test_recalibrated_batchnorm_holds_the_exact_average_of_the_batches():
+    from prunus.batchnorm import recalibrate_batchnorm
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    images = torch.randn(96, 1, 6, 6)
+    data = SimpleNamespace(images=images, labels=torch.zeros(96, dtype=torch.long))
+    weight = model[0].weight.clone()
+    assert recalibrate_batchnorm(model, data, batches=3, batch_size=32, seed=0) == 1
+    assert not model.training and torch.equal(model[0].weight, weight) and model[1].momentum == 0.1
+    out = model[0](images)  # all 96 images, in the 3 batches of the seed's order
+    from prunus.data.loader import epoch_generator
+
+    order = torch.randperm(96, generator=epoch_generator(0, -2))
+    batches = [model[0](images[i]) for i in order.split(32)]
+    mean = torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0)
+    var = torch.stack([b.var((0, 2, 3), unbiased=True) for b in batches]).mean(0)
+    assert torch.allclose(model[1].running_mean, mean, atol=1e-6)
+    assert torch.allclose(model[1].running_var, var, atol=1e-5)
+    assert torch.allclose(model[1].running_mean, out.mean((0, 2, 3)), atol=1e-5)  # equal batches: the full mean
+    assert recalibrate_batchnorm(nn.Linear(3, 2), data) == 0

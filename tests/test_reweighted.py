@@ -57,8 +57,8 @@ def test_penalty_weighs_exactly_the_entries_the_plan_removes():
 
 
 def test_reweighted_drives_removed_groups_to_zero_and_prunes_exactly():
-    model, pruner, _, (x, y) = _run(Reweighted, rounds=6, lam=1e-2)
-    plain, _, _, _ = _run(Reweighted, rounds=6, lam=1e-9)
+    model, pruner, _, (x, y) = _run(Reweighted, train_rounds=6, lam=1e-2)
+    plain, _, _, _ = _run(Reweighted, train_rounds=6, lam=1e-9)
     assert _distance_to_set(model) < 0.1 * _distance_to_set(plain)
     masks = pruner.hard_prune()
     assert int((model.mid.weight.flatten(1).abs().sum(1) == 0).sum()) == 4
@@ -82,7 +82,7 @@ def test_global_plan_selects_one_threshold_across_tensors():
 
 
 def test_reweighted_state_dict_resumes_exactly():
-    model, pruner, _, (x, y) = _run(Reweighted, rounds=2)
+    model, pruner, _, (x, y) = _run(Reweighted, train_rounds=2)
     tensors = {}
     skeleton = flatten_state(pruner.state_dict(), "pruner", tensors)
     model2 = copy.deepcopy(model)

@@ -289,7 +289,9 @@ def test_project_coupled_zeroes_whole_groups_ranked_by_summed_energy():
     model, x = calibrated("resnet20")
     dense = {n: p.detach().clone() for n, p in model.named_parameters()}
     masks = project_coupled(model, Plan.uniform(model, 0.25, "filter"), x)
-    energy = sum(dense[f"{n}.weight"].flatten(1).square().sum(1) for n in STAGE1)
+    # the exact projection of the stacked parameters: conv weights and the BatchNorms' gamma and beta
+    energy = sum(dense[f"{n}.{p}"].reshape(16, -1).square().sum(1)
+                 for n, p in [(c, "weight") for c in STAGE1] + [(b, q) for b in STAGE1_BN for q in ("weight", "bias")])
     expected_pruned = set(torch.argsort(energy)[: num_pruned(0.25, 16)].tolist())
     for n in STAGE1 + STAGE1_BN:
         p = model.get_submodule(n).weight
@@ -530,8 +532,9 @@ def test_missing_optional_packages_are_named(capsys, tmp_path, monkeypatch, mask
 
 
 def test_methods_project_coupled_filters_jointly_during_training():
-    """With couple_plan, SLR's Z-step zeroes the same channels in every conv added into one residual stream,
-    and those are the channels the final coupled hard-prune removes."""
+    """With couple_plan, SLR's Z-step zeroes the same channels in every conv added into one residual stream
+    and in their BatchNorms (the stem the plan skips included), and those are the channels the final
+    coupled hard-prune removes."""
     from prunus.coupling import couple_plan
     from prunus.methods import SLR
 
@@ -539,15 +542,26 @@ def test_methods_project_coupled_filters_jointly_during_training():
     model = build_model("resnet20", 1, 10)
     x = torch.randn(2, 1, 32, 32)
     plan = couple_plan(model, Plan.uniform(model, 0.5, "filter"), x)
-    assert plan.coupled and all(len(s) > 1 for s in plan.coupled)
-    stream = next(s for s in plan.coupled if "layer1.0.conv2.weight" in s)
-    assert "layer1.1.conv2.weight" in stream and "layer1.2.conv2.weight" in stream  # one residual stream
+    stream = next(c for c in plan.coupled if "layer1.0.conv2.weight" in c.params)
+    # one residual stream: the unplanned stem, every conv2 added into it, their BatchNorms' gamma and beta
+    assert {"conv1.weight", "bn1.weight", "bn1.bias", "layer1.1.conv2.weight", "layer1.2.conv2.weight",
+            "layer1.2.bn2.weight", "layer1.2.bn2.bias"} <= set(stream.params)
+    assert "conv1.weight" not in {t.name for t in plan.resolve(model)} and stream.ratio == 0.5
     pruner = SLR(model, plan)
-    for group in plan.coupled:
-        alive = [pruner.state[n]["Z"].flatten(1).abs().sum(1) != 0 for n in group]
-        assert all(torch.equal(alive[0], a) for a in alive[1:]), group
+    assert set(pruner.params) == set(plan.constrained(model)) and "bn1.weight" in pruner.state
+    for c in plan.coupled:
+        alive = [pruner.state[n]["Z"].reshape(pruner.state[n]["Z"].shape[0], -1).abs().sum(1) != 0
+                 for n in c.params if n.endswith("weight")]  # BN beta starts at 0 everywhere
+        assert all(torch.equal(alive[0], a) for a in alive[1:]), c
         assert int((~alive[0]).sum()) == num_pruned(0.5, alive[0].numel())
+    masks = pruner.hard_prune()
+    for n in stream.params:
+        assert torch.equal(masks[n].reshape(16, -1).any(1), alive_of(pruner, "conv1.weight")), n
     uncoupled = Plan.uniform(model, 0.5, "filter")
-    per_tensor = SLR(model, uncoupled)
-    differs = [n for n in stream if not torch.equal(per_tensor.state[n]["Z"] != 0, pruner.state[n]["Z"] != 0)]
-    assert differs  # per-tensor projection picks different channels in the coupled convs
+    per_tensor = SLR(build_model("resnet20", 1, 10), uncoupled)
+    assert "bn1.weight" not in per_tensor.state and "conv1.weight" not in per_tensor.state
+
+
+def alive_of(pruner, name: str) -> torch.Tensor:
+    z = pruner.state[name]["Z"]
+    return z.reshape(z.shape[0], -1).abs().sum(1) != 0

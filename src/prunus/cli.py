@@ -42,7 +42,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from prunus.compressed import REST
-    from prunus.pipeline import METHOD_NAMES, QUANT_METHODS, PruneConfig, QuantizeConfig
+    from prunus.pipeline import METHOD_NAMES, QUANT_METHODS, RHO_SCHEDULES, PruneConfig, QuantizeConfig
     from prunus.training import OPTIMIZERS, SCHEDULES, TrainConfig
 
     defaults = TrainConfig()
@@ -104,8 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
                             ("--rho-max", float, "cap for rho"), ("--s0", float, "SLR initial step size"),
                             ("--lam", float, "reweighted: penalty weight lambda (the main knob)"),
                             ("--eps", float, "reweighted: eps, relative to the mean group energy"),
-                            ("--M", float, "SLR step-size parameter M"), ("--r", float, "SLR step-size parameter r")):
+                            ("--M", float, "SLR step-size parameter M"), ("--r", float, "SLR step-size parameter r"),
+                            ("--tol", float, "SLR/ADMM budget schedule: distance to the set to reach by the last round "
+                                             "(default 1e-3)")):
         pr.add_argument(opt, type=kind, help=text)
+    pr.add_argument("--rho-schedule", choices=RHO_SCHEDULES, default=pdefaults.rho_schedule,
+                    help="SLR/ADMM: budget = rho grows so the weights reach the set by the last round; fixed = rho "
+                         "stays (or grows by --rho-factor)")
+    pr.add_argument("--bn-recalibrate", type=int, default=0, metavar="BATCHES",
+                    help="after the hard-prune, also report the accuracy with BatchNorm statistics re-estimated on "
+                         "this many training batches (no gradient step; retraining goes on without it)")
     pr.add_argument("--norm", choices=("l1", "l2"), help="magnitude: rank groups by L1 norm (Li et al. 2017) or energy (default)")
     pr.add_argument("--out", required=False, help="run directory to create")
     _add_data_args(pr)
@@ -392,11 +400,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     check_run_dir(out, resume=False)
     if args.recipe is None and args.ratio is None and args.compression is None:
         raise ConfigError("prunus prune needs --recipe FILE, --ratio R or --compression X")
-    options = {k: getattr(args, k) for k in ("rho", "rho_factor", "rho_max", "s0", "M", "r", "lam", "eps", "norm") if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in ("rho", "rho_factor", "rho_max", "s0", "M", "r", "tol", "lam", "eps", "norm")
+               if getattr(args, k) is not None}
     config = PruneConfig(
         method=args.method, epochs=args.epochs, retrain_epochs=args.retrain_epochs, optimizer=args.optimizer,
         lr=args.lr, retrain_lr=args.retrain_lr, batch_size=args.batch_size, seed=args.seed,
-        update_every=args.update_every, options=options,
+        update_every=args.update_every, rho_schedule=args.rho_schedule, bn_recalibrate=args.bn_recalibrate,
+        options=options,
     ).validate()
 
     # the model to prune: from --init, or the architecture to train densely first
@@ -431,8 +441,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         init, prune_dir = out / "dense", out / "prune"
     results = run_pruning(init, plan, config, prune_dir, data_dir=args.data_dir, download=args.download, device=args.device)
     retrain = ", ".join(f"{a:.2f}%" for a in results["retrain_accuracy"]) or "none"
+    recal = (f" | + BN recalibration {results['bn_recalibrated_accuracy']:.2f}%"
+             if "bn_recalibrated_accuracy" in results else "")
     print(
-        f"dense {results['dense_accuracy']:.2f}% | hard-pruned {results['hard_pruned_accuracy']:.2f}% | "
+        f"dense {results['dense_accuracy']:.2f}% | hard-pruned {results['hard_pruned_accuracy']:.2f}%{recal} | "
         f"after retraining epochs: {retrain} | compression {results['report']['compression']:.1f}x"
     )
     return 0

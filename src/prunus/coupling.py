@@ -27,9 +27,8 @@ import torch.nn as nn
 
 from prunus._optional import require
 from prunus.errors import ConfigError
-from prunus.masks import Masks, project_targets
-from prunus.plan import Plan
-from prunus.sparsity import project
+from prunus.masks import Masks, hard_prune
+from prunus.plan import ChannelSet, Plan
 
 __all__ = ["Consumer", "CoupledGroup", "coupled_groups", "couple_plan", "project_coupled"]
 
@@ -160,32 +159,29 @@ def coupled_groups(model: nn.Module, example_input: torch.Tensor) -> list[Couple
     return groups_of_graph(dependency_graph(work, example_input), work)
 
 
-# -- the coupled projection ----------------------------------------------------------------------------------------
+# -- the coupled plan ----------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def project_coupled(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> Masks:
-    """Hard-prune ``model`` by ``plan`` in place, pruning filters per coupled group; return the masks.
+def couple_plan(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> Plan:
+    """``plan`` with one :class:`~prunus.plan.ChannelSet` per coupled group that holds a planned filter tensor.
 
-    Every group that holds a planned ``filter`` tensor is pruned as a whole, at that ratio:
-    ``num_pruned(ratio, channels)`` channels are zeroed in all its producers (weights and
-    biases), depthwise convolutions and BatchNorms (gamma and beta, so a pruned channel is
-    exactly 0 after BN).  Channels are ranked by their summed squared norm over the
-    producers' and depthwise convolutions' weight rows (biases and BN scales are left out,
-    as in the per-tensor filter projection), which is the exact Euclidean projection of the
-    concatenated weight rows onto "at most k channels alive" (ties as in :mod:`prunus.sparsity`).
-    A group's unplanned producers are pruned with it: a residual channel can only be
-    removed from every conv added into it at once (a ResNet stem that ``Plan.uniform``
-    skips is one).  Other structures are projected per tensor, as :func:`prunus.masks.hard_prune`
-    does.  The masks cover every zeroed tensor, ready for :class:`prunus.masks.MaskKeeper`.
+    The set holds every parameter on the group's channels: its producers' weights and biases
+    (planned or not: a residual channel can only leave every conv added into it at once, so a
+    ResNet stem that ``Plan.uniform`` skips is constrained with its stage), depthwise convs, and
+    BatchNorms' gamma and beta. SLR/ADMM/reweighted then constrain all of them while training,
+    and :func:`prunus.masks.hard_prune` zeroes the same channels in all of them at the end, so
+    the hard-prune removes what the method drove to zero and everything pruned is physically
+    removable. Plans without filter targets come back unchanged. Every problem (a group that
+    cannot shrink, two ratios on one group) is found here, before anything is modified.
     """
     targets = plan.resolve(model)
+    filters = [t for t in targets if t.structure is not None and t.structure.name == "filter"]
+    if not filters:
+        return plan
     params = dict(model.named_parameters())
-    filters = [t for t in targets if t.structure.name == "filter"]
-    others = [t for t in targets if t.structure.name != "filter"]
-    groups = coupled_groups(model, example_input) if filters else []
+    groups = coupled_groups(model, example_input)
     owner = {f"{m}.weight": g for g in groups for m in g.producers + g.depthwise}
-    ratio_of: dict[int, tuple[float, str]] = {}  # id(group) -> (ratio, first tensor that set it); all checked first
+    ratio_of: dict[int, tuple[float, str]] = {}  # id(group) -> (ratio, first tensor that set it)
     for t in filters:
         g = owner.get(t.name)
         if g is None:
@@ -198,56 +194,30 @@ def project_coupled(model: nn.Module, plan: Plan, example_input: torch.Tensor) -
         if abs(seen[0] - t.ratio) > 1e-12:
             raise ConfigError(f"{plan.source}: {seen[1]} (ratio {seen[0]}) and {t.name} (ratio {t.ratio}) share their "
                               "output channels (a residual add, BN or depthwise coupling); give them one ratio")
-
-    masks: Masks = {}
-    if others:
-        projected = project_targets({t.name: params[t.name] for t in others}, others, plan.global_unstructured)
-        for name, (w, mask) in projected.items():
-            params[name].copy_(w)
-            masks[name] = mask
-    for g in groups:
-        if id(g) not in ratio_of:
-            continue
-        ratio = ratio_of[id(g)][0]
-        rows = [params[n].detach().reshape(g.channels, -1) for n in _row_params(g, params)]
-        _, mask = project(torch.cat(rows, 1), "filter", ratio)
-        keep = mask[:, 0]
-        for name in g.parameters:
-            p = params.get(name)
-            if p is None:
-                continue
-            row_mask = keep.reshape((-1,) + (1,) * (p.dim() - 1)).expand(p.shape)
-            p.mul_(row_mask)
-            masks[name] = masks[name] & row_mask if name in masks else row_mask.clone()
-    return masks
-
-
-def couple_plan(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> Plan:
-    """``plan`` with its coupled filter sets filled in, so SLR/ADMM/reweighted project them jointly.
-
-    While training, a method's projection then zeroes the same channels in every planned
-    producer of a group, as :func:`project_coupled` does at the final hard-prune; only the
-    group's unplanned producers (e.g. a ResNet stem that the plan skips) join the ranking
-    at that last step. Plans without filter targets come back unchanged.
-    """
-    filters = {t.name: t for t in plan.resolve(model) if t.structure is not None and t.structure.name == "filter"}
-    if not filters:
-        return plan
+    claimed = {t.name for t in targets if t.structure is None or t.structure.name != "filter"}
     sets = []
-    for g in coupled_groups(model, example_input):
-        members = tuple(n for n in (f"{m}.weight" for m in g.producers + g.depthwise) if n in filters)
-        if len(members) > 1:
-            ratios = {filters[n].ratio for n in members}
-            if len(ratios) > 1:
-                raise ConfigError(f"{plan.source}: {', '.join(members)} share their output channels; give them one ratio")
-            sets.append(members)
+    for g in groups:
+        if id(g) in ratio_of:
+            names = tuple(n for n in g.parameters if n in params)
+            clash = sorted(claimed.intersection(names))
+            if clash:
+                raise ConfigError(f"{plan.source}: {clash[0]} has another structure in the plan, but its output channels "
+                                  f"are pruned with {ratio_of[id(g)][1]}'s filters; leave it out or prune it by filter")
+            sets.append(ChannelSet(names, ratio_of[id(g)][0]))
     return dataclasses.replace(plan, coupled=sets)
 
 
-def _row_params(g: CoupledGroup, params: dict[str, Any]) -> list[str]:
-    """Producer and depthwise weights: what the coupled ranking sums over.
+@torch.no_grad()
+def project_coupled(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> Masks:
+    """Hard-prune ``model`` by ``plan`` in place, pruning filters per coupled group; return the masks.
 
-    Biases are left out, as in the per-tensor filter projection that SLR/ADMM use while
-    training, so that on an uncoupled layer both choose the same filters.
+    Every group that holds a planned ``filter`` tensor is pruned as a whole, at that ratio
+    (:func:`couple_plan`): ``num_pruned(ratio, channels)`` channels are zeroed in all its
+    producers (weights and biases), depthwise convolutions and BatchNorms (gamma and beta, so
+    a pruned channel is exactly 0 after BN). Channels are ranked by their summed squared norm
+    over all those parameters, the exact Euclidean projection of the stacked parameters onto
+    "at most k channels alive" (ties as in :mod:`prunus.sparsity`). Other structures are
+    projected per tensor. The masks cover every zeroed tensor, ready for
+    :class:`prunus.masks.MaskKeeper`; a plan that cannot be applied changes nothing.
     """
-    return [f"{m}.weight" for m in g.producers + g.depthwise if f"{m}.weight" in params]
+    return hard_prune(model, couple_plan(model, plan, example_input))

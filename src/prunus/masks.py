@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from rich.table import Table
 
-from prunus.plan import Plan, Target
+from prunus.plan import ChannelSet, Plan, Target
 from prunus.sparsity import project, project_global
 from prunus.hooks import WeightKeeper
 
@@ -27,12 +27,13 @@ Masks = dict[str, torch.Tensor]
 
 
 def project_targets(tensors: dict[str, torch.Tensor], targets: Sequence[Target], global_unstructured: bool,
-                    coupled: Sequence[tuple[str, ...]] = ()) -> dict[str, tuple]:
+                    coupled: Sequence[ChannelSet] = ()) -> dict[str, tuple]:
     """Project each target's tensor onto its set; global unstructured targets share one threshold.
 
-    Each set in ``coupled`` (filter targets with one ratio whose output channels are the same
-    channels) is projected as one filter tensor: channels ranked by their summed energy over the
-    set's rows, the same channels zeroed in every member.
+    Each :class:`~prunus.plan.ChannelSet` in ``coupled`` is projected as one filter tensor: the
+    rows (dim 0) of all its parameters side by side, channels ranked by their summed energy, the
+    same channels zeroed in every member. That is the exact Euclidean projection of the stacked
+    parameters onto "at most k channels alive". Members missing from ``tensors`` are left out.
     """
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if global_unstructured:
@@ -40,13 +41,12 @@ def project_targets(tensors: dict[str, torch.Tensor], targets: Sequence[Target],
         for name, pair in zip(names, project_global([tensors[n] for n in names], targets[0].ratio)):
             out[name] = pair
         return out
-    ratio_of = {t.name: t.ratio for t in targets if t.structure is not None}
-    for group in coupled:
-        members = [n for n in group if n in tensors]
+    for channels in coupled:
+        members = [n for n in channels.params if n in tensors]
         if not members:
             continue
         rows = torch.cat([tensors[n].detach().reshape(tensors[n].shape[0], -1) for n in members], 1)
-        keep = project(rows, "filter", ratio_of[members[0]])[1][:, 0]
+        keep = project(rows, "filter", channels.ratio)[1][:, 0]
         for n in members:
             w = tensors[n]
             mask = keep.reshape((-1,) + (1,) * (w.dim() - 1)).expand(w.shape).contiguous()
@@ -65,14 +65,15 @@ def project_targets(tensors: dict[str, torch.Tensor], targets: Sequence[Target],
 def hard_prune(model: nn.Module, plan: Plan) -> Masks:
     """Project the model's planned weights onto their sets in place; return the masks.
 
-    Filter pruning removes whole output channels, so the bias entries of pruned
-    filters are zeroed (and masked) too: a pruned channel then outputs exactly 0,
-    as it would once physically removed.
+    A coupled plan (:func:`prunus.coupling.couple_plan`) prunes each channel set whole: the
+    convs' weights and biases and their BatchNorms' gamma and beta. Filter targets outside any
+    channel set get their bias entries of pruned filters zeroed (and masked) too: a pruned
+    channel then outputs exactly 0, as it would once physically removed.
     """
     targets = plan.resolve(model)
     params = dict(model.named_parameters())
-    projected = project_targets({t.name: params[t.name] for t in targets}, targets, plan.global_unstructured,
-                                getattr(plan, "coupled", ()))
+    projected = project_targets({n: params[n] for n in plan.constrained(model)}, targets, plan.global_unstructured,
+                                plan.coupled)
     masks = {}
     for name, (w, mask) in projected.items():
         params[name].copy_(w)
@@ -80,7 +81,8 @@ def hard_prune(model: nn.Module, plan: Plan) -> Masks:
     for t in targets:
         bias_name = t.name.removesuffix("weight") + "bias"
         bias = params.get(bias_name) if t.name.endswith("weight") else None
-        if t.structure is not None and t.structure.name == "filter" and bias is not None and bias.shape == params[t.name].shape[:1]:
+        if (t.structure is not None and t.structure.name == "filter" and bias is not None and bias_name not in masks
+                and bias.shape == params[t.name].shape[:1]):
             keep = masks[t.name].flatten(1).any(1)
             bias.mul_(keep)
             masks[bias_name] = keep

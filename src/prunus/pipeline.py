@@ -12,7 +12,9 @@ retraining, and after each retraining epoch. The run directory holds::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +23,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from rich.table import Table
 
 from prunus.checkpoint import save_checkpoint, write_json_atomic
 from prunus.data import load_dataset
 from prunus.data.loader import epoch_generator
 from prunus.errors import ConfigError, MissingDependencyError
+from prunus.batchnorm import recalibrate_batchnorm
 from prunus.masks import CompressionReport, MaskKeeper
 from prunus.methods import ADMM, SLR, Magnitude, PruningMethod, Reweighted, batch_closure
 from prunus.plan import Plan
@@ -34,6 +38,7 @@ from prunus.quantize import QuantKeeper, QuantPlan, QuantScheme
 from prunus.training import TrainConfig, Trainer, check_run_dir, create_run_dir, evaluate, load_model, pick_device
 
 METHOD_NAMES = ("slr", "admm", "reweighted", "magnitude", "gradual")
+RHO_SCHEDULES = ("budget", "fixed")
 
 
 @dataclass
@@ -53,7 +58,13 @@ class PruneConfig:
     seed: int = 0
     update_every: int | None = None  # batches between method rounds; None = once per epoch
     closure_samples: int = 2048  # training samples SLR evaluates f(W) on for its conditions
-    options: dict[str, Any] = field(default_factory=dict)  # rho, s0, M, r, rho_factor, rho_max (SLR/ADMM); lam, eps (reweighted)
+    #: SLR/ADMM: "budget" grows rho so the weights reach the set by the last round (prunus.methods.schedule);
+    #: "fixed" keeps rho (or grows it by the rho_factor option)
+    rho_schedule: str = "budget"
+    #: batches of BatchNorm recalibration after the hard-prune (0: none); reported on its own, on a copy
+    bn_recalibrate: int = 0
+    channels_last: bool = False  # NHWC training (faster CPU convolutions, see TrainConfig)
+    options: dict[str, Any] = field(default_factory=dict)  # rho, s0, M, r, rho_factor, rho_max, tol (SLR/ADMM); lam, eps (reweighted)
 
     def validate(self) -> "PruneConfig":
         if self.method not in METHOD_NAMES:
@@ -62,17 +73,33 @@ class PruneConfig:
             raise ConfigError(f"--epochs and --retrain-epochs must be >= 0, got {self.epochs} and {self.retrain_epochs}")
         if self.method in ("slr", "admm", "reweighted", "gradual") and self.epochs < 1:
             raise ConfigError(f"--method {self.method} needs --epochs >= 1 (its pruning budget)")
+        if self.rho_schedule not in RHO_SCHEDULES:
+            raise ConfigError(f"--rho-schedule must be one of {', '.join(RHO_SCHEDULES)}, got {self.rho_schedule!r}")
+        if self.rho_schedule == "budget" and "rho_factor" in self.options:
+            raise ConfigError("--rho-factor grows rho by a fixed factor; use it with --rho-schedule fixed")
+        if self.bn_recalibrate < 0:
+            raise ConfigError(f"--bn-recalibrate must be a number of batches >= 0, got {self.bn_recalibrate}")
         return self
+
+    def planned_rounds(self, batches_per_epoch: int) -> int:
+        """How many method rounds the pruning epochs make (a round per epoch or every update_every batches)."""
+        if self.update_every:
+            return max(self.epochs * batches_per_epoch // self.update_every, 1)
+        return max(self.epochs, 1)
 
     def train_config(self, epochs: int, lr: float, schedule: str) -> TrainConfig:
         return TrainConfig(
             epochs=max(epochs, 1), batch_size=self.batch_size, optimizer=self.optimizer, lr=lr,
-            weight_decay=self.weight_decay, schedule=schedule, seed=self.seed,
+            weight_decay=self.weight_decay, schedule=schedule, seed=self.seed, channels_last=self.channels_last,
         ).validate()
 
 
-def make_method(name: str, model, plan: Plan, config: PruneConfig, closure) -> PruningMethod:
+def make_method(name: str, model, plan: Plan, config: PruneConfig, closure, batches_per_epoch: int | None = None
+                ) -> PruningMethod:
+    """The method of a run; with ``batches_per_epoch`` and the budget schedule, SLR/ADMM know their rounds."""
     opts = dict(config.options)
+    if name in ("slr", "admm") and config.rho_schedule == "budget" and batches_per_epoch is not None:
+        opts["rounds"] = config.planned_rounds(batches_per_epoch)
     try:
         if name == "slr":
             return SLR(model, plan, update_every=config.update_every, closure=closure, **opts)
@@ -102,35 +129,32 @@ def load_run_input(init: str | Path, data_dir: str | None, download: bool):
 
 
 def couple_if_possible(model, plan: Plan, example: torch.Tensor, console: Console) -> Plan:
-    """A filter plan with its coupled sets (:func:`prunus.coupling.couple_plan`) when torch-pruning is there."""
+    """A filter plan with its channel sets (:func:`prunus.coupling.couple_plan`) when torch-pruning is there.
+
+    The method then constrains each filter with its bias and BatchNorm and the convs coupled to it,
+    and its hard-prune zeroes whole channel sets, so everything pruned is physically removable.
+    """
     plan.resolve(model)
     try:
         from prunus.coupling import couple_plan
 
         return couple_plan(model, plan, example)
     except MissingDependencyError as e:
-        console.print(f"note: {e}; coupled filters (residual adds) are projected per tensor")
+        console.print(f"note: {e}; filters are projected per tensor (their BatchNorms and residual adds are not "
+                      "pruned with them, so such channels may not be removable)")
         return plan
 
 
-def hard_prune_removable(method: PruningMethod, plan: Plan, model, example: torch.Tensor, console: Console):
-    """The method's hard-prune, made physically removable when the plan prunes filters.
-
-    Filters are then pruned per coupled group (:func:`prunus.coupling.project_coupled`):
-    the BatchNorm channel after a pruned filter is zeroed with it (else BN's shift keeps
-    the channel alive as a constant) and convs added by a residual lose the same channels.
-    Without the optional torch-pruning package, the per-tensor projection is used and a
-    note says that BN channels may then not be removable.
-    """
-    if not any(t.structure is not None and t.structure.name == "filter" for t in plan.resolve(model)):
-        return method.hard_prune()
-    try:
-        from prunus.coupling import project_coupled
-
-        return project_coupled(model, plan, example)
-    except MissingDependencyError as e:
-        console.print(f"note: {e}; filters are hard-pruned per tensor, so channels followed by BatchNorm may stay")
-        return method.hard_prune()
+def distance_table(history: list[dict[str, Any]]) -> Table:
+    """Per constrained tensor: how far the weights were from the set after the first and the last round."""
+    first, last = history[0], history[-1]
+    t = Table(title=f"distance to the constraint set ||W - Pi(W)|| / ||W|| after {len(history)} rounds "
+                    f"(overall {first['distance']:.3g} -> {last['distance']:.3g})")
+    for col in ("tensor", "round 1", f"round {len(history)}"):
+        t.add_column(col, justify="left" if col == "tensor" else "right")
+    for name, d in last["distances"].items():
+        t.add_row(name, f"{first['distances'].get(name, float('nan')):.3g}", f"{d:.3g}")
+    return t
 
 
 def fixed_batch(dataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,21 +191,33 @@ def run_pruning(
     torch.manual_seed(config.seed)
     x, y = fixed_batch(train_set, config.closure_samples, config.seed)
     # built before the run directory, so a bad option leaves nothing behind (one-shot magnitude prunes here)
-    method = make_method(config.method, model, plan, config, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy))
+    train_config = config.train_config(config.epochs, config.lr, config.schedule)
+    method = make_method(config.method, model, plan, config, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy),
+                         batches_per_epoch=math.ceil(len(train_set.labels) / config.batch_size))
     create_run_dir(run_dir)
     write_json_atomic(run_dir / "plan.json", plan.to_dict())
     console.print(f"dense: test accuracy {results['dense_accuracy']:.2f}%")
     t0 = time.perf_counter()
     if config.epochs > 0:
-        Trainer(model, train_set, test_set, config.train_config(config.epochs, config.lr, config.schedule), run_dir / "prune",
+        Trainer(model, train_set, test_set, train_config, run_dir / "prune",
                 device=dev, hooks=[method], meta=meta, console=console).fit()
     results["prune_seconds"] = time.perf_counter() - t0
     results["method_history"] = method.history
+    if method.history and "distances" in method.history[-1]:
+        console.print(distance_table(method.history))
 
-    masks = hard_prune_removable(method, plan, model, train_set.images[:2].to(dev), console)
+    masks = method.hard_prune()
     results["hard_pruned_accuracy"] = test_accuracy()
     console.print(f"hard-pruned ({config.method}, no retraining): test accuracy {results['hard_pruned_accuracy']:.2f}%")
     save_checkpoint(run_dir / "hard-pruned", model.state_dict(), {"masks": {"masks": masks}}, {**meta, "epoch": -1})
+    if config.bn_recalibrate:
+        recalibrated = copy.deepcopy(model)  # a column of its own: retraining goes on from the hard-pruned model
+        recalibrate_batchnorm(recalibrated, train_set, batches=config.bn_recalibrate, batch_size=config.batch_size,
+                              seed=config.seed, device=dev)
+        results["bn_recalibrated_accuracy"] = evaluate(recalibrated, test_set, device=dev)["accuracy"]
+        console.print(f"hard-pruned + BatchNorm recalibration ({config.bn_recalibrate} batches, no gradient step): "
+                      f"test accuracy {results['bn_recalibrated_accuracy']:.2f}%")
+        del recalibrated
 
     keeper = MaskKeeper(model, masks)
     results["retrain_accuracy"] = []

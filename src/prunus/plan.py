@@ -59,15 +59,28 @@ class Target:
     ratio: float
 
 
+@dataclass(frozen=True)
+class ChannelSet:
+    """Parameters whose dim 0 is one set of channels, pruned as one filter group at ``ratio``.
+
+    A conv's weight and bias, the BatchNorm after it (gamma and beta: else a pruned filter still
+    emits BN's constant, and BN's scale invariance lets the conv weight shrink to zero while the
+    channel's output stays the same), every conv added into the same residual stream, a
+    depthwise conv on an expansion. The same channels are zeroed in all of them.
+    """
+
+    params: tuple[str, ...]
+    ratio: float
+
+
 @dataclass
 class Plan:
     rules: list[Rule] = field(default_factory=list)
     global_unstructured: bool = False
     source: str = "plan"  # where the rules came from, for error messages
-    #: sets of planned filter tensors whose output channels are one set of channels (a residual add, a
-    #: depthwise conv after its expansion): they are projected together, so the same channels go in all.
-    #: Derived from the model by :func:`prunus.coupling.couple_plan`, not written in recipes.
-    coupled: list[tuple[str, ...]] = field(default_factory=list)
+    #: the filter targets' channel sets: each is projected as one group, so the same channels go in all
+    #: its parameters. Derived from the model by :func:`prunus.coupling.couple_plan`, not written in recipes.
+    coupled: list[ChannelSet] = field(default_factory=list)
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -175,13 +188,19 @@ class Plan:
         order = {n: i for i, n in enumerate(params)}
         return sorted(targets, key=lambda t: order[t.name])
 
+    def constrained(self, model: nn.Module) -> list[str]:
+        """Every parameter the plan constrains: its targets, then the other members of its channel sets."""
+        names = [t.name for t in self.resolve(model)]
+        extra = [n for c in self.coupled for n in c.params if n not in names]
+        return names + list(dict.fromkeys(extra))
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "global": self.global_unstructured,
             "prune": {r.pattern: {"structure": str(r.structure), "ratio": r.ratio} for r in self.rules},
         }
         if self.coupled:
-            out["coupled"] = [list(c) for c in self.coupled]
+            out["coupled"] = [{"params": list(c.params), "ratio": c.ratio} for c in self.coupled]
         return out
 
 

@@ -202,6 +202,7 @@ class QuantPlan:
     """
 
     global_unstructured = False
+    coupled: tuple = ()  # levels are per tensor: no channel sets
 
     def __init__(self, scheme: QuantScheme | str | int, names: Sequence[str] | None = None,
                  masks: dict[str, torch.Tensor] | None = None, per_channel: bool = False):
@@ -223,6 +224,10 @@ class QuantPlan:
         if missing:
             raise ConfigError(f"{self.source}: the model has no parameter {missing[0]}")
         return [QuantTarget(n, self.scheme, self.masks.get(n)) for n in names]
+
+    def constrained(self, model: nn.Module) -> list[str]:
+        """The parameters the plan constrains: its targets (as for a pruning plan)."""
+        return [t.name for t in self.resolve(model)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"quantize": {"scheme": str(self.scheme), "tensors": self.names}}

@@ -7,8 +7,10 @@ dual variable U (= Lambda / rho), one round is
     Z-step:  Z_i = Pi_S(W_i + U_i)                                   (step())
     U-step:  U_i = U_i + W_i - Z_i                                   (step())
 
-and optionally rho <- min(rho * rho_factor, rho_max) after each round, with U
-rescaled by old_rho / new_rho so that the unscaled multiplier rho*U is unchanged.
+and rho grows after a round either by the budget (``rounds``: the run's total number of
+rounds, see :mod:`prunus.methods.schedule`; what ``prunus prune`` uses) or geometrically
+(rho <- min(rho * rho_factor, rho_max)), with U rescaled by old_rho / new_rho so that the
+unscaled multiplier rho*U is unchanged. Without either, rho stays fixed.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import torch
 import torch.nn as nn
 
 from prunus.methods.base import Closure, PruningMethod
+from prunus.methods.schedule import GrowingRho
 from prunus.plan import Plan
 
 
-class ADMM(PruningMethod):
-    scalars = ("rounds", "rho")
+class ADMM(GrowingRho, PruningMethod):
+    scalars = ("rounds", "rho", "schedule_first")
 
     def __init__(
         self,
@@ -33,17 +36,17 @@ class ADMM(PruningMethod):
         rho: float = 0.1,
         rho_factor: float = 1.0,
         rho_max: float | None = None,
+        rounds: int | None = None,
+        tol: float = 1e-3,
+        max_growth: float = 10.0,
+        penalize: str = "removed",
         update_every: int | None = None,
         closure: Closure | None = None,
     ):
         super().__init__(model, plan, update_every=update_every, closure=closure)
-        if rho <= 0 or rho_factor <= 0:
-            raise ValueError(f"rho and rho_factor must be positive, got rho={rho}, rho_factor={rho_factor}")
-        self.rho = rho
-        self.rho_factor = rho_factor
-        self.rho_max = rho_max
-        for name, (z, _) in self.project(self.weights()).items():
-            self.state[name] = {"Z": z, "U": torch.zeros_like(z)}
+        self.init_rho(rho, rho_factor, rho_max, rounds, tol, max_growth, penalize)
+        for name, (z, keep) in self.project(self.weights()).items():
+            self.state[name] = {"Z": z, "keep": keep, "U": torch.zeros_like(z)}
         self.refresh_anchors()
 
     def anchor(self, name: str) -> torch.Tensor:
@@ -55,20 +58,17 @@ class ADMM(PruningMethod):
         w = self.weights()
         projected = self.project({n: w[n] + self.state[n]["U"] for n in w})
         residual = 0.0
-        for n, (z, _) in projected.items():
+        for n, (z, keep) in projected.items():
             s = self.state[n]
-            s["Z"] = z
+            s["Z"], s["keep"] = z, keep
             s["U"] += w[n] - z
             residual += float(((w[n] - z) ** 2).sum())
         self.rounds += 1
-        new_rho = self.rho * self.rho_factor
-        if self.rho_max is not None:
-            new_rho = min(new_rho, self.rho_max)
+        record = self.record_round({"round": self.rounds, "residual": residual**0.5, "rho": self.rho})
+        new_rho = self.next_rho(record["distance"])
         if new_rho != self.rho:
             for s in self.state.values():
                 s["U"] *= self.rho / new_rho
-        record = {"round": self.rounds, "residual": residual**0.5, "rho": self.rho}
         self.rho = new_rho
         self.refresh_anchors()
-        self.history.append(record)
         return record

@@ -19,6 +19,7 @@ method needs to resume exactly.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, Callable
 
@@ -62,7 +63,8 @@ class PruningMethod(TrainingHook, ABC):
         self.plan = plan
         self.targets = plan.resolve(model)
         params = dict(model.named_parameters())
-        self.params: dict[str, nn.Parameter] = {t.name: params[t.name] for t in self.targets}
+        # the targets and the other members of their channel sets (biases, BatchNorms, coupled convs)
+        self.params: dict[str, nn.Parameter] = {n: params[n] for n in plan.constrained(model)}
         self.state: dict[str, dict[str, torch.Tensor]] = {n: {} for n in self.params}
         self.update_every = update_every
         self.closure = closure
@@ -74,10 +76,31 @@ class PruningMethod(TrainingHook, ABC):
     @torch.no_grad()
     def project(self, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Euclidean projection of each target tensor onto its constraint set."""
-        return project_targets(tensors, self.targets, self.plan.global_unstructured, getattr(self.plan, "coupled", ()))
+        return project_targets(tensors, self.targets, self.plan.global_unstructured, self.plan.coupled)
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def distances(self) -> tuple[float, dict[str, float]]:
+        """How far a hard-prune now would move the weights: ||W - Pi_S(W)|| / ||W||, overall and per tensor.
+
+        Near zero, the hard-prune changes almost nothing; a large value is the jump that costs
+        accuracy. Every method records it each round (``history[k]["distance"]``, ``["distances"]``).
+        """
+        w = self.weights()
+        gap = {n: float((w[n] - z).square().sum()) for n, (z, _) in self.project(w).items()}
+        size = {n: float(w[n].square().sum()) for n in gap}
+        per = {n: math.sqrt(gap[n] / size[n]) if size[n] > 0 else 0.0 for n in gap}
+        total = math.sqrt(sum(gap.values()) / sum(size.values())) if sum(size.values()) > 0 else 0.0
+        return total, per
+
+    def record_round(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Add the distances to a round's record and keep it in ``history``."""
+        total, per = self.distances()
+        record.update(distance=total, distances=per)
+        self.history.append(record)
+        return record
 
     # -- a penalty of the form rho/2 sum_i ||W_i - A_i||^2 + c -----------------------------
     def anchor(self, name: str) -> torch.Tensor | None:
@@ -87,9 +110,19 @@ class PruningMethod(TrainingHook, ABC):
     def penalty_constant(self) -> float:
         return 0.0
 
+    def penalty_mask(self, name: str) -> torch.Tensor | None:
+        """The entries of tensor ``name`` the penalty acts on (True); None for all of them."""
+        return None
+
     def refresh_anchors(self) -> None:
         """Recompute the anchors after the method's state changed (step, load)."""
-        self._anchors = {n: self.anchor(n) for n in self.params}
+        self._anchors, self._masks = {}, {}
+        for n in self.params:
+            anchor, mask = self.anchor(n), self.penalty_mask(n)
+            if anchor is not None and mask is not None:
+                self._masks[n] = mask.to(anchor.dtype)
+                anchor = anchor * self._masks[n]
+            self._anchors[n] = anchor
         self._constant = self.penalty_constant()
 
     # -- the interface ---------------------------------------------------------------
@@ -97,7 +130,8 @@ class PruningMethod(TrainingHook, ABC):
         """rho/2 sum_i ||W_i - A_i||^2 + c: one fused kernel per tensor, cheap beside a training step."""
         if not getattr(self, "_anchors", None) or next(iter(self._anchors.values())) is None:
             return None
-        total = sum(F.mse_loss(p, self._anchors[n], reduction="sum") for n, p in self.params.items())
+        total = sum(F.mse_loss(p * self._masks[n] if n in self._masks else p, self._anchors[n], reduction="sum")
+                    for n, p in self.params.items())
         return 0.5 * self.rho * total + self._constant
 
     @abstractmethod
@@ -132,7 +166,8 @@ class PruningMethod(TrainingHook, ABC):
             raise KeyError(f"pruner state has no entry for {', '.join(missing)}")
         device = next(iter(self.params.values())).device
         for n, tensors in state["tensors"].items():
-            self.state[n] = {k: v.to(device) for k, v in tensors.items()}
+            current = self.state.get(n, {})  # keeps each tensor's dtype (masks stay bool whatever the file holds)
+            self.state[n] = {k: v.to(device, dtype=current[k].dtype if k in current else v.dtype) for k, v in tensors.items()}
         for k, v in state["scalars"].items():
             setattr(self, k, v)
         self.history = list(state["history"])

@@ -65,13 +65,15 @@ class Magnitude(PruningMethod):
 
     @torch.no_grad()
     def _prune_l1(self):
-        """Zero the groups of smallest L1 norm: the energy of sqrt|w| per group is its L1 norm."""
+        """Zero the groups of smallest L1 norm: the energy of sqrt|w| per group is its L1 norm.
+
+        A channel set (a conv with its BatchNorm, the convs of a residual stream) ranks its
+        channels by their L1 norm summed over all its parameters.
+        """
         masks = {}
-        for t in self.targets:
-            p = self.params[t.name]
-            _, mask = project(p.detach().abs().sqrt(), t.structure, t.ratio)
-            p.mul_(mask)
-            masks[t.name] = mask
+        for name, (_, mask) in self.project({n: p.detach().abs().sqrt() for n, p in self.params.items()}).items():
+            self.params[name].mul_(mask)
+            masks[name] = mask
         return masks
 
     def _sync_state(self) -> None:

@@ -66,19 +66,38 @@ class Reweighted(PruningMethod):
         w = self.weights()
         projected = self.project(w)  # one call: a global plan ranks all tensors together
         changed = removed = 0
-        for t in self.targets:
-            n, sq = t.name, w[t.name].square()
-            drop = ~projected[n][1]
-            removed_energy = group_sums(sq * drop, t.structure)
-            # relative eps: a fraction of the tensor's mean group energy (total energy / number of groups)
-            groups = float((1.0 / group_sums(torch.ones_like(sq), t.structure)).sum())
-            eps = max(self.eps * float(sq.sum()) / max(groups, 1.0), torch.finfo(sq.dtype).tiny)
-            old = self.state[n].get("drop")
-            if old is not None:
-                changed += int((old != drop).sum())
-            removed += int(drop.sum())
-            self.state[n] = {"drop": drop, "P": drop / (removed_energy + eps)}
+        for names, energies, groups in self._groups(w, projected):
+            sq = [w[n].square() for n in names]
+            # relative eps: a fraction of the group's mean energy (total energy / number of groups)
+            eps = max(self.eps * sum(float(q.sum()) for q in sq) / max(groups, 1.0), torch.finfo(sq[0].dtype).tiny)
+            for n, energy in zip(names, energies):
+                drop = ~projected[n][1]
+                old = self.state[n].get("drop")
+                if old is not None:
+                    changed += int((old != drop).sum())
+                removed += int(drop.sum())
+                self.state[n] = {"drop": drop, "P": drop / (energy + eps)}
         return {"removed": removed, "changed": changed}
+
+    def _groups(self, w: dict[str, torch.Tensor], projected: dict[str, tuple]):
+        """(names, removed energy of each entry's group per name, number of groups) per unit of the plan.
+
+        A channel set is one unit whose groups are its channels, summed over all its parameters
+        (a filter's conv weights, bias and BatchNorm gamma/beta weigh as one group); every other
+        target is its own unit with its structure's groups.
+        """
+        in_sets = set()
+        for channels in self.plan.coupled:
+            names = [n for n in channels.params if n in w]
+            in_sets.update(names)
+            removed = sum((w[n].square() * ~projected[n][1]).reshape(w[n].shape[0], -1).sum(1) for n in names)
+            yield names, [removed.reshape((-1,) + (1,) * (w[n].dim() - 1)).expand(w[n].shape) for n in names], \
+                w[names[0]].shape[0]
+        for t in self.targets:
+            if t.name not in in_sets:
+                sq = w[t.name].square()
+                groups = float((1.0 / group_sums(torch.ones_like(sq), t.structure)).sum())
+                yield [t.name], [group_sums(sq * ~projected[t.name][1], t.structure)], groups
 
     def penalty(self) -> torch.Tensor:
         """lambda * sum_i sum(P_i * W_i^2): only the entries the plan would remove are weighed."""
@@ -93,8 +112,7 @@ class Reweighted(PruningMethod):
         removed_norm = sum(float((w[n].square() * s["drop"]).sum()) for n, s in self.state.items()) ** 0.5
         record = {"round": self.rounds, "penalty_before": before, "penalty": float(self.penalty()),
                   "residual": removed_norm, **churn}
-        self.history.append(record)
-        return record
+        return self.record_round(record)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)

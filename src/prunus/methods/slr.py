@@ -27,7 +27,11 @@ where the numerator is the residual norm at the previous accepted step and the
 denominator the residual the step is taken on (norms over all planned tensors).
 s_0 = ``s0``. W^{k-1} is a real copy (clone) taken at the start of the W-step, never
 an alias of the live parameter. Defaults follow the paper: rho=0.1, s0=0.01,
-M=300, r=0.1. ``rho_factor`` optionally grows rho each round (capped at ``rho_max``).
+M=300, r=0.1. rho grows after each round by the budget when ``rounds`` (the run's total
+number of rounds) is given, so the weights reach the set by the last round
+(:mod:`prunus.methods.schedule`; what ``prunus prune`` uses), or geometrically with
+``rho_factor`` (capped at ``rho_max``); else it stays fixed. The multiplier step needs no
+separate growth: the rule above makes s_j grow as the residual shrinks.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from prunus.methods.base import Closure, PruningMethod
+from prunus.methods.schedule import GrowingRho
 from prunus.plan import Plan
 
 
@@ -47,8 +52,8 @@ def alpha(j: int, M: float, r: float) -> float:
     return 1.0 - 1.0 / (M * j ** (1.0 - 1.0 / j**r))
 
 
-class SLR(PruningMethod):
-    scalars = ("rounds", "rho", "s", "j", "prev_residual")
+class SLR(GrowingRho, PruningMethod):
+    scalars = ("rounds", "rho", "s", "j", "prev_residual", "schedule_first")
 
     def __init__(
         self,
@@ -61,18 +66,22 @@ class SLR(PruningMethod):
         r: float = 0.1,
         rho_factor: float = 1.0,
         rho_max: float | None = None,
+        rounds: int | None = None,
+        tol: float = 1e-3,
+        max_growth: float = 10.0,
+        penalize: str = "removed",
         update_every: int | None = None,
         closure: Closure | None = None,
     ):
         super().__init__(model, plan, update_every=update_every, closure=closure)
-        if rho <= 0 or s0 <= 0 or M <= 1 or not 0 < r < 1 or rho_factor <= 0:
-            raise ValueError(f"SLR needs rho > 0, s0 > 0, M > 1, 0 < r < 1, rho_factor > 0; got rho={rho}, s0={s0}, M={M}, r={r}")
-        self.rho, self.s, self.M, self.r = rho, s0, M, r
-        self.rho_factor, self.rho_max = rho_factor, rho_max
+        if s0 <= 0 or M <= 1 or not 0 < r < 1:
+            raise ValueError(f"SLR needs s0 > 0, M > 1, 0 < r < 1; got s0={s0}, M={M}, r={r}")
+        self.init_rho(rho, rho_factor, rho_max, rounds, tol, max_growth, penalize)
+        self.s, self.M, self.r = s0, M, r
         self.j = 0  # accepted multiplier steps so far
         w = self.weights()
-        for name, (z, _) in self.project(w).items():
-            self.state[name] = {"Z": z, "Lambda": torch.zeros_like(z), "W_prev": w[name].clone()}
+        for name, (z, keep) in self.project(w).items():
+            self.state[name] = {"Z": z, "keep": keep, "Lambda": torch.zeros_like(z), "W_prev": w[name].clone()}
         self.prev_residual = self._residual(w, {n: s["Z"] for n, s in self.state.items()})
         self.refresh_anchors()
 
@@ -84,11 +93,17 @@ class SLR(PruningMethod):
     def penalty_constant(self) -> float:
         return -sum(float((s["Lambda"] ** 2).sum()) for s in self.state.values()) / (2 * self.rho)
 
-    def _coupling(self, w: dict[str, torch.Tensor], z: dict[str, torch.Tensor]) -> float:
-        """sum_i <Lambda_i, W_i - Z_i> + rho/2 ||W_i - Z_i||^2 for given W and Z."""
+    def _coupling(self, w: dict[str, torch.Tensor], z: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]) -> float:
+        """sum_i <Lambda_i, W_i - Z_i> + rho/2 ||W_i - Z_i||^2 for given W and Z (support ``keep``).
+
+        With penalize="removed", Z is minimised out on the kept entries (Z = W + Lambda/rho
+        there), as in the penalty the W-step descends, so each kept entry adds -Lambda^2/(2 rho).
+        """
         total = 0.0
         for n, s in self.state.items():
             d = w[n] - z[n]
+            if self.penalize == "removed":
+                d = torch.where(keep[n], -s["Lambda"] / self.rho, d)
             total += float((s["Lambda"] * d).sum() + 0.5 * self.rho * (d**2).sum())
         return total
 
@@ -126,19 +141,22 @@ class SLR(PruningMethod):
         w = {n: p.detach().clone() for n, p in self.params.items()}
         w_prev = {n: s["W_prev"] for n, s in self.state.items()}
         z_prev = {n: s["Z"] for n, s in self.state.items()}
+        keep_prev = {n: s["keep"] for n, s in self.state.items()}
 
         # 1. W-step condition, both sides on the same data
-        lagr_new = float(closure()) + self._coupling(w, z_prev)
-        lagr_old = self._loss_at(closure, w_prev, live=w) + self._coupling(w_prev, z_prev)
+        lagr_new = float(closure()) + self._coupling(w, z_prev, keep_prev)
+        lagr_old = self._loss_at(closure, w_prev, live=w) + self._coupling(w_prev, z_prev, keep_prev)
         w_accepted = lagr_new < lagr_old
         if w_accepted:
             self._multiplier_step(w, z_prev)
 
         # 2. Z-step, 3. Z-step condition (f(W^k) cancels)
-        z_new = {n: z for n, (z, _) in self.project({n: w[n] + self.state[n]["Lambda"] / self.rho for n in w}).items()}
-        z_accepted = self._coupling(w, z_new) < self._coupling(w, z_prev)
+        projected = self.project({n: w[n] + self.state[n]["Lambda"] / self.rho for n in w})
+        z_new = {n: z for n, (z, _) in projected.items()}
+        keep_new = {n: keep for n, (_, keep) in projected.items()}
+        z_accepted = self._coupling(w, z_new, keep_new) < self._coupling(w, z_prev, keep_prev)
         for n, s in self.state.items():
-            s["Z"] = z_new[n]
+            s["Z"], s["keep"] = z_new[n], keep_new[n]
         if z_accepted:
             self._multiplier_step(w, z_new)
 
@@ -155,7 +173,7 @@ class SLR(PruningMethod):
             "lagrangian_old": lagr_old,
             "lagrangian_new": lagr_new,
         }
-        self.rho = self.rho * self.rho_factor if self.rho_max is None else min(self.rho * self.rho_factor, self.rho_max)
+        self.record_round(record)
+        self.rho = self.next_rho(record["distance"])
         self.refresh_anchors()
-        self.history.append(record)
         return record

@@ -435,6 +435,7 @@ def run_defense(
     """
     from prunus.data import load_dataset
     from prunus.models import build_model
+    from prunus.pipeline import couple_if_possible
     from prunus.plan import Plan, ratio_for_compression
     from prunus.privacy.splits import make_split, split_of_checkpoint
     from prunus.training import (Trainer, check_run_dir, create_run_dir, environment_info, evaluate, model_record,
@@ -487,7 +488,7 @@ def run_defense(
     if config.defense in ("prune", "mcmia"):
         ratio = config.ratio if config.ratio is not None else ratio_for_compression(config.compression)
         plan = Plan.uniform(model, ratio, config.structure, global_unstructured=config.global_)
-        plan.resolve(model)  # validated before anything is written
+        plan = couple_if_possible(model, plan, train_set.images[:2], console)  # validated before anything is written
     if config.defense == "dpsgd":
         from prunus._optional import require
 
@@ -566,7 +567,7 @@ def _prune(config: DefenseConfig, model, members, test_set, train_set, split, pl
     """Pruning (and for MCMIA the game) on the members, hard-prune, masked fine-tuning (with the game for MCMIA)."""
     from prunus.masks import CompressionReport, MaskKeeper
     from prunus.methods import batch_closure
-    from prunus.pipeline import fixed_batch, hard_prune_removable, make_method
+    from prunus.pipeline import fixed_batch, make_method
     from prunus.training import evaluate
 
     pcfg = config.prune_config()
@@ -580,7 +581,7 @@ def _prune(config: DefenseConfig, model, members, test_set, train_set, split, pl
     if pcfg.epochs > 0:
         trainer("prune", pcfg.train_config(pcfg.epochs, pcfg.lr, pcfg.schedule), hooks, loss_fn).fit()
     out["method_history"] = method.history
-    masks = hard_prune_removable(method, plan, model, members.images[:2].to(dev), console)
+    masks = method.hard_prune()
     out["hard_pruned_accuracy"] = evaluate(model, test_set, device=dev)["accuracy"]
     console.print(f"hard-pruned ({config.method}): test accuracy {out['hard_pruned_accuracy']:.2f}%")
     keeper = MaskKeeper(model, masks)

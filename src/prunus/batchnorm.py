@@ -1,0 +1,45 @@
+"""BatchNorm recalibration: fresh running statistics for a model whose weights just changed.
+
+A hard-prune changes what every later layer sees, but the BatchNorms still hold the
+running mean and variance of the dense (or not yet pruned) model. Forward passes over
+a few hundred training batches in train mode, with no gradient step, re-estimate them
+as an exact average (momentum ``None``). No weight changes, so it is not retraining;
+``prunus prune --bn-recalibrate N`` reports it as its own figure.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from prunus.data.loader import epoch_generator
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, dataset, *, batches: int = 200, batch_size: int = 128, seed: int = 0,
+                          device: torch.device | str = "cpu") -> int:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` random training batches.
+
+    Returns the number of BatchNorm layers recalibrated (0: the model has none, nothing ran).
+    The batches are a pure function of ``seed``; the model is left in the mode it was in.
+    """
+    if batches < 1 or batch_size < 1:
+        raise ValueError(f"recalibration needs batches >= 1 and batch_size >= 1, got {batches} and {batch_size}")
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches, not an exponential one
+    order = torch.randperm(len(dataset.labels), generator=epoch_generator(seed, -2))[: batches * batch_size]
+    was_training = model.training
+    model.train()
+    try:
+        for idx in order.split(batch_size):
+            model(dataset.images[idx].to(device))
+    finally:
+        model.train(was_training)
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    return len(norms)

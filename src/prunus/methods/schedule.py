@@ -1,0 +1,105 @@
+"""A penalty that grows with the budget: rho rises until the weights reach the constraint set by the last round.
+
+With a fixed rho the weights of SLR and ADMM hover at a distance from the set that
+is set by the balance of the loss gradient and the penalty (about ``|grad f| / rho``
+per entry), so the final hard-prune is a jump whose size depends on the epoch budget
+and on the model. Here the distance is measured each round,
+
+    d_k = ||W - Pi_S(W)|| / ||W||      (over all constrained tensors; what a hard-prune now would remove)
+
+and compared with a geometric path from the first round's distance ``d_1`` to ``tol`` at
+the last round ``K``: ``d*_k = d_1 (tol / d_1)^((k - 1) / (K - 1))``. When the run is
+behind the path, rho is multiplied by ``d_k / d*_{k+1}`` (the distance falls about like
+1/rho), at most ``max_growth`` per round; it never shrinks. A long budget thus grows rho
+gently and leaves the kept weights free for longer; a short one grows it fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class BudgetSchedule:
+    """rho's growth for a run of ``rounds`` method rounds, ending at relative distance ``tol``."""
+
+    rounds: int
+    tol: float = 1e-3
+    max_growth: float = 10.0
+    first: float | None = None  # d_1, set at the first round (saved with the method's state)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or not 0 < self.tol < 1 or self.max_growth < 1:
+            raise ValueError(f"the budget schedule needs rounds >= 1, 0 < tol < 1 and max_growth >= 1; got "
+                             f"rounds={self.rounds}, tol={self.tol}, max_growth={self.max_growth}")
+
+    def planned(self, k: int) -> float:
+        """d*_k, the distance planned for round ``k`` (1-based), ``tol`` from round K on."""
+        if self.first is None or self.first <= self.tol or self.rounds == 1:
+            return self.tol
+        t = min(max(k - 1, 0) / (self.rounds - 1), 1.0)
+        return self.first * (self.tol / self.first) ** t
+
+    def factor(self, k: int, distance: float) -> float:
+        """The factor for rho after round ``k`` measured ``distance``: at least 1, at most ``max_growth``."""
+        if self.first is None:
+            self.first = distance
+        target = self.planned(k + 1)
+        if not distance > target:  # on the path (or NaN: leave rho alone, the trainer reports it)
+            return 1.0
+        return min(distance / target, self.max_growth)
+
+    def state(self) -> dict[str, float | int | None]:
+        return {"rounds": self.rounds, "tol": self.tol, "max_growth": self.max_growth, "first": self.first}
+
+
+PENALIZE = ("removed", "all")
+
+
+class GrowingRho:
+    """rho of SLR and ADMM: fixed, geometric (``rho_factor``, ``rho_max``) or by the budget (``rounds``).
+
+    ``penalize`` says which entries the penalty rho/2 ||W - Z + Lambda/rho||^2 acts on between
+    rounds. ``"all"`` is the textbook W-step. ``"removed"``: only the entries the last Z-step
+    set to zero; on the kept ones Z is minimised out (Z = W + Lambda/rho wherever the support
+    keeps an entry), so their term is a constant and they train freely. With "all" the kept
+    weights are held near their value at the last round by a spring of stiffness rho, so a
+    rho that grows to reach the set also freezes the weights that should adapt to the pruning.
+
+    A mixin: :meth:`init_rho` in the constructor, :meth:`next_rho` at the end of each round.
+    ``schedule_first`` is listed in the method's scalars so a resumed run keeps its path.
+    """
+
+    rho: float
+    rounds: int
+
+    def init_rho(self, rho: float, rho_factor: float, rho_max: float | None, budget_rounds: int | None,
+                 tol: float, max_growth: float, penalize: str = "removed") -> None:
+        if penalize not in PENALIZE:
+            raise ValueError(f"penalize must be one of {', '.join(PENALIZE)}, got {penalize!r}")
+        self.penalize = penalize
+        if not rho > 0 or not rho_factor > 0:
+            raise ValueError(f"rho and rho_factor must be positive, got rho={rho}, rho_factor={rho_factor}")
+        if budget_rounds is not None and rho_factor != 1.0:
+            raise ValueError("give either rounds (rho grows by the budget) or rho_factor (a fixed geometric growth), not both")
+        self.rho, self.rho_factor, self.rho_max = rho, rho_factor, rho_max
+        self.schedule = BudgetSchedule(budget_rounds, tol, max_growth) if budget_rounds is not None else None
+
+    def penalty_mask(self, name: str):
+        """With penalize="removed", the entries the last Z-step removed (``state[name]["keep"]`` is False)."""
+        return ~self.state[name]["keep"] if self.penalize == "removed" else None
+
+    @property
+    def schedule_first(self) -> float | None:
+        return self.schedule.first if self.schedule else None
+
+    @schedule_first.setter
+    def schedule_first(self, value: float | None) -> None:
+        if self.schedule:
+            self.schedule.first = value
+
+    def next_rho(self, distance: float) -> float:
+        """rho for the next round, after round ``self.rounds`` ended ``distance`` from the set."""
+        factor = self.schedule.factor(self.rounds, distance) if self.schedule else self.rho_factor
+        new = self.rho * factor
+        return new if self.rho_max is None else min(new, self.rho_max)
