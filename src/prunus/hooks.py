@@ -25,6 +25,9 @@ class TrainingHook:
         """Extra term added to the loss of every batch."""
         return None
 
+    def before_optimizer_step(self) -> None:
+        """Called after ``backward()``, before ``optimizer.step()`` (e.g. to add a regularizer to the gradients)."""
+
     def after_optimizer_step(self) -> None:
         """Called after each ``optimizer.step()`` (e.g. to keep pruned weights at zero)."""
 

@@ -25,7 +25,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch.nn as nn
 import yaml
@@ -81,6 +81,9 @@ class Plan:
     #: the filter targets' channel sets: each is projected as one group, so the same channels go in all
     #: its parameters. Derived from the model by :func:`prunus.coupling.couple_plan`, not written in recipes.
     coupled: list[ChannelSet] = field(default_factory=list)
+    #: a sparsity set constrains only the removed entries: the kept ones may take any value, so
+    #: SLR/ADMM with penalize="removed" leave them free (a level set pins every entry: QuantPlan)
+    KEPT_ENTRIES_FREE: ClassVar[bool] = True
 
     # -- construction -----------------------------------------------------------------
     @classmethod

@@ -203,6 +203,7 @@ class QuantPlan:
 
     global_unstructured = False
     coupled: tuple = ()  # levels are per tensor: no channel sets
+    KEPT_ENTRIES_FREE = False  # every entry must reach a level: the penalty acts on all of them
 
     def __init__(self, scheme: QuantScheme | str | int, names: Sequence[str] | None = None,
                  masks: dict[str, torch.Tensor] | None = None, per_channel: bool = False):

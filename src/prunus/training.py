@@ -357,6 +357,8 @@ class Trainer:
                     scaled = scaled + p
             self.optimizer.zero_grad(set_to_none=True)
             scaled.backward()
+            for h in self.hooks:
+                h.before_optimizer_step()
             self.optimizer.step()
             for h in self.hooks:
                 h.after_optimizer_step()

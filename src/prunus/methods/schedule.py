@@ -62,7 +62,8 @@ class GrowingRho:
     ``penalize`` says which entries the penalty rho/2 ||W - Z + Lambda/rho||^2 acts on between
     rounds. ``"all"`` is the textbook W-step. ``"removed"``: only the entries the last Z-step
     set to zero; on the kept ones Z is minimised out (Z = W + Lambda/rho wherever the support
-    keeps an entry), so their term is a constant and they train freely. With "all" the kept
+    keeps an entry), so their term is a constant and they train freely. Quantization plans
+    pin every entry to a level, so there "removed" acts as "all". With "all" the kept
     weights are held near their value at the last round by a spring of stiffness rho, so a
     rho that grows to reach the set also freezes the weights that should adapt to the pruning.
 
@@ -77,7 +78,8 @@ class GrowingRho:
                  tol: float, max_growth: float, penalize: str = "removed") -> None:
         if penalize not in PENALIZE:
             raise ValueError(f"penalize must be one of {', '.join(PENALIZE)}, got {penalize!r}")
-        self.penalize = penalize
+        # on a level set (quantization) no entry is free: "removed" is then the same as "all"
+        self.penalize = penalize if self.plan.KEPT_ENTRIES_FREE else "all"
         if not rho > 0 or not rho_factor > 0:
             raise ValueError(f"rho and rho_factor must be positive, got rho={rho}, rho_factor={rho_factor}")
         if budget_rounds is not None and rho_factor != 1.0:
