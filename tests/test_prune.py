@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from prunus.cli import main
+from prunus.data import load_dataset
 from prunus.training import TrainConfig, load_model, train
 from test_cli import assert_user_error, run_cli
 
@@ -134,3 +135,37 @@ def test_quantize_user_errors(capsys, tmp_path, dense_digits, args, fragment):
     code, _, err = run_cli(capsys, "quantize", "--init", str(dense_digits), *args, "--out", str(out))
     assert_user_error(code, err, fragment)
     assert not out.exists()
+
+
+def test_filter_prune_of_a_batchnorm_resnet_is_reproducible_and_reports_its_distances(capsys, tmp_path):
+    """The same command twice gives the same bits; SLR constrains the BatchNorms with their filters, drives the
+    distance to the set down by the budget, prints the per-tensor distances and reports BN recalibration apart."""
+    train(TrainConfig(model="resnet20", dataset="digits", epochs=2, batch_size=64), tmp_path / "dense")
+    runs = []
+    for name in ("a", "b"):
+        code, stdout, _ = run_cli(
+            capsys, "prune", "--method", "slr", "--init", str(tmp_path / "dense"), "--ratio", "0.5", "--structure",
+            "filter", "--epochs", "2", "--update-every", "5", "--retrain-epochs", "1", "--batch-size", "64", "--optimizer", "sgd", "--lr", "0.05",
+            "--bn-recalibrate", "4", "--out", str(tmp_path / name))
+        assert code == 0
+        runs.append(json.loads((tmp_path / name / "results.json").read_text()))
+    assert "distance to the constraint set" in stdout and "layer1.0.bn2.weight" in stdout
+    assert "+ BN recalibration" in stdout
+    a, b = runs
+    for key in ("dense_accuracy", "hard_pruned_accuracy", "bn_recalibrated_accuracy", "retrain_accuracy"):
+        assert a[key] == b[key], key
+    ma, _ = load_model(tmp_path / "a" / "retrain")
+    mb, _ = load_model(tmp_path / "b" / "retrain")
+    assert all(torch.equal(p, q) for p, q in zip(ma.state_dict().values(), mb.state_dict().values()))
+    history = a["method_history"]
+    batches = math.ceil(len(load_dataset("digits", "train").labels) / 64)
+    assert len(history) == 2 * batches // 5  # a round every 5 batches over 2 epochs
+    assert "bn1.weight" in history[-1]["distances"] and "conv1.weight" in history[-1]["distances"]  # stem and BN
+    assert history[-1]["distance"] < 0.2 * history[0]["distance"]
+    assert history[-1]["rho"] > history[0]["rho"]  # grown by the budget
+    assert max(h["rho"] for h in history) == pytest.approx(1 / 0.05)  # capped for SGD at 1 / lr: no divergence
+    # BN channels were pruned with their filters: every zero filter has gamma = beta = 0 after the hard-prune
+    hard, _ = load_model(tmp_path / "a" / "hard-pruned")
+    conv, bn = hard.layer1[0].conv1, hard.layer1[0].bn1
+    dead = conv.weight.flatten(1).abs().sum(1) == 0
+    assert int(dead.sum()) == 8 and torch.all(bn.weight[dead] == 0) and torch.all(bn.bias[dead] == 0)

@@ -39,6 +39,9 @@ from prunus.training import TrainConfig, Trainer, check_run_dir, create_run_dir,
 
 METHOD_NAMES = ("slr", "admm", "reweighted", "magnitude", "gradual")
 RHO_SCHEDULES = ("budget", "fixed")
+#: SLR and ADMM round every 100 batches unless told otherwise: with a round per epoch a short budget gives rho
+#: only a few steps to grow (slr_tuning.py found 100 batches best)
+METHOD_UPDATE_EVERY = {"slr": 100, "admm": 100}
 
 
 @dataclass
@@ -56,7 +59,9 @@ class PruneConfig:
     retrain_schedule: str = "constant"  # so accuracy after epoch e does not depend on the total
     weight_decay: float = 0.0
     seed: int = 0
-    update_every: int | None = None  # batches between method rounds; None = once per epoch
+    #: batches between method rounds; None = the method's default (METHOD_UPDATE_EVERY, else once per epoch);
+    #: 0 = once per epoch
+    update_every: int | None = None
     closure_samples: int = 2048  # training samples SLR evaluates f(W) on for its conditions
     #: SLR/ADMM: "budget" grows rho so the weights reach the set by the last round (prunus.methods.schedule);
     #: "fixed" keeps rho (or grows it by the rho_factor option)
@@ -81,10 +86,17 @@ class PruneConfig:
             raise ConfigError(f"--bn-recalibrate must be a number of batches >= 0, got {self.bn_recalibrate}")
         return self
 
+    def rounds_every(self) -> int | None:
+        """Batches between the method's rounds (None: one round per epoch)."""
+        if self.update_every == 0:
+            return None
+        return self.update_every if self.update_every is not None else METHOD_UPDATE_EVERY.get(self.method)
+
     def planned_rounds(self, batches_per_epoch: int) -> int:
-        """How many method rounds the pruning epochs make (a round per epoch or every update_every batches)."""
-        if self.update_every:
-            return max(self.epochs * batches_per_epoch // self.update_every, 1)
+        """How many method rounds the pruning epochs make (a round per epoch or every rounds_every() batches)."""
+        every = self.rounds_every()
+        if every:
+            return max(self.epochs * batches_per_epoch // every, 1)
         return max(self.epochs, 1)
 
     def train_config(self, epochs: int, lr: float, schedule: str) -> TrainConfig:
@@ -100,13 +112,17 @@ def make_method(name: str, model, plan: Plan, config: PruneConfig, closure, batc
     opts = dict(config.options)
     if name in ("slr", "admm") and config.rho_schedule == "budget" and batches_per_epoch is not None:
         opts["rounds"] = config.planned_rounds(batches_per_epoch)
+        if config.optimizer == "sgd":
+            # a plain gradient step on the penalty rho/2 ||W - Z||^2 overshoots once lr * rho > 1 and diverges past
+            # 2 (Adam's steps are bounded by lr, so there rho may grow freely): stop where one step lands on Z
+            opts.setdefault("rho_max", 1.0 / config.lr)
     try:
         if name == "slr":
-            return SLR(model, plan, update_every=config.update_every, closure=closure, **opts)
+            return SLR(model, plan, update_every=config.rounds_every(), closure=closure, **opts)
         if name == "admm":
-            return ADMM(model, plan, update_every=config.update_every, closure=closure, **opts)
+            return ADMM(model, plan, update_every=config.rounds_every(), closure=closure, **opts)
         if name == "reweighted":
-            return Reweighted(model, plan, update_every=config.update_every, **opts)
+            return Reweighted(model, plan, update_every=config.rounds_every(), **opts)
         if name == "magnitude":
             return Magnitude(model, plan, **opts)
         return Magnitude(model, plan, gradual=True, rounds=max(config.epochs - 1, 1), **opts)
@@ -194,6 +210,8 @@ def run_pruning(
     train_config = config.train_config(config.epochs, config.lr, config.schedule)
     method = make_method(config.method, model, plan, config, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy),
                          batches_per_epoch=math.ceil(len(train_set.labels) / config.batch_size))
+    if config.method == "magnitude":  # one-shot: pruned here, before any training
+        results["pruned_at_start_accuracy"] = test_accuracy()
     create_run_dir(run_dir)
     write_json_atomic(run_dir / "plan.json", plan.to_dict())
     console.print(f"dense: test accuracy {results['dense_accuracy']:.2f}%")
@@ -306,9 +324,12 @@ def run_quantization(
     results: dict[str, Any] = {"config": dataclasses.asdict(config), "init": str(ckpt.path), "scheme": str(plan.scheme)}
     results["input_accuracy"] = test_accuracy()
     console.print(f"input model: test accuracy {results['input_accuracy']:.2f}%")
+    # onto quantization levels every entry is constrained (none is free to train as the kept weights of a
+    # pruning plan are), and rounds stay once per epoch (0) with a fixed rho unless asked: the measured recipe
     prune_cfg = PruneConfig(method=config.method if config.method != "none" else "slr", epochs=max(config.epochs, 1),
                             batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr, seed=config.seed,
-                            update_every=config.update_every, options=config.options)
+                            update_every=config.update_every if config.update_every is not None else 0,
+                            rho_schedule="fixed", options={"penalize": "all", **config.options})
     method = None
     if config.method != "none":
         torch.manual_seed(config.seed)
