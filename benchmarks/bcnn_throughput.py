@@ -4,7 +4,7 @@ For each model (``cnin``, ``cresnet18``; 3x32x32 inputs, 10 classes):
 
 1. Prune whole complex filters (real and imaginary rows together) with prunus' own machinery:
    ``Plan.uniform(model, ratio, "filter")`` plus, for NIN, the full-precision first layer, projected
-   per coupled group by ``prunus.coupling.project_coupled`` (ResNet's first layer is coupled to the
+   per coupled group by ``prunus.plan.coupling.project_coupled`` (ResNet's first layer is coupled to the
    first stage's residual stream and is pruned with it).  The ratio is the smallest (on a 0.005
    grid) whose model keeps at most 1/20 of the dense conv/linear weights, counted as **live
    weights**: weights of live filters that read live input channels, in every conv and linear
@@ -45,11 +45,12 @@ from common import RESULTS, write_result
 
 from prunus.bcnn.engine import compile_engine
 from prunus.bcnn.engine.bench import popcount_ceiling
-from prunus.coupling import project_coupled
+from prunus.constraints.structures import Structure
+from prunus.environment import environment_info
 from prunus.models import build_model
-from prunus.plan import Plan, Rule, prunable_weights
-from prunus.sparsity import Structure
-from prunus.training import environment_info, load_model
+from prunus.models.loading import load_model
+from prunus.plan.coupling import project_coupled
+from prunus.plan.recipe import Plan, Rule, prunable_weights
 
 NAME = "bcnn_throughput"
 MODELS = {"nin": "cnin", "resnet18": "cresnet18"}

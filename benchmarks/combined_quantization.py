@@ -7,7 +7,7 @@ epochs), then quantization of every Conv2d/Linear weight with the pruned zeros k
   none   hard-quantize the pruned model directly, then the same F fine-tuning epochs
 Schemes: 4-bit symmetric fixed point and ternary, one least-squares scale per layer.
 Biases are stored in 8 bits with a power-of-two step (``rest="int8"``). The size is
-the byte count of the exported file (``prunus.compressed``: range-coded positions
+the byte count of the exported file (``prunus.deploy.compressed``: range-coded positions
 and codes, scales, biases, header); the ratio is against the dense float32 model
 (4 bytes x 61,706 parameters). Each run also records the information the positions
 and codes carry (i.i.d. entropy of each bitmap, empirical entropy of each layer's
@@ -41,9 +41,11 @@ from common import HERE, RESULTS, mean_std, write_result
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
-from prunus.pipeline import PruneConfig, QuantizeConfig, run_pruning, run_quantization
-from prunus.plan import Plan, ratio_for_compression
-from prunus.training import environment_info, load_model
+from prunus.environment import environment_info
+from prunus.jobs.prune import PruneConfig, run_pruning
+from prunus.jobs.quantize import QuantizeConfig, run_quantization
+from prunus.models.loading import load_model
+from prunus.plan.recipe import Plan, ratio_for_compression
 
 NAME = "combined_quantization"
 CACHE = HERE / ".cache" / NAME

@@ -36,7 +36,7 @@ def prune_run(init, plan, config, inspect=None, **extra) -> dict:
 
     from rich.console import Console
 
-    from prunus.pipeline import run_pruning
+    from prunus.jobs.prune import run_pruning
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

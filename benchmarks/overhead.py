@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from common import write_result
 
+from prunus.constraints.sparsity import project, project_global
+from prunus.constraints.structures import Structure, StructureError
+from prunus.environment import environment_info
 from prunus.methods import SLR, batch_closure
 from prunus.models import build_model
-from prunus.plan import Plan, prunable_weights
-from prunus.sparsity import Structure, StructureError, project, project_global
-from prunus.training import environment_info
+from prunus.plan.recipe import Plan, prunable_weights
 
 CASES = [  # (model, options, input shape per sample, batch)
     ("lenet5", {}, (1, 28, 28), 128),

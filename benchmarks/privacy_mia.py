@@ -181,7 +181,7 @@ def audit_config(seed: int, b: Budget):
 
 def setup(b: Budget) -> dict[str, Any]:
     """Everything the numbers depend on (a --continue run must have the same)."""
-    from prunus.training import TrainConfig  # DP-SGD's SGD momentum is the training loop's default
+    from prunus.train.config import TrainConfig  # DP-SGD's SGD momentum is the training loop's default
 
     return {
         "model": MODEL, "dataset": DATASET, "members": b.members, "nonmembers": b.members,
@@ -356,8 +356,8 @@ def audit_row(row: Row, seed: int, b: Budget, cache: Path, res: dict[str, Any], 
     """Audit the row's model with the seed's shared reference bank; the row's JSON record."""
     from rich.console import Console
 
+    from prunus.environment import environment_info
     from prunus.privacy.audit import run_audit
-    from prunus.training import environment_info
 
     audit_dir = cache / f"seed{seed}" / f"{row.name}-audit"
     shutil.rmtree(audit_dir, ignore_errors=True)
@@ -683,7 +683,7 @@ def main() -> None:
         data = json.loads(path.read_text())
         return write_result(NAME, data, summarize(data), results)
 
-    from prunus.training import environment_info
+    from prunus.environment import environment_info
 
     all_rows = rows(budget)
     if args.rows:

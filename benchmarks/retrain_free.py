@@ -37,9 +37,13 @@ from pathlib import Path
 from common import RESULTS, mean_std, write_result
 from rich.console import Console
 
-from prunus.pipeline import PruneConfig, run_pruning
-from prunus.plan import Plan, ratio_for_compression
-from prunus.training import TrainConfig, environment_info, latest_checkpoint, load_model, train
+from prunus.environment import environment_info
+from prunus.io import latest_checkpoint
+from prunus.jobs.prune import PruneConfig, run_pruning
+from prunus.models.loading import load_model
+from prunus.plan.recipe import Plan, ratio_for_compression
+from prunus.train.config import TrainConfig
+from prunus.train.run import train
 
 DENSE = Path(__file__).resolve().parent / ".cache" / "dense-lenet5"
 FIXED = {"rho_schedule": "fixed", "options": {"penalize": "all"}, "update_every": 100}
@@ -141,8 +145,8 @@ def main() -> None:
     path = RESULTS / f"{NAME}.json"
     data = json.loads(path.read_text()) if args.cont and path.exists() else None
     if data is None:
-        from prunus.training import evaluate
         from prunus.data import load_dataset
+        from prunus.train.trainer import evaluate
 
         dense_acc = evaluate(model, load_dataset("fashion-mnist", "test"))["accuracy"]
         data = {

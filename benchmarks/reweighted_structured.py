@@ -18,18 +18,22 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import shutil
-import statistics
 
 import torch
 from common import HERE, RESULTS, prune_run, write_result
 
-from prunus.masks import count_macs, hard_prune
-from prunus.pipeline import PruneConfig
-from prunus.plan import Plan
-from prunus.training import TrainConfig, environment_info, evaluate, latest_checkpoint, load_model, train
+from prunus.environment import environment_info
+from prunus.harden.stats import count_macs
+from prunus.io import latest_checkpoint
+from prunus.jobs.prune import PruneConfig
+from prunus.models.loading import load_model
+from prunus.plan.projection import hard_prune
+from prunus.plan.recipe import Plan
+from prunus.train.config import TrainConfig
+from prunus.train.run import train
+from prunus.train.trainer import evaluate
 
 NAME = "reweighted_structured"
 DENSE = HERE / ".cache" / "dense-vgg11-w025"
@@ -53,7 +57,7 @@ def macs_after(model, structure: str, ratio: float, probe: torch.Tensor) -> int:
     m = copy.deepcopy(model)
     plan = Plan.uniform(m, ratio, structure)
     if structure == "filter":
-        from prunus.coupling import project_coupled
+        from prunus.plan.coupling import project_coupled
 
         project_coupled(m, plan, probe)
         return count_macs(m, probe).structural

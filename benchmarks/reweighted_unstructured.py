@@ -23,9 +23,11 @@ from common import RESULTS, mean_std, prune_run, write_result
 from retrain_free import dense_checkpoint, epochs_to_recover
 
 from prunus.data import load_dataset
-from prunus.pipeline import PruneConfig
-from prunus.plan import Plan, ratio_for_compression
-from prunus.training import environment_info, evaluate, load_model
+from prunus.environment import environment_info
+from prunus.jobs.prune import PruneConfig
+from prunus.models.loading import load_model
+from prunus.plan.recipe import Plan, ratio_for_compression
+from prunus.train.trainer import evaluate
 
 NAME = "reweighted_unstructured"
 VARIANTS = {"reweighted": ("reweighted", None), "slr": ("slr", None), "admm": ("admm", None),

@@ -21,9 +21,10 @@ from common import write_result
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
-from prunus.pipeline import PruneConfig, run_pruning
-from prunus.plan import Plan, ratio_for_compression
-from prunus.training import environment_info, load_model
+from prunus.environment import environment_info
+from prunus.jobs.prune import PruneConfig, run_pruning
+from prunus.models.loading import load_model
+from prunus.plan.recipe import Plan, ratio_for_compression
 
 SETTINGS = [  # (label, method, update_every, options)
     ("slr, defaults (rho 0.1, s0 0.01, M 300, r 0.1), round per epoch", "slr", None, {}),

@@ -37,15 +37,18 @@ from common import RESULTS, write_result
 from rich.console import Console
 from structured_retrain_free import BN_BATCHES, PROBE, ROUND_TO, dense_checkpoint, file_hash
 
-from prunus.allocation import uniform_filter_plan_for_macs
-from prunus.batchnorm import recalibrate_batchnorm
-from prunus.coupling import couple_plan
 from prunus.data import load_dataset
-from prunus.masks import hard_prune
+from prunus.deploy.allocation import uniform_filter_plan_for_macs
+from prunus.environment import environment_info
+from prunus.harden.batchnorm import recalibrate_batchnorm
+from prunus.jobs.common import fixed_batch
+from prunus.jobs.prune import PruneConfig, make_method
 from prunus.methods import batch_closure
-from prunus.pipeline import PruneConfig, fixed_batch, make_method
-from prunus.plan import ChannelSet
-from prunus.training import Trainer, environment_info, evaluate, load_model
+from prunus.models.loading import load_model
+from prunus.plan.coupling import couple_plan
+from prunus.plan.projection import hard_prune
+from prunus.plan.recipe import ChannelSet
+from prunus.train.trainer import Trainer, evaluate
 
 NAME = "structured_diagnosis"
 MODEL, TARGET, EPOCHS, SEED = "resnet20", 2.0, 3, 0

@@ -30,10 +30,12 @@ from common import mean_std, write_result
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
-from prunus.masks import count_macs, hard_prune
-from prunus.pipeline import PruneConfig, run_pruning
-from prunus.plan import Plan
-from prunus.training import environment_info, load_model
+from prunus.environment import environment_info
+from prunus.harden.stats import count_macs
+from prunus.jobs.prune import PruneConfig, run_pruning
+from prunus.models.loading import load_model
+from prunus.plan.projection import hard_prune
+from prunus.plan.recipe import Plan
 
 LAYERS = ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight")
 VARIANTS = {"slr/100": ("slr", 100), "admm/100": ("admm", 100), "magnitude": ("magnitude", None)}

@@ -4,7 +4,7 @@ ResNet-20 and VGG-16 (width 0.5) on Fashion-MNIST padded to 32x32. One dense mod
 architecture (``DENSE_EPOCHS`` epochs of SGD, cosine; its file hash is recorded). At 2x and
 4x fewer MACs, one uniform filter ratio for every Conv2d/Linear but the classifier (the first
 conv included), each layer keeping a multiple of ``ROUND_TO`` filters, found by bisection on
-the physically smaller model's MACs (``prunus.allocation.uniform_filter_plan_for_macs``).
+the physically smaller model's MACs (``prunus.deploy.allocation.uniform_filter_plan_for_macs``).
 
 Every method gets the same budget, E method epochs + R retraining epochs, with the same
 optimizers: phase 1 Adam lr 1e-3 (cosine), phase 2 Adam from lr 1e-4 (cosine), batch 128.
@@ -46,19 +46,24 @@ import torch.nn as nn
 from common import HERE, RESULTS, mean_std, prune_run, write_result
 from rich.console import Console
 
-from prunus.allocation import uniform_filter_plan_for_macs
-from prunus.architecture import apply_layer_shapes, layer_shapes
-from prunus.batchnorm import recalibrate_batchnorm
+from prunus.constraints.structures import num_pruned
 from prunus.data import load_dataset
+from prunus.deploy.allocation import uniform_filter_plan_for_macs
+from prunus.deploy.latency import compare_latency, for_inference
+from prunus.deploy.surgery import remove_pruned_channels
+from prunus.environment import environment_info
+from prunus.harden.batchnorm import recalibrate_batchnorm
+from prunus.harden.stats import count_macs
 from prunus.hooks import TrainingHook
-from prunus.latency import compare_latency, for_inference
-from prunus.masks import count_macs
+from prunus.io import latest_checkpoint
+from prunus.jobs.prune import PruneConfig
 from prunus.models import build_model
-from prunus.pipeline import PruneConfig
-from prunus.plan import Plan
-from prunus.sparsity import num_pruned
-from prunus.surgery import remove_pruned_channels
-from prunus.training import TrainConfig, Trainer, environment_info, evaluate, latest_checkpoint, load_model, train
+from prunus.models.loading import load_model
+from prunus.models.shapes import apply_layer_shapes, layer_shapes
+from prunus.plan.recipe import Plan
+from prunus.train.config import TrainConfig
+from prunus.train.run import train
+from prunus.train.trainer import Trainer, evaluate
 
 NAME = "structured_retrain_free"
 MODELS = {"resnet20": {}, "vgg16": {"width": 0.5}}

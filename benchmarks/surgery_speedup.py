@@ -11,17 +11,17 @@ found by bisection so that the MACs of the physically pruned model fall 2x or 4x
 layer keeps a multiple of ``ROUND_TO`` filters (16 for VGG-16: AVX-512 holds 16 fp32
 channels; 8 for ResNet-20, whose first stage has only 16) and the first convolution is pruned too (at full resolution it carries the most
 activation traffic). Allocation *latency*: the widths per coupled group that
-``prunus.allocation.latency_aware_plan`` finds by measured, deployed batch-64 latency on this
+``prunus.deploy.allocation.latency_aware_plan`` finds by measured, deployed batch-64 latency on this
 machine (greedy, NetAdapt-style; same multiples, each group keeps at least a quarter), searched
 once on the untrained architecture before any training and recorded with the rows. The
 retrained model then goes
-through surgery (``prunus.surgery``; outputs checked equal). After all training, one
+through surgery (``prunus.deploy.surgery``; outputs checked equal). After all training, one
 timing pass (``--retime-only`` repeats it alone, for a quiet machine) times the dense
 and each small model in the same process, their runs interleaved
-(``prunus.latency.compare_latency``, allocator held steady): median of 100 forward
+(``prunus.deploy.latency.compare_latency``, allocator held steady): median of 100 forward
 passes after 5 warm-ups,
 batch 1 and 64, torch's default threads on this machine; once as eager PyTorch
-modules and once as deployed (``prunus.latency.for_inference``: BatchNorm folded
+modules and once as deployed (``prunus.deploy.latency.for_inference``: BatchNorm folded
 into the convolution, channels-last). MACs: Conv2d/Linear multiply-accumulates per
 image.
 
@@ -45,16 +45,21 @@ import shutil
 import torch
 from common import HERE, RESULTS, prune_run, write_result
 
-from prunus.allocation import latency_aware_plan, plan_from_widths, shrink_to_widths
-from prunus.coupling import project_coupled
-from prunus.footprint import weights_bytes
-from prunus.latency import compare_latency, for_inference
-from prunus.masks import count_macs
+from prunus.deploy.allocation import latency_aware_plan, plan_from_widths, shrink_to_widths
+from prunus.deploy.footprint import weights_bytes
+from prunus.deploy.latency import compare_latency, for_inference
+from prunus.deploy.surgery import remove_pruned_channels
+from prunus.environment import environment_info
+from prunus.harden.stats import count_macs
+from prunus.io import latest_checkpoint
+from prunus.jobs.prune import PruneConfig
 from prunus.models import build_model
-from prunus.pipeline import PruneConfig
-from prunus.plan import Plan
-from prunus.surgery import remove_pruned_channels
-from prunus.training import TrainConfig, environment_info, evaluate, latest_checkpoint, load_model, train
+from prunus.models.loading import load_model
+from prunus.plan.coupling import project_coupled
+from prunus.plan.recipe import Plan
+from prunus.train.config import TrainConfig
+from prunus.train.run import train
+from prunus.train.trainer import evaluate
 
 NAME = "surgery_speedup"
 # VGG-16 at half width (32..256 channels): at width 0.25 (16..128) the pruned layers are so thin that
@@ -85,7 +90,7 @@ RETRAIN_LR, RETRAIN_SCHEDULE = 1e-4, "cosine"
 #   early    the layers at the two highest output resolutions keep EARLY_KEEP of their filters, the others one
 #            ratio found by bisection. Those layers cost few MACs per channel but the most activation traffic
 #            (BN, ReLU, pooling, memory), which MACs do not count and a CPU pays for.
-#   latency  widths per coupled group by measured latency (prunus.allocation), for the same MAC target
+#   latency  widths per coupled group by measured latency (prunus.deploy.allocation), for the same MAC target
 ALLOCATIONS = ("uniform", "early", "latency")
 SEARCH = {"batch_size": 64, "repeats": 10, "min_keep": 0.25}  # latency_aware_plan's settings (deployed form)
 # early gave no speed over uniform at equal MACs (this table in commit b8bbaa9, width 0.25, 2x: eager b64 1.47-1.51x
@@ -257,7 +262,7 @@ def summarize(data: dict) -> str:
     early = (f"; *early*: the convs at the two highest output resolutions keep {EARLY_KEEP:g} of their filters and "
              "the others one ratio (they cost few MACs but the most activation traffic)") if "early" in allocations else ""
     searches = data.get("searches", {})
-    latency = ("; *latency*: the widths per coupled group that `prunus.allocation.latency_aware_plan` found by "
+    latency = ("; *latency*: the widths per coupled group that `prunus.deploy.allocation.latency_aware_plan` found by "
                f"measured deployed batch-{SEARCH['batch_size']} latency (greedy: each step removes one multiple from "
                "the group that saves the most time per MAC, until the MAC target; every group keeps at least "
                f"{SEARCH['min_keep']:g} of its filters), searched on the untrained architecture before training ("
@@ -280,14 +285,14 @@ def summarize(data: dict) -> str:
         f"process, their runs interleaved: median of {timing.get('repeats', REPEATS)} forward passes after "
         f"{timing.get('warmup', 5)} warm-ups, inference mode, in one pass after all training, on models rebuilt from "
         "each row's plan (speed depends on the shapes, not the trained values; the parameter count is checked). "
-        + ("The allocator is held in its steady state (`prunus.latency.steady_allocator`: freed activation buffers "
+        + ("The allocator is held in its steady state (`prunus.deploy.latency.steady_allocator`: freed activation buffers "
            "stay in the process), so no forward page-faults on fresh buffers; without it the same model's time "
            "depended on what the process had allocated before. "
            if timing.get("steady_allocator") else
            "The timing process has already evaluated the dense model on the test set (batches of 1000): these are "
            "the warmed figures; a fresh process page-faults on new activation buffers and gives other ratios. ")
         + "*eager*: the PyTorch modules as trained; *deployed*: both models with "
-        "BatchNorm folded into the convolutions and channels-last layout (`prunus.latency.for_inference`). "
+        "BatchNorm folded into the convolutions and channels-last layout (`prunus.deploy.latency.for_inference`). "
         f"{timing.get('threads', data['threads'])} threads. MACs = Conv2d/Linear multiply-accumulates per image; "
         "file bytes = the checkpoint's model.safetensors. One seed (0). Timing machine: "
         f"{timed['cpu']}, {timed['cpu_count']} cores, torch {timed['torch']}"
@@ -423,7 +428,7 @@ def main() -> None:
                 config = PruneConfig(method=method, epochs=epochs, retrain_epochs=retrain, seed=0, options=options,
                                      retrain_lr=RETRAIN_LR, retrain_schedule=RETRAIN_SCHEDULE,
                                      update_every=every if method == "slr" else None)
-                run = prune_run(init, plan, config, inspect=shrink, model=name, target=target, ratio=ratio, variant=variant,
+                run = prune_run(dense_checkpoint(name), plan, config, inspect=shrink, model=name, target=target, ratio=ratio, variant=variant,
                                 allocation=allocation, budget=[epochs, retrain], **({"widths": widths} if widths else {}))
                 data["runs"].append(run)
                 print(json.dumps(run), flush=True)

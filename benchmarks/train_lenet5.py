@@ -17,7 +17,9 @@ import time
 
 from common import mean_std, write_result
 
-from prunus.training import TrainConfig, environment_info, train
+from prunus.environment import environment_info
+from prunus.train.config import TrainConfig
+from prunus.train.run import train
 
 
 def main() -> None:

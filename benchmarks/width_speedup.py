@@ -5,7 +5,7 @@ VGG-16 at widths 0.25, 0.5 and 1.0 (untrained, seeded: speed depends on the shap
 a uniform filter plan with every layer keeping a multiple of 8 or of 16 filters is chosen
 by bisection for 2x fewer MACs (``surgery_speedup.ratio_for``), the channels are removed,
 and the dense and small models are timed in one process, their runs interleaved
-(``prunus.latency.compare_latency``, allocator held steady), eager and deployed
+(``prunus.deploy.latency.compare_latency``, allocator held steady), eager and deployed
 (``for_inference``), batch 1 and 64.
 
     python benchmarks/width_speedup.py
@@ -13,14 +13,14 @@ and the dense and small models are timed in one process, their runs interleaved
 
 from __future__ import annotations
 
+import surgery_speedup as S
 import torch
 from common import write_result
 
-import surgery_speedup as S
-from prunus.latency import compare_latency, for_inference
-from prunus.masks import count_macs
+from prunus.deploy.latency import compare_latency, for_inference
+from prunus.environment import environment_info
+from prunus.harden.stats import count_macs
 from prunus.models import build_model
-from prunus.training import environment_info
 
 NAME = "width_speedup"
 WIDTHS = (0.25, 0.5, 1.0)

@@ -4,13 +4,13 @@ import pytest
 import torch
 from test_surgery import calibrated
 
-from prunus import allocation
-from prunus.allocation import latency_aware_plan, plan_from_widths, shrink_to_widths
-from prunus.coupling import project_coupled
+from prunus.deploy import allocation
+from prunus.deploy.allocation import latency_aware_plan, plan_from_widths, shrink_to_widths
+from prunus.deploy.latency import Latency
+from prunus.deploy.surgery import remove_pruned_channels
 from prunus.errors import ConfigError
-from prunus.latency import Latency
-from prunus.masks import count_macs
-from prunus.surgery import remove_pruned_channels
+from prunus.harden.stats import count_macs
+from prunus.plan.coupling import project_coupled
 
 PROBE = torch.zeros(1, 1, 8, 8)
 

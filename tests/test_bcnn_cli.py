@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from prunus.checkpoint import save_checkpoint
 from prunus.cli import main
+from prunus.io import save_checkpoint
 
 numba = pytest.importorskip("numba")
 
@@ -122,7 +122,7 @@ def test_train_slr_filter_prune_then_engine(capsys, tmp_path):
     assert "engine logits equal PyTorch's exactly on 120/120" in out
 
     from prunus.bcnn.engine import compile_engine
-    from prunus.training import load_model
+    from prunus.models.loading import load_model
 
     model, _ = load_model(pruned / "retrain")
     engine = compile_engine(model, 28)

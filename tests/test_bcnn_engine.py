@@ -162,8 +162,8 @@ def random_bcnn(name: str, options: dict, size: int, cin: int, prune: str, seed:
                 m.bias.uniform_(-1, 1, generator=gen)
     x = torch.randn(5, cin, size, size, generator=gen)
     if prune == "coupled":  # what prunus prune --structure filter does at its hard-prune
-        from prunus.coupling import project_coupled
-        from prunus.plan import Plan
+        from prunus.plan.coupling import project_coupled
+        from prunus.plan.recipe import Plan
 
         project_coupled(model, Plan.uniform(model, 0.6, "filter"), x[:1])
     elif prune == "random":  # uncoupled zero filters anywhere (residual producers disagree)

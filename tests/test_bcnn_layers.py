@@ -279,8 +279,8 @@ def test_model_option_errors(options, field):
 
 
 def test_filter_plan_prunes_real_and_imaginary_rows_together():
-    from prunus.coupling import couple_plan, project_coupled
-    from prunus.plan import Plan
+    from prunus.plan.coupling import couple_plan, project_coupled
+    from prunus.plan.recipe import Plan
 
     torch.manual_seed(0)
     model = build_model("cresnet_small", in_channels=1)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from prunus.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from prunus.errors import CheckpointError
+from prunus.io import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 
 
 def _trained_optimizer(kind: str):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunus.checkpoint import save_checkpoint
 from prunus.cli import main
+from prunus.io import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from prunus.latency import Latency, _quantile, compare_latency, for_inference, measure_latency
+from prunus.deploy.latency import Latency, _quantile, compare_latency, for_inference, measure_latency
 
 
 def tiny() -> nn.Module:
@@ -69,7 +69,7 @@ def test_steady_allocator_sets_glibc_and_declines_elsewhere(monkeypatch):
     and says so."""
     import ctypes
 
-    from prunus import latency
+    from prunus.deploy import latency
 
     assert latency.steady_allocator() is True
 

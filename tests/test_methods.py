@@ -8,14 +8,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prunus.checkpoint import flatten_state, unflatten_state
-from prunus.masks import CompressionReport, MaskKeeper, hard_prune
+from prunus.constraints.structures import num_pruned
+from prunus.harden.keepers import MaskKeeper
+from prunus.harden.stats import CompressionReport
+from prunus.io import flatten_state, unflatten_state
 from prunus.methods import ADMM, SLR, Magnitude, batch_closure
 from prunus.methods.magnitude import cubic_ratio
 from prunus.methods.slr import alpha
 from prunus.models import build_model
-from prunus.plan import Plan
-from prunus.sparsity import num_pruned
+from prunus.plan.projection import hard_prune
+from prunus.plan.recipe import Plan
 
 
 class Denoiser(nn.Module):
@@ -321,8 +323,9 @@ def test_budget_schedule_reaches_the_set_by_the_last_round(method_cls):
 
 
 def test_recalibrated_batchnorm_holds_the_exact_average_of_the_batches():
-    from prunus.batchnorm import recalibrate_batchnorm
     from types import SimpleNamespace
+
+    from prunus.harden.batchnorm import recalibrate_batchnorm
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()

@@ -75,7 +75,8 @@ def test_images_layout_and_load_dataset_offline():
 
 def test_tiny_complex_classifier_beats_chance_clearly(tmp_path):
     from prunus.models import build_model
-    from prunus.training import TrainConfig, Trainer
+    from prunus.train.config import TrainConfig
+    from prunus.train.trainer import Trainer
 
     config = ChannelConfig(snr_db=(10.0, 20.0))
 

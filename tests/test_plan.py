@@ -3,10 +3,10 @@
 import pytest
 import torch.nn as nn
 
+from prunus.constraints.structures import num_pruned
 from prunus.errors import ConfigError
 from prunus.models import build_model
-from prunus.plan import Plan, ratio_for_compression
-from prunus.sparsity import num_pruned
+from prunus.plan.recipe import Plan, ratio_for_compression
 
 
 class Tiny(nn.Module):

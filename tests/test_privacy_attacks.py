@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from prunus.checkpoint import load_checkpoint
 from prunus.cli import main
 from prunus.data import load_dataset
+from prunus.io import load_checkpoint
 from prunus.privacy.audit import AuditConfig, run_audit
 from prunus.privacy.defenses import DefenseConfig, run_defense
 from prunus.privacy.splits import split_of_checkpoint

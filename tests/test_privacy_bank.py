@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
+from test_cli import assert_user_error, run_cli
 
 from prunus.errors import ConfigError
 from prunus.privacy.audit import AuditConfig, prepare_reference_bank, run_audit
 from prunus.privacy.bank import LiraOutputs, ReferenceBank, ShadowOutputs
 from prunus.privacy.defenses import DefenseConfig, run_defense
-from test_cli import assert_user_error, run_cli
 
 QUIET = Console(quiet=True)
 CONFIG = dict(attacks=("loss", "shadow", "lira"), reference_models=2, shadow_models=1, epochs=2)

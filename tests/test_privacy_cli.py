@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from prunus.checkpoint import save_checkpoint
-from prunus.models import build_model
 from test_cli import assert_user_error, run_cli
+
+from prunus.io import save_checkpoint
+from prunus.models import build_model
 
 
 @pytest.fixture(scope="module")

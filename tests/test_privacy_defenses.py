@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from prunus.checkpoint import load_checkpoint
 from prunus.cli import main
 from prunus.data import load_dataset
 from prunus.errors import ConfigError, MissingDependencyError
+from prunus.io import load_checkpoint
 from prunus.privacy.defenses import DefenseConfig, RelaxLoss, load_defended, run_defense
 from prunus.privacy.splits import split_of_checkpoint
 
@@ -116,7 +116,7 @@ def test_dpsgd_replaces_batchnorm(tmp_path):
     assert ckpt.meta["model"]["options"] == {"width": 0.125}
     # the reloaded GroupNorm model gives the accuracy the run reported
     from prunus.data import load_dataset
-    from prunus.training import evaluate
+    from prunus.train.trainer import evaluate
 
     assert evaluate(model, load_dataset("digits", "test"))["accuracy"] == pytest.approx(results["test_accuracy"])
     # and so does prunus eval, which goes through training.load_model

@@ -8,7 +8,13 @@ from sklearn.metrics import roc_auc_score
 import prunus.privacy.attacks as attacks
 from prunus.errors import CheckpointError, ConfigError
 from prunus.privacy.attacks import (
-    Thresholds, lira_attack, lira_phi, lira_scores, loss_score, mentr_score, metric_attack,
+    Thresholds,
+    lira_attack,
+    lira_phi,
+    lira_scores,
+    loss_score,
+    mentr_score,
+    metric_attack,
 )
 from prunus.privacy.metrics import balanced_accuracy, choose_threshold, evaluate_attack, roc_curve
 from prunus.privacy.splits import MembershipSplit, balanced_inclusion, make_split

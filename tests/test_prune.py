@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import assert_user_error, run_cli
 
 from prunus.cli import main
 from prunus.data import load_dataset
-from prunus.training import TrainConfig, load_model, train
-from test_cli import assert_user_error, run_cli
+from prunus.models.loading import load_model
+from prunus.train.config import TrainConfig
+from prunus.train.run import train
 
 
 @pytest.fixture(scope="module")

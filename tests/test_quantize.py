@@ -1,6 +1,5 @@
 """Quantization sets, least-squares projections, SLR/ADMM onto levels, straight-through fine-tuning, export."""
 
-import itertools
 import math
 import struct
 import zlib
@@ -9,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_methods import Denoiser, _data
 
-from prunus.compressed import dense_fp32_bytes, export_compressed, load_compressed, round_rest
-from prunus.entropy import StreamReader, StreamWriter
+from prunus.constraints.levels import QuantScheme, nearest_codes, quantize
+from prunus.deploy.compressed import dense_fp32_bytes, export_compressed, load_compressed, round_rest
+from prunus.deploy.entropy import StreamReader, StreamWriter
 from prunus.errors import CheckpointError, ConfigError
-from prunus.masks import MaskKeeper
+from prunus.harden.keepers import MaskKeeper, QuantKeeper
 from prunus.methods import ADMM, SLR, batch_closure
 from prunus.models import build_model
-from prunus.quantize import QuantKeeper, QuantPlan, QuantScheme, nearest_codes, quantize
-from test_methods import Denoiser, _data
+from prunus.plan.quant import QuantPlan
 
 
 def test_level_sets_and_parsing():

@@ -5,12 +5,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from test_methods import PLAN, Denoiser, _distance_to_set, _run
 
-from prunus.checkpoint import flatten_state, unflatten_state
-from prunus.methods import Reweighted, batch_closure
-from prunus.plan import Plan
-from prunus.sparsity import group_scores, group_sums, num_pruned, project
-from test_methods import PLAN, Denoiser, _data, _distance_to_set, _run
+from prunus.constraints.sparsity import group_scores, group_sums, project
+from prunus.constraints.structures import num_pruned
+from prunus.io import flatten_state, unflatten_state
+from prunus.methods import Reweighted
+from prunus.plan.recipe import Plan
 
 
 @pytest.mark.parametrize("structure", ["unstructured", "filter", "channel", "column", "block:2x3", "pattern", "nm:2:4"])

@@ -1,7 +1,7 @@
 """Sparsity projections: exact counts, idempotence, optimality against brute force, clear errors.
 
 The reference groups below are built with explicit Python loops, independently of the vectorised
-reshapes in prunus.sparsity, so a layout mistake there shows up as a count or optimality failure here.
+reshapes in prunus.constraints.sparsity, so a layout mistake there shows up as a count or optimality failure here.
 """
 
 import itertools
@@ -13,17 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prunus.constraints.sparsity import group_scores, project, project_global
+from prunus.constraints.structures import DEFAULT_PATTERNS, STRUCTURES, Structure, StructureError, num_pruned
 from prunus.errors import ConfigError
-from prunus.sparsity import (
-    DEFAULT_PATTERNS,
-    STRUCTURES,
-    Structure,
-    StructureError,
-    group_scores,
-    num_pruned,
-    project,
-    project_global,
-)
 
 FAST = settings(max_examples=50, deadline=None)
 SLOW = settings(max_examples=25, deadline=None)

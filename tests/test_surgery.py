@@ -7,19 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-
-from prunus.architecture import apply_layer_shapes, layer_shapes
-from prunus.checkpoint import save_checkpoint
-from prunus.coupling import coupled_groups, project_coupled
-from prunus.errors import CheckpointError, ConfigError, MissingDependencyError, SurgeryError
-from prunus.footprint import comparison_table, measure_footprint, weights_bytes
-from prunus.masks import MaskKeeper, count_macs, hard_prune
-from prunus.models import build_model
-from prunus.plan import Plan
-from prunus.sparsity import num_pruned
-from prunus.surgery import remove_pruned_channels
-from prunus.training import load_model
 from test_cli import assert_user_error, run_cli
+
+from prunus.constraints.structures import num_pruned
+from prunus.deploy.footprint import comparison_table, measure_footprint, weights_bytes
+from prunus.deploy.surgery import remove_pruned_channels
+from prunus.errors import CheckpointError, ConfigError, MissingDependencyError, SurgeryError
+from prunus.harden.keepers import MaskKeeper
+from prunus.harden.stats import count_macs
+from prunus.io import save_checkpoint
+from prunus.models import build_model
+from prunus.models.loading import load_model
+from prunus.models.shapes import apply_layer_shapes, layer_shapes
+from prunus.plan.coupling import coupled_groups, project_coupled
+from prunus.plan.projection import hard_prune
+from prunus.plan.recipe import Plan
 
 # (model, options, input size): small widths and inputs so that the file runs in seconds on 2 cores
 ZOO = {
@@ -406,7 +408,8 @@ def test_surgery_cli_writes_a_smaller_checkpoint_that_evaluates_the_same(capsys,
 
 def test_prune_then_surgery_then_eval(capsys, tmp_path):
     """The whole path: prunus train -> prunus prune (filter) -> prunus surgery -> prunus eval, same accuracy."""
-    from prunus.training import TrainConfig, train
+    from prunus.train.config import TrainConfig
+    from prunus.train.run import train
 
     train(TrainConfig(model="lenet5", dataset="digits", epochs=1, batch_size=32), tmp_path / "dense")
     code, _, _ = run_cli(capsys, "prune", "--method", "magnitude", "--init", str(tmp_path / "dense"), "--ratio", "0.5",
@@ -425,7 +428,8 @@ def test_prune_then_surgery_then_eval(capsys, tmp_path):
 def test_prune_filter_on_a_batchnorm_resnet_gives_removable_channels(capsys, tmp_path):
     """prunus prune --structure filter on ResNet-20 (BN + residual adds) hard-prunes per coupled group,
     so every pruned channel is removable and the structural MACs shrink; surgery then removes them all."""
-    from prunus.training import TrainConfig, train
+    from prunus.train.config import TrainConfig
+    from prunus.train.run import train
 
     train(TrainConfig(model="resnet20", dataset="digits", epochs=1, batch_size=64), tmp_path / "dense")
     code, _, _ = run_cli(capsys, "prune", "--method", "reweighted", "--init", str(tmp_path / "dense"), "--ratio", "0.5",
@@ -501,8 +505,8 @@ class CallCounter(nn.Module):
 
 
 def test_export_mismatch_and_unexportable_models_are_errors_and_write_nothing(capsys, tmp_path):
+    from prunus.deploy.export import export_onnx
     from prunus.errors import ExportError
-    from prunus.export import export_onnx
 
     with pytest.raises(ExportError, match="differ from PyTorch's"):
         export_onnx(CallCounter(), torch.randn(1, 4), tmp_path / "counter.onnx")
@@ -535,8 +539,8 @@ def test_methods_project_coupled_filters_jointly_during_training():
     """With couple_plan, SLR's Z-step zeroes the same channels in every conv added into one residual stream
     and in their BatchNorms (the stem the plan skips included), and those are the channels the final
     coupled hard-prune removes."""
-    from prunus.coupling import couple_plan
     from prunus.methods import SLR
+    from prunus.plan.coupling import couple_plan
 
     torch.manual_seed(0)
     model = build_model("resnet20", 1, 10)

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from prunus.data.loader import Batches, global_mean_scale
-from prunus.training import TrainConfig, lr_factor, load_model, train
 from prunus.errors import ConfigError
+from prunus.models.loading import load_model
+from prunus.train.config import TrainConfig, lr_factor
+from prunus.train.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,7 +151,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
 
 
 def test_environment_names_the_cpus_vector_extension(monkeypatch, tmp_path):
-    import prunus.training as training
+    import prunus.environment as training
 
     cpuinfo = tmp_path / "cpuinfo"
     real = training.Path

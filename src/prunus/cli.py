@@ -41,9 +41,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from prunus.compressed import REST
-    from prunus.pipeline import METHOD_NAMES, QUANT_METHODS, RHO_SCHEDULES, PruneConfig, QuantizeConfig
-    from prunus.training import OPTIMIZERS, SCHEDULES, TrainConfig
+    from prunus.deploy.compressed import REST
+    from prunus.jobs.prune import METHOD_NAMES, RHO_SCHEDULES, PruneConfig
+    from prunus.jobs.quantize import QUANT_METHODS, QuantizeConfig
+    from prunus.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
     defaults = TrainConfig()
     pdefaults = PruneConfig()
@@ -181,7 +182,7 @@ def cmd_bcnn(args: argparse.Namespace) -> int:
 
 def _add_privacy_parsers(sub, optimizers, schedules) -> None:
     """`prunus defend` and `prunus audit` (membership inference, prunus.privacy)."""
-    from prunus.pipeline import METHOD_NAMES
+    from prunus.jobs.prune import METHOD_NAMES
     from prunus.privacy.audit import ATTACKS, AuditConfig
     from prunus.privacy.defenses import DEFENSES, DefenseConfig
 
@@ -262,7 +263,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from prunus.privacy.defenses import DefenseConfig, load_defended, run_defense
-    from prunus.training import check_run_dir
+    from prunus.train.rundir import check_run_dir
 
     out = Path(args.out)
     check_run_dir(out, resume=False)
@@ -317,7 +318,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from prunus.training import TrainConfig, train
+    from prunus.train.config import TrainConfig
+    from prunus.train.run import train
 
     if args.resume:
         given = [flag for flag, value in (("--out", args.out), ("--model", args.model), ("--dataset", args.dataset)) if value]
@@ -357,9 +359,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from types import SimpleNamespace
 
-    from prunus.compressed import is_compressed, load_compressed
     from prunus.data import load_dataset
-    from prunus.training import evaluate, load_model, pick_device
+    from prunus.deploy.compressed import is_compressed, load_compressed
+    from prunus.models.loading import load_model
+    from prunus.train.distributed import pick_device
+    from prunus.train.trainer import evaluate
 
     if is_compressed(args.checkpoint):  # a file written by `prunus quantize` (model.pcz)
         model, header = load_compressed(args.checkpoint)
@@ -389,10 +393,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from prunus.data import DATASETS
+    from prunus.jobs.prune import PruneConfig, run_pruning
     from prunus.models import build_model
-    from prunus.pipeline import PruneConfig, run_pruning
-    from prunus.plan import Plan, ratio_for_compression
-    from prunus.training import TrainConfig, check_run_dir, load_model, train
+    from prunus.models.loading import load_model
+    from prunus.plan.recipe import Plan, ratio_for_compression
+    from prunus.train.config import TrainConfig
+    from prunus.train.run import train
+    from prunus.train.rundir import check_run_dir
 
     if not args.out:
         raise ConfigError("prunus prune needs --out RUN_DIR")
@@ -451,7 +458,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from prunus.pipeline import QuantizeConfig, run_quantization
+    from prunus.jobs.quantize import QuantizeConfig, run_quantization
 
     scheme = args.scheme if args.scheme is not None else str(args.bits)
     config = QuantizeConfig(
@@ -488,7 +495,7 @@ def _example_input(ckpt, image_size: int | None):
 
 def _check_new_dir(out, flag: str = "--out") -> None:
     """``out`` must not exist (or be empty) and its parent must be creatable: checked before any work."""
-    from prunus.checkpoint import ensure_parent_dir
+    from prunus.io import ensure_parent_dir
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{flag} {out} already exists and is not empty; choose a new directory")
@@ -500,11 +507,11 @@ def cmd_surgery(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from prunus.architecture import layer_shapes
-    from prunus.checkpoint import save_checkpoint
-    from prunus.footprint import comparison_table, measure_footprint
-    from prunus.surgery import remove_pruned_channels
-    from prunus.training import load_model
+    from prunus.deploy.footprint import comparison_table, measure_footprint
+    from prunus.deploy.surgery import remove_pruned_channels
+    from prunus.io import save_checkpoint
+    from prunus.models.loading import load_model
+    from prunus.models.shapes import layer_shapes
 
     out = Path(args.out)
     model, ckpt = load_model(args.checkpoint)
@@ -532,7 +539,7 @@ def cmd_surgery(args: argparse.Namespace) -> int:
     if report.blocked:
         console.print(
             f"note: {report.blocked} all-zero filters were kept because they are not zero where they are read "
-            "(a BatchNorm after them outputs a nonzero constant); prune with prunus.coupling.project_coupled, "
+            "(a BatchNorm after them outputs a nonzero constant); prune with prunus.plan.coupling.project_coupled, "
             "which zeroes the BatchNorm too, to make them removable", soft_wrap=True,
         )
     print(
@@ -546,8 +553,8 @@ def cmd_surgery(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from prunus.export import export_onnx
-    from prunus.training import load_model
+    from prunus.deploy.export import export_onnx
+    from prunus.models.loading import load_model
 
     target = Path(args.onnx)
     if target.is_dir():

@@ -1,6 +1,6 @@
 """The one interface between a training loop and what takes part in it.
 
-Kept apart from :mod:`prunus.training` so that compression methods can be hooks
+Kept apart from :mod:`prunus.train.trainer` so that compression methods can be hooks
 without depending on the reference loop (they work in any loop).
 """
 

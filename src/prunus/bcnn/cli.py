@@ -81,7 +81,7 @@ def _load(checkpoint: str | None, model_name: str | None, image_size: int | None
         raise ConfigError(f"--model {model_name!r} is not a model; use nin, resnet18, nin_small, resnet_small "
                           f"or a registry name (prunus models)")
     if checkpoint:
-        from prunus.training import load_model
+        from prunus.models.loading import load_model
 
         model, ckpt = load_model(checkpoint)
         held = ckpt.meta["model"]["name"]
@@ -167,7 +167,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     from prunus.bcnn.engine import compile_engine
     from prunus.data import load_dataset
-    from prunus.training import load_model
+    from prunus.models.loading import load_model
 
     model, ckpt = load_model(args.checkpoint)
     dataset = ckpt.meta.get("dataset") or {}

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from prunus.methods.base import Closure, PruningMethod
 from prunus.methods.schedule import GrowingRho
-from prunus.plan import Plan
+from prunus.plan.recipe import Plan
 
 
 class ADMM(GrowingRho, PruningMethod):

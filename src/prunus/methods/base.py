@@ -28,8 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prunus.hooks import TrainingHook
-from prunus.masks import Masks, hard_prune, project_targets
-from prunus.plan import Plan
+from prunus.plan.projection import Masks, hard_prune, project_targets
+from prunus.plan.recipe import Plan
 
 Closure = Callable[[], torch.Tensor]
 

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from prunus.masks import MaskKeeper
+from prunus.constraints.sparsity import project, project_global
+from prunus.harden.keepers import MaskKeeper
 from prunus.methods.base import Closure, PruningMethod
-from prunus.plan import Plan, Target
-from prunus.sparsity import project, project_global
+from prunus.plan.recipe import Plan, Target
 
 
 def cubic_ratio(final: float, k: int, n: int) -> float:

@@ -36,9 +36,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from prunus.constraints.sparsity import group_sums
 from prunus.methods.base import Closure, PruningMethod
-from prunus.plan import Plan
-from prunus.sparsity import group_sums
+from prunus.plan.recipe import Plan
 
 
 class Reweighted(PruningMethod):

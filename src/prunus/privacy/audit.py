@@ -30,7 +30,6 @@ scores and membership, plain arrays).
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -42,8 +41,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from prunus.checkpoint import write_json_atomic
 from prunus.errors import ConfigError
+from prunus.io import write_json_atomic
 from prunus.privacy.attacks import METRIC_ATTACKS, lira_attack, lira_phi, metric_attack, model_logits
 from prunus.privacy.bank import BANK_FORMAT, LiraOutputs, ReferenceBank, ShadowOutputs, check_bank_dir
 from prunus.privacy.metrics import AttackMetrics
@@ -104,7 +103,7 @@ class AuditConfig:
 
 def reference_recipe(ckpt, config: AuditConfig):
     """The TrainConfig shadow/reference models are trained with: the target's recorded recipe."""
-    from prunus.training import TrainConfig
+    from prunus.train.config import TrainConfig
 
     recipe = (ckpt.meta.get("privacy") or {}).get("reference_training") or ckpt.meta.get("config")
     if not isinstance(recipe, dict):
@@ -120,7 +119,7 @@ def train_models(name: str, index_sets: list[np.ndarray], train_set, test_set, m
                  eval_images: torch.Tensor, *, device, console: Console, seed: int) -> np.ndarray:
     """Train one model per index set (like the target) and return their logits on ``eval_images``: (models, n, C)."""
     from prunus.models import build_model
-    from prunus.training import Trainer
+    from prunus.train.trainer import Trainer
 
     logits = []
     for k, idx in enumerate(index_sets):
@@ -204,7 +203,7 @@ def _fill_bank(bank: ReferenceBank, config: AuditConfig, split: MembershipSplit,
                directory: Path, *, save: bool, device, console: Console) -> dict[str, bool]:
     """Train the parts of ``bank`` this audit needs and it lacks (into ``directory/shadow``, ``directory/reference``);
     save the bank into ``directory`` when ``save``.  Returns which parts were trained now."""
-    from prunus.training import environment_info
+    from prunus.environment import environment_info
 
     # reference/shadow models report their per-epoch test accuracy on the first 1000 test images only
     ref_test = subset(test_set, np.arange(min(1000, len(test_set))), "test")
@@ -264,7 +263,7 @@ def prepare_reference_bank(
     """
     from prunus.privacy.defenses import load_defended
     from prunus.privacy.splits import split_of_checkpoint
-    from prunus.training import pick_device
+    from prunus.train.distributed import pick_device
 
     config.validate()
     console = console or Console()
@@ -313,9 +312,12 @@ def run_audit(
     recipe, seed or model count is refused before anything is written.
     """
     from prunus._optional import require
+    from prunus.environment import environment_info
     from prunus.privacy.defenses import load_defended
     from prunus.privacy.splits import split_of_checkpoint
-    from prunus.training import check_run_dir, create_run_dir, environment_info, evaluate, pick_device
+    from prunus.train.distributed import pick_device
+    from prunus.train.rundir import check_run_dir, create_run_dir
+    from prunus.train.trainer import evaluate
 
     config.validate()
     console = console or Console()

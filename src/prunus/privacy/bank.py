@@ -141,7 +141,7 @@ class ReferenceBank:
     # -- disk ---------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write ``bank.npz`` then ``bank.json`` (atomically; the JSON is what marks a complete bank)."""
-        from prunus.checkpoint import write_json_atomic
+        from prunus.io import write_json_atomic
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Defenses against membership inference: pruning, the min-max game, MCMIA, DP-SGD.
 
 Every defense trains on the *members* of a :class:`~prunus.privacy.splits.MembershipSplit`
-only, with the reference :class:`~prunus.training.Trainer` (DP-SGD excepted: it needs
+only, with the reference :class:`~prunus.train.trainer.Trainer` (DP-SGD excepted: it needs
 per-sample gradients and has its own small loop), and ends in a normal prunus
 checkpoint ``RUN_DIR/final`` that ``prunus eval`` and ``prunus audit`` load.  The
 checkpoint records the split (state section ``membership_split``) and, under
@@ -11,7 +11,7 @@ models are trained like the undefended target).
 
 * ``none``: the undefended target (trained on the members; it overfits as it will).
 * ``prune``: any prunus method (SLR, ADMM, magnitude, ...) on the members, hard-prune,
-  masked fine-tuning (the steps of :func:`prunus.pipeline.run_pruning`, restricted to members).
+  masked fine-tuning (the steps of :func:`prunus.jobs.prune.run_pruning`, restricted to members).
 * ``advreg``: adversarial regularization, the min-max game of Nasr, Shokri & Houmansadr
   (CCS 2018), :class:`AdversarialRegularizer`.
 * ``mcmia``: MCMIA (Wang et al., IJCAI 2021): SLR/ADMM pruning and the min-max game in one
@@ -38,10 +38,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from rich.console import Console
 
-from prunus.checkpoint import save_checkpoint, write_json_atomic
 from prunus.data.datasets import ArrayDataset
 from prunus.errors import ConfigError
 from prunus.hooks import TrainingHook
+from prunus.io import save_checkpoint, write_json_atomic
 from prunus.privacy.splits import SECTION, MembershipSplit, SplitRecord, subset
 
 DEFENSES = ("none", "prune", "advreg", "mcmia", "dpsgd", "relaxloss")
@@ -382,7 +382,7 @@ class DefenseConfig:
         return self
 
     def train_config(self, epochs: int | None = None, lr: float | None = None, schedule: str | None = None):
-        from prunus.training import TrainConfig
+        from prunus.train.config import TrainConfig
 
         return TrainConfig(model=self.model, dataset=self.dataset, epochs=max(epochs if epochs is not None else self.epochs, 1),
                            batch_size=self.batch_size, optimizer=self.optimizer, lr=lr if lr is not None else self.lr,
@@ -390,7 +390,7 @@ class DefenseConfig:
                            augment=False, model_options=dict(self.model_options))
 
     def prune_config(self):
-        from prunus.pipeline import PruneConfig
+        from prunus.jobs.prune import PruneConfig
 
         # the pruning recipe the privacy benchmark was measured with: SLR/ADMM round once per epoch (0), fixed rho,
         # the textbook penalty on every entry; the retrain-free defaults of prunus prune are not measured here yet
@@ -438,12 +438,15 @@ def run_defense(
     members into ``RUN_DIR/dense``.
     """
     from prunus.data import load_dataset
+    from prunus.environment import environment_info
+    from prunus.jobs.common import couple_if_possible
     from prunus.models import build_model
-    from prunus.pipeline import couple_if_possible
-    from prunus.plan import Plan, ratio_for_compression
+    from prunus.plan.recipe import Plan, ratio_for_compression
     from prunus.privacy.splits import make_split, split_of_checkpoint
-    from prunus.training import (Trainer, check_run_dir, create_run_dir, environment_info, evaluate, model_record,
-                                 pick_device)
+    from prunus.train.distributed import pick_device
+    from prunus.train.run import model_record
+    from prunus.train.rundir import check_run_dir, create_run_dir
+    from prunus.train.trainer import Trainer, evaluate
 
     config.validate()
     console = console or Console()
@@ -569,10 +572,12 @@ def run_defense(
 
 def _prune(config: DefenseConfig, model, members, test_set, train_set, split, plan, trainer, dev, console) -> dict[str, Any]:
     """Pruning (and for MCMIA the game) on the members, hard-prune, masked fine-tuning (with the game for MCMIA)."""
-    from prunus.masks import CompressionReport, MaskKeeper
+    from prunus.harden.keepers import MaskKeeper
+    from prunus.harden.stats import CompressionReport
+    from prunus.jobs.common import fixed_batch
+    from prunus.jobs.prune import make_method
     from prunus.methods import batch_closure
-    from prunus.pipeline import fixed_batch, make_method
-    from prunus.training import evaluate
+    from prunus.train.trainer import evaluate
 
     pcfg = config.prune_config()
     out: dict[str, Any] = {}
@@ -621,11 +626,19 @@ def train_dpsgd(model: nn.Module, members: ArrayDataset, test_set: ArrayDataset,
     """
     import warnings
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from torch.utils.data import DataLoader, TensorDataset
 
     from prunus._optional import require
-    from prunus.training import evaluate, lr_factor, make_optimizer
+    from prunus.train.config import lr_factor, make_optimizer
+    from prunus.train.trainer import evaluate
 
     require("opacus", "DP-SGD (--defense dpsgd)")
     from opacus import PrivacyEngine
@@ -733,7 +746,7 @@ def epsilon_so_far(engine, delta: float, last: bool) -> tuple[float, str]:
 
 def load_defended(path: str | Path):
     """Load a defended run's final model (``RUN/final``) or any checkpoint, DP-SGD GroupNorm models included."""
-    from prunus.training import load_model
+    from prunus.models.loading import load_model
 
     path = Path(path)
     if (path / "final").is_dir() and not (path / "meta.json").exists():

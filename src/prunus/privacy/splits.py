@@ -138,7 +138,7 @@ def make_split(dataset: str, total: int, members: int, seed: int = 0, pool: int 
 
 
 class SplitRecord(TrainingHook):
-    """Carries a :class:`MembershipSplit` into every checkpoint a :class:`~prunus.training.Trainer` writes.
+    """Carries a :class:`MembershipSplit` into every checkpoint a :class:`~prunus.train.trainer.Trainer` writes.
 
     It does nothing during training; on resume it checks that the run continues with the same split.
     """

@@ -120,7 +120,7 @@ def benchmark(engine, model: torch.nn.Module, *, name: str, batch_sizes: Sequenc
     filters only, same logits): timing the masked model would credit the engine with skipping
     zero filters that any deployment would remove anyway.
     """
-    from prunus.training import environment_info
+    from prunus.environment import environment_info
 
     size, cin = engine.program.image_size, engine.program.in_channels_raw
     gen = torch.Generator().manual_seed(seed)

@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 
 from prunus._optional import require
-from prunus.checkpoint import ensure_parent_dir
 from prunus.errors import ConfigError, ExportError
+from prunus.io import ensure_parent_dir
 
 __all__ = ["OnnxCheck", "export_onnx"]
 

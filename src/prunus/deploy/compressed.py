@@ -14,7 +14,7 @@ is as big as the dense one. This format stores what a deployment needs:
   :func:`load_compressed` rebuilds it, and with it every tensor's name and shape)
   and, per tensor in ``state_dict`` order, its scheme or storage.
 
-The position bitmaps and the codes are entropy-coded (:mod:`prunus.entropy`: a
+The position bitmaps and the codes are entropy-coded (:mod:`prunus.deploy.entropy`: a
 range coder with an adaptive model, the role Huffman coding plays in Deep
 Compression): a bitmap at density p costs close to H(p) bits per entry and the
 codes close to their empirical entropy. Layout::
@@ -43,9 +43,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from prunus.entropy import StreamReader, StreamWriter
+from prunus.constraints.levels import QuantScheme
+from prunus.deploy.entropy import StreamReader, StreamWriter
 from prunus.errors import CheckpointError
-from prunus.quantize import QuantKeeper, QuantScheme
+from prunus.harden.keepers import QuantKeeper
 
 MAGIC = b"PRZ2"
 REST = ("float32", "float16", "int8")  # how tensors that are not quantized weights are stored

@@ -11,7 +11,7 @@ ResNet often has zero filters that no tool can remove.
 :func:`coupled_groups` finds the groups with Torch-Pruning's dependency graph
 (traced on an example input); :func:`project_coupled` is the plan's filter
 projection over whole groups, so everything it prunes is physically removable
-(:mod:`prunus.surgery`).  Torch-Pruning is an optional dependency (the
+(:mod:`prunus.deploy.surgery`).  Torch-Pruning is an optional dependency (the
 ``surgery`` extra).
 """
 
@@ -20,15 +20,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn as nn
 
 from prunus._optional import require
 from prunus.errors import ConfigError
-from prunus.masks import Masks, hard_prune
-from prunus.plan import ChannelSet, Plan
+from prunus.plan.projection import Masks, hard_prune
+from prunus.plan.recipe import ChannelSet, Plan
 
 __all__ = ["Consumer", "CoupledGroup", "coupled_groups", "couple_plan", "project_coupled"]
 
@@ -163,13 +162,13 @@ def coupled_groups(model: nn.Module, example_input: torch.Tensor) -> list[Couple
 
 
 def couple_plan(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> Plan:
-    """``plan`` with one :class:`~prunus.plan.ChannelSet` per coupled group that holds a planned filter tensor.
+    """``plan`` with one :class:`~prunus.plan.recipe.ChannelSet` per coupled group that holds a planned filter tensor.
 
     The set holds every parameter on the group's channels: its producers' weights and biases
     (planned or not: a residual channel can only leave every conv added into it at once, so a
     ResNet stem that ``Plan.uniform`` skips is constrained with its stage), depthwise convs, and
     BatchNorms' gamma and beta. SLR/ADMM/reweighted then constrain all of them while training,
-    and :func:`prunus.masks.hard_prune` zeroes the same channels in all of them at the end, so
+    and :func:`prunus.plan.projection.hard_prune` zeroes the same channels in all of them at the end, so
     the hard-prune removes what the method drove to zero and everything pruned is physically
     removable. Plans without filter targets come back unchanged. Every problem (a group that
     cannot shrink, two ratios on one group) is found here, before anything is modified.
@@ -216,8 +215,8 @@ def project_coupled(model: nn.Module, plan: Plan, example_input: torch.Tensor) -
     producers (weights and biases), depthwise convolutions and BatchNorms (gamma and beta, so
     a pruned channel is exactly 0 after BN). Channels are ranked by their summed squared norm
     over all those parameters, the exact Euclidean projection of the stacked parameters onto
-    "at most k channels alive" (ties as in :mod:`prunus.sparsity`). Other structures are
+    "at most k channels alive" (ties as in :mod:`prunus.constraints.sparsity`). Other structures are
     projected per tensor. The masks cover every zeroed tensor, ready for
-    :class:`prunus.masks.MaskKeeper`; a plan that cannot be applied changes nothing.
+    :class:`prunus.harden.keepers.MaskKeeper`; a plan that cannot be applied changes nothing.
     """
     return hard_prune(model, couple_plan(model, plan, example_input))

@@ -2,7 +2,7 @@
 
 A plan is a list of rules; each rule matches parameter names (a glob such as
 ``features.*.weight`` or a regular expression written ``re:...``) and gives a
-structure (see :mod:`prunus.sparsity`) and a ratio (the fraction of entries that
+structure (see :mod:`prunus.constraints.sparsity`) and a ratio (the fraction of entries that
 become zero). A YAML recipe is the same thing in a file::
 
     # recipe.yaml
@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 import torch.nn as nn
 import yaml
 
+from prunus.constraints.sparsity import group_scores
+from prunus.constraints.structures import Structure, StructureError, num_pruned
 from prunus.errors import ConfigError
-import torch
-
-from prunus.sparsity import Structure, StructureError, group_scores, num_pruned
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class Plan:
     global_unstructured: bool = False
     source: str = "plan"  # where the rules came from, for error messages
     #: the filter targets' channel sets: each is projected as one group, so the same channels go in all
-    #: its parameters. Derived from the model by :func:`prunus.coupling.couple_plan`, not written in recipes.
+    #: its parameters. Derived from the model by :func:`prunus.plan.coupling.couple_plan`, not written in recipes.
     coupled: list[ChannelSet] = field(default_factory=list)
     #: a sparsity set constrains only the removed entries: the kept ones may take any value, so
     #: SLR/ADMM with penalize="removed" leave them free (a level set pins every entry: QuantPlan)

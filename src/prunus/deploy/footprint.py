@@ -3,10 +3,10 @@
 Four numbers, so that "did pruning make it smaller and faster?" has an answer:
 parameters (every entry, zeros included: a masked model is not smaller), MACs
 (Conv2d/Linear multiply-accumulates for one input, counted densely as
-:func:`prunus.masks.count_macs` does; BN, pooling and activations are not
+:func:`prunus.harden.stats.count_macs` does; BN, pooling and activations are not
 counted), the size in bytes of the weights file a checkpoint stores
 (``model.safetensors``), and the median latency at a few batch sizes
-(:mod:`prunus.latency`).
+(:mod:`prunus.deploy.latency`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch.nn as nn
 from rich.table import Table
 from safetensors.torch import save as safetensors_bytes
 
-from prunus.latency import Latency, measure_latency
-from prunus.masks import count_macs
+from prunus.deploy.latency import Latency, measure_latency
+from prunus.harden.stats import count_macs
 
 __all__ = ["Footprint", "measure_footprint", "weights_bytes", "comparison_table"]
 
@@ -42,7 +42,7 @@ class Footprint:
 
 
 def weights_bytes(model: nn.Module) -> int:
-    """Bytes of the ``model.safetensors`` that :func:`prunus.checkpoint.save_checkpoint` writes for ``model``."""
+    """Bytes of the ``model.safetensors`` that :func:`prunus.io.save_checkpoint` writes for ``model``."""
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     return len(safetensors_bytes(state))
 

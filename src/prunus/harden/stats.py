@@ -1,129 +1,16 @@
-"""Hard-pruning, masks that keep pruned weights at exactly zero, and compression statistics.
-
-After a method has driven the weights toward the constraint set, :func:`hard_prune`
-projects them onto it for good. :class:`MaskKeeper` then keeps every pruned entry
-at exactly 0.0 during masked retraining with *any* optimizer and any training loop:
-it masks gradients as they are computed (so momentum, Adam moments and weight
-decay see no signal for pruned entries) and re-applies the mask after every
-``optimizer.step()`` through the optimizer's step post-hook (so even decoupled
-weight decay or a numerical drift cannot revive a weight).
-"""
+"""Compression statistics: per-layer zeros, MACs (dense, nonzero, with zero channels removed), the compression report."""
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 from rich.table import Table
 
-from prunus.plan import ChannelSet, Plan, Target
-from prunus.sparsity import project, project_global
-from prunus.hooks import WeightKeeper
-
-Masks = dict[str, torch.Tensor]
-
-
-def project_targets(tensors: dict[str, torch.Tensor], targets: Sequence[Target], global_unstructured: bool,
-                    coupled: Sequence[ChannelSet] = ()) -> dict[str, tuple]:
-    """Project each target's tensor onto its set; global unstructured targets share one threshold.
-
-    Each :class:`~prunus.plan.ChannelSet` in ``coupled`` is projected as one filter tensor: the
-    rows (dim 0) of all its parameters side by side, channels ranked by their summed energy, the
-    same channels zeroed in every member. That is the exact Euclidean projection of the stacked
-    parameters onto "at most k channels alive". Members missing from ``tensors`` are left out.
-    """
-    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    if global_unstructured:
-        names = [t.name for t in targets]
-        for name, pair in zip(names, project_global([tensors[n] for n in names], targets[0].ratio)):
-            out[name] = pair
-        return out
-    for channels in coupled:
-        members = [n for n in channels.params if n in tensors]
-        if not members:
-            continue
-        rows = torch.cat([tensors[n].detach().reshape(tensors[n].shape[0], -1) for n in members], 1)
-        keep = project(rows, "filter", channels.ratio)[1][:, 0]
-        for n in members:
-            w = tensors[n]
-            mask = keep.reshape((-1,) + (1,) * (w.dim() - 1)).expand(w.shape).contiguous()
-            out[n] = (torch.where(mask, w.detach(), torch.zeros((), dtype=w.dtype, device=w.device)), mask)
-    for t in targets:
-        if t.name in out:
-            continue
-        if t.structure is None:  # a quantization target (prunus.quantize.QuantTarget) projects itself
-            out[t.name] = t.project(tensors[t.name])
-        else:
-            out[t.name] = project(tensors[t.name], t.structure, t.ratio)
-    return out
-
-
-@torch.no_grad()
-def hard_prune(model: nn.Module, plan: Plan) -> Masks:
-    """Project the model's planned weights onto their sets in place; return the masks.
-
-    A coupled plan (:func:`prunus.coupling.couple_plan`) prunes each channel set whole: the
-    convs' weights and biases and their BatchNorms' gamma and beta. Filter targets outside any
-    channel set get their bias entries of pruned filters zeroed (and masked) too: a pruned
-    channel then outputs exactly 0, as it would once physically removed.
-    """
-    targets = plan.resolve(model)
-    params = dict(model.named_parameters())
-    projected = project_targets({n: params[n] for n in plan.constrained(model)}, targets, plan.global_unstructured,
-                                plan.coupled)
-    masks = {}
-    for name, (w, mask) in projected.items():
-        params[name].copy_(w)
-        masks[name] = mask
-    for t in targets:
-        bias_name = t.name.removesuffix("weight") + "bias"
-        bias = params.get(bias_name) if t.name.endswith("weight") else None
-        if (t.structure is not None and t.structure.name == "filter" and bias is not None and bias_name not in masks
-                and bias.shape == params[t.name].shape[:1]):
-            keep = masks[t.name].flatten(1).any(1)
-            bias.mul_(keep)
-            masks[bias_name] = keep
-    return masks
-
-
-class MaskKeeper(WeightKeeper):
-    """Keep masked weights at exactly zero through training with any optimizer.
-
-    Use it in your own loop with ``MaskKeeper(model, masks).attach(optimizer)``, or
-    pass it as a hook to :class:`prunus.training.Trainer`.
-    """
-
-    name = "masks"
-
-    def __init__(self, model: nn.Module, masks: Masks):
-        params = dict(model.named_parameters())
-        unknown = sorted(set(masks) - set(params))
-        if unknown:
-            raise KeyError(f"masks for parameters the model does not have: {', '.join(unknown)}")
-        self.params = {n: params[n] for n in masks}
-        self.masks = {n: m.to(device=params[n].device, dtype=torch.bool) for n, m in masks.items()}
-        self._handles = [self.params[n].register_hook(self._grad_masker(n)) for n in self.masks]
-        self.apply()
-
-    def _grad_masker(self, name: str):
-        mask = self.masks[name]
-        return lambda grad: grad * mask
-
-    @torch.no_grad()
-    def apply(self) -> None:
-        for n, p in self.params.items():
-            p.mul_(self.masks[n])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"masks": {n: m.clone() for n, m in self.masks.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for n, m in state["masks"].items():
-            self.masks[n].copy_(m)
-        self.apply()
+from prunus.plan.recipe import Plan
 
 
 # -- compression statistics ------------------------------------------------------------

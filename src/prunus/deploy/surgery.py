@@ -2,7 +2,7 @@
 
 Masks make a model sparse, not smaller or faster.  :func:`remove_pruned_channels`
 deletes every channel that contributes nothing, with Torch-Pruning doing the
-removal so coupled layers stay consistent (see :mod:`prunus.coupling`), and
+removal so coupled layers stay consistent (see :mod:`prunus.plan.coupling`), and
 checks on random inputs that the smaller model computes the same function.
 
 When a channel is removed
@@ -22,7 +22,7 @@ not zero.  Folding that constant into the consumers' biases would be exact only 
 the constant map stays constant; the zero padding of a following 3x3 convolution makes
 it vary along the borders, so folding would change the outputs.  prunus therefore keeps
 such channels and reports them as *blocked* (all-zero filters that were not removed);
-prune with :func:`prunus.coupling.project_coupled`, which zeroes a pruned channel's BN
+prune with :func:`prunus.plan.coupling.project_coupled`, which zeroes a pruned channel's BN
 gamma and beta too, and every pruned channel is removable.
 
 How "zero for every input" is decided
@@ -51,16 +51,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from rich.table import Table
 
-from prunus.coupling import CoupledGroup, dependency_graph, groups_of_graph
 from prunus.errors import SurgeryError
-from prunus.masks import count_macs
+from prunus.harden.stats import count_macs
+from prunus.plan.coupling import CoupledGroup, dependency_graph, groups_of_graph
 
 __all__ = ["GroupChange", "SurgeryReport", "live_inputs", "max_output_difference", "remove_pruned_channels"]
 
 
 @dataclass
 class GroupChange:
-    """What happened to one coupled group (see :class:`prunus.coupling.CoupledGroup`)."""
+    """What happened to one coupled group (see :class:`prunus.plan.coupling.CoupledGroup`)."""
 
     root: str
     producers: tuple[str, ...]
@@ -80,7 +80,7 @@ class SurgeryReport:
     """The smaller model and what changed.
 
     MACs are multiply-accumulates of the Conv2d and Linear layers for one input, as
-    :func:`prunus.masks.count_macs` counts them densely (zeros included); BN, pooling and
+    :func:`prunus.harden.stats.count_macs` counts them densely (zeros included); BN, pooling and
     activations are not counted.  ``max_abs_diff`` is the largest output difference
     between the two models in eval mode over ``checked_inputs`` inputs (``nan`` if unchecked).
     """

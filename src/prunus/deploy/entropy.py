@@ -15,9 +15,8 @@ n of them) -- a few bytes per tensor.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -193,3 +193,27 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"checkpoint file {path / name} is corrupt ({e})") from None
     return Checkpoint(path, tensors[MODEL_FILE], meta, tensors[STATE_FILE])
+
+
+# -- finding checkpoints in run directories ---------------------------------------------
+CHECKPOINT_DIR = "checkpoints"
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of a run (incomplete ones never get their final name)."""
+    ckdir = Path(run_dir) / CHECKPOINT_DIR
+    found = sorted(p for p in ckdir.glob("epoch-*") if p.is_dir() and not p.name.startswith("."))
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A run directory means its newest checkpoint; a checkpoint directory means itself."""
+    path = Path(path)
+    if (path / CHECKPOINT_DIR).is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"run directory {path} has no complete checkpoint yet")
+        return found
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path

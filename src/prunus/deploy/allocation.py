@@ -5,16 +5,16 @@ and on a CPU a thin layer (8-16 channels at full resolution, say) runs its kerne
 fraction of the efficiency of a wide one, so on a narrow network such as the CIFAR ResNets
 2x fewer MACs buys far less than 2x speed. :func:`latency_aware_plan` spends the same MAC
 budget where the time goes: starting from the dense model, each step tries removing
-``round_to`` more channels from every coupled group (:mod:`prunus.coupling`: a residual
+``round_to`` more channels from every coupled group (:mod:`prunus.plan.coupling`: a residual
 stream is one group), times every candidate on this machine in the form it would be deployed
-(:func:`prunus.latency.for_inference`, all candidates interleaved in one
-:func:`prunus.latency.compare_latency`), and keeps the one that saves the most time per MAC
+(:func:`prunus.deploy.latency.for_inference`, all candidates interleaved in one
+:func:`prunus.deploy.latency.compare_latency`), and keeps the one that saves the most time per MAC
 removed, until the MACs have fallen ``target`` times. It is the greedy, measured search of
 NetAdapt (Yang et al., ECCV 2018) without its per-step fine-tuning: the plan it returns is an
-ordinary filter :class:`~prunus.plan.Plan`, pruned and retrained like any other.
+ordinary filter :class:`~prunus.plan.recipe.Plan`, pruned and retrained like any other.
 
 Only shapes matter for speed, so candidates are built from the model's own weights by
-zeroing trailing channels and removing them (:func:`prunus.surgery.remove_pruned_channels`);
+zeroing trailing channels and removing them (:func:`prunus.deploy.surgery.remove_pruned_channels`);
 which channels a method later removes is its own choice. Timings are noisy: a step's choice
 can be off by the noise, the MAC count never is. The steps are recorded so a run can show
 how its allocation came about.
@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from prunus.coupling import CoupledGroup, coupled_groups
+from prunus.constraints.structures import Structure
+from prunus.deploy.latency import compare_latency, for_inference
+from prunus.deploy.surgery import remove_pruned_channels
 from prunus.errors import ConfigError
-from prunus.latency import compare_latency, for_inference
-from prunus.masks import count_macs
-from prunus.plan import Plan, Rule
-from prunus.sparsity import Structure
-from prunus.surgery import remove_pruned_channels
+from prunus.harden.stats import count_macs
+from prunus.plan.coupling import CoupledGroup, coupled_groups
+from prunus.plan.recipe import Plan, Rule
 
 __all__ = ["Allocation", "AllocationStep", "latency_aware_plan", "plan_from_widths", "shrink_to_widths",
            "uniform_filter_plan_for_macs", "pruned_copy"]
@@ -184,7 +184,7 @@ def latency_aware_plan(
 
 def pruned_copy(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> nn.Module:
     """The physically smaller copy ``plan`` makes of ``model`` (coupled hard-prune, then surgery); ``model`` is untouched."""
-    from prunus.coupling import project_coupled
+    from prunus.plan.coupling import project_coupled
 
     work = copy.deepcopy(model)
     project_coupled(work, plan, example_input)

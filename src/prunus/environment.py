@@ -1,0 +1,49 @@
+"""What machine and library versions a result came from: recorded in every run and benchmark."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def environment_info() -> dict[str, Any]:
+    """Machine and library versions, recorded with every run."""
+    import numpy
+
+    from prunus import __version__
+
+    return {
+        "prunus": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _cpu_model() -> str:
+    """The CPU's model name with its widest vector extension, e.g. ``AMD EPYC (AVX2)``.
+
+    Virtual machines often report a bare family name, and two machines both called "AMD EPYC"
+    (an AVX2 Zen 3 and an AVX-512 Zen 4) time the same model very differently.
+    """
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    if "avx512f" in flags:
+        simd = "AVX-512" + (" VPOPCNTDQ" if "avx512_vpopcntdq" in flags else "")
+    else:
+        simd = next((s.upper() for s in ("avx2", "avx", "sse4_2") if s in flags), "")
+    return f"{name} ({simd})" if simd else name

@@ -1,0 +1,62 @@
+"""What the pruning and quantization jobs share: their input checkpoint, the coupling step, the distance table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from prunus.data import load_dataset
+from prunus.data.loader import epoch_generator
+from prunus.errors import ConfigError, MissingDependencyError
+from prunus.models.loading import load_model
+from prunus.plan.recipe import Plan
+
+
+def load_run_input(init: str | Path, data_dir: str | None, download: bool):
+    """The model of checkpoint ``init``, its run metadata, and the train and test sets it was trained on."""
+    model, ckpt = load_model(init)
+    dataset = ckpt.meta.get("dataset", {})
+    if "name" not in dataset:
+        raise ConfigError(f"--init {init}: the checkpoint does not record its dataset")
+    train_set = load_dataset(dataset["name"], "train", data_dir=data_dir, download=download, image_size=dataset.get("image_size"))
+    test_set = load_dataset(dataset["name"], "test", data_dir=data_dir, download=download, image_size=dataset.get("image_size"))
+    meta = {"model": ckpt.meta["model"], "dataset": dataset, "init": str(ckpt.path)}
+    return model, ckpt, meta, train_set, test_set
+
+
+def couple_if_possible(model, plan: Plan, example: torch.Tensor, console: Console) -> Plan:
+    """A filter plan with its channel sets (:func:`prunus.plan.coupling.couple_plan`) when torch-pruning is there.
+
+    The method then constrains each filter with its bias and BatchNorm and the convs coupled to it,
+    and its hard-prune zeroes whole channel sets, so everything pruned is physically removable.
+    """
+    plan.resolve(model)
+    try:
+        from prunus.plan.coupling import couple_plan
+
+        return couple_plan(model, plan, example)
+    except MissingDependencyError as e:
+        console.print(f"note: {e}; filters are projected per tensor (their BatchNorms and residual adds are not "
+                      "pruned with them, so such channels may not be removable)")
+        return plan
+
+
+def distance_table(history: list[dict[str, Any]]) -> Table:
+    """Per constrained tensor: how far the weights were from the set after the first and the last round."""
+    first, last = history[0], history[-1]
+    t = Table(title=f"distance to the constraint set ||W - Pi(W)|| / ||W|| after {len(history)} rounds "
+                    f"(overall {first['distance']:.3g} -> {last['distance']:.3g})")
+    for col in ("tensor", "round 1", f"round {len(history)}"):
+        t.add_column(col, justify="left" if col == "tensor" else "right")
+    for name, d in last["distances"].items():
+        t.add_row(name, f"{first['distances'].get(name, float('nan')):.3g}", f"{d:.3g}")
+    return t
+
+
+def fixed_batch(dataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.randperm(len(dataset.labels), generator=epoch_generator(seed, -1))[:n]
+    return dataset.images[idx], dataset.labels[idx]

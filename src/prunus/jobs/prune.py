@@ -1,0 +1,204 @@
+"""A whole pruning run: dense checkpoint -> method epochs -> hard-prune -> masked retraining."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from prunus.errors import ConfigError
+from prunus.harden.batchnorm import recalibrate_batchnorm
+from prunus.harden.keepers import MaskKeeper
+from prunus.harden.stats import CompressionReport
+from prunus.io import save_checkpoint, write_json_atomic
+from prunus.jobs.common import couple_if_possible, distance_table, fixed_batch, load_run_input
+from prunus.methods import ADMM, SLR, Magnitude, PruningMethod, Reweighted, batch_closure
+from prunus.plan.recipe import Plan
+from prunus.train.config import TrainConfig
+from prunus.train.distributed import pick_device
+from prunus.train.rundir import check_run_dir, create_run_dir
+from prunus.train.trainer import Trainer, evaluate
+
+METHOD_NAMES = ("slr", "admm", "reweighted", "magnitude", "gradual")
+
+
+RHO_SCHEDULES = ("budget", "fixed")
+
+
+#: SLR and ADMM round every 100 batches unless told otherwise: with a round per epoch a short budget gives rho
+#: only a few steps to grow (slr_tuning.py found 100 batches best)
+METHOD_UPDATE_EVERY = {"slr": 100, "admm": 100}
+
+
+@dataclass
+class PruneConfig:
+    """Everything that decides a pruning run besides the plan; saved in results.json."""
+
+    method: str = "slr"
+    epochs: int = 10  # epochs with the method active (the pruning budget)
+    retrain_epochs: int = 3
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    retrain_lr: float | None = None  # default: lr
+    schedule: str = "cosine"  # of the pruning epochs
+    retrain_schedule: str = "constant"  # so accuracy after epoch e does not depend on the total
+    weight_decay: float = 0.0
+    seed: int = 0
+    #: batches between method rounds; None = the method's default (METHOD_UPDATE_EVERY, else once per epoch);
+    #: 0 = once per epoch
+    update_every: int | None = None
+    closure_samples: int = 2048  # training samples SLR evaluates f(W) on for its conditions
+    #: SLR/ADMM: "budget" grows rho so the weights reach the set by the last round (prunus.methods.schedule);
+    #: "fixed" keeps rho (or grows it by the rho_factor option)
+    rho_schedule: str = "budget"
+    #: batches of BatchNorm recalibration after the hard-prune (0: none); reported on its own, on a copy
+    bn_recalibrate: int = 0
+    channels_last: bool = False  # NHWC training (faster CPU convolutions, see TrainConfig)
+    options: dict[str, Any] = field(default_factory=dict)  # rho, s0, M, r, rho_factor, rho_max, tol (SLR/ADMM); lam, eps (reweighted)
+
+    def validate(self) -> "PruneConfig":
+        if self.method not in METHOD_NAMES:
+            raise ConfigError(f"--method must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}")
+        if self.epochs < 0 or self.retrain_epochs < 0:
+            raise ConfigError(f"--epochs and --retrain-epochs must be >= 0, got {self.epochs} and {self.retrain_epochs}")
+        if self.method in ("slr", "admm", "reweighted", "gradual") and self.epochs < 1:
+            raise ConfigError(f"--method {self.method} needs --epochs >= 1 (its pruning budget)")
+        if self.rho_schedule not in RHO_SCHEDULES:
+            raise ConfigError(f"--rho-schedule must be one of {', '.join(RHO_SCHEDULES)}, got {self.rho_schedule!r}")
+        if self.rho_schedule == "budget" and "rho_factor" in self.options:
+            raise ConfigError("--rho-factor grows rho by a fixed factor; use it with --rho-schedule fixed")
+        if self.bn_recalibrate < 0:
+            raise ConfigError(f"--bn-recalibrate must be a number of batches >= 0, got {self.bn_recalibrate}")
+        return self
+
+    def rounds_every(self) -> int | None:
+        """Batches between the method's rounds (None: one round per epoch)."""
+        if self.update_every == 0:
+            return None
+        return self.update_every if self.update_every is not None else METHOD_UPDATE_EVERY.get(self.method)
+
+    def planned_rounds(self, batches_per_epoch: int) -> int:
+        """How many method rounds the pruning epochs make (a round per epoch or every rounds_every() batches)."""
+        every = self.rounds_every()
+        if every:
+            return max(self.epochs * batches_per_epoch // every, 1)
+        return max(self.epochs, 1)
+
+    def train_config(self, epochs: int, lr: float, schedule: str) -> TrainConfig:
+        return TrainConfig(
+            epochs=max(epochs, 1), batch_size=self.batch_size, optimizer=self.optimizer, lr=lr,
+            weight_decay=self.weight_decay, schedule=schedule, seed=self.seed, channels_last=self.channels_last,
+        ).validate()
+
+
+def make_method(name: str, model, plan: Plan, config: PruneConfig, closure, batches_per_epoch: int | None = None
+                ) -> PruningMethod:
+    """The method of a run; with ``batches_per_epoch`` and the budget schedule, SLR/ADMM know their rounds."""
+    opts = dict(config.options)
+    if name in ("slr", "admm") and config.rho_schedule == "budget" and batches_per_epoch is not None:
+        opts["rounds"] = config.planned_rounds(batches_per_epoch)
+        if config.optimizer == "sgd":
+            # a plain gradient step on the penalty rho/2 ||W - Z||^2 overshoots once lr * rho > 1 and diverges past
+            # 2 (Adam's steps are bounded by lr, so there rho may grow freely): stop where one step lands on Z
+            opts.setdefault("rho_max", 1.0 / config.lr)
+    try:
+        if name == "slr":
+            return SLR(model, plan, update_every=config.rounds_every(), closure=closure, **opts)
+        if name == "admm":
+            return ADMM(model, plan, update_every=config.rounds_every(), closure=closure, **opts)
+        if name == "reweighted":
+            return Reweighted(model, plan, update_every=config.rounds_every(), **opts)
+        if name == "magnitude":
+            return Magnitude(model, plan, **opts)
+        return Magnitude(model, plan, gradual=True, rounds=max(config.epochs - 1, 1), **opts)
+    except TypeError as e:
+        raise ConfigError(f"--method {name}: invalid option ({e})") from None
+    except ValueError as e:
+        raise ConfigError(f"--method {name}: {e}") from None
+
+
+def run_pruning(
+    init: str | Path,
+    plan: Plan,
+    config: PruneConfig,
+    run_dir: str | Path,
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+    device: str | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Prune the model of checkpoint ``init`` by ``plan``; returns (and writes) the results."""
+    config.validate()
+    console = console or Console()
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume=False)
+    model, ckpt, meta, train_set, test_set = load_run_input(init, data_dir, download)
+    plan = couple_if_possible(model, plan, train_set.images[:2], console)  # also validates before anything is written
+    dev = pick_device(device)
+    model.to(dev)
+
+    def test_accuracy() -> float:
+        return evaluate(model, test_set, device=dev)["accuracy"]
+
+    results: dict[str, Any] = {"config": dataclasses.asdict(config), "init": str(ckpt.path)}
+    results["dense_accuracy"] = test_accuracy()
+    torch.manual_seed(config.seed)
+    x, y = fixed_batch(train_set, config.closure_samples, config.seed)
+    # built before the run directory, so a bad option leaves nothing behind (one-shot magnitude prunes here)
+    train_config = config.train_config(config.epochs, config.lr, config.schedule)
+    method = make_method(config.method, model, plan, config, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy),
+                         batches_per_epoch=math.ceil(len(train_set.labels) / config.batch_size))
+    if config.method == "magnitude":  # one-shot: pruned here, before any training
+        results["pruned_at_start_accuracy"] = test_accuracy()
+    create_run_dir(run_dir)
+    write_json_atomic(run_dir / "plan.json", plan.to_dict())
+    console.print(f"dense: test accuracy {results['dense_accuracy']:.2f}%")
+    t0 = time.perf_counter()
+    if config.epochs > 0:
+        Trainer(model, train_set, test_set, train_config, run_dir / "prune",
+                device=dev, hooks=[method], meta=meta, console=console).fit()
+    results["prune_seconds"] = time.perf_counter() - t0
+    results["method_history"] = method.history
+    if method.history and "distances" in method.history[-1]:
+        console.print(distance_table(method.history))
+
+    masks = method.hard_prune()
+    results["hard_pruned_accuracy"] = test_accuracy()
+    console.print(f"hard-pruned ({config.method}, no retraining): test accuracy {results['hard_pruned_accuracy']:.2f}%")
+    save_checkpoint(run_dir / "hard-pruned", model.state_dict(), {"masks": {"masks": masks}}, {**meta, "epoch": -1})
+    if config.bn_recalibrate:
+        recalibrated = copy.deepcopy(model)  # a column of its own: retraining goes on from the hard-pruned model
+        recalibrate_batchnorm(recalibrated, train_set, batches=config.bn_recalibrate, batch_size=config.batch_size,
+                              seed=config.seed, device=dev)
+        results["bn_recalibrated_accuracy"] = evaluate(recalibrated, test_set, device=dev)["accuracy"]
+        console.print(f"hard-pruned + BatchNorm recalibration ({config.bn_recalibrate} batches, no gradient step): "
+                      f"test accuracy {results['bn_recalibrated_accuracy']:.2f}%")
+        del recalibrated
+
+    keeper = MaskKeeper(model, masks)
+    results["retrain_accuracy"] = []
+    t0 = time.perf_counter()
+    if config.retrain_epochs > 0:
+        retrain = Trainer(model, train_set, test_set,
+                          config.train_config(config.retrain_epochs, config.retrain_lr or config.lr, config.retrain_schedule),
+                          run_dir / "retrain", device=dev, hooks=[keeper], meta=meta, console=console)
+        history = retrain.fit()
+        results["retrain_accuracy"] = [h["test_accuracy"] for h in history]
+    results["retrain_seconds"] = time.perf_counter() - t0
+    keeper.remove()
+
+    report = CompressionReport.of(model, plan, test_set.images[:256].to(dev))
+    results["report"] = report.to_dict()
+    console.print(report.table())
+    write_json_atomic(run_dir / "results.json", results)
+    return results

@@ -1,0 +1,82 @@
+"""What decides a training run: the config, the optimizers and learning-rate schedules it names."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from prunus.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; saved as ``config.json`` in the run directory."""
+
+    model: str = "lenet5"
+    dataset: str = "fashion-mnist"
+    epochs: int = 15
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    seed: int = 0
+    image_size: int | None = None
+    augment: bool | None = None  # None: the dataset's default (crop + flip for 32x32 sets)
+    model_options: dict[str, Any] = field(default_factory=dict)
+    eval_batch_size: int = 1000
+    keep_checkpoints: int = 2
+    #: NHWC tensors for 4-D inputs: oneDNN's CPU convolutions run faster on them (ResNet-20 on 2 cores:
+    #: 0.26 s against 0.37 s per batch of 128); results differ from NCHW in the last bits only
+    channels_last: bool = False
+
+    def validate(self) -> "TrainConfig":
+        """Reject impossible values with one clear sentence naming the field."""
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}"),
+            (self.keep_checkpoints >= 1, f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown training config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """Learning-rate multiplier for ``epoch`` (0-based): a pure function, so resume is exact."""
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    if schedule == "step":  # /10 at 50% and again at 75% of the epochs
+        return 0.1 ** sum(epoch >= int(epochs * m) for m in (0.5, 0.75))
+    return 1.0
+
+
+def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
