@@ -6,25 +6,15 @@ import json
 
 import pytest
 import torch
+from helpers import assert_user_error, run_cli
 
-from prunus.cli import main
 from prunus.io import save_checkpoint
 
 numba = pytest.importorskip("numba")
 
 
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def assert_user_error(code, err, *fragments):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("prunus: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def tiny_checkpoint(path, name="cnin_small", options=None, in_channels=1, dataset="digits", size=28):

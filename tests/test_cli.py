@@ -7,27 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_user_error, run_cli
 
-from prunus.cli import main
 from prunus.io import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def assert_user_error(code, err, *fragments):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one error line, got: {err!r}"
-    assert lines[0].startswith("prunus: error: ")
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["eval", "--help"]])

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_user_error, run_cli
 from rich.console import Console
-from test_cli import assert_user_error, run_cli
 
 from prunus.errors import ConfigError
 from prunus.privacy.audit import AuditConfig, prepare_reference_bank, run_audit

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli
 
 from prunus.io import save_checkpoint
 from prunus.models import build_model

@@ -2,24 +2,16 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from test_cli import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli
 
 from prunus.cli import main
 from prunus.data import load_dataset
 from prunus.models.loading import load_model
 from prunus.train.config import TrainConfig
 from prunus.train.run import train
-
-
-@pytest.fixture(scope="module")
-def dense_digits(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("dense") / "lenet5-digits"
-    train(TrainConfig(model="lenet5", dataset="digits", epochs=8, batch_size=32), run)
-    return run
 
 
 def test_prune_cli_end_to_end(capsys, tmp_path, dense_digits):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from test_cli import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli
 
 from prunus.constraints.structures import num_pruned
 from prunus.deploy.footprint import comparison_table, measure_footprint, weights_bytes

@@ -20,22 +20,15 @@ from prunus.harden.keepers import MaskKeeper
 from prunus.harden.stats import CompressionReport
 from prunus.io import save_checkpoint, write_json_atomic
 from prunus.jobs.common import couple_if_possible, distance_table, fixed_batch, load_run_input
-from prunus.methods import ADMM, SLR, Magnitude, PruningMethod, Reweighted, batch_closure
+from prunus.methods.base import PruningMethod, batch_closure
+from prunus.methods.registry import METHODS, build_method, method_options
 from prunus.plan.recipe import Plan
 from prunus.train.config import TrainConfig
 from prunus.train.distributed import pick_device
 from prunus.train.rundir import check_run_dir, create_run_dir
 from prunus.train.trainer import Trainer, evaluate
 
-METHOD_NAMES = ("slr", "admm", "reweighted", "magnitude", "gradual")
-
-
 RHO_SCHEDULES = ("budget", "fixed")
-
-
-#: SLR and ADMM round every 100 batches unless told otherwise: with a round per epoch a short budget gives rho
-#: only a few steps to grow (slr_tuning.py found 100 batches best)
-METHOD_UPDATE_EVERY = {"slr": 100, "admm": 100}
 
 
 @dataclass
@@ -53,8 +46,8 @@ class PruneConfig:
     retrain_schedule: str = "constant"  # so accuracy after epoch e does not depend on the total
     weight_decay: float = 0.0
     seed: int = 0
-    #: batches between method rounds; None = the method's default (METHOD_UPDATE_EVERY, else once per epoch);
-    #: 0 = once per epoch
+    #: batches between method rounds; None = the method's default (its MethodSpec.update_every, else once per
+    #: epoch); 0 = once per epoch
     update_every: int | None = None
     closure_samples: int = 2048  # training samples SLR evaluates f(W) on for its conditions
     #: SLR/ADMM: "budget" grows rho so the weights reach the set by the last round (prunus.methods.schedule);
@@ -66,8 +59,11 @@ class PruneConfig:
     options: dict[str, Any] = field(default_factory=dict)  # rho, s0, M, r, rho_factor, rho_max, tol (SLR/ADMM); lam, eps (reweighted)
 
     def validate(self) -> "PruneConfig":
-        if self.method not in METHOD_NAMES:
-            raise ConfigError(f"--method must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        method_options(self.method, self.options, "--method")  # an option of another method is one clear error
+        if self.update_every and not METHODS[self.method].batch_rounds:
+            raise ConfigError(f"--update-every does not apply to --method {self.method} (it acts once per epoch)")
         if self.epochs < 0 or self.retrain_epochs < 0:
             raise ConfigError(f"--epochs and --retrain-epochs must be >= 0, got {self.epochs} and {self.retrain_epochs}")
         if self.method in ("slr", "admm", "reweighted", "gradual") and self.epochs < 1:
@@ -84,7 +80,7 @@ class PruneConfig:
         """Batches between the method's rounds (None: one round per epoch)."""
         if self.update_every == 0:
             return None
-        return self.update_every if self.update_every is not None else METHOD_UPDATE_EVERY.get(self.method)
+        return self.update_every if self.update_every is not None else METHODS[self.method].update_every
 
     def planned_rounds(self, batches_per_epoch: int) -> int:
         """How many method rounds the pruning epochs make (a round per epoch or every rounds_every() batches)."""
@@ -100,30 +96,21 @@ class PruneConfig:
         ).validate()
 
 
-def make_method(name: str, model, plan: Plan, config: PruneConfig, closure, batches_per_epoch: int | None = None
+def make_method(config: PruneConfig, model, plan: Plan, closure, batches_per_epoch: int | None = None
                 ) -> PruningMethod:
     """The method of a run; with ``batches_per_epoch`` and the budget schedule, SLR/ADMM know their rounds."""
-    opts = dict(config.options)
-    if name in ("slr", "admm") and config.rho_schedule == "budget" and batches_per_epoch is not None:
-        opts["rounds"] = config.planned_rounds(batches_per_epoch)
+    options = dict(config.options)
+    rounds = None
+    if METHODS[config.method].budget and config.rho_schedule == "budget" and batches_per_epoch is not None:
+        rounds = config.planned_rounds(batches_per_epoch)
         if config.optimizer == "sgd":
             # a plain gradient step on the penalty rho/2 ||W - Z||^2 overshoots once lr * rho > 1 and diverges past
             # 2 (Adam's steps are bounded by lr, so there rho may grow freely): stop where one step lands on Z
-            opts.setdefault("rho_max", 1.0 / config.lr)
-    try:
-        if name == "slr":
-            return SLR(model, plan, update_every=config.rounds_every(), closure=closure, **opts)
-        if name == "admm":
-            return ADMM(model, plan, update_every=config.rounds_every(), closure=closure, **opts)
-        if name == "reweighted":
-            return Reweighted(model, plan, update_every=config.rounds_every(), **opts)
-        if name == "magnitude":
-            return Magnitude(model, plan, **opts)
-        return Magnitude(model, plan, gradual=True, rounds=max(config.epochs - 1, 1), **opts)
-    except TypeError as e:
-        raise ConfigError(f"--method {name}: invalid option ({e})") from None
-    except ValueError as e:
-        raise ConfigError(f"--method {name}: {e}") from None
+            options.setdefault("rho_max", 1.0 / config.lr)
+    elif config.method == "gradual":
+        rounds = max(config.epochs - 1, 1)  # the ramp ends an epoch before the hard-prune
+    return build_method(config.method, model, plan, options, update_every=config.rounds_every(), rounds=rounds,
+                        closure=closure)
 
 
 def run_pruning(
@@ -156,7 +143,7 @@ def run_pruning(
     x, y = fixed_batch(train_set, config.closure_samples, config.seed)
     # built before the run directory, so a bad option leaves nothing behind (one-shot magnitude prunes here)
     train_config = config.train_config(config.epochs, config.lr, config.schedule)
-    method = make_method(config.method, model, plan, config, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy),
+    method = make_method(config, model, plan, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy),
                          batches_per_epoch=math.ceil(len(train_set.labels) / config.batch_size))
     if config.method == "magnitude":  # one-shot: pruned here, before any training
         results["pruned_at_start_accuracy"] = test_accuracy()

@@ -103,7 +103,7 @@ def run_quantization(
     if config.method != "none":
         torch.manual_seed(config.seed)
         x, y = fixed_batch(train_set, config.closure_samples, config.seed)
-        method = make_method(config.method, model, plan, prune_cfg, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy))
+        method = make_method(prune_cfg, model, plan, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy))
     create_run_dir(run_dir)
     t0 = time.perf_counter()
     if method is not None:

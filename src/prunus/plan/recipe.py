@@ -90,9 +90,9 @@ class Plan:
     def from_dict(cls, data: Any, source: str = "recipe") -> "Plan":
         if not isinstance(data, dict) or not isinstance(data.get("prune"), dict) or not data["prune"]:
             raise ConfigError(f"{source}: expected a mapping with a non-empty 'prune:' section of name: {{structure, ratio}}")
-        unknown = sorted(set(data) - {"prune", "global"})
+        unknown = sorted(set(data) - {"prune", "global", "method"})
         if unknown:
-            raise ConfigError(f"{source}: unknown top-level field(s) {', '.join(unknown)} (allowed: prune, global)")
+            raise ConfigError(f"{source}: unknown top-level field(s) {', '.join(unknown)} (allowed: prune, global, method)")
         is_global = data.get("global", False)
         if not isinstance(is_global, bool):
             raise ConfigError(f"{source}: 'global' must be true or false, got {is_global!r}")
@@ -101,18 +101,7 @@ class Plan:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "Plan":
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise ConfigError(f"recipe {path} cannot be read ({e.strerror})") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"recipe {path} is not valid YAML{where}") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_recipe(path), source=str(path))
 
     @classmethod
     def uniform(
@@ -215,6 +204,25 @@ def _rounded_ratio(ratio: float, structure: Structure, shape, round_to: int) -> 
     kept = groups - num_pruned(ratio, groups)
     kept = min(max(round_to * math.floor(kept / round_to + 0.5), round_to), groups)
     return (groups - kept) / groups
+
+
+def read_recipe(path: str | os.PathLike) -> Any:
+    """A YAML recipe's content; an unreadable file or invalid YAML is one clear error.
+
+    ``prune:`` and ``global:`` make the :class:`Plan`; ``method:`` (a name and its options) is read
+    by ``prunus prune`` through :func:`prunus.methods.registry.method_from_recipe`.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"recipe {path} cannot be read ({e.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"recipe {path} is not valid YAML{where}") from None
 
 
 def prunable_weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -583,7 +583,7 @@ def _prune(config: DefenseConfig, model, members, test_set, train_set, split, pl
     out: dict[str, Any] = {}
     torch.manual_seed(config.seed)
     x, y = fixed_batch(members, pcfg.closure_samples, config.seed)
-    method = make_method(config.method, model, plan, pcfg, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy))
+    method = make_method(pcfg, model, plan, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy))
     game = _game(config, model, members, split, train_set, config.warmup_epochs) if config.defense == "mcmia" else None
     hooks = [method] + ([game] if game else [])
     loss_fn = game.loss_fn if game else F.cross_entropy

@@ -5,8 +5,6 @@
   batch sizes 1, 64 and 1024 next to PyTorch fp32 inference of the same model.
 * ``prunus bcnn verify CKPT``: run the engine over the checkpoint's test set; report how many
   logit rows equal the PyTorch forward exactly, and both accuracies.
-
-Kept out of :mod:`prunus.cli` so that the main parser only learns the subcommand names.
 """
 
 from __future__ import annotations
@@ -15,7 +13,17 @@ import argparse
 import json
 from typing import Any
 
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from prunus.bcnn.engine import compile_engine
+from prunus.bcnn.engine.bench import benchmark
+from prunus.cli.args import positive_int
+from prunus.data import load_dataset
 from prunus.errors import ConfigError
+from prunus.models import MODELS, build_model
+from prunus.models.loading import load_model
 
 #: short names accepted by ``--model`` -> registry names
 ALIASES = {"nin": "cnin", "resnet18": "cresnet18", "nin_small": "cnin_small", "resnet_small": "cresnet_small"}
@@ -32,7 +40,7 @@ def _batch_sizes(text: str) -> list[int]:
     return sizes
 
 
-def add_parsers(sub, positive_int) -> None:
+def add_parsers(sub) -> None:
     """Register ``prunus bcnn {bench,verify}`` on the main parser's subparsers."""
     bc = sub.add_parser("bcnn", help="binarized complex networks: the bit-packed XNOR-popcount engine (bench, verify)")
     bsub = bc.add_subparsers(dest="bcnn_command", metavar="BCNN_COMMAND", parser_class=type(bc))
@@ -72,16 +80,13 @@ def add_parsers(sub, positive_int) -> None:
 
 def _load(checkpoint: str | None, model_name: str | None, image_size: int | None, in_channels: int, num_classes: int):
     """The model to run, its display name and input size."""
-    import torch
 
-    from prunus.models import MODELS, build_model
 
     wanted = ALIASES.get(model_name, model_name) if model_name else None
     if wanted is not None and wanted not in MODELS:
         raise ConfigError(f"--model {model_name!r} is not a model; use nin, resnet18, nin_small, resnet_small "
                           f"or a registry name (prunus models)")
     if checkpoint:
-        from prunus.models.loading import load_model
 
         model, ckpt = load_model(checkpoint)
         held = ckpt.meta["model"]["name"]
@@ -99,7 +104,6 @@ def _load(checkpoint: str | None, model_name: str | None, image_size: int | None
 
 def _calibrate_bn(model, in_channels: int, size: int) -> None:
     """Give a random model realistic BN statistics (one training-mode pass on noise), so thresholds are not trivial."""
-    import torch
 
     model.train()
     with torch.no_grad():
@@ -108,12 +112,6 @@ def _calibrate_bn(model, in_channels: int, size: int) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from prunus.bcnn.engine import compile_engine
-    from prunus.bcnn.engine.bench import benchmark
-
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
     model, name, size = _load(args.checkpoint, args.model, args.image_size, args.in_channels, args.num_classes)
@@ -163,12 +161,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    import torch
-
-    from prunus.bcnn.engine import compile_engine
-    from prunus.data import load_dataset
-    from prunus.models.loading import load_model
-
     model, ckpt = load_model(args.checkpoint)
     dataset = ckpt.meta.get("dataset") or {}
     if "name" not in dataset:
@@ -203,3 +195,6 @@ def cmd_bcnn(args: argparse.Namespace) -> int:
     if args.bcnn_command is None:
         raise ConfigError("prunus bcnn needs a command: bench or verify (see prunus bcnn --help)")
     return {"bench": cmd_bench, "verify": cmd_verify}[args.bcnn_command](args)
+
+
+COMMANDS = {"bcnn": cmd_bcnn}

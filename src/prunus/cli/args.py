@@ -1,0 +1,75 @@
+"""What the commands share: a parser whose mistakes are one line, number types, data flags, output checks."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from prunus.data import DATASETS
+from prunus.errors import ConfigError
+from prunus.io import ensure_parent_dir
+from prunus.methods.registry import all_option_fields
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (the usage dump stays in --help)."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="dataset directory (else $PRUNUS_DATA, ~/.cache/prunus, /usr/share/datasets)")
+    p.add_argument("--download", action="store_true", help="download the dataset into the cache if it is missing")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+
+
+def check_new_dir(out, flag: str = "--out") -> None:
+    """``out`` must not exist (or be empty) and its parent must be creatable: checked before any work."""
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{flag} {out} already exists and is not empty; choose a new directory")
+    ensure_parent_dir(out, f"{flag} {out}")
+
+
+def example_input(ckpt, image_size: int | None):
+    """One input shaped like the checkpoint's data: (1, in_channels, size, size)."""
+
+
+    dataset = ckpt.meta.get("dataset") or {}
+    size = image_size or dataset.get("image_size")
+    if size is None and dataset.get("name") in DATASETS:
+        size = DATASETS[dataset["name"]].image_size
+    if size is None:
+        raise ConfigError(f"checkpoint {ckpt.path} does not record its input size; pass --image-size")
+    shape = (1, int(ckpt.meta["model"]["in_channels"]), int(size), int(size))
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+def _option_type(annotation: str):
+    return int if annotation.startswith("int") else float if annotation.startswith("float") else str
+
+
+def add_method_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per option of every registered method, made from the methods' option dataclasses."""
+    group = parser.add_argument_group("method options (each names the methods it applies to)")
+    for name, (f, methods) in all_option_fields().items():
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=_option_type(str(f.type)),
+                           choices=f.metadata.get("choices"),
+                           help=f"{f.metadata['help']} ({', '.join(methods)}; default {f.default})")
+
+
+def given_method_options(args: argparse.Namespace) -> dict:
+    """The method options given on the command line (the others keep the method's defaults)."""
+    return {name: getattr(args, name) for name in all_option_fields() if getattr(args, name, None) is not None}

@@ -1,0 +1,97 @@
+"""``prunus defend``: train a model on a recorded membership split with a membership-inference defense."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prunus.cli.args import add_data_args, add_method_options, given_method_options, positive_int
+from prunus.methods.registry import METHODS
+from prunus.privacy.defenses import DEFENSES, DefenseConfig, load_defended, run_defense
+from prunus.train.config import OPTIMIZERS, SCHEDULES
+from prunus.train.rundir import check_run_dir
+
+
+def add_parsers(sub) -> None:
+    d = DefenseConfig()
+    de = sub.add_parser("defend", help="train a model on the members of a recorded split, with a membership-inference "
+                                       "defense (none, prune, advreg, mcmia, dpsgd, relaxloss)")
+    de.add_argument("--defense", choices=DEFENSES, required=True)
+    de.add_argument("--init", help="a `prunus defend` checkpoint (e.g. the undefended `--defense none` target) whose "
+                                   "membership split, architecture and recipe are reused; prune and mcmia start from "
+                                   "its weights, the other defenses train from scratch")
+    de.add_argument("--model", help=f"model name (default {d.model}; with --init: the checkpoint's)")
+    de.add_argument("--dataset", help=f"dataset name (default {d.dataset}; with --init: the checkpoint's)")
+    de.add_argument("--members", type=positive_int, default=d.members,
+                    help="training members drawn from the train split; as many non-members are held out")
+    de.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the member/non-member/pool split")
+    de.add_argument("--epochs", type=positive_int, default=d.epochs, help="training epochs (dense/undefended recipe)")
+    de.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    de.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    de.add_argument("--lr", type=float, default=d.lr)
+    de.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    de.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
+    de.add_argument("--seed", type=int, default=d.seed)
+    de.add_argument("--eval-examples", type=positive_int, help="per-epoch test accuracy on the first N test images")
+    g = de.add_argument_group("min-max game (advreg, mcmia)")
+    g.add_argument("--adv-lambda", type=float, default=d.adv_lambda, help="weight of the inference model's gain")
+    g.add_argument("--attack-steps", type=positive_int, default=d.attack_steps, help="k: inference-model steps per classifier step")
+    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="epochs without the game first")
+    g.add_argument("--adv-lr", type=float, default=d.adv_lr)
+    g.add_argument("--adv-reference", type=positive_int, help="pool examples used as reference non-members (default: as many as members)")
+    p = de.add_argument_group("pruning (prune, mcmia)")
+    p.add_argument("--method", choices=list(METHODS), default=d.method)
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--compression", type=float, help="20 means 20x fewer weights")
+    what.add_argument("--ratio", type=float, help="fraction of zeros in every prunable layer")
+    p.add_argument("--structure", default=d.structure)
+    p.add_argument("--global", dest="global_", action="store_true", help="one magnitude threshold across layers")
+    p.add_argument("--prune-epochs", type=int, default=d.prune_epochs, help="epochs with the pruning method active")
+    p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs, help="masked fine-tuning epochs")
+    p.add_argument("--retrain-lr", type=float)
+    p.add_argument("--update-every", type=positive_int, help="batches between method rounds (default: once per epoch)")
+    add_method_options(de)
+    dp = de.add_argument_group("DP-SGD (dpsgd)")
+    dp.add_argument("--epsilon", type=float, default=d.epsilon, help="target epsilon")
+    dp.add_argument("--delta", type=float, default=d.delta, help="target delta (must be below 1/members)")
+    dp.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="per-sample clipping norm")
+    dp.add_argument("--accountant", choices=("prv", "rdp", "gdp"), default=d.accountant)
+    rl = de.add_argument_group("RelaxLoss (relaxloss)")
+    rl.add_argument("--relax-alpha", type=float, default=d.relax_alpha,
+                    help="the training-loss level kept instead of zero (below it: ascent or posterior flattening)")
+    de.add_argument("--out", required=True, help="run directory to create")
+    add_data_args(de)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    check_run_dir(out, resume=False)
+    model, dataset = args.model, args.dataset
+    if args.init:
+        _, ckpt = load_defended(args.init)
+        model = model or ckpt.meta["model"]["name"]
+        dataset = dataset or ckpt.meta.get("dataset", {}).get("name")
+    config = DefenseConfig(
+        defense=args.defense, model=model or DefenseConfig.model, dataset=dataset or DefenseConfig.dataset,
+        members=args.members, split_seed=args.split_seed, epochs=args.epochs, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
+        eval_examples=args.eval_examples, adv_lambda=args.adv_lambda, attack_steps=args.attack_steps,
+        warmup_epochs=args.warmup_epochs, adv_lr=args.adv_lr, adv_reference=args.adv_reference, method=args.method,
+        compression=args.compression, ratio=args.ratio, structure=args.structure, global_=args.global_,
+        prune_epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs, retrain_lr=args.retrain_lr,
+        update_every=args.update_every, method_options=given_method_options(args),
+        epsilon=args.epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm, accountant=args.accountant,
+        relax_alpha=args.relax_alpha,
+    ).validate()
+    results = run_defense(config, out, init=args.init, data_dir=args.data_dir, download=args.download, device=args.device)
+    line = (f"{args.defense}: test accuracy {results['test_accuracy']:.2f}% (members {results['member_accuracy']:.2f}%, "
+            f"non-members {results['nonmember_accuracy']:.2f}%)")
+    if "dp" in results:
+        line += f"; (epsilon, delta) = ({results['dp']['epsilon']:.3f}, {results['dp']['delta']:g})"
+    if "report" in results:
+        line += f"; compression {results['report']['compression']:.1f}x"
+    print(f"{line}; checkpoint {out / 'final'}")
+    return 0
+
+
+COMMANDS = {"defend": run}

@@ -1,0 +1,57 @@
+"""``prunus quantize``: a (pruned) model onto quantization levels, fine-tuned, exported with its true size."""
+
+from __future__ import annotations
+
+import argparse
+
+from prunus.cli.args import add_data_args, positive_int
+from prunus.deploy.compressed import REST
+from prunus.jobs.quantize import QUANT_METHODS, QuantizeConfig, run_quantization
+from prunus.train.config import SCHEDULES
+
+
+def add_parsers(sub) -> None:
+    qdefaults = QuantizeConfig()
+    q = sub.add_parser("quantize", help="quantize a (pruned) model: SLR/ADMM onto the levels, hard-quantize, "
+                                        "straight-through fine-tuning, compact export with its true size")
+    q.add_argument("--init", required=True, help="checkpoint or run directory (a pruned model keeps its zeros)")
+    level = q.add_mutually_exclusive_group(required=True)
+    level.add_argument("--bits", type=int, help="symmetric fixed point with this many bits (2..8)")
+    level.add_argument("--scheme", help="binary, ternary, fixed:K or pow2:K")
+    q.add_argument("--per-channel", action="store_true", help="one scale per output channel (default: per layer)")
+    q.add_argument("--method", choices=QUANT_METHODS, default=qdefaults.method,
+                   help="constrained training before hard quantization (none: hard-quantize directly)")
+    q.add_argument("--epochs", type=int, default=qdefaults.epochs, help="epochs with the method active")
+    q.add_argument("--finetune-epochs", type=int, default=qdefaults.finetune_epochs, help="straight-through fine-tuning epochs")
+    q.add_argument("--lr", type=float, default=qdefaults.lr)
+    q.add_argument("--finetune-lr", type=float, help="default: lr / 10")
+    q.add_argument("--finetune-schedule", choices=SCHEDULES, default=qdefaults.finetune_schedule)
+    q.add_argument("--batch-size", type=positive_int, default=qdefaults.batch_size)
+    q.add_argument("--seed", type=int, default=qdefaults.seed)
+    q.add_argument("--update-every", type=positive_int, help="batches between method rounds (default: once per epoch)")
+    q.add_argument("--rho", type=float, help="penalty weight (SLR, ADMM)")
+    q.add_argument("--rest", default=qdefaults.rest, choices=REST,
+                   help="how biases and other unquantized tensors are rounded and stored (default float16)")
+    q.add_argument("--out", required=True, help="run directory to create")
+    add_data_args(q)
+
+
+def run(args: argparse.Namespace) -> int:
+    scheme = args.scheme if args.scheme is not None else str(args.bits)
+    config = QuantizeConfig(
+        scheme=scheme, per_channel=args.per_channel, method=args.method, epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr, finetune_lr=args.finetune_lr,
+        finetune_schedule=args.finetune_schedule,
+        seed=args.seed, update_every=args.update_every, rest=args.rest,
+        options={"rho": args.rho} if args.rho is not None else {},
+    ).validate()
+    results = run_quantization(args.init, config, args.out, data_dir=args.data_dir, download=args.download, device=args.device)
+    size = results["size"]
+    print(
+        f"input {results['input_accuracy']:.2f}% | hard-quantized {results['hard_quantized_accuracy']:.2f}% | "
+        f"final {results['final_accuracy']:.2f}% | {size['file_bytes']:,} bytes, {size['ratio']:.1f}x smaller than dense fp32"
+    )
+    return 0
+
+
+COMMANDS = {"quantize": run}

@@ -1,0 +1,71 @@
+"""``prunus train``: a dense model and its run directory (resumable with --resume)."""
+
+from __future__ import annotations
+
+import argparse
+
+from prunus.cli.args import add_data_args, positive_int
+from prunus.errors import ConfigError
+from prunus.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from prunus.train.run import train
+
+
+def add_parsers(sub) -> None:
+    defaults = TrainConfig()
+    t = sub.add_parser("train", help="train a model (dense) and write a run directory")
+    t.add_argument("--model", help="model name (see `prunus models`)")
+    t.add_argument("--dataset", help="dataset name (see `prunus datasets`)")
+    t.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    t.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
+    t.add_argument("--lr", type=float, default=defaults.lr)
+    t.add_argument("--momentum", type=float, default=defaults.momentum)
+    t.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    t.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule)
+    t.add_argument("--seed", type=int, default=defaults.seed)
+    t.add_argument("--image-size", type=positive_int, help="zero-pad images to this size (e.g. 32 for Fashion-MNIST)")
+    t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random crop + flip")
+    t.add_argument("--width", type=float, help="width multiplier (VGG, MobileNetV2)")
+    t.add_argument("--stem", choices=("cifar", "imagenet"), help="ResNet-18/50 stem")
+    t.add_argument("--out", help="run directory to create")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
+    add_data_args(t)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume:
+        given = [flag for flag, value in (("--out", args.out), ("--model", args.model), ("--dataset", args.dataset)) if value]
+        if given:
+            raise ConfigError(f"--resume takes its settings from the run; drop {', '.join(given)}")
+        trainer = train(TrainConfig(), args.resume, resume=True, data_dir=args.data_dir, download=args.download, device=args.device)
+    else:
+        missing = [flag for flag, value in (("--model", args.model), ("--dataset", args.dataset), ("--out", args.out)) if not value]
+        if missing:
+            raise ConfigError(f"prunus train needs {', '.join(missing)} (or --resume RUN_DIR)")
+        options = {k: v for k, v in (("width", args.width), ("stem", args.stem)) if v is not None}
+        config = TrainConfig(
+            model=args.model,
+            dataset=args.dataset,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            optimizer=args.optimizer,
+            lr=args.lr,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            schedule=args.schedule,
+            seed=args.seed,
+            image_size=args.image_size,
+            augment=args.augment,
+            model_options=options,
+        )
+        trainer = train(config, args.out, data_dir=args.data_dir, download=args.download, device=args.device)
+    if trainer.dist.is_main and trainer.history:
+        last = trainer.history[-1]
+        print(
+            f"test accuracy {last['test_accuracy']:.2f}% after {last['epoch']} epochs "
+            f"({trainer.wall_seconds:.1f}s this session); run directory {trainer.run_dir}"
+        )
+    return 0
+
+
+COMMANDS = {"train": run}
