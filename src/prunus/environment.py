@@ -7,14 +7,15 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
+
+from prunus import __version__
 
 
 def environment_info() -> dict[str, Any]:
     """Machine and library versions, recorded with every run."""
-    import numpy
 
-    from prunus import __version__
 
     return {
         "prunus": __version__,

@@ -18,14 +18,15 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from prunus.errors import CheckpointError
+from prunus.errors import CheckpointError, ConfigError
 
 FORMAT = "prunus-checkpoint"
 FORMAT_VERSION = 1
@@ -77,7 +78,6 @@ def ensure_parent_dir(path: str | os.PathLike, what: str) -> None:
     ``what`` names the path for the user, e.g. ``"--out runs/x"``.  Called before long work so that a
     bad output path fails at once, not after the work is done.
     """
-    from prunus.errors import ConfigError
 
     parent = Path(path).absolute().parent
     existing = parent
@@ -93,19 +93,43 @@ def ensure_parent_dir(path: str | os.PathLike, what: str) -> None:
         raise ConfigError(f"{what} cannot be created: directory {parent} is not writable")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temp file + rename: readers never see half a file."""
+@contextmanager
+def atomic_write(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on any error removed.
+
+    Readers see the old file or the whole new one, never half a file, even after a SIGKILL (the
+    leftover is a hidden ``.NAME.*`` file). ``suffix`` keeps the extension libraries key on (``.npz``).
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_write`."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to ``path`` through :func:`atomic_write`: readers never see half a file."""
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(

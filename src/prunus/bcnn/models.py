@@ -1,7 +1,6 @@
 """Complex NIN-Net and complex ResNet-18 (CIFAR style), binarized (BCNN) or full precision.
 
 Every model is ``input -> stem -> body -> head``:
-
 * ``input`` (:class:`~prunus.bcnn.layers.ComplexInput`): the model boundary.  Real images become
   complex with a zero imaginary part, their 2-D FFT, or a learned imaginary part
   (``complex_input``); 2-channel inputs (the ``modulation`` dataset) are ``[real; imag]``;
@@ -22,6 +21,7 @@ pooling commutes with ``sign`` and runs on bits).  The channel tables are in ``N
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 import torch
@@ -228,7 +228,6 @@ def _variant(cls, name: str, **fixed: Any):
     def build(in_channels: int = 1, num_classes: int = 10, **options: Any) -> nn.Module:
         return cls(in_channels=in_channels, num_classes=num_classes, **{**fixed, **options})
 
-    import inspect
 
     params = [p.replace(default=fixed.get(p.name, p.default)) for p in inspect.signature(cls).parameters.values()]
     build.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ from prunus.data.cifar import load_cifar_split
 from prunus.data.digits import load_digits_split
 from prunus.data.idx import load_idx_split
 from prunus.data.locate import locate_dataset
+from prunus.data.modulation import load_modulation_split
 from prunus.data.transforms import RandomCropFlip
 from prunus.errors import DataError
 
@@ -134,7 +135,6 @@ def _load_raw(spec: DatasetSpec, split: str, data_dir: str | Path | None,
         images, labels = load_digits_split(split)
         return torch.from_numpy(images), labels
     if spec.format == "generated":
-        from prunus.data.modulation import load_modulation_split
 
         images, labels = load_modulation_split(split)
         return torch.from_numpy(images), labels

@@ -10,8 +10,7 @@ rule changes every reported digits number, so do not.
 from __future__ import annotations
 
 import numpy as np
-
-from prunus.errors import DataError
+from sklearn.datasets import load_digits
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
@@ -31,10 +30,6 @@ def _split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
 
 def load_digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     """Return (float32 images N x 1 x 8 x 8 scaled to [0, 1], int64 labels N) for one split."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:
-        raise DataError("the digits dataset needs scikit-learn; install it with `pip install scikit-learn`.") from exc
     bunch = load_digits()
     images = (np.asarray(bunch.data, dtype=np.float32) / MAX_VALUE).reshape(-1, 1, 8, 8)
     labels = np.asarray(bunch.target, dtype=np.int64)

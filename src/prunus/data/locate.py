@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from prunus.data.cifar import LAYOUTS
 from prunus.data.idx import SPLIT_FILES, find_idx_file
 from prunus.errors import DataError
+from prunus.io import atomic_write
 
 if TYPE_CHECKING:
     from prunus.data.datasets import DatasetSpec
@@ -116,23 +117,19 @@ def open_url(url: str) -> BinaryIO:
 def fetch_url(url: str, dest: Path, md5: str | None = None) -> Path:
     """Download ``url`` to ``dest`` via a temp file and ``os.replace``; check ``md5`` if given."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
     digest = hashlib.md5(usedforsecurity=False)
     try:
-        with os.fdopen(fd, "wb") as out, open_url(url) as response:
-            while chunk := response.read(_CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-        if md5 is not None and digest.hexdigest() != md5:
-            raise DataError(f"download of {url} has MD5 {digest.hexdigest()}, expected {md5}; "
-                            f"retry, or fetch the file by hand into {dest.parent}.")
-        os.replace(tmp, dest)
+        with atomic_write(dest, suffix=".part") as tmp:
+            with open(tmp, "wb") as out, open_url(url) as response:
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+            if md5 is not None and digest.hexdigest() != md5:
+                raise DataError(f"download of {url} has MD5 {digest.hexdigest()}, expected {md5}; "
+                                f"retry, or fetch the file by hand into {dest.parent}.")
     except (urllib.error.URLError, OSError, EOFError) as exc:  # URLError/HTTPError/timeouts are OSErrors
         raise DataError(f"download of {url} failed ({exc}); check the network or put the file in "
                         f"{dest.parent} yourself.") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

@@ -33,7 +33,7 @@ from prunus.deploy.latency import compare_latency, for_inference
 from prunus.deploy.surgery import remove_pruned_channels
 from prunus.errors import ConfigError
 from prunus.harden.stats import count_macs
-from prunus.plan.coupling import CoupledGroup, coupled_groups
+from prunus.plan.coupling import CoupledGroup, coupled_groups, project_coupled
 from prunus.plan.recipe import Plan, Rule
 
 __all__ = ["Allocation", "AllocationStep", "latency_aware_plan", "plan_from_widths", "shrink_to_widths",
@@ -184,7 +184,6 @@ def latency_aware_plan(
 
 def pruned_copy(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> nn.Module:
     """The physically smaller copy ``plan`` makes of ``model`` (coupled hard-prune, then surgery); ``model`` is untouched."""
-    from prunus.plan.coupling import project_coupled
 
     work = copy.deepcopy(model)
     project_coupled(work, plan, example_input)

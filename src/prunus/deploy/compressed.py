@@ -33,7 +33,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,8 @@ from prunus.constraints.levels import QuantScheme
 from prunus.deploy.entropy import StreamReader, StreamWriter
 from prunus.errors import CheckpointError
 from prunus.harden.keepers import QuantKeeper
+from prunus.io import atomic_write
+from prunus.models import build_model
 
 MAGIC = b"PRZ2"
 REST = ("float32", "float16", "int8")  # how tensors that are not quantized weights are stored
@@ -181,14 +182,8 @@ def export_compressed(model: nn.Module, keeper: QuantKeeper, meta: dict[str, Any
     body = struct.pack("<IH", stream.crc, len(head)) + head + bytes(plain) + stream.getvalue()
     blob = MAGIC + struct.pack("<I", zlib.crc32(body)) + body
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(blob)
     return SizeReport(path.stat().st_size, dense_fp32_bytes(model), raw)
 
 
@@ -218,7 +213,6 @@ def is_compressed(path: str | os.PathLike) -> bool:
 
 def load_compressed(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a file written by :func:`export_compressed` holds; returns (model, header)."""
-    from prunus.models import build_model
 
     path = Path(path)
     try:

@@ -19,7 +19,6 @@ import contextlib
 import copy
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch.nn as nn
 
 from prunus._optional import require
 from prunus.errors import ConfigError, ExportError
-from prunus.io import ensure_parent_dir
+from prunus.io import atomic_write, ensure_parent_dir
 
 __all__ = ["OnnxCheck", "export_onnx"]
 
@@ -73,12 +72,6 @@ def _silenced_stdout():
             torch._C._jit_set_onnx_log_enabled(False)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def export_onnx(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -99,54 +92,56 @@ def export_onnx(
     ort = require("onnxruntime", "checking an ONNX export (prunus export)")
     path = Path(path)
     ensure_parent_dir(path, f"ONNX file {path}")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise ConfigError(f"ONNX file {path} cannot be written ({e.strerror})") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
     cpu = copy.deepcopy(model).to("cpu", torch.float32).eval()
     example = example_input[:1].to("cpu", torch.float32)
     try:
-        with warnings.catch_warnings():  # the TorchScript exporter is deprecated in favour of one that needs onnxscript
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.simplefilter("ignore", category=FutureWarning)
-            try:
-                with _silenced_stdout():
-                    torch.onnx.export(
-                        cpu, (example,), str(tmp), dynamo=False, opset_version=opset, verbose=False,
-                        input_names=["input"], output_names=["output"],
-                        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                    )
-            except torch.onnx.errors.OnnxExporterError as e:  # an operator ONNX cannot express (for these shapes)
-                first = str(e).strip().splitlines()[0].split(" Please feel free")[0]
-                raise ExportError(f"the model cannot be exported to ONNX: {first}") from None
-        onnx.checker.check_model(str(tmp))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        gen = torch.Generator().manual_seed(seed)
-        diff = 0.0
-        for b in batch_sizes:
-            x = torch.randn((int(b), *example.shape[1:]), generator=gen)
-            with torch.no_grad():
-                expected = _outputs(cpu(x))
-            got = session.run(None, {name: x.numpy()})
-            if len(got) != len(expected) or any(tuple(g.shape) != tuple(e.shape) for g, e in zip(got, expected)):
-                raise ExportError(f"onnxruntime's outputs have shapes {[g.shape for g in got]}, PyTorch's "
-                                  f"{[tuple(e.shape) for e in expected]}; {path} was not written")
-            for g, e in zip(got, expected):
-                diff = max(diff, float((torch.from_numpy(g).double() - e.double()).abs().max()) if e.numel() else 0.0)
-        if not diff <= atol:
-            raise ExportError(f"onnxruntime's outputs differ from PyTorch's by up to {diff:.3g} (> {atol:g}); "
-                              f"{path} was not written")
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
-            os.replace(tmp, path)
-        except OSError as e:
-            raise ConfigError(f"ONNX file {path} cannot be written ({e.strerror})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_write(path) as tmp:
+            _export(cpu, example, tmp, opset)
+            onnx.checker.check_model(str(tmp))
+            diff = _onnxruntime_difference(ort, cpu, example, tmp, batch_sizes, seed, path)
+            if not diff <= atol:
+                raise ExportError(f"onnxruntime's outputs differ from PyTorch's by up to {diff:.3g} (> {atol:g}); "
+                                  f"{path} was not written")
+    except OSError as e:
+        raise ConfigError(f"ONNX file {path} cannot be written ({e.strerror})") from None
     return OnnxCheck(path, path.stat().st_size, diff, tuple(int(b) for b in batch_sizes), opset)
+
+
+def _export(model: nn.Module, example: torch.Tensor, target: Path, opset: int) -> None:
+    """TorchScript ONNX export with a dynamic batch dimension; an operator ONNX cannot express is one ExportError."""
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated in favour of one that needs onnxscript
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        try:
+            with _silenced_stdout():
+                torch.onnx.export(
+                    model, (example,), str(target), dynamo=False, opset_version=opset, verbose=False,
+                    input_names=["input"], output_names=["output"],
+                    dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                )
+        except torch.onnx.errors.OnnxExporterError as e:
+            first = str(e).strip().splitlines()[0].split(" Please feel free")[0]
+            raise ExportError(f"the model cannot be exported to ONNX: {first}") from None
+
+
+def _onnxruntime_difference(ort, model: nn.Module, example: torch.Tensor, onnx_file: Path, batch_sizes: Sequence[int],
+                            seed: int, path: Path) -> float:
+    """The largest absolute difference between onnxruntime's and PyTorch's outputs on seeded random inputs."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    gen = torch.Generator().manual_seed(seed)
+    diff = 0.0
+    for b in batch_sizes:
+        x = torch.randn((int(b), *example.shape[1:]), generator=gen)
+        with torch.no_grad():
+            expected = _outputs(model(x))
+        got = session.run(None, {name: x.numpy()})
+        if len(got) != len(expected) or any(tuple(g.shape) != tuple(e.shape) for g, e in zip(got, expected)):
+            raise ExportError(f"onnxruntime's outputs have shapes {[g.shape for g in got]}, PyTorch's "
+                              f"{[tuple(e.shape) for e in expected]}; {path} was not written")
+        for g, e in zip(got, expected):
+            diff = max(diff, float((torch.from_numpy(g).double() - e.double()).abs().max()) if e.numel() else 0.0)
+    return diff

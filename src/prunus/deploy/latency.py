@@ -21,6 +21,7 @@ serving process reaches (:func:`steady_allocator`), where the ratio was stable.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
 import statistics
@@ -30,6 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+from torch.fx.experimental.optimization import fuse
 
 __all__ = ["Latency", "compare_latency", "for_inference", "measure_latency", "steady_allocator"]
 
@@ -176,9 +178,7 @@ def for_inference(model: nn.Module) -> nn.Module:
     channels were pruned, so latency comparisons should give dense and pruned models the same
     treatment.  Models torch.fx cannot trace are only converted to channels-last.
     """
-    import copy
 
-    from torch.fx.experimental.optimization import fuse
 
     model = copy.deepcopy(model).eval()
     try:

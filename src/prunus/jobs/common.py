@@ -13,6 +13,7 @@ from prunus.data import load_dataset
 from prunus.data.loader import epoch_generator
 from prunus.errors import ConfigError, MissingDependencyError
 from prunus.models.loading import load_model
+from prunus.plan.coupling import couple_plan
 from prunus.plan.recipe import Plan
 
 
@@ -36,8 +37,6 @@ def couple_if_possible(model, plan: Plan, example: torch.Tensor, console: Consol
     """
     plan.resolve(model)
     try:
-        from prunus.plan.coupling import couple_plan
-
         return couple_plan(model, plan, example)
     except MissingDependencyError as e:
         console.print(f"note: {e}; filters are projected per tensor (their BatchNorms and residual adds are not "

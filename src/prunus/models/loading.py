@@ -6,8 +6,11 @@ import os
 
 import torch.nn as nn
 
+from prunus._optional import require
 from prunus.errors import CheckpointError
 from prunus.io import Checkpoint, load_checkpoint, resolve_checkpoint
+from prunus.models import build_model
+from prunus.models.shapes import apply_layer_shapes
 
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
@@ -17,7 +20,6 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
     counts (``meta["model"]["layers"]``, :mod:`prunus.models.shapes`); they are applied first.
     A DP-SGD model records ``norm: groupnorm``: its BatchNorms are replaced as opacus did.
     """
-    from prunus.models import build_model
 
     ckpt = load_checkpoint(resolve_checkpoint(path))
     record = ckpt.meta.get("model")
@@ -27,14 +29,12 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
         record["name"], in_channels=record["in_channels"], num_classes=record["num_classes"], **record.get("options", {})
     )
     if record.get("norm") == "groupnorm":  # trained with DP-SGD: opacus replaced BatchNorm with GroupNorm
-        from prunus._optional import require
 
         require("opacus", f"checkpoint {ckpt.path} (trained with DP-SGD, GroupNorm in place of BatchNorm)")
         from opacus.validators import ModuleValidator
 
         model = ModuleValidator.fix(model)
     if "layers" in record:  # a physically pruned model: narrow the layers to the recorded channel counts
-        from prunus.models.shapes import apply_layer_shapes
 
         apply_layer_shapes(model, record["layers"], f"checkpoint {ckpt.path}")
     load_weights(model, ckpt, f"model {record['name']}")

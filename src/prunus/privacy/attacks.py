@@ -34,6 +34,7 @@ reference models; the default here, see :func:`lira_scores`).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -41,6 +42,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from prunus.privacy.metrics import AttackMetrics, choose_threshold, evaluate_attack
 
@@ -221,18 +226,10 @@ class ShadowAttack:
         self.models: dict[int | None, object] = {}
 
     def _new(self):
-        from sklearn.neural_network import MLPClassifier
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
         return make_pipeline(StandardScaler(), MLPClassifier(self.hidden, max_iter=self.max_iter, random_state=self.seed,
                                                              early_stopping=False))
 
     def fit(self, logits, labels, is_member) -> "ShadowAttack":
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-
         m = np.asarray(is_member, dtype=bool)
         y = np.asarray(labels)
         with warnings.catch_warnings():

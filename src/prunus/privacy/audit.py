@@ -41,12 +41,21 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from prunus._optional import require
+from prunus.data import load_dataset
+from prunus.environment import environment_info
 from prunus.errors import ConfigError
-from prunus.io import write_json_atomic
+from prunus.io import atomic_write, write_json_atomic, write_text_atomic
+from prunus.models import build_model
 from prunus.privacy.attacks import METRIC_ATTACKS, lira_attack, lira_phi, metric_attack, model_logits
 from prunus.privacy.bank import BANK_FORMAT, LiraOutputs, ReferenceBank, ShadowOutputs, check_bank_dir
+from prunus.privacy.defenses import load_defended
 from prunus.privacy.metrics import AttackMetrics
-from prunus.privacy.splits import MembershipSplit, balanced_inclusion, subset
+from prunus.privacy.splits import MembershipSplit, balanced_inclusion, split_of_checkpoint, subset
+from prunus.train.config import TrainConfig
+from prunus.train.distributed import pick_device
+from prunus.train.rundir import check_run_dir, create_run_dir
+from prunus.train.trainer import Trainer, evaluate
 
 ATTACKS = (*METRIC_ATTACKS, "shadow", "lira")
 ATTACK_GROUPS = {"metric": tuple(METRIC_ATTACKS), "all": ATTACKS}
@@ -103,7 +112,6 @@ class AuditConfig:
 
 def reference_recipe(ckpt, config: AuditConfig):
     """The TrainConfig shadow/reference models are trained with: the target's recorded recipe."""
-    from prunus.train.config import TrainConfig
 
     recipe = (ckpt.meta.get("privacy") or {}).get("reference_training") or ckpt.meta.get("config")
     if not isinstance(recipe, dict):
@@ -118,8 +126,6 @@ def reference_recipe(ckpt, config: AuditConfig):
 def train_models(name: str, index_sets: list[np.ndarray], train_set, test_set, model_record: dict, tcfg, out_dir: Path,
                  eval_images: torch.Tensor, *, device, console: Console, seed: int) -> np.ndarray:
     """Train one model per index set (like the target) and return their logits on ``eval_images``: (models, n, C)."""
-    from prunus.models import build_model
-    from prunus.train.trainer import Trainer
 
     logits = []
     for k, idx in enumerate(index_sets):
@@ -203,7 +209,6 @@ def _fill_bank(bank: ReferenceBank, config: AuditConfig, split: MembershipSplit,
                directory: Path, *, save: bool, device, console: Console) -> dict[str, bool]:
     """Train the parts of ``bank`` this audit needs and it lacks (into ``directory/shadow``, ``directory/reference``);
     save the bank into ``directory`` when ``save``.  Returns which parts were trained now."""
-    from prunus.environment import environment_info
 
     # reference/shadow models report their per-epoch test accuracy on the first 1000 test images only
     ref_test = subset(test_set, np.arange(min(1000, len(test_set))), "test")
@@ -261,9 +266,6 @@ def prepare_reference_bank(
     directory) to :func:`run_audit` as ``reference_bank`` for every checkpoint of the same split: the
     defenses of one target then share one set of reference models.
     """
-    from prunus.privacy.defenses import load_defended
-    from prunus.privacy.splits import split_of_checkpoint
-    from prunus.train.distributed import pick_device
 
     config.validate()
     console = console or Console()
@@ -283,8 +285,6 @@ def prepare_reference_bank(
 
 
 def _datasets(ckpt, data_dir, download):
-    from prunus.data import load_dataset
-
     dataset = ckpt.meta.get("dataset") or {}
     if "name" not in dataset:
         raise ConfigError(f"checkpoint {ckpt.path} does not record its dataset")
@@ -311,13 +311,6 @@ def run_audit(
     keeps Shokri's fitted attack classifier between audits).  A bank built for another split,
     recipe, seed or model count is refused before anything is written.
     """
-    from prunus._optional import require
-    from prunus.environment import environment_info
-    from prunus.privacy.defenses import load_defended
-    from prunus.privacy.splits import split_of_checkpoint
-    from prunus.train.distributed import pick_device
-    from prunus.train.rundir import check_run_dir, create_run_dir
-    from prunus.train.trainer import evaluate
 
     config.validate()
     console = console or Console()
@@ -405,7 +398,7 @@ def run_audit(
     scores = {f"score_{r.attack}": r.scores for r in results}
     _write_npz(out / "scores.npz", is_member=is_member, indices=audit_idx, labels=labels, **scores, **lira_extra)
     write_json_atomic(out / "report.json", report)
-    _write_text(out / "report.md", markdown_table(report))
+    write_text_atomic(out / "report.md", markdown_table(report))
     name = "/".join(ckpt.path.parts[-2:])
     plot_roc(results, out / "roc.png", log=False, title=f"{name}: ROC")
     plot_roc(results, out / "roc-log.png", log=True, title=f"{name}: ROC (log-log)")
@@ -414,25 +407,8 @@ def run_audit(
 
 
 def _write_npz(path: Path, **arrays) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path, suffix=".npz") as tmp:
         np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -471,7 +447,6 @@ def summary_table(results: list[AttackMetrics], accuracy: dict[str, float]) -> T
 
 def plot_roc(results: list[AttackMetrics], path: Path, *, log: bool, title: str) -> None:
     """One ROC curve per attack, written atomically as a PNG (log-log axes when ``log``)."""
-    import os
 
     import matplotlib
 
@@ -498,8 +473,7 @@ def plot_roc(results: list[AttackMetrics], path: Path, *, log: bool, title: str)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        with atomic_write(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)

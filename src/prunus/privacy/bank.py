@@ -28,8 +28,6 @@ and the training runs of its models (``shadow/NN``, ``reference/NN``).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from prunus.errors import ConfigError
+from prunus.io import atomic_write, write_json_atomic
+from prunus.privacy.attacks import ShadowAttack, lira_phi
 
 BANK_FORMAT = 1
 BANK_JSON = "bank.json"
@@ -87,7 +87,6 @@ class LiraOutputs:
 
     def phi(self, labels) -> np.ndarray:
         """The reference models' logit-scaled confidences (models, n) for the audited examples' ``labels``."""
-        from prunus.privacy.attacks import lira_phi
 
         return np.stack([lira_phi(lg.astype(np.float64), labels) for lg in self.logits])
 
@@ -127,7 +126,6 @@ class ReferenceBank:
 
     def shadow_attack(self, *, per_class: bool, seed: int):
         """Shokri's attack classifier fitted on the shadow outputs; fitted once per (per_class, seed) and kept."""
-        from prunus.privacy.attacks import ShadowAttack
 
         if self.shadow is None:
             raise ConfigError("the reference bank holds no shadow models")
@@ -141,7 +139,6 @@ class ReferenceBank:
     # -- disk ---------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write ``bank.npz`` then ``bank.json`` (atomically; the JSON is what marks a complete bank)."""
-        from prunus.io import write_json_atomic
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -155,14 +152,8 @@ class ReferenceBank:
             r = self.lira
             arrays.update(lira_inclusion=r.inclusion, lira_logits=r.logits, lira_indices=r.indices)
             meta["lira"] = {"models": r.models, "examples": int(r.inclusion.shape[1])}
-        fd, tmp = tempfile.mkstemp(prefix=f".{BANK_NPZ}.", suffix=".npz", dir=directory)
-        os.close(fd)
-        try:
+        with atomic_write(directory / BANK_NPZ, suffix=".npz") as tmp:
             np.savez(tmp, **arrays)
-            os.replace(tmp, directory / BANK_NPZ)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         write_json_atomic(directory / BANK_JSON, meta)
         self.path = directory
         return directory

@@ -27,7 +27,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +39,30 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, TensorDataset
 
+from prunus._optional import require
+from prunus.data import load_dataset
 from prunus.data.datasets import ArrayDataset
+from prunus.environment import environment_info
 from prunus.errors import ConfigError
+from prunus.harden.keepers import MaskKeeper
+from prunus.harden.stats import CompressionReport
 from prunus.hooks import TrainingHook
 from prunus.io import save_checkpoint, write_json_atomic
-from prunus.privacy.splits import SECTION, MembershipSplit, SplitRecord, subset
+from prunus.jobs.common import couple_if_possible, fixed_batch
+from prunus.jobs.prune import PruneConfig, make_method
+from prunus.methods import batch_closure
+from prunus.models import build_model
+from prunus.models.loading import load_model
+from prunus.plan.recipe import Plan, ratio_for_compression
+from prunus.privacy.splits import SECTION, MembershipSplit, SplitRecord, make_split, split_of_checkpoint, subset
+from prunus.train.config import TrainConfig, lr_factor, make_optimizer
+from prunus.train.distributed import pick_device
+from prunus.train.run import model_record
+from prunus.train.rundir import check_run_dir, create_run_dir
+from prunus.train.trainer import Trainer, evaluate
 
 DEFENSES = ("none", "prune", "advreg", "mcmia", "dpsgd", "relaxloss")
 
@@ -382,16 +402,12 @@ class DefenseConfig:
         return self
 
     def train_config(self, epochs: int | None = None, lr: float | None = None, schedule: str | None = None):
-        from prunus.train.config import TrainConfig
-
         return TrainConfig(model=self.model, dataset=self.dataset, epochs=max(epochs if epochs is not None else self.epochs, 1),
                            batch_size=self.batch_size, optimizer=self.optimizer, lr=lr if lr is not None else self.lr,
                            weight_decay=self.weight_decay, schedule=schedule or self.schedule, seed=self.seed,
                            augment=False, model_options=dict(self.model_options))
 
     def prune_config(self):
-        from prunus.jobs.prune import PruneConfig
-
         # the pruning recipe the privacy benchmark was measured with: SLR/ADMM round once per epoch (0), fixed rho,
         # the textbook penalty on every entry; the retrain-free defaults of prunus prune are not measured here yet
         options = {"penalize": "all", **self.method_options} if self.method in ("slr", "admm") else dict(self.method_options)
@@ -437,16 +453,6 @@ def run_defense(
     ``config.split_seed``) and, for pruning and MCMIA, a dense model is first trained on the
     members into ``RUN_DIR/dense``.
     """
-    from prunus.data import load_dataset
-    from prunus.environment import environment_info
-    from prunus.jobs.common import couple_if_possible
-    from prunus.models import build_model
-    from prunus.plan.recipe import Plan, ratio_for_compression
-    from prunus.privacy.splits import make_split, split_of_checkpoint
-    from prunus.train.distributed import pick_device
-    from prunus.train.run import model_record
-    from prunus.train.rundir import check_run_dir, create_run_dir
-    from prunus.train.trainer import Trainer, evaluate
 
     config.validate()
     console = console or Console()
@@ -497,7 +503,6 @@ def run_defense(
         plan = Plan.uniform(model, ratio, config.structure, global_unstructured=config.global_)
         plan = couple_if_possible(model, plan, train_set.images[:2], console)  # validated before anything is written
     if config.defense == "dpsgd":
-        from prunus._optional import require
 
         require("opacus", "DP-SGD (--defense dpsgd)")
         if config.delta >= 1 / len(members):
@@ -572,12 +577,6 @@ def run_defense(
 
 def _prune(config: DefenseConfig, model, members, test_set, train_set, split, plan, trainer, dev, console) -> dict[str, Any]:
     """Pruning (and for MCMIA the game) on the members, hard-prune, masked fine-tuning (with the game for MCMIA)."""
-    from prunus.harden.keepers import MaskKeeper
-    from prunus.harden.stats import CompressionReport
-    from prunus.jobs.common import fixed_batch
-    from prunus.jobs.prune import make_method
-    from prunus.methods import batch_closure
-    from prunus.train.trainer import evaluate
 
     pcfg = config.prune_config()
     out: dict[str, Any] = {}
@@ -624,21 +623,8 @@ def train_dpsgd(model: nn.Module, members: ArrayDataset, test_set: ArrayDataset,
     Returns the trained (unwrapped) ``model`` and the privacy spent: ``epsilon`` as computed by
     the accountant after training, ``delta``, the noise multiplier, the sample rate and steps.
     """
-    import warnings
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from torch.utils.data import DataLoader, TensorDataset
 
-    from prunus._optional import require
-    from prunus.train.config import lr_factor, make_optimizer
-    from prunus.train.trainer import evaluate
 
     require("opacus", "DP-SGD (--defense dpsgd)")
     from opacus import PrivacyEngine
@@ -715,7 +701,6 @@ def train_dpsgd(model: nn.Module, members: ArrayDataset, test_set: ArrayDataset,
                 ck_meta["model"] = {**ck_meta.get("model", {}), "norm": "groupnorm"}
             path = save_checkpoint(run_dir / "checkpoints" / f"epoch-{epoch + 1:04d}", model.state_dict(), states, ck_meta)
             for old in sorted(p for p in path.parent.glob("epoch-*") if p.is_dir())[:-1]:
-                import shutil
 
                 shutil.rmtree(old, ignore_errors=True)
             console.print(f"epoch {epoch + 1:>3}/{tcfg.epochs}  train loss {record['train_loss']:.4f}  test acc "
@@ -746,7 +731,6 @@ def epsilon_so_far(engine, delta: float, last: bool) -> tuple[float, str]:
 
 def load_defended(path: str | Path):
     """Load a defended run's final model (``RUN/final``) or any checkpoint, DP-SGD GroupNorm models included."""
-    from prunus.models.loading import load_model
 
     path = Path(path)
     if (path / "final").is_dir() and not (path / "meta.json").exists():

@@ -12,8 +12,10 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 
+from prunus.data import RandomCropFlip, default_augmentation, load_dataset
 from prunus.environment import environment_info
 from prunus.io import write_json_atomic
+from prunus.models import build_model
 from prunus.train.config import TrainConfig
 from prunus.train.distributed import pick_device
 from prunus.train.rundir import check_run_dir, create_run_dir
@@ -36,8 +38,6 @@ def train(
     console: Console | None = None,
 ) -> Trainer:
     """Train a registry model on a registry dataset; what ``prunus train`` runs."""
-    from prunus.data import default_augmentation, load_dataset
-    from prunus.models import build_model
 
     run_dir = Path(run_dir)
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -54,7 +54,6 @@ def train(
     use_aug = config.augment if config.augment is not None else default_augmentation(config.dataset) is not None
     augment = default_augmentation(config.dataset) if use_aug else None
     if use_aug and augment is None:
-        from prunus.data import RandomCropFlip
 
         augment = RandomCropFlip(padding=4)
     meta = {

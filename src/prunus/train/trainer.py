@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from prunus.data.loader import Batches, global_mean_scale
 from prunus.hooks import TrainingHook
-from prunus.io import CHECKPOINT_DIR, Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from prunus.io import CHECKPOINT_DIR, Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint, write_text_atomic
 from prunus.models.loading import load_weights
 from prunus.train.config import TrainConfig, lr_factor, make_optimizer
 from prunus.train.distributed import Distributed, init_distributed, pick_device
@@ -167,10 +167,7 @@ class Trainer:
             return False
         self.restore(load_checkpoint(path))
         if self.dist.is_main:  # drop metric lines of epochs that were not checkpointed
-            lines = "".join(json.dumps(m) + "\n" for m in self.history)
-            tmp = self.run_dir / ".metrics.jsonl.tmp"
-            tmp.write_text(lines)
-            os.replace(tmp, self.run_dir / "metrics.jsonl")
+            write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.history))
         return True
 
     # -- the loop ------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from prunus.bcnn.engine.backends import make_backend
-from prunus.bcnn.engine.program import BConv, Program, compile_program, run_program
+from prunus.bcnn.engine.program import BConv, Program, TorchHead, TorchIn, compile_program, run_program
 
 __all__ = ["BinaryEngine", "LayerInfo", "compile_engine"]
 
@@ -112,7 +112,6 @@ class BinaryEngine:
         exact constant corrections.  A binary complex layer counts ``[Wr | Wi]`` once, although its
         packed block weight holds every value twice.
         """
-        from prunus.bcnn.engine.program import TorchHead, TorchIn
 
         counts: dict[str, int] = {}
         for op in self.program.ops:

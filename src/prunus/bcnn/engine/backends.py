@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from prunus._optional import require
+from prunus.bcnn.engine.program import float_epilogue, fp_stem_forward
+from prunus.errors import ConfigError
 
 __all__ = ["Fp32Backend", "NumbaBackend", "TorchBackend", "make_backend"]
 
@@ -36,7 +38,7 @@ class NumbaBackend:
 
     def __init__(self) -> None:
         require("numba", "the BCNN inference engine (prunus bcnn, prunus.bcnn.engine)")
-        from prunus.bcnn.engine import kernels, runner
+        from prunus.bcnn.engine import kernels, runner  # numba modules: imported only when numba is there
 
         self.k, self.runner = kernels, runner
 
@@ -216,8 +218,6 @@ class Fp32Backend:
         op.backend_data["fp32"] = (w.contiguous(), corr.contiguous())
 
     def run_stem(self, op, x: torch.Tensor) -> torch.Tensor:
-        from prunus.bcnn.engine.program import fp_stem_forward
-
         return fp_stem_forward(op.stem, x)
 
     def pack(self, data: torch.Tensor) -> torch.Tensor:
@@ -229,8 +229,6 @@ class Fp32Backend:
         return F.conv2d(x, w, None, op.stride, op.padding) + corr
 
     def bconv_bits(self, op, x: torch.Tensor) -> torch.Tensor:
-        from prunus.bcnn.engine.program import float_epilogue
-
         return self.pack(float_epilogue(op, self.bconv_acc(op, x)))
 
     def bit_maxpool(self, op, x: torch.Tensor) -> torch.Tensor:
@@ -246,7 +244,5 @@ def make_backend(name: str = "numba", device: str | torch.device | None = None):
         return TorchBackend(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if name == "fp32":
         return Fp32Backend()
-    from prunus.errors import ConfigError
-
     raise ConfigError(f"unknown engine backend {name!r}; use numba (CPU) or torch (CPU or CUDA), or fp32 (the "
                       "PyTorch float32 baseline)")

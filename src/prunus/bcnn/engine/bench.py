@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+
+from prunus.bcnn.engine import compile_engine, kernels
+from prunus.environment import environment_info
 
 __all__ = ["BenchResult", "Timing", "benchmark", "popcount_ceiling", "time_call"]
 
@@ -60,11 +64,9 @@ def popcount_ceiling(threads: int | None = None, seconds: float = 0.2) -> dict[s
     pixels), one serial copy per thread on the engine's kind of threads.  About ``seconds`` of work
     after a short calibration.  Returns ``bit_macs_per_s``, ``threads`` and ``seconds``.
     """
-    from concurrent.futures import ThreadPoolExecutor
 
     import numba
 
-    from prunus.bcnn.engine import kernels
 
     t = threads or numba.get_num_threads()
     rng = np.random.default_rng(0)
@@ -120,7 +122,6 @@ def benchmark(engine, model: torch.nn.Module, *, name: str, batch_sizes: Sequenc
     filters only, same logits): timing the masked model would credit the engine with skipping
     zero filters that any deployment would remove anyway.
     """
-    from prunus.environment import environment_info
 
     size, cin = engine.program.image_size, engine.program.in_channels_raw
     gen = torch.Generator().manual_seed(seed)
@@ -134,8 +135,6 @@ def benchmark(engine, model: torch.nn.Module, *, name: str, batch_sizes: Sequenc
         x = torch.randn(exact_inputs, cin, size, size, generator=gen)
         baseline = None
         if compare_torch:
-            from prunus.bcnn.engine import compile_engine
-
             baseline = compile_engine(model, size, backend="fp32")
         with torch.no_grad():
             ref = model(x)
