@@ -79,6 +79,25 @@ def test_uniform_skips_first_and_last_and_unfit_layers():
         Plan.uniform(model, 1.0)
 
 
+class TinyTransformer(nn.Module):
+    """Embeddings, one encoder layer (attention projections and MLP), a classification head."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+
+def test_uniform_on_a_transformer_skips_embeddings_and_head_not_the_first_linear():
+    model = TinyTransformer()
+    names = [t.name for t in Plan.uniform(model, 0.5).resolve(model)]
+    assert names == ["layer.self_attn.out_proj.weight", "layer.linear1.weight", "layer.linear2.weight"]
+    # without the embedding, the first Linear reads the model's input and is skipped as a CNN's first conv is
+    del model.embed
+    assert [t.name for t in Plan.uniform(model, 0.5).resolve(model)][0] == "layer.linear1.weight"
+
+
 def test_compression_rate_to_ratio():
     assert ratio_for_compression(20) == pytest.approx(0.95)
     assert ratio_for_compression(1) == 0.0

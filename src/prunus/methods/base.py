@@ -20,6 +20,7 @@ method needs to resume exactly.
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from typing import Any, Callable
 
@@ -32,6 +33,8 @@ from prunus.plan.projection import Masks, hard_prune, project_targets
 from prunus.plan.recipe import Plan
 
 Closure = Callable[[], torch.Tensor]
+#: a hard-prune farther than this (relative distance) from the set warns: it will cost accuracy
+LARGE_JUMP = 0.1
 
 
 def batch_closure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable) -> Closure:
@@ -139,7 +142,16 @@ class PruningMethod(TrainingHook, ABC):
         """One round of the method's updates; returns what it did (also kept in ``history``)."""
 
     def hard_prune(self) -> Masks:
-        """Project the weights onto the constraint sets for good and return the masks."""
+        """Project the weights onto the constraint sets for good and return the masks.
+
+        Warns when the last round left the weights far from the set: the hard-prune is then a large
+        jump that costs accuracy (give the method more rounds or steps; Adam moves a weight by at most
+        about lr per step, so short runs cannot bring large weights to zero).
+        """
+        if self.history and self.history[-1].get("distance", 0.0) > LARGE_JUMP:
+            warnings.warn(f"{type(self).__name__}: the weights are still {self.history[-1]['distance']:.3f} "
+                          f"(||W - Pi(W)|| / ||W||) from the constraint set at the hard-prune; expect an accuracy "
+                          f"drop (more rounds or optimizer steps bring them closer)", stacklevel=2)
         return hard_prune(self.model, self.plan)
 
     # -- TrainingHook ------------------------------------------------------------------

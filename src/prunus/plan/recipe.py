@@ -117,11 +117,16 @@ class Plan:
     ) -> "Plan":
         """Every Conv2d/Linear weight the structure fits, at one ratio.
 
-        The first and last layers are skipped by default: they hold few weights and
-        cost the most accuracy per pruned weight, as is usual in the pruning literature.
-        For speed, though, the first convolution matters: it runs at full resolution, so
-        its output channels are the most expensive memory traffic of a CNN
-        (``skip_first=False``).  Filter-pruning the last layer would remove classes.
+        The model's input layer and output layer are skipped by default: they hold few
+        weights and cost the most accuracy per pruned weight, as is usual in the pruning
+        literature. The *input layer* is the first Conv2d/Linear, unless the model embeds
+        its input (an ``nn.Embedding``, as transformers do): the embedding is then the input
+        layer, and it is never a pruning target here, so no Linear is skipped (BERT's first
+        attention query is an ordinary layer). The *output layer* is the last Conv2d/Linear:
+        a CNN's classifier, a transformer's classification or LM head. For speed, though,
+        the first convolution matters: it runs at full resolution, so its output channels
+        are the most expensive memory traffic of a CNN (``skip_first=False``).
+        Filter-pruning the last layer would remove classes.
 
         ``round_to`` (filter and channel plans) rounds each layer's number of kept
         filters/channels to the nearest multiple (at least one multiple): vectorised
@@ -136,7 +141,8 @@ class Plan:
             raise ConfigError(f"--round-to applies to filter and channel pruning, not to {structure}")
         layers = prunable_weights(model)
         names_in_order = [name for name, _ in layers]
-        skipped = {names_in_order[0]} if skip_first else set()
+        embeds_input = any(isinstance(m, nn.Embedding) for m in model.modules())
+        skipped = {names_in_order[0]} if skip_first and not embeds_input else set()
         skipped |= {names_in_order[-1]} if skip_last else set()
         shapes = dict(layers)
         layers = [(name, p) for name, p in layers if name not in skipped]
