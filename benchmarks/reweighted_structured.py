@@ -61,7 +61,7 @@ def macs_after(model, structure: str, ratio: float, probe: torch.Tensor) -> int:
 
         project_coupled(m, plan, probe)
         return count_macs(m, probe).structural
-    hard_prune(m, plan)
+    hard_prune(m, plan.layout(m))
     return count_macs(m, probe).nonzero
 
 

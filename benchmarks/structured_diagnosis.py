@@ -76,14 +76,14 @@ def run(variant: str, init, base_plan, train_set, test_set) -> dict:
                          options={"penalize": penalize})
     x, y = fixed_batch(train_set, config.closure_samples, SEED)
     torch.manual_seed(SEED)
-    method = make_method("slr", model, plan, config, batch_closure(model, x, y, F.cross_entropy),
+    method = make_method(config, model, plan, batch_closure(model, x, y, F.cross_entropy),
                          batches_per_epoch=math.ceil(len(train_set.labels) / config.batch_size))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         Trainer(model, train_set, test_set, config.train_config(EPOCHS, config.lr, config.schedule), tmp,
                 hooks=[method], console=Console(file=io.StringIO())).fit()
     before = evaluate(model, test_set)["accuracy"]
-    hard_prune(model, full)  # the same hard-prune for every variant: whole channel sets, BatchNorms included
+    hard_prune(model, full.layout(model))  # the same hard-prune for every variant: whole channel sets, BatchNorms included
     recal = copy.deepcopy(model)
     recalibrate_batchnorm(recal, train_set, batches=BN_BATCHES, seed=SEED)
     last = method.history[-1]

@@ -53,7 +53,7 @@ def ratio_for_mac_reduction(model, factor: float) -> tuple[float, int, int]:
     for step in range(1, 100):
         ratio = step / 100
         pruned = copy.deepcopy(model)
-        hard_prune(pruned, filter_plan(ratio))
+        hard_prune(pruned, filter_plan(ratio).layout(pruned))
         macs = count_macs(pruned, example).structural
         if macs <= dense / factor:
             return ratio, dense, macs

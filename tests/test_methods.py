@@ -67,7 +67,7 @@ def _run(method_cls, train_rounds=4, **kw):
 def _distance_to_set(model):
     m = copy.deepcopy(model)
     before = [p.detach().clone() for p in m.parameters()]
-    hard_prune(m, Plan.from_dict(PLAN))
+    hard_prune(m, Plan.from_dict(PLAN).layout(m))
     return sum(float(((a - b.detach()) ** 2).sum()) for a, b in zip(before, m.parameters())) ** 0.5
 
 
@@ -180,7 +180,7 @@ def test_admm_rho_schedule_keeps_unscaled_multiplier():
 def test_masked_retraining_keeps_zeros_exactly(make_opt):
     torch.manual_seed(0)
     model = Denoiser()
-    masks = hard_prune(model, Plan.from_dict(PLAN))
+    masks = hard_prune(model, Plan.from_dict(PLAN).layout(model))
     opt = make_opt(model.parameters())
     MaskKeeper(model, masks).attach(opt)
     x, y = _data()
@@ -220,7 +220,7 @@ def test_compression_report_counts_lenet5():
     dense = CompressionReport.of(model, plan, torch.zeros(1, 1, 28, 28))
     assert dense.macs_dense == 117600 + 240000 + 48000 + 10080 + 840
     assert dense.params_total == 61706 and dense.compression == pytest.approx(1.0)
-    hard_prune(model, plan)
+    hard_prune(model, plan.layout(model))
     rep = CompressionReport.of(model, plan, torch.zeros(1, 1, 28, 28))
     assert [(s.name, s.zeros) for s in rep.layers] == [
         ("conv2.weight", num_pruned(0.95, 2400)), ("fc1.weight", num_pruned(0.95, 48000)), ("fc2.weight", num_pruned(0.95, 10080))
@@ -239,7 +239,7 @@ def test_filter_pruning_zeroes_bias_and_structural_macs_count_removed_channels()
         for p in model.parameters():
             p.add_(0.01)  # no accidental zeros
     plan = Plan.from_dict({"prune": {"conv1.weight": {"structure": "filter", "ratio": 0.5}}})
-    masks = hard_prune(model, plan)
+    masks = hard_prune(model, plan.layout(model))
     assert int((~masks["conv1.bias"]).sum()) == 3 and int((model.conv1.bias == 0).sum()) == 3
     probe = torch.zeros(1, 1, 28, 28)
     rep = CompressionReport.of(model, plan, probe)

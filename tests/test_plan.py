@@ -129,3 +129,26 @@ def test_round_to_keeps_multiples_of_the_given_count():
         Plan.uniform(model, 0.5, "unstructured", round_to=8)
     with pytest.raises(ConfigError, match="round-to must be"):
         Plan.uniform(model, 0.5, "filter", round_to=0)
+
+
+def test_layout_is_the_plan_resolved_once_and_projects_through_each_constraint():
+    import torch
+
+    from prunus.plan.quant import QuantPlan
+
+    model = build_model("lenet5")
+    layout = Plan.uniform(model, 0.9).layout(model)
+    assert layout.names == ["conv2.weight", "fc1.weight", "fc2.weight"] and layout.kept_entries_free
+    params = dict(model.named_parameters())
+    projected = layout.project({n: params[n].detach() for n in layout.names})
+    assert {n: int((m == 0).sum()) for n, (_, m) in projected.items()} == {
+        "conv2.weight": num_pruned(0.9, 2400), "fc1.weight": num_pruned(0.9, 48000), "fc2.weight": num_pruned(0.9, 10080)}
+    glob = Plan.uniform(model, 0.9, global_unstructured=True).layout(model)
+    assert glob.global_ratio == 0.9
+    assert sum(int((m == 0).sum()) for _, m in glob.project({n: params[n].detach() for n in glob.names}).values()) \
+        == num_pruned(0.9, 2400 + 48000 + 10080)
+    levels = QuantPlan("ternary").layout(model)
+    assert not levels.kept_entries_free  # every entry is pinned to a level
+    w = params["fc2.weight"].detach()
+    q, _ = levels.project({"fc2.weight": w})["fc2.weight"]
+    assert len(torch.unique(q)) <= 3

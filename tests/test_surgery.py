@@ -185,7 +185,7 @@ def test_per_tensor_filter_pruning_before_batchnorm_is_blocked_not_removed():
     """hard_prune zeroes filters but leaves BN: those channels are constants, so they are kept and counted."""
     model, x = calibrated("vgg16")
     plan = Plan.uniform(model, 0.5, "filter")
-    hard_prune(model, plan)
+    hard_prune(model, plan.layout(model))
     report = remove_pruned_channels(model, x)
     zero_filters = sum(num_pruned(0.5, model.get_submodule(t.name.removesuffix(".weight")).out_channels)
                        for t in plan.resolve(model))
@@ -197,7 +197,7 @@ def test_per_tensor_filter_pruning_before_batchnorm_is_blocked_not_removed():
 def test_channel_pruning_removes_the_unread_producer_filters():
     """A consumer whose input channel c is zero makes the producer's (nonzero) filter c dead: it goes."""
     model, x = calibrated("vgg16")
-    hard_prune(model, Plan.uniform(model, 0.5, "channel"))
+    hard_prune(model, Plan.uniform(model, 0.5, "channel").layout(model))
     report = remove_pruned_channels(model, x)
     assert max_diff(model, report.model, torch.randn(4, *x.shape[1:])) <= 1e-5
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -552,7 +552,7 @@ def test_methods_project_coupled_filters_jointly_during_training():
             "layer1.2.bn2.weight", "layer1.2.bn2.bias"} <= set(stream.params)
     assert "conv1.weight" not in {t.name for t in plan.resolve(model)} and stream.ratio == 0.5
     pruner = SLR(model, plan)
-    assert set(pruner.params) == set(plan.constrained(model)) and "bn1.weight" in pruner.state
+    assert set(pruner.params) == set(plan.layout(model).names) and "bn1.weight" in pruner.state
     for c in plan.coupled:
         alive = [pruner.state[n]["Z"].reshape(pruner.state[n]["Z"].shape[0], -1).abs().sum(1) != 0
                  for n in c.params if n.endswith("weight")]  # BN beta starts at 0 everywhere

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -154,3 +155,18 @@ def quantize(w: torch.Tensor, scheme: QuantScheme | str | int, mask: torch.Tenso
 def bits_needed(scheme: QuantScheme) -> int:
     """Bits of one stored code: ceil(log2 |L|)."""
     return max(1, math.ceil(math.log2(len(scheme.levels()))))
+
+
+@dataclass(frozen=True)
+class LevelSet:
+    """Every entry on ``scheme``'s levels (a pruned model's zeros kept by ``mask``): a
+    :class:`~prunus.constraints.base.Constraint`."""
+
+    scheme: QuantScheme
+    mask: torch.Tensor | None = field(default=None, compare=False)
+    kept_entries_free: ClassVar[bool] = False
+    removes_filters: ClassVar[bool] = False
+
+    def project(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = quantize(w, self.scheme, self.mask)
+        return q.values, q.mask

@@ -36,7 +36,8 @@ floating point, so "exact" means exact up to the rounding of those sums.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
 
 import torch
 
@@ -254,3 +255,19 @@ def project_global(ws: Sequence[torch.Tensor], ratio: float) -> list[tuple[torch
         mask = m.reshape(w.shape)
         out.append((torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device)), mask))
     return out
+
+
+@dataclass(frozen=True)
+class SparsitySet:
+    """"At most k groups of ``structure`` nonzero" at pruning ``ratio``: a :class:`~prunus.constraints.base.Constraint`."""
+
+    structure: Structure
+    ratio: float
+    kept_entries_free: ClassVar[bool] = True
+
+    @property
+    def removes_filters(self) -> bool:
+        return self.structure.name == "filter"
+
+    def project(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return project(w, self.structure, self.ratio)

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prunus.hooks import TrainingHook
-from prunus.plan.projection import Masks, hard_prune, project_targets
+from prunus.plan.projection import Masks, hard_prune
 from prunus.plan.recipe import Plan
 
 Closure = Callable[[], torch.Tensor]
@@ -63,11 +63,11 @@ class PruningMethod(TrainingHook, ABC):
         if update_every is not None and update_every < 1:
             raise ValueError(f"update_every must be at least 1 batch, got {update_every}")
         self.model = model
-        self.plan = plan
-        self.targets = plan.resolve(model)
+        self.layout = plan.layout(model)  # resolved once: every later step takes the layout
+        self.targets = self.layout.targets
         params = dict(model.named_parameters())
         # the targets and the other members of their channel sets (biases, BatchNorms, coupled convs)
-        self.params: dict[str, nn.Parameter] = {n: params[n] for n in plan.constrained(model)}
+        self.params: dict[str, nn.Parameter] = {n: params[n] for n in self.layout.names}
         self.state: dict[str, dict[str, torch.Tensor]] = {n: {} for n in self.params}
         self.update_every = update_every
         self.closure = closure
@@ -79,7 +79,7 @@ class PruningMethod(TrainingHook, ABC):
     @torch.no_grad()
     def project(self, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Euclidean projection of each target tensor onto its constraint set."""
-        return project_targets(tensors, self.targets, self.plan.global_unstructured, self.plan.coupled)
+        return self.layout.project(tensors)
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.params.items()}
@@ -152,7 +152,7 @@ class PruningMethod(TrainingHook, ABC):
             warnings.warn(f"{type(self).__name__}: the weights are still {self.history[-1]['distance']:.3f} "
                           f"(||W - Pi(W)|| / ||W||) from the constraint set at the hard-prune; expect an accuracy "
                           f"drop (more rounds or optimizer steps bring them closer)", stacklevel=2)
-        return hard_prune(self.model, self.plan)
+        return hard_prune(self.model, self.layout)
 
     # -- TrainingHook ------------------------------------------------------------------
     def after_optimizer_step(self) -> None:

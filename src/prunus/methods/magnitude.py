@@ -49,7 +49,7 @@ class Magnitude(PruningMethod):
             raise ValueError("gradual magnitude pruning needs rounds >= 1 (the number of step() calls of the ramp)")
         if norm not in ("l1", "l2"):
             raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
-        if norm == "l1" and (gradual or plan.global_unstructured):
+        if norm == "l1" and (gradual or self.layout.global_ratio is not None):
             raise ValueError("norm='l1' is for one-shot per-tensor pruning (unstructured |w| ranks the same either way)")
         self.gradual = gradual
         self.n_rounds = rounds
@@ -93,7 +93,7 @@ class Magnitude(PruningMethod):
     def step(self, closure: Closure | None = None) -> dict[str, Any]:
         self.rounds += 1
         if self.gradual:
-            if self.plan.global_unstructured:
+            if self.layout.global_ratio is not None:
                 self._prune_global()
             else:
                 for t in self.targets:

@@ -87,7 +87,7 @@ class Reweighted(PruningMethod):
         target is its own unit with its structure's groups.
         """
         in_sets = set()
-        for channels in self.plan.coupled:
+        for channels in self.layout.channel_sets:
             names = [n for n in channels.params if n in w]
             in_sets.update(names)
             removed = sum((w[n].square() * ~projected[n][1]).reshape(w[n].shape[0], -1).sum(1) for n in names)

@@ -79,7 +79,7 @@ class GrowingRho:
         if penalize not in PENALIZE:
             raise ValueError(f"penalize must be one of {', '.join(PENALIZE)}, got {penalize!r}")
         # on a level set (quantization) no entry is free: "removed" is then the same as "all"
-        self.penalize = penalize if self.plan.KEPT_ENTRIES_FREE else "all"
+        self.penalize = penalize if self.layout.kept_entries_free else "all"
         if not rho > 0 or not rho_factor > 0:
             raise ValueError(f"rho and rho_factor must be positive, got rho={rho}, rho_factor={rho_factor}")
         if budget_rounds is not None and rho_factor != 1.0:

@@ -174,7 +174,7 @@ def couple_plan(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> Pl
     cannot shrink, two ratios on one group) is found here, before anything is modified.
     """
     targets = plan.resolve(model)
-    filters = [t for t in targets if t.structure is not None and t.structure.name == "filter"]
+    filters = [t for t in targets if t.constraint.removes_filters]
     if not filters:
         return plan
     params = dict(model.named_parameters())
@@ -193,7 +193,7 @@ def couple_plan(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> Pl
         if abs(seen[0] - t.ratio) > 1e-12:
             raise ConfigError(f"{plan.source}: {seen[1]} (ratio {seen[0]}) and {t.name} (ratio {t.ratio}) share their "
                               "output channels (a residual add, BN or depthwise coupling); give them one ratio")
-    claimed = {t.name for t in targets if t.structure is None or t.structure.name != "filter"}
+    claimed = {t.name for t in targets if not t.constraint.removes_filters}
     sets = []
     for g in groups:
         if id(g) in ratio_of:
@@ -219,4 +219,4 @@ def project_coupled(model: nn.Module, plan: Plan, example_input: torch.Tensor) -
     projected per tensor. The masks cover every zeroed tensor, ready for
     :class:`prunus.harden.keepers.MaskKeeper`; a plan that cannot be applied changes nothing.
     """
-    return hard_prune(model, couple_plan(model, plan, example_input))
+    return hard_prune(model, couple_plan(model, plan, example_input).layout(model))

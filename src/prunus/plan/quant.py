@@ -8,8 +8,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from prunus.constraints.levels import QuantScheme, quantize
+from prunus.constraints.levels import LevelSet, QuantScheme
 from prunus.errors import ConfigError
+from prunus.plan.layout import Layout
 from prunus.plan.recipe import prunable_weights
 
 
@@ -21,11 +22,10 @@ class QuantTarget:
     name: str
     scheme: QuantScheme
     mask: torch.Tensor | None = field(default=None, compare=False)
-    structure: None = None  # not a sparsity target (hard_prune's filter-bias rule does not apply)
 
-    def project(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q = quantize(w, self.scheme, self.mask)
-        return q.values, q.mask
+    @property
+    def constraint(self) -> LevelSet:
+        return LevelSet(self.scheme, self.mask)
 
 
 class QuantPlan:
@@ -34,10 +34,6 @@ class QuantPlan:
     ``masks``: pruning masks to keep (a weight with a mask is quantized on its mask
     only). Use :meth:`for_pruned` to take them from the zeros of a pruned model.
     """
-
-    global_unstructured = False
-    coupled: tuple = ()  # levels are per tensor: no channel sets
-    KEPT_ENTRIES_FREE = False  # every entry must reach a level: the penalty acts on all of them
 
     def __init__(self, scheme: QuantScheme | str | int, names: Sequence[str] | None = None,
                  masks: dict[str, torch.Tensor] | None = None, per_channel: bool = False):
@@ -60,9 +56,9 @@ class QuantPlan:
             raise ConfigError(f"{self.source}: the model has no parameter {missing[0]}")
         return [QuantTarget(n, self.scheme, self.masks.get(n)) for n in names]
 
-    def constrained(self, model: nn.Module) -> list[str]:
-        """The parameters the plan constrains: its targets (as for a pruning plan)."""
-        return [t.name for t in self.resolve(model)]
+    def layout(self, model: nn.Module) -> Layout:
+        """This plan resolved against ``model`` once (levels are per tensor: no channel sets, no global ratio)."""
+        return Layout(tuple(self.resolve(model)), source=self.source)
 
     def to_dict(self) -> dict[str, Any]:
         return {"quantize": {"scheme": str(self.scheme), "tensors": self.names}}

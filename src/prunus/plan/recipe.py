@@ -25,15 +25,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn as nn
 import yaml
 
-from prunus.constraints.sparsity import group_scores
+from prunus.constraints.sparsity import SparsitySet, group_scores
 from prunus.constraints.structures import Structure, StructureError, num_pruned
 from prunus.errors import ConfigError
+from prunus.plan.layout import ChannelSet, Layout
 
 
 @dataclass(frozen=True)
@@ -58,19 +59,9 @@ class Target:
     structure: Structure
     ratio: float
 
-
-@dataclass(frozen=True)
-class ChannelSet:
-    """Parameters whose dim 0 is one set of channels, pruned as one filter group at ``ratio``.
-
-    A conv's weight and bias, the BatchNorm after it (gamma and beta: else a pruned filter still
-    emits BN's constant, and BN's scale invariance lets the conv weight shrink to zero while the
-    channel's output stays the same), every conv added into the same residual stream, a
-    depthwise conv on an expansion. The same channels are zeroed in all of them.
-    """
-
-    params: tuple[str, ...]
-    ratio: float
+    @property
+    def constraint(self) -> SparsitySet:
+        return SparsitySet(self.structure, self.ratio)
 
 
 @dataclass
@@ -81,9 +72,6 @@ class Plan:
     #: the filter targets' channel sets: each is projected as one group, so the same channels go in all
     #: its parameters. Derived from the model by :func:`prunus.plan.coupling.couple_plan`, not written in recipes.
     coupled: list[ChannelSet] = field(default_factory=list)
-    #: a sparsity set constrains only the removed entries: the kept ones may take any value, so
-    #: SLR/ADMM with penalize="removed" leave them free (a level set pins every entry: QuantPlan)
-    KEPT_ENTRIES_FREE: ClassVar[bool] = True
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -186,11 +174,10 @@ class Plan:
         order = {n: i for i, n in enumerate(params)}
         return sorted(targets, key=lambda t: order[t.name])
 
-    def constrained(self, model: nn.Module) -> list[str]:
-        """Every parameter the plan constrains: its targets, then the other members of its channel sets."""
-        names = [t.name for t in self.resolve(model)]
-        extra = [n for c in self.coupled for n in c.params if n not in names]
-        return names + list(dict.fromkeys(extra))
+    def layout(self, model: nn.Module) -> "Layout":
+        """This plan resolved against ``model`` once: what every later stage takes."""
+        targets = tuple(self.resolve(model))
+        return Layout(targets, tuple(self.coupled), targets[0].ratio if self.global_unstructured else None, self.source)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -297,4 +284,3 @@ def _parse_rule(pattern: Any, spec: Any, source: str) -> Rule:
         if fixed is not None and abs(ratio - fixed) > 1e-9:
             raise ConfigError(f"{where}: {structure} always prunes a ratio of {fixed:g}, got {ratio}")
     return Rule(pattern, structure, ratio)
-
