@@ -223,12 +223,12 @@ def test_library_imports_without_opacus_and_matplotlib():
 def test_dpsgd_accountant_out_of_memory_is_one_clear_error(monkeypatch, tmp_path):
     """opacus' PRV accountant allocates a grid that grows with epsilon (30 GiB at epsilon 1000): the user
     gets told to switch accountants, not a numpy traceback."""
-    from opacus import PrivacyEngine
+    import opacus.accountants.utils
 
     def huge(*args, **kwargs):
         raise MemoryError("Unable to allocate 29.6 GiB")
 
-    monkeypatch.setattr(PrivacyEngine, "make_private_with_epsilon", huge)
+    monkeypatch.setattr(opacus.accountants.utils, "get_noise_multiplier", huge)
     config = DefenseConfig(defense="dpsgd", dataset="digits", members=64, epochs=1, batch_size=16, epsilon=1000.0,
                            delta=1e-3)
     with pytest.raises(ConfigError, match=r"PRV accountant ran out of memory .* --epsilon 1000; use --accountant rdp"):

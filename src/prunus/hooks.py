@@ -21,6 +21,13 @@ class TrainingHook:
 
     name = "hook"
 
+    def setup(self, trainer: Any) -> None:
+        """Called once at the end of a Trainer's construction (e.g. to wrap its model, optimizer or batches)."""
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        """Extra figures for each epoch's metrics record (e.g. the privacy spent so far)."""
+        return {}
+
     def penalty(self) -> torch.Tensor | None:
         """Extra term added to the loss of every batch."""
         return None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any
 
 import torch
 
@@ -73,3 +75,10 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
 def given_method_options(args: argparse.Namespace) -> dict:
     """The method options given on the command line (the others keep the method's defaults)."""
     return {name: getattr(args, name) for name in all_option_fields() if getattr(args, name, None) is not None}
+
+
+def config_from_args(cls: type, args: argparse.Namespace, **given: Any) -> Any:
+    """Dataclass ``cls`` from the parsed flags of the same names (``given`` wins; fields without a flag keep defaults)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {name: getattr(args, name) for name in fields if hasattr(args, name)}
+    return cls(**{**values, **given})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunus.cli.args import add_data_args, add_method_options, given_method_options, positive_int
+from prunus.cli.args import add_data_args, add_method_options, config_from_args, given_method_options, positive_int
 from prunus.methods.registry import METHODS
 from prunus.privacy.defenses import DEFENSES, DefenseConfig, load_defended, run_defense
 from prunus.train.config import OPTIMIZERS, SCHEDULES
@@ -71,18 +71,8 @@ def run(args: argparse.Namespace) -> int:
         _, ckpt = load_defended(args.init)
         model = model or ckpt.meta["model"]["name"]
         dataset = dataset or ckpt.meta.get("dataset", {}).get("name")
-    config = DefenseConfig(
-        defense=args.defense, model=model or DefenseConfig.model, dataset=dataset or DefenseConfig.dataset,
-        members=args.members, split_seed=args.split_seed, epochs=args.epochs, batch_size=args.batch_size,
-        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
-        eval_examples=args.eval_examples, adv_lambda=args.adv_lambda, attack_steps=args.attack_steps,
-        warmup_epochs=args.warmup_epochs, adv_lr=args.adv_lr, adv_reference=args.adv_reference, method=args.method,
-        compression=args.compression, ratio=args.ratio, structure=args.structure, global_=args.global_,
-        prune_epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs, retrain_lr=args.retrain_lr,
-        update_every=args.update_every, method_options=given_method_options(args),
-        epsilon=args.epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm, accountant=args.accountant,
-        relax_alpha=args.relax_alpha,
-    ).validate()
+    config = config_from_args(DefenseConfig, args, model=model or DefenseConfig.model,
+                              dataset=dataset or DefenseConfig.dataset, method_options=given_method_options(args)).validate()
     results = run_defense(config, out, init=args.init, data_dir=args.data_dir, download=args.download, device=args.device)
     line = (f"{args.defense}: test accuracy {results['test_accuracy']:.2f}% (members {results['member_accuracy']:.2f}%, "
             f"non-members {results['nonmember_accuracy']:.2f}%)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunus.cli.args import add_data_args, add_method_options, given_method_options, positive_int
+from prunus.cli.args import add_data_args, add_method_options, config_from_args, given_method_options, positive_int
 from prunus.data import DATASETS
 from prunus.errors import ConfigError
 from prunus.jobs.prune import RHO_SCHEDULES, PruneConfig, run_pruning
@@ -70,12 +70,7 @@ def run(args: argparse.Namespace) -> int:
         if args.method and args.method != method:
             raise ConfigError(f"--method {args.method} contradicts recipe {args.recipe}, whose method is {method}")
         options = {**recipe_options, **options}
-    config = PruneConfig(
-        method=method, epochs=args.epochs, retrain_epochs=args.retrain_epochs, optimizer=args.optimizer,
-        lr=args.lr, retrain_lr=args.retrain_lr, batch_size=args.batch_size, seed=args.seed,
-        update_every=args.update_every, rho_schedule=args.rho_schedule, bn_recalibrate=args.bn_recalibrate,
-        options=options,
-    ).validate()
+    config = config_from_args(PruneConfig, args, method=method, options=options).validate()
 
     # the model to prune: from --init, or the architecture to train densely first
     if args.init:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prunus.cli.args import add_data_args, positive_int
+from prunus.cli.args import add_data_args, config_from_args, positive_int
 from prunus.deploy.compressed import REST
 from prunus.jobs.quantize import QUANT_METHODS, QuantizeConfig, run_quantization
 from prunus.train.config import SCHEDULES
@@ -38,13 +38,8 @@ def add_parsers(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     scheme = args.scheme if args.scheme is not None else str(args.bits)
-    config = QuantizeConfig(
-        scheme=scheme, per_channel=args.per_channel, method=args.method, epochs=args.epochs,
-        finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr, finetune_lr=args.finetune_lr,
-        finetune_schedule=args.finetune_schedule,
-        seed=args.seed, update_every=args.update_every, rest=args.rest,
-        options={"rho": args.rho} if args.rho is not None else {},
-    ).validate()
+    config = config_from_args(QuantizeConfig, args, scheme=scheme,
+                              options={"rho": args.rho} if args.rho is not None else {}).validate()
     results = run_quantization(args.init, config, args.out, data_dir=args.data_dir, download=args.download, device=args.device)
     size = results["size"]
     print(

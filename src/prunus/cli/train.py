@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prunus.cli.args import add_data_args, positive_int
+from prunus.cli.args import add_data_args, config_from_args, positive_int
 from prunus.errors import ConfigError
 from prunus.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from prunus.train.run import train
@@ -34,30 +34,14 @@ def add_parsers(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.resume:
-        given = [flag for flag, value in (("--out", args.out), ("--model", args.model), ("--dataset", args.dataset)) if value]
-        if given:
+        if given := _flags_given(args, "out", "model", "dataset"):
             raise ConfigError(f"--resume takes its settings from the run; drop {', '.join(given)}")
         trainer = train(TrainConfig(), args.resume, resume=True, data_dir=args.data_dir, download=args.download, device=args.device)
     else:
-        missing = [flag for flag, value in (("--model", args.model), ("--dataset", args.dataset), ("--out", args.out)) if not value]
-        if missing:
+        if missing := sorted(set(_flags_given(args, "model", "dataset", "out", given=False))):
             raise ConfigError(f"prunus train needs {', '.join(missing)} (or --resume RUN_DIR)")
         options = {k: v for k, v in (("width", args.width), ("stem", args.stem)) if v is not None}
-        config = TrainConfig(
-            model=args.model,
-            dataset=args.dataset,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            optimizer=args.optimizer,
-            lr=args.lr,
-            momentum=args.momentum,
-            weight_decay=args.weight_decay,
-            schedule=args.schedule,
-            seed=args.seed,
-            image_size=args.image_size,
-            augment=args.augment,
-            model_options=options,
-        )
+        config = config_from_args(TrainConfig, args, model_options=options)
         trainer = train(config, args.out, data_dir=args.data_dir, download=args.download, device=args.device)
     if trainer.dist.is_main and trainer.history:
         last = trainer.history[-1]
@@ -69,3 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": run}
+
+
+def _flags_given(args: argparse.Namespace, *names: str, given: bool = True) -> list[str]:
+    """The flags among ``names`` that were given (or, with ``given=False``, that were not)."""
+    return [f"--{n}" for n in names if bool(getattr(args, n)) == given]

@@ -81,6 +81,33 @@ class Batches:
             yield x, y, len(idx)
 
 
+class PoissonBatches:
+    """Poisson-sampled batches (each example in each step with probability ``sample_rate``), as DP-SGD's
+    accounting assumes; ``round(1 / sample_rate)`` steps per epoch, a pure function of ``(seed, epoch)``.
+
+    A step may draw an empty batch; it is yielded as such (a trainer skips it: nothing is released).
+    """
+
+    def __init__(self, dataset: TensorDataset, sample_rate: float, *, seed: int = 0):
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        self.dataset, self.sample_rate, self.seed, self.epoch = dataset, sample_rate, seed, 0
+        self.steps = max(round(1 / sample_rate), 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        gen = epoch_generator(self.seed, self.epoch, stream=1_000)
+        n = len(self.dataset.labels)
+        for _ in range(self.steps):
+            idx = (torch.rand(n, generator=gen) < self.sample_rate).nonzero().flatten()
+            yield self.dataset.images[idx], self.dataset.labels[idx], len(idx)
+
+
 def global_mean_scale(local_size: int, global_size: int, world_size: int) -> float:
     """Factor for a rank's mean loss so that DDP's gradient *average* equals the global-batch mean."""
     return local_size * world_size / global_size

@@ -132,6 +132,8 @@ class Trainer:
         self.console = console or Console()
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
+        for h in self.hooks:
+            h.setup(self)
 
     # -- checkpointing -------------------------------------------------------------
     def save(self, epoch: int) -> Path:
@@ -179,6 +181,8 @@ class Trainer:
             group["lr"] = group["initial_lr"] * factor
         loss_sum = correct = count = 0.0
         for x, y, global_size in self.batches:
+            if global_size == 0:  # a Poisson-sampled step drew no example: nothing to learn, nothing released
+                continue
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.config.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -252,6 +256,8 @@ class Trainer:
                     "lr": train["lr"],
                     "epoch_seconds": time.perf_counter() - t0,
                 }
+                for h in self.hooks:
+                    record.update(h.epoch_metrics())
                 self.history.append(record)
                 if self.dist.is_main:
                     with open(self.run_dir / "metrics.jsonl", "a") as f:

@@ -1,160 +1,126 @@
-"""DP-SGD (Abadi et al. 2016) with opacus, reporting the (epsilon, delta) reached."""
+"""DP-SGD (Abadi et al. 2016) on the reference Trainer, with opacus' per-sample gradients and accountants.
+
+:class:`DPSGD` is a :class:`~prunus.hooks.TrainingHook`: when a Trainer is built it wraps the
+model in opacus' ``GradSampleModule``, the optimizer in ``DPOptimizer`` (per-sample clipping to
+``max_grad_norm``, Gaussian noise), and replaces the batches with Poisson sampling
+(:class:`~prunus.data.loader.PoissonBatches`), the sampling the accountant assumes. The noise is
+calibrated so that the run's steps reach ``(epsilon, delta)``. Progress, metrics, checkpoints
+and resume are the Trainer's; each epoch's record holds the epsilon spent so far, and the
+accountant's history is checkpointed with the hook.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import shutil
-import time
 import warnings
-from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch.utils.data import DataLoader, TensorDataset
-
 from prunus._optional import require
-from prunus.data.datasets import ArrayDataset
+from prunus.data.loader import PoissonBatches
 from prunus.errors import ConfigError
-from prunus.io import save_checkpoint
+from prunus.hooks import TrainingHook
 from prunus.privacy.defenses.context import DefenseContext
-from prunus.privacy.splits import SECTION, MembershipSplit
-from prunus.train.config import lr_factor, make_optimizer
-from prunus.train.trainer import evaluate
 
 
-def train_dpsgd(model: nn.Module, members: ArrayDataset, test_set: ArrayDataset, tcfg, run_dir: str | Path, *,
-                epsilon: float, delta: float, max_grad_norm: float = 1.0, accountant: str = "prv",
-                device: torch.device | str = "cpu", meta: dict[str, Any] | None = None,
-                split: MembershipSplit | None = None, console: Console | None = None) -> dict[str, Any]:
-    """DP-SGD (Abadi et al. 2016) with opacus: per-sample clipping to ``max_grad_norm``, Gaussian noise
-    calibrated so that ``tcfg.epochs`` epochs of Poisson-sampled batches (expected size ``tcfg.batch_size``)
-    reach ``(epsilon, delta)``.
+class DPSGD(TrainingHook):
+    """Make a Trainer's run differentially private: (epsilon, delta) over ``epochs`` epochs of its members."""
 
-    BatchNorm mixes examples of a batch, so it is replaced with GroupNorm (opacus'
-    ``ModuleValidator.fix``: ``GroupNorm(gcd(32, C), C)``) when the model has any; the result
-    says so (``groupnorm``) and the checkpoint records ``model.norm = "groupnorm"``.
-    Writes ``run_dir/metrics.jsonl`` and ``run_dir/checkpoints/epoch-NNNN`` (the last one kept).
-    Returns the trained (unwrapped) ``model`` and the privacy spent: ``epsilon`` as computed by
-    the accountant after training, ``delta``, the noise multiplier, the sample rate and steps.
-    """
+    name = "dpsgd"
 
+    def __init__(self, epsilon: float, delta: float, max_grad_norm: float = 1.0, accountant: str = "prv"):
+        require("opacus", "DP-SGD (--defense dpsgd)")
+        self.epsilon, self.delta, self.max_grad_norm, self.accountant_name = epsilon, delta, max_grad_norm, accountant
+        self.epoch = -1
 
+    def setup(self, trainer) -> None:
+        from opacus import GradSampleModule
+        from opacus.accountants import create_accountant
+        from opacus.accountants.utils import get_noise_multiplier
+        from opacus.optimizers import DPOptimizer
 
-    require("opacus", "DP-SGD (--defense dpsgd)")
-    from opacus import PrivacyEngine
-    from opacus.validators import ModuleValidator
-
-    console = console or Console()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    groupnorm = bool(ModuleValidator.validate(model, strict=False))
-    if groupnorm:
-        model = ModuleValidator.fix(model)
-        errors = ModuleValidator.validate(model, strict=False)
-        if errors:
-            raise ConfigError(f"model {type(model).__name__} cannot be trained with DP-SGD: {errors[0]}")
-    model.to(device)
-    torch.manual_seed(tcfg.seed)
-    optimizer = make_optimizer(model.parameters(), tcfg)
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
-    loader = DataLoader(TensorDataset(members.images, members.labels), batch_size=tcfg.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(tcfg.seed))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # opacus warns about secure RNG and full backward hooks
-        engine = PrivacyEngine(accountant=accountant)
+        if trainer.dist.enabled:
+            raise ConfigError("DP-SGD runs in one process (per-sample gradients are not split across ranks here)")
+        config = trainer.config
+        self.epochs = config.epochs
+        self.sample_rate = config.batch_size / len(trainer.train_set.labels)
+        trainer.batches = PoissonBatches(trainer.train_set, self.sample_rate, seed=config.seed)
+        self.steps = len(trainer.batches) * config.epochs
         try:
-            dp_model, optimizer, loader = engine.make_private_with_epsilon(
-                module=model, optimizer=optimizer, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
-                epochs=tcfg.epochs, max_grad_norm=max_grad_norm)
+            self.noise_multiplier = get_noise_multiplier(
+                target_epsilon=self.epsilon, target_delta=self.delta, sample_rate=self.sample_rate, steps=self.steps,
+                accountant=self.accountant_name)
         except MemoryError:  # the PRV accountant's grid grows with epsilon (epsilon 1000: a 30 GiB array)
-            raise ConfigError(f"the {accountant.upper()} accountant ran out of memory calibrating the noise for "
-                              f"--epsilon {epsilon:g}; use --accountant rdp for very large epsilons") from None
-    history: list[dict[str, Any]] = []
-    steps = 0
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True)
-    with progress, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        task = progress.add_task("DP-SGD", total=tcfg.epochs * len(loader))
-        for epoch in range(tcfg.epochs):
-            t0 = time.perf_counter()
-            factor = lr_factor(tcfg.schedule, epoch, tcfg.epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-            dp_model.train()
-            loss_sum = correct = count = 0.0
-            for x, y in loader:
-                progress.update(task, advance=1)
-                if len(y) == 0:  # Poisson sampling can draw an empty batch
-                    continue
-                x, y = x.to(device), y.to(device)
-                out = dp_model(x)
-                loss = F.cross_entropy(out, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                steps += 1
-                loss_sum += float(loss.detach()) * len(y)
-                correct += float((out.argmax(1) == y).sum())
-                count += len(y)
-                progress.update(task, description=f"DP-SGD epoch {epoch + 1}/{tcfg.epochs} loss {loss_sum / count:.4f}")
-            test = evaluate(model, test_set, device=device)
-            spent, spent_by = epsilon_so_far(engine, delta, last=epoch + 1 == tcfg.epochs)
-            record = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1),
-                      "train_accuracy": 100 * correct / max(count, 1), "test_loss": test["loss"],
-                      "test_accuracy": test["accuracy"], "lr": tcfg.lr * factor, "epsilon": spent,
-                      "epsilon_accountant": spent_by, "epoch_seconds": time.perf_counter() - t0}
-            history.append(record)
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            states = {SECTION: split.state_dict()} if split is not None else {}
-            ck_meta = {**(meta or {}), "epoch": epoch, "config": dataclasses.asdict(tcfg), "metrics": record,
-                       "history": history}
-            if groupnorm:
-                ck_meta["model"] = {**ck_meta.get("model", {}), "norm": "groupnorm"}
-            path = save_checkpoint(run_dir / "checkpoints" / f"epoch-{epoch + 1:04d}", model.state_dict(), states, ck_meta)
-            for old in sorted(p for p in path.parent.glob("epoch-*") if p.is_dir())[:-1]:
+            raise ConfigError(f"the {self.accountant_name.upper()} accountant ran out of memory calibrating the noise "
+                              f"for --epsilon {self.epsilon:g}; use --accountant rdp for very large epsilons") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # opacus warns about full backward hooks and secure RNG
+            trainer.net = GradSampleModule(trainer.model)
+        trainer.optimizer = DPOptimizer(trainer.optimizer, noise_multiplier=self.noise_multiplier,
+                                        max_grad_norm=self.max_grad_norm, expected_batch_size=config.batch_size)
+        self.accountant = create_accountant(self.accountant_name)
+        trainer.optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(self.sample_rate))
+        self.net = trainer.net
 
-                shutil.rmtree(old, ignore_errors=True)
-            console.print(f"epoch {epoch + 1:>3}/{tcfg.epochs}  train loss {record['train_loss']:.4f}  test acc "
-                          f"{test['accuracy']:.2f}%  epsilon {spent:.3f} (delta {delta:g}, {spent_by.upper()})",
-                          soft_wrap=True)
-    dp_model._close()  # remove opacus' hooks; ``model`` is a plain module again
-    eps = history[-1]["epsilon"] if history else float(engine.get_epsilon(delta))  # the last epoch's, by the run's accountant
-    return {"model": model, "epsilon": eps, "delta": delta, "target_epsilon": epsilon, "accountant": accountant,
-            "noise_multiplier": float(optimizer.noise_multiplier), "max_grad_norm": max_grad_norm,
-            "sample_rate": float(getattr(loader, "sample_rate", 1 / len(loader))), "steps": steps, "epochs": tcfg.epochs, "groupnorm": groupnorm,
-            "history": history}
+    def end_of_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
+    def epoch_metrics(self) -> dict[str, Any]:
+        spent, by = self.spent(last=self.epoch + 1 == self.epochs)
+        return {"epsilon": spent, "epsilon_accountant": by}
 
-def epsilon_so_far(engine, delta: float, last: bool) -> tuple[float, str]:
-    """The privacy spent so far, and by which accountant.
+    def spent(self, last: bool = True) -> tuple[float, str]:
+        """The privacy spent so far, and by which accountant.
 
-    The run's own accountant after the last epoch; before it, an RDP bound from the same history.
-    PRV's epsilon costs 1-2 s of CPU per call at epsilon 64 (longer than a GPU epoch), RDP's a few ms;
-    RDP's conversion is an upper bound, so the progress never shows less privacy loss than was spent."""
-    from opacus.accountants import RDPAccountant
+        The run's own accountant at the end; before it, an RDP bound from the same history. PRV's
+        epsilon costs 1-2 s of CPU per call at epsilon 64 (longer than a GPU epoch), RDP's a few
+        ms; RDP's conversion is an upper bound, so the progress never shows less privacy loss than
+        was spent.
+        """
+        from opacus.accountants import RDPAccountant
 
-    if last or engine.accountant.mechanism() == "rdp":
-        return float(engine.get_epsilon(delta)), engine.accountant.mechanism()
-    bound = RDPAccountant()
-    bound.history = list(engine.accountant.history)
-    return float(bound.get_epsilon(delta)), "rdp"
+        if last or self.accountant.mechanism() == "rdp":
+            return float(self.accountant.get_epsilon(self.delta)), self.accountant.mechanism()
+        bound = RDPAccountant()
+        bound.history = list(self.accountant.history)
+        return float(bound.get_epsilon(self.delta)), "rdp"
+
+    def close(self) -> None:
+        """Remove opacus' hooks from the model: it is a plain module again."""
+        self.net._close()
+
+    def summary(self) -> dict[str, Any]:
+        return {"epsilon": self.spent(last=True)[0], "delta": self.delta, "target_epsilon": self.epsilon,
+                "accountant": self.accountant_name, "noise_multiplier": float(self.noise_multiplier),
+                "max_grad_norm": self.max_grad_norm, "sample_rate": self.sample_rate, "steps": self.steps,
+                "epochs": self.epochs}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [list(h) for h in self.accountant.history], "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.accountant.history = [tuple(h) for h in state["history"]]
+        self.epoch = int(state["epoch"])
 
 
 def train_dp(ctx: DefenseContext) -> None:
-    """DP-SGD on the members with the plain recipe; the model may come back with GroupNorm for BatchNorm."""
+    """DP-SGD on the members with the plain recipe; a model with BatchNorm gets GroupNorm (opacus' fix).
+
+    BatchNorm mixes the examples of a batch, so it is replaced by ``GroupNorm(gcd(32, C), C)``
+    (``ModuleValidator.fix``); the checkpoints record ``model.norm = "groupnorm"`` so
+    ``prunus eval`` rebuilds the same model.
+    """
+    from opacus.validators import ModuleValidator
+
     config = ctx.config
-    dp = train_dpsgd(ctx.model, ctx.members, ctx.eval_set, config.train_config(), ctx.run_dir / "train",
-                     epsilon=config.epsilon, delta=config.delta, max_grad_norm=config.max_grad_norm,
-                     accountant=config.accountant, device=ctx.device, meta=ctx.meta, split=ctx.split, console=ctx.console)
-    ctx.model = dp.pop("model")
-    ctx.results["dp"] = ctx.extra_meta["dp"] = dp
-    if dp["groupnorm"]:
+    dp = DPSGD(config.epsilon, config.delta, config.max_grad_norm, config.accountant)
+    groupnorm = bool(ModuleValidator.validate(ctx.model, strict=False))
+    if groupnorm:
+        ctx.model = ModuleValidator.fix(ctx.model).to(ctx.device)
+        errors = ModuleValidator.validate(ctx.model, strict=False)
+        if errors:
+            raise ConfigError(f"model {type(ctx.model).__name__} cannot be trained with DP-SGD: {errors[0]}")
         ctx.meta = {**ctx.meta, "model": {**ctx.meta["model"], "norm": "groupnorm"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # opacus warns about secure RNG on every step
+        history = ctx.trainer("train", config.train_config(), [dp]).fit()
+    dp.close()
+    ctx.results["dp"] = ctx.extra_meta["dp"] = {**dp.summary(), "groupnorm": groupnorm, "history": history}
