@@ -3,7 +3,7 @@
 Per seed s: a membership split of Fashion-MNIST's 60,000 training images drawn with seed s
 (MEMBERS members, as many non-members that no model of the row ever trains on, the rest the
 attacker's pool). The undefended target trains on the members only, then every defense
-(``prunus.privacy.defenses.run_defense``; pruning and MCMIA start from the target's weights,
+(``prunus.privacy.defenses.run.run_defense``; pruning and MCMIA start from the target's weights,
 AdvReg and DP-SGD train from scratch on the same members) and every row is audited with
 ``run_audit``: the metric attacks (loss, confidence, entropy, modified entropy), Shokri's
 shadow-model attack and LiRA (online and offline) on all members and non-members.
@@ -173,7 +173,7 @@ def defense_config(row: Row, seed: int, b: Budget):
 
 
 def audit_config(seed: int, b: Budget):
-    from prunus.privacy.audit import AuditConfig
+    from prunus.privacy.audit_config import AuditConfig
 
     return AuditConfig(attacks=ATTACKS, reference_models=b.reference_models, shadow_models=b.shadow_models,
                        seed=seed).validate()
@@ -759,7 +759,7 @@ def open_bank(target: Path, seed: int, b: Budget, bank_dir: Path, data: dict):
     from rich.console import Console
 
     from prunus.errors import ConfigError
-    from prunus.privacy.audit import prepare_reference_bank
+    from prunus.privacy.references import prepare_reference_bank
 
     if seed in _BANKS:
         return _BANKS[seed]

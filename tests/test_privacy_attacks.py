@@ -10,7 +10,8 @@ from rich.console import Console
 from prunus.cli import main
 from prunus.data import load_dataset
 from prunus.io import load_checkpoint
-from prunus.privacy.audit import AuditConfig, run_audit
+from prunus.privacy.audit import run_audit
+from prunus.privacy.audit_config import AuditConfig
 from prunus.privacy.defenses import DefenseConfig, run_defense
 from prunus.privacy.splits import split_of_checkpoint
 

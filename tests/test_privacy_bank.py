@@ -10,9 +10,11 @@ from helpers import assert_user_error, run_cli
 from rich.console import Console
 
 from prunus.errors import ConfigError
-from prunus.privacy.audit import AuditConfig, prepare_reference_bank, run_audit
+from prunus.privacy.audit import run_audit
+from prunus.privacy.audit_config import AuditConfig
 from prunus.privacy.bank import LiraOutputs, ReferenceBank, ShadowOutputs
 from prunus.privacy.defenses import DefenseConfig, run_defense
+from prunus.privacy.references import prepare_reference_bank
 
 QUIET = Console(quiet=True)
 CONFIG = dict(attacks=("loss", "shadow", "lira"), reference_models=2, shadow_models=1, epochs=2)

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from prunus.cli.args import add_data_args, check_new_dir, positive_int
-from prunus.privacy.audit import ATTACKS, AuditConfig, run_audit
+from prunus.privacy.audit import run_audit
+from prunus.privacy.audit_config import ATTACKS, AuditConfig
 
 
 def add_parsers(sub) -> None:

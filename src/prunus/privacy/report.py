@@ -1,0 +1,85 @@
+"""An audit's report: the markdown table, the terminal summary and the ROC plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+from prunus.io import atomic_write
+from prunus.privacy.metrics import AttackMetrics
+
+
+def write_npz(path: Path, **arrays) -> None:
+    with atomic_write(path, suffix=".npz") as tmp:
+        np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    acc = report["accuracy"]
+    lines = [
+        f"# Membership-inference audit of `{report['checkpoint']}`",
+        "",
+        f"Defense: {report['defense'] or 'unknown'}. Test accuracy {acc['test']:.2f}%, members {acc['members']:.2f}%, "
+        f"non-members {acc['nonmembers']:.2f}%. {report['queries']}.",
+        "",
+        "| attack | AUC | balanced acc. | TPR@1%FPR | TPR@0.1%FPR | members | non-members | threshold chosen on |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for a in report["attacks"]:
+        bal = "n/a" if a["balanced_accuracy"] is None else f"{100 * a['balanced_accuracy']:.2f}%"
+        low = f"{100 * a['tpr_at_0.1pct_fpr']:.2f}%" + (" (0 FP)" if a["fpr_resolution"] > 0.001 else "")
+        lines.append(f"| {a['attack']} | {a['auc']:.4f} | {bal} | {100 * a['tpr_at_1pct_fpr']:.2f}% | {low} | "
+                     f"{a['members']} | {a['nonmembers']} | {a['threshold_source']} |")
+    lines += ["", "AUC, TPR@FPR: threshold-free, over all thresholds on the evaluated members/non-members. "
+              "Balanced accuracy: at a threshold fixed beforehand on reference data only. "
+              "\"(0 FP)\": fewer than 1000 non-members, so 0.1% FPR means no false positive at all.", ""]
+    return "\n".join(lines)
+
+
+def summary_table(results: list[AttackMetrics], accuracy: dict[str, float]) -> Table:
+    table = Table(title=f"membership inference (test {accuracy['test']:.2f}%, members {accuracy['members']:.2f}%, "
+                        f"non-members {accuracy['nonmembers']:.2f}%)")
+    for col in ("attack", "AUC", "bal. acc.", "TPR@1%FPR", "TPR@0.1%FPR", "members/non"):
+        table.add_column(col, justify="left" if col == "attack" else "right")
+    for r in results:
+        bal = "n/a" if r.balanced_accuracy is None else f"{100 * r.balanced_accuracy:.2f}%"
+        table.add_row(r.attack, f"{r.auc:.4f}", bal, f"{100 * r.tpr_at_1pct_fpr:.2f}%",
+                      f"{100 * r.tpr_at_01pct_fpr:.2f}%", f"{r.members}/{r.nonmembers}")
+    return table
+
+
+def plot_roc(results: list[AttackMetrics], path: Path, *, log: bool, title: str) -> None:
+    """One ROC curve per attack, written atomically as a PNG (log-log axes when ``log``)."""
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
+    try:
+        for r in results:
+            fpr, tpr = r.fpr, r.tpr
+            if log:
+                keep = (fpr > 0) & (tpr > 0)
+                fpr, tpr = fpr[keep], tpr[keep]
+            ax.plot(fpr, tpr, label=f"{r.attack} (AUC {r.auc:.3f})", lw=1.4)
+        lo = min((r.fpr_resolution for r in results), default=1e-3) if log else 0.0
+        ax.plot([max(lo, 1e-6), 1], [max(lo, 1e-6), 1], "k--", lw=0.8, label="chance")
+        if log:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlim(max(lo, 1e-6), 1)
+            ax.set_ylim(max(lo, 1e-6), 1)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        with atomic_write(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
