@@ -21,7 +21,7 @@ from prunus.bcnn import sign
 from prunus.bcnn.engine import compile_engine
 from prunus.bcnn.engine.backends import TorchBackend, popcount_int64
 from prunus.bcnn.engine.program import ALWAYS, NEVER, BConv, BitPool, _thresholds, pack_weight_bits
-from prunus.bcnn.layers import apply_fold
+from prunus.bcnn.norms import apply_fold
 from prunus.models import build_model
 
 HAS_NUMBA = True

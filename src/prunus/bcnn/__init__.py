@@ -10,18 +10,7 @@
 """
 
 from prunus.bcnn.binarize import binarize, channel_scale, sign
-from prunus.bcnn.layers import (
-    ComplexAvgPool2d,
-    ComplexBatchNorm2d,
-    ComplexConv2d,
-    ComplexInput,
-    ComplexLinear,
-    ComplexMaxPool2d,
-    CReLU,
-    as_pair,
-    stack,
-    unstack,
-)
+from prunus.bcnn.layers import ComplexConv2d, ComplexLinear, as_pair, stack, unstack
 from prunus.bcnn.models import (
     ComplexBasicBlock,
     ComplexHead,
@@ -31,6 +20,8 @@ from prunus.bcnn.models import (
     ComplexUnit,
     is_bcnn,
 )
+from prunus.bcnn.norms import ComplexBatchNorm2d
+from prunus.bcnn.pooling import ComplexAvgPool2d, ComplexInput, ComplexMaxPool2d, CReLU
 
 __all__ = [
     "ComplexAvgPool2d", "ComplexBasicBlock", "ComplexBatchNorm2d", "ComplexConv2d", "ComplexHead", "ComplexInput",

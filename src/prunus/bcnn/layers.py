@@ -1,24 +1,4 @@
-"""Complex-valued layers built from real PyTorch modules.
-
-A complex activation is a **pair** ``(real, imag)`` of real tensors of the same shape
-(``B, C, H, W`` for C complex channels); every layer here also accepts a torch complex
-tensor and then returns one.  Models keep pairs inside and convert only at their boundary
-(:class:`ComplexInput`); ``stack``/``unstack`` give the ``[real; imag]`` channel-stacked
-form (2C real channels) used by the datasets and the inference engine.
-
-Weights: a complex convolution with ``Cin`` inputs and ``Cout`` outputs stores one real
-``nn.Conv2d`` weight of shape ``(Cout, 2*Cin, k, k) = [Wr | Wi]`` (:attr:`ComplexConv2d.conv`),
-so output channel ``o``'s real and imaginary weights are one filter: filter pruning
-(``prunus prune --structure filter``) removes both together, and SLR/ADMM rank them by their
-joint energy ``||Wr[o]||^2 + ||Wi[o]||^2``.  The forward computes
-``(Wr*xr - Wi*xi) + i(Wr*xi + Wi*xr)`` with **one** call of that module on the batch
-``[(xr, -xi); (xi, xr)]`` (2B samples, 2Cin channels), which is exact algebra, keeps the
-module an ordinary ``nn.Conv2d`` for tracing tools (Torch-Pruning) and costs the same as the
-four real convolutions.
-
-``binary=True`` layers binarize their input and weights (see :mod:`prunus.bcnn.binarize`) and
-multiply the integer result by the per-channel scale.
-"""
+"""Complex-valued layers built from real PyTorch modules."""
 
 from __future__ import annotations
 
@@ -33,18 +13,16 @@ from prunus.bcnn.binarize import binarize, channel_scale
 from prunus.errors import ConfigError
 
 Pair = tuple[torch.Tensor, torch.Tensor]
+
+
 ComplexLike = Union[Pair, torch.Tensor]
 
-__all__ = [
-    "ComplexAvgPool2d", "ComplexBatchNorm2d", "ComplexConv2d", "ComplexInput", "ComplexLinear", "ComplexMaxPool2d",
-    "CReLU", "INPUT_MODES", "NORMS", "as_pair", "like_input", "stack", "unstack",
-]
+
 
 NORMS = ("naive", "whiten")
+
+
 INPUT_MODES = ("auto", "zero", "fft", "learned", "stacked")
-
-
-# -- representations ----------------------------------------------------------------------------------------------
 
 
 def as_pair(x: ComplexLike) -> Pair:
@@ -78,9 +56,6 @@ def unstack(x: torch.Tensor) -> Pair:
     return r, i
 
 
-# -- convolution and linear -----------------------------------------------------------------------------------------
-
-
 class _BinaryAwareConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` whose forward uses ``sign(weight)`` (straight-through) when ``binary``.
 
@@ -103,7 +78,7 @@ class _BinaryAwareConv2d(nn.Conv2d):
 def zeros_like_view(x: torch.Tensor) -> torch.Tensor:
     """A zero tensor shaped like ``x`` that costs nothing: a stride-0 view of one zero.
 
-    :class:`ComplexInput` marks a known-zero imaginary part with it, so that a full-precision
+    :class:`~prunus.bcnn.pooling.ComplexInput` marks a known-zero imaginary part with it, so that a full-precision
     complex layer can skip the multiplications by zero (see :func:`is_zero_view`).
     """
     return x.new_zeros(()).expand_as(x)
@@ -285,244 +260,3 @@ class ComplexLinear(_ComplexLayer):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, binary={self.binary}, scale={self.scale}, "
                 f"bias={self.bias is not None}, real_output={self.real_output}")
-
-
-# -- batch normalisation ----------------------------------------------------------------------------------------------
-
-
-class _FoldedBatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` whose eval-mode forward is ``x * s + t`` with ``s, t`` from :meth:`fold`.
-
-    Two separate elementwise float32 operations (a multiply, then an add) with per-channel
-    constants: an exact, documented function of each input value, which the inference
-    engine can reproduce bit for bit (ATen's fused kernel is free to use FMA).
-    """
-
-    @torch.no_grad()
-    def fold(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``s = gamma / sqrt(running_var + eps)`` and ``t = beta - running_mean * s`` (float32, no grad)."""
-        s = self.weight / torch.sqrt(self.running_var + self.eps)
-        t = self.bias - self.running_mean * s
-        return s, t
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or self.running_mean is None:
-            return super().forward(x)
-        s, t = self.fold()
-        return apply_fold(x, s, t)
-
-
-def apply_fold(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``(x * s) + t`` per channel (dim 1), as two float ops; shared with the engine so both agree."""
-    view = (1, -1) + (1,) * (x.dim() - 2)
-    y = x * s.view(view)
-    return y + t.view(view)
-
-
-class _WhiteningBatchNorm(nn.Module):
-    """Complex BN with full 2x2 covariance whitening (Trabelsi et al., "Deep complex networks", 2018).
-
-    Per complex channel: centre, whiten with ``V^{-1/2}`` (V the 2x2 covariance of (real, imag),
-    eps added to its diagonal), then ``Gamma @ z + beta`` with a symmetric learned
-    ``Gamma = [[g_rr, g_ri], [g_ri, g_ii]]`` (initialised to ``I / sqrt(2)``, so the modulus has unit
-    variance) and ``beta`` (2, C).  Running mean and covariance are kept like ``nn.BatchNorm2d``.
-    """
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
-        super().__init__()
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        g = 1.0 / math.sqrt(2.0)
-        self.weight = nn.Parameter(torch.tensor([g, 0.0, g]).repeat_interleave(num_features).view(3, num_features))
-        self.bias = nn.Parameter(torch.zeros(2, num_features))
-        self.register_buffer("running_mean", torch.zeros(2, num_features))
-        identity = torch.tensor([1.0, 0.0, 1.0]).repeat_interleave(num_features).view(3, num_features)
-        self.register_buffer("running_cov", identity)
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
-
-    @staticmethod
-    def inverse_sqrt(vrr: torch.Tensor, vri: torch.Tensor, vii: torch.Tensor):
-        """``V^{-1/2}`` of the symmetric positive definite ``[[vrr, vri], [vri, vii]]`` in closed form."""
-        s = torch.sqrt(vrr * vii - vri * vri)
-        t = torch.sqrt(vrr + vii + 2 * s)
-        inv = 1.0 / (s * t)
-        return (vii + s) * inv, -vri * inv, (vrr + s) * inv
-
-    def _matrix(self, vrr, vri, vii):
-        """``M = Gamma @ V^{-1/2}`` as (m_rr, m_ri, m_ir, m_ii)."""
-        wrr, wri, wii = self.inverse_sqrt(vrr + self.eps, vri, vii + self.eps)
-        grr, gri, gii = self.weight
-        return grr * wrr + gri * wri, grr * wri + gri * wii, gri * wrr + gii * wri, gri * wri + gii * wii
-
-    @torch.no_grad()
-    def fold(self) -> tuple[torch.Tensor, ...]:
-        """Eval-mode constants ``(mean_r, mean_i, m_rr, m_ri, m_ir, m_ii, beta_r, beta_i)``, float32, no grad."""
-        m = self._matrix(*self.running_cov)
-        return (self.running_mean[0], self.running_mean[1], *m, self.bias[0], self.bias[1])
-
-    def forward(self, x: Pair) -> Pair:
-        xr, xi = x
-        if not self.training:
-            return apply_whitening(xr, xi, self.fold())
-        dims = (0, 2, 3) if xr.dim() == 4 else (0,)
-        mr, mi = xr.mean(dims), xi.mean(dims)
-        view = (1, -1) + (1,) * (xr.dim() - 2)
-        cr, ci = xr - mr.view(view), xi - mi.view(view)
-        vrr, vri, vii = (cr * cr).mean(dims), (cr * ci).mean(dims), (ci * ci).mean(dims)
-        with torch.no_grad():
-            n = xr.numel() // xr.shape[1]
-            unbias = n / max(n - 1, 1)
-            self.running_mean.lerp_(torch.stack([mr, mi]), self.momentum)
-            self.running_cov.lerp_(torch.stack([vrr, vri, vii]) * unbias, self.momentum)
-            self.num_batches_tracked += 1
-        mrr, mri, mir, mii = self._matrix(vrr, vri, vii)
-        zr = mrr.view(view) * cr + mri.view(view) * ci + self.bias[0].view(view)
-        zi = mir.view(view) * cr + mii.view(view) * ci + self.bias[1].view(view)
-        return zr, zi
-
-
-def apply_whitening(xr: torch.Tensor, xi: torch.Tensor, c: tuple[torch.Tensor, ...]) -> Pair:
-    """Eval-mode whitening BN as a fixed sequence of float32 ops (shared with the engine)."""
-    mean_r, mean_i, mrr, mri, mir, mii, br, bi = c
-    view = (1, -1) + (1,) * (xr.dim() - 2)
-    cr = xr - mean_r.view(view)
-    ci = xi - mean_i.view(view)
-    zr = cr * mrr.view(view)
-    zr = zr + ci * mri.view(view)
-    zr = zr + br.view(view)
-    zi = cr * mir.view(view)
-    zi = zi + ci * mii.view(view)
-    zi = zi + bi.view(view)
-    return zr, zi
-
-
-class ComplexBatchNorm2d(nn.Module):
-    """Complex batch norm over ``C`` complex channels.
-
-    ``mode="naive"``: an independent ``BatchNorm2d`` on the real and on the imaginary part
-    (``bn_real``, ``bn_imag``; what the BCNN engine folds into integer thresholds).
-    ``mode="whiten"``: full 2x2 covariance whitening (:class:`_WhiteningBatchNorm`).
-    In eval mode both are fixed affine maps evaluated as explicit float32 ops.
-    """
-
-    def __init__(self, num_features: int, mode: str = "naive", eps: float = 1e-5, momentum: float = 0.1) -> None:
-        super().__init__()
-        if mode not in NORMS:
-            raise ConfigError(f"complex batch norm 'norm' must be one of {', '.join(NORMS)}, got {mode!r}")
-        self.mode = mode
-        if mode == "naive":
-            self.bn_real = _FoldedBatchNorm2d(num_features, eps=eps, momentum=momentum)
-            self.bn_imag = _FoldedBatchNorm2d(num_features, eps=eps, momentum=momentum)
-        else:
-            self.whiten = _WhiteningBatchNorm(num_features, eps=eps, momentum=momentum)
-
-    def forward(self, x: ComplexLike) -> ComplexLike:
-        xr, xi = as_pair(x)
-        if self.mode == "naive":
-            out = (self.bn_real(xr), self.bn_imag(xi))
-        else:
-            out = self.whiten((xr, xi))
-        return like_input(x, out)
-
-
-# -- activations and pooling ----------------------------------------------------------------------------------------
-
-
-class CReLU(nn.Module):
-    """``ReLU(real) + i ReLU(imag)`` (Trabelsi et al. 2018)."""
-
-    def forward(self, x: ComplexLike) -> ComplexLike:
-        xr, xi = as_pair(x)
-        return like_input(x, (F.relu(xr), F.relu(xi)))
-
-
-class ComplexMaxPool2d(nn.Module):
-    """Max pooling of a complex map.
-
-    ``mode="parts"`` (default): the real and imaginary parts are max-pooled separately, which
-    commutes with ``sign`` and so runs on bits in the engine (an OR of the sign bits).
-    ``mode="magnitude"``: each window keeps the complex value with the largest modulus.
-    """
-
-    def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0, ceil_mode: bool = False,
-                 mode: str = "parts") -> None:
-        super().__init__()
-        if mode not in ("parts", "magnitude"):
-            raise ConfigError(f"ComplexMaxPool2d mode must be 'parts' or 'magnitude', got {mode!r}")
-        self.kernel_size, self.stride, self.padding = kernel_size, stride or kernel_size, padding
-        self.ceil_mode, self.mode = ceil_mode, mode
-
-    def forward(self, x: ComplexLike) -> ComplexLike:
-        xr, xi = as_pair(x)
-        args = (self.kernel_size, self.stride, self.padding, 1, self.ceil_mode)
-        if self.mode == "parts":
-            return like_input(x, (F.max_pool2d(xr, *args), F.max_pool2d(xi, *args)))
-        _, idx = F.max_pool2d(xr * xr + xi * xi, *args, return_indices=True)
-        flat = idx.flatten(2)
-        pick = lambda t: t.flatten(2).gather(2, flat).view_as(idx)  # noqa: E731
-        return like_input(x, (pick(xr), pick(xi)))
-
-    def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, mode={self.mode}"
-
-
-class ComplexAvgPool2d(nn.Module):
-    """Average pooling of both parts (the complex mean); ``kernel_size=None`` is global average pooling."""
-
-    def __init__(self, kernel_size: int | None = None, stride: int | None = None, padding: int = 0) -> None:
-        super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-
-    def forward(self, x: ComplexLike) -> ComplexLike:
-        xr, xi = as_pair(x)
-        if self.kernel_size is None:
-            return like_input(x, (F.adaptive_avg_pool2d(xr, 1), F.adaptive_avg_pool2d(xi, 1)))
-        args = (self.kernel_size, self.stride or self.kernel_size, self.padding)
-        return like_input(x, (F.avg_pool2d(xr, *args), F.avg_pool2d(xi, *args)))
-
-
-# -- the model boundary ---------------------------------------------------------------------------------------------
-
-
-class ComplexInput(nn.Module):
-    """Turn a model input into a complex pair with ``channels`` complex channels.
-
-    * torch complex tensor ``(B, C, H, W)``: used as it is (any mode);
-    * ``mode="stacked"``: a real ``(B, 2C, H, W)`` tensor ``[real; imag]`` (the modulation dataset);
-    * ``mode="zero"``: a real image, imaginary part 0 (a stride-0 zero view: the first complex
-      layer then skips the products with zero, see :func:`zeros_like_view`);
-    * ``mode="fft"``: the 2-D FFT of a real image (``torch.fft.fft2``, ``norm="ortho"``, so energy is kept);
-    * ``mode="learned"``: the real image plus a learned imaginary part, one real block
-      ``BN -> ReLU -> 3x3 conv`` (Trabelsi et al. 2018);
-    * ``mode="auto"``: ``stacked`` for 2-channel inputs, else ``zero``.
-    """
-
-    def __init__(self, in_channels: int, mode: str = "auto") -> None:
-        super().__init__()
-        if mode not in INPUT_MODES:
-            raise ConfigError(f"Model option 'complex_input' must be one of {', '.join(INPUT_MODES)}, got {mode!r}.")
-        if mode == "auto":
-            mode = "stacked" if in_channels == 2 else "zero"
-        if mode == "stacked" and in_channels % 2:
-            raise ConfigError(f"complex_input='stacked' needs an even number of input channels [real; imag], "
-                              f"got {in_channels}.")
-        self.mode = mode
-        self.in_channels = in_channels  # real input channels of the model
-        self.channels = in_channels // 2 if mode == "stacked" else in_channels  # complex channels
-        if mode == "learned":
-            self.imag = nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(),
-                                      nn.Conv2d(in_channels, in_channels, 3, padding=1, bias=False))
-
-    def forward(self, x: torch.Tensor) -> Pair:
-        if x.is_complex():
-            return x.real, x.imag
-        if self.mode == "stacked":
-            return unstack(x)
-        if self.mode == "zero":
-            return x, zeros_like_view(x)
-        if self.mode == "fft":
-            f = torch.fft.fft2(x, norm="ortho")
-            return f.real.contiguous(), f.imag.contiguous()
-        return x, self.imag(x)
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode}, channels={self.channels}"

@@ -1,7 +1,7 @@
 """Complex NIN-Net and complex ResNet-18 (CIFAR style), binarized (BCNN) or full precision.
 
 Every model is ``input -> stem -> body -> head``:
-* ``input`` (:class:`~prunus.bcnn.layers.ComplexInput`): the model boundary.  Real images become
+* ``input`` (:class:`~prunus.bcnn.pooling.ComplexInput`): the model boundary.  Real images become
   complex with a zero imaginary part, their 2-D FFT, or a learned imaginary part
   (``complex_input``); 2-channel inputs (the ``modulation`` dataset) are ``[real; imag]``;
   torch complex tensors are used as they are.
@@ -27,19 +27,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from prunus.bcnn.layers import (
-    INPUT_MODES,
-    NORMS,
-    ComplexAvgPool2d,
-    ComplexBatchNorm2d,
-    ComplexConv2d,
-    ComplexInput,
-    ComplexLike,
-    ComplexLinear,
-    ComplexMaxPool2d,
-    CReLU,
-    as_pair,
-)
+from prunus.bcnn.layers import INPUT_MODES, NORMS, ComplexConv2d, ComplexLike, ComplexLinear, as_pair
+from prunus.bcnn.norms import ComplexBatchNorm2d
+from prunus.bcnn.pooling import ComplexAvgPool2d, ComplexInput, ComplexMaxPool2d, CReLU
 from prunus.errors import ConfigError
 
 __all__ = ["BCNN_MODELS", "ComplexBasicBlock", "ComplexHead", "ComplexNIN", "ComplexNet", "ComplexResNet",

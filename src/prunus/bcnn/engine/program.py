@@ -13,7 +13,7 @@ What the compiler does with a :class:`~prunus.bcnn.models.ComplexNet` (binary, e
   W[p, j, ky, kx]``, an integer map computed once (a constant inside the image, other values only at
   border pixels).  Float consumers (a residual add, the full-precision head) get the constant.
 * **BN + sign -> integer thresholds.** Naive complex BN in eval mode is ``z = (acc * alpha) * s + t``
-  per stacked channel (float32, in this order: :func:`~prunus.bcnn.layers.apply_fold`), and the next
+  per stacked channel (float32, in this order: :func:`~prunus.bcnn.norms.apply_fold`), and the next
   layer sees ``sign(z) = [z >= 0]``.  That is monotone in the integer ``acc`` (non-decreasing for
   ``s > 0``, non-increasing for ``s < 0``, constant for ``s = 0`` or ``alpha = 0``), so the bit is
   ``flip * acc >= thr`` with ``flip = +-1`` and an integer ``thr`` found by evaluating the *same*
@@ -39,8 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prunus.bcnn.layers import ComplexConv2d, ComplexLinear, apply_fold, apply_whitening, unstack
+from prunus.bcnn.layers import ComplexConv2d, ComplexLinear, unstack
 from prunus.bcnn.models import ComplexBasicBlock, ComplexNet, ComplexUnit
+from prunus.bcnn.norms import apply_fold, apply_whitening
 from prunus.errors import ConfigError
 
 __all__ = ["BConv", "Edge", "FpStem", "Program", "compile_program", "fp_stem_conv", "fp_stem_forward"]
