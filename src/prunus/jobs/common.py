@@ -2,31 +2,64 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
 from prunus.data import load_dataset
+from prunus.data.datasets import ArrayDataset
 from prunus.data.loader import epoch_generator
 from prunus.errors import ConfigError, MissingDependencyError
+from prunus.methods.base import Closure, batch_closure
 from prunus.models.loading import load_model
 from prunus.plan.coupling import couple_plan
 from prunus.plan.recipe import Plan
+from prunus.train.config import TrainConfig
+from prunus.train.distributed import pick_device
+from prunus.train.trainer import Trainer, evaluate
 
 
-def load_run_input(init: str | Path, data_dir: str | None, download: bool):
-    """The model of checkpoint ``init``, its run metadata, and the train and test sets it was trained on."""
-    model, ckpt = load_model(init)
-    dataset = ckpt.meta.get("dataset", {})
-    if "name" not in dataset:
-        raise ConfigError(f"--init {init}: the checkpoint does not record its dataset")
-    train_set = load_dataset(dataset["name"], "train", data_dir=data_dir, download=download, image_size=dataset.get("image_size"))
-    test_set = load_dataset(dataset["name"], "test", data_dir=data_dir, download=download, image_size=dataset.get("image_size"))
-    meta = {"model": ckpt.meta["model"], "dataset": dataset, "init": str(ckpt.path)}
-    return model, ckpt, meta, train_set, test_set
+@dataclass
+class JobInput:
+    """A job's input checkpoint: the model (on ``device``), its metadata, and the data it was trained on."""
+
+    model: nn.Module
+    path: Path
+    meta: dict[str, Any]  # stored in every checkpoint the job writes
+    train_set: ArrayDataset
+    test_set: ArrayDataset
+    device: torch.device
+
+    @classmethod
+    def load(cls, init: str | Path, data_dir: str | None, download: bool, device: str | None) -> "JobInput":
+        model, ckpt = load_model(init)
+        dataset = ckpt.meta.get("dataset", {})
+        if "name" not in dataset:
+            raise ConfigError(f"--init {init}: the checkpoint does not record its dataset")
+        sets = [load_dataset(dataset["name"], split, data_dir=data_dir, download=download,
+                             image_size=dataset.get("image_size")) for split in ("train", "test")]
+        meta = {"model": ckpt.meta["model"], "dataset": dataset, "init": str(ckpt.path)}
+        dev = pick_device(device)
+        return cls(model.to(dev), Path(ckpt.path), meta, *sets, dev)
+
+    def accuracy(self, model: nn.Module | None = None) -> float:
+        """Test accuracy (%) of the job's model, or of another one."""
+        return evaluate(model if model is not None else self.model, self.test_set, device=self.device)["accuracy"]
+
+    def trainer(self, config: TrainConfig, run_dir: Path, hooks: list, console: Console) -> Trainer:
+        return Trainer(self.model, self.train_set, self.test_set, config, run_dir, device=self.device, hooks=hooks,
+                       meta=self.meta, console=console)
+
+    def closure(self, samples: int, seed: int) -> Closure:
+        """The training loss on a fixed, seeded batch: SLR's step-size conditions compare it between rounds."""
+        x, y = fixed_batch(self.train_set, samples, seed)
+        return batch_closure(self.model, x.to(self.device), y.to(self.device), F.cross_entropy)
 
 
 def couple_if_possible(model, plan: Plan, example: torch.Tensor, console: Console) -> Plan:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 
 from prunus.errors import ConfigError
@@ -19,14 +18,13 @@ from prunus.harden.batchnorm import recalibrate_batchnorm
 from prunus.harden.keepers import MaskKeeper
 from prunus.harden.stats import CompressionReport
 from prunus.io import save_checkpoint, write_json_atomic
-from prunus.jobs.common import couple_if_possible, distance_table, fixed_batch, load_run_input
-from prunus.methods.base import PruningMethod, batch_closure
+from prunus.jobs.common import JobInput, couple_if_possible, distance_table
+from prunus.methods.base import PruningMethod
 from prunus.methods.registry import METHODS, build_method, method_options
+from prunus.plan.projection import Masks
 from prunus.plan.recipe import Plan
 from prunus.train.config import TrainConfig
-from prunus.train.distributed import pick_device
 from prunus.train.rundir import check_run_dir, create_run_dir
-from prunus.train.trainer import Trainer, evaluate
 
 RHO_SCHEDULES = ("budget", "fixed")
 
@@ -124,68 +122,78 @@ def run_pruning(
     device: str | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Prune the model of checkpoint ``init`` by ``plan``; returns (and writes) the results."""
+    """Prune the model of checkpoint ``init`` by ``plan``; returns (and writes) the results.
+
+    Phases: the method's epochs (``RUN_DIR/prune``), the hard-prune (``RUN_DIR/hard-pruned``, its
+    accuracy with no retraining, optionally with BatchNorm recalibrated), masked retraining
+    (``RUN_DIR/retrain``), the compression report (``RUN_DIR/results.json``).
+    """
     config.validate()
     console = console or Console()
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=False)
-    model, ckpt, meta, train_set, test_set = load_run_input(init, data_dir, download)
-    plan = couple_if_possible(model, plan, train_set.images[:2], console)  # also validates before anything is written
-    dev = pick_device(device)
-    model.to(dev)
-
-    def test_accuracy() -> float:
-        return evaluate(model, test_set, device=dev)["accuracy"]
-
-    results: dict[str, Any] = {"config": dataclasses.asdict(config), "init": str(ckpt.path)}
-    results["dense_accuracy"] = test_accuracy()
+    job = JobInput.load(init, data_dir, download, device)
+    plan = couple_if_possible(job.model, plan, job.train_set.images[:2], console)  # validated before anything is written
+    results: dict[str, Any] = {"config": dataclasses.asdict(config), "init": str(job.path),
+                               "dense_accuracy": job.accuracy()}
     torch.manual_seed(config.seed)
-    x, y = fixed_batch(train_set, config.closure_samples, config.seed)
     # built before the run directory, so a bad option leaves nothing behind (one-shot magnitude prunes here)
-    train_config = config.train_config(config.epochs, config.lr, config.schedule)
-    method = make_method(config, model, plan, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy),
-                         batches_per_epoch=math.ceil(len(train_set.labels) / config.batch_size))
+    method = make_method(config, job.model, plan, job.closure(config.closure_samples, config.seed),
+                         batches_per_epoch=math.ceil(len(job.train_set.labels) / config.batch_size))
     if config.method == "magnitude":  # one-shot: pruned here, before any training
-        results["pruned_at_start_accuracy"] = test_accuracy()
+        results["pruned_at_start_accuracy"] = job.accuracy()
     create_run_dir(run_dir)
     write_json_atomic(run_dir / "plan.json", plan.to_dict())
     console.print(f"dense: test accuracy {results['dense_accuracy']:.2f}%")
+    _prune(job, method, config, run_dir, results, console)
+    masks = _harden(job, method, config, run_dir, results, console)
+    _retrain(job, masks, config, run_dir, results, console)
+    report = CompressionReport.of(job.model, plan, job.test_set.images[:256].to(job.device))
+    results["report"] = report.to_dict()
+    console.print(report.table())
+    write_json_atomic(run_dir / "results.json", results)
+    return results
+
+
+def _prune(job: JobInput, method: PruningMethod, config: PruneConfig, run_dir: Path, results: dict,
+           console: Console) -> None:
+    """The method's epochs: the user's loss plus its penalty, its rounds as the trainer goes."""
     t0 = time.perf_counter()
     if config.epochs > 0:
-        Trainer(model, train_set, test_set, train_config, run_dir / "prune",
-                device=dev, hooks=[method], meta=meta, console=console).fit()
+        job.trainer(config.train_config(config.epochs, config.lr, config.schedule), run_dir / "prune", [method],
+                    console).fit()
     results["prune_seconds"] = time.perf_counter() - t0
     results["method_history"] = method.history
     if method.history and "distances" in method.history[-1]:
         console.print(distance_table(method.history))
 
+
+def _harden(job: JobInput, method: PruningMethod, config: PruneConfig, run_dir: Path, results: dict,
+            console: Console) -> Masks:
+    """The hard-prune and its accuracy with no retraining (and, on a copy, with BatchNorm recalibrated)."""
     masks = method.hard_prune()
-    results["hard_pruned_accuracy"] = test_accuracy()
+    results["hard_pruned_accuracy"] = job.accuracy()
     console.print(f"hard-pruned ({config.method}, no retraining): test accuracy {results['hard_pruned_accuracy']:.2f}%")
-    save_checkpoint(run_dir / "hard-pruned", model.state_dict(), {"masks": {"masks": masks}}, {**meta, "epoch": -1})
+    save_checkpoint(run_dir / "hard-pruned", job.model.state_dict(), {"masks": {"masks": masks}},
+                    {**job.meta, "epoch": -1})
     if config.bn_recalibrate:
-        recalibrated = copy.deepcopy(model)  # a column of its own: retraining goes on from the hard-pruned model
-        recalibrate_batchnorm(recalibrated, train_set, batches=config.bn_recalibrate, batch_size=config.batch_size,
-                              seed=config.seed, device=dev)
-        results["bn_recalibrated_accuracy"] = evaluate(recalibrated, test_set, device=dev)["accuracy"]
+        recalibrated = copy.deepcopy(job.model)  # a column of its own: retraining goes on from the hard-pruned model
+        recalibrate_batchnorm(recalibrated, job.train_set, batches=config.bn_recalibrate, batch_size=config.batch_size,
+                              seed=config.seed, device=job.device)
+        results["bn_recalibrated_accuracy"] = job.accuracy(recalibrated)
         console.print(f"hard-pruned + BatchNorm recalibration ({config.bn_recalibrate} batches, no gradient step): "
                       f"test accuracy {results['bn_recalibrated_accuracy']:.2f}%")
-        del recalibrated
+    return masks
 
-    keeper = MaskKeeper(model, masks)
+
+def _retrain(job: JobInput, masks: Masks, config: PruneConfig, run_dir: Path, results: dict, console: Console) -> None:
+    """Masked retraining: pruned weights stay exactly zero."""
+    keeper = MaskKeeper(job.model, masks)
     results["retrain_accuracy"] = []
     t0 = time.perf_counter()
     if config.retrain_epochs > 0:
-        retrain = Trainer(model, train_set, test_set,
-                          config.train_config(config.retrain_epochs, config.retrain_lr or config.lr, config.retrain_schedule),
-                          run_dir / "retrain", device=dev, hooks=[keeper], meta=meta, console=console)
-        history = retrain.fit()
+        tcfg = config.train_config(config.retrain_epochs, config.retrain_lr or config.lr, config.retrain_schedule)
+        history = job.trainer(tcfg, run_dir / "retrain", [keeper], console).fit()
         results["retrain_accuracy"] = [h["test_accuracy"] for h in history]
     results["retrain_seconds"] = time.perf_counter() - t0
     keeper.remove()
-
-    report = CompressionReport.of(model, plan, test_set.images[:256].to(dev))
-    results["report"] = report.to_dict()
-    console.print(report.table())
-    write_json_atomic(run_dir / "results.json", results)
-    return results

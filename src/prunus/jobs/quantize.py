@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 
 from prunus.constraints.levels import QuantScheme
@@ -17,13 +16,10 @@ from prunus.deploy.compressed import REST, export_compressed, load_compressed, r
 from prunus.errors import ConfigError
 from prunus.harden.keepers import MaskKeeper, QuantKeeper
 from prunus.io import save_checkpoint, write_json_atomic
-from prunus.jobs.common import fixed_batch, load_run_input
+from prunus.jobs.common import JobInput
 from prunus.jobs.prune import PruneConfig, make_method
-from prunus.methods import batch_closure
 from prunus.plan.quant import QuantPlan
-from prunus.train.distributed import pick_device
 from prunus.train.rundir import check_run_dir, create_run_dir
-from prunus.train.trainer import Trainer, evaluate
 
 QUANT_METHODS = ("slr", "admm", "none")
 
@@ -60,6 +56,14 @@ class QuantizeConfig:
             raise ConfigError(f"--rest must be one of {', '.join(REST)}, got {self.rest!r}")
         return self
 
+    def method_config(self) -> PruneConfig:
+        """The SLR/ADMM run onto the levels: every entry is constrained (none trains freely as a pruning plan's kept
+        weights do), rounds once per epoch (0) with a fixed rho unless asked: the recipe the benchmarks measured."""
+        return PruneConfig(method=self.method if self.method != "none" else "slr", epochs=max(self.epochs, 1),
+                           batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr, seed=self.seed,
+                           update_every=self.update_every if self.update_every is not None else 0,
+                           rho_schedule="fixed", options={"penalize": "all", **self.options})
+
 
 def run_quantization(
     init: str | Path,
@@ -81,56 +85,58 @@ def run_quantization(
     console = console or Console()
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=False)
-    model, ckpt, meta, train_set, test_set = load_run_input(init, data_dir, download)
-    dev = pick_device(device)
-    model.to(dev)
-    plan = QuantPlan.for_pruned(model, config.scheme, config.per_channel)
-    masks = {n: m for n, m in plan.masks.items() if not bool(m.all())}
-
-    def test_accuracy() -> float:
-        return evaluate(model, test_set, device=dev)["accuracy"]
-
-    results: dict[str, Any] = {"config": dataclasses.asdict(config), "init": str(ckpt.path), "scheme": str(plan.scheme)}
-    results["input_accuracy"] = test_accuracy()
+    job = JobInput.load(init, data_dir, download, device)
+    plan = QuantPlan.for_pruned(job.model, config.scheme, config.per_channel)
+    results: dict[str, Any] = {"config": dataclasses.asdict(config), "init": str(job.path), "scheme": str(plan.scheme),
+                               "input_accuracy": job.accuracy()}
     console.print(f"input model: test accuracy {results['input_accuracy']:.2f}%")
-    # onto quantization levels every entry is constrained (none is free to train as the kept weights of a
-    # pruning plan are), and rounds stay once per epoch (0) with a fixed rho unless asked: the measured recipe
-    prune_cfg = PruneConfig(method=config.method if config.method != "none" else "slr", epochs=max(config.epochs, 1),
-                            batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr, seed=config.seed,
-                            update_every=config.update_every if config.update_every is not None else 0,
-                            rho_schedule="fixed", options={"penalize": "all", **config.options})
+    method_config = config.method_config()
     method = None
-    if config.method != "none":
+    if config.method != "none":  # built before the run directory: a bad option leaves nothing behind
         torch.manual_seed(config.seed)
-        x, y = fixed_batch(train_set, config.closure_samples, config.seed)
-        method = make_method(prune_cfg, model, plan, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy))
+        method = make_method(method_config, job.model, plan, job.closure(config.closure_samples, config.seed))
     create_run_dir(run_dir)
     t0 = time.perf_counter()
     if method is not None:
-        hooks = [method] + ([MaskKeeper(model, masks)] if masks else [])
-        Trainer(model, train_set, test_set, prune_cfg.train_config(config.epochs, config.lr, "cosine"), run_dir / "method",
-                device=dev, hooks=hooks, meta=meta, console=console).fit()
+        masks = {n: m for n, m in plan.masks.items() if not bool(m.all())}  # a pruned model's zeros stay zero
+        hooks = [method] + ([MaskKeeper(job.model, masks)] if masks else [])
+        job.trainer(method_config.train_config(config.epochs, config.lr, "cosine"), run_dir / "method", hooks,
+                    console).fit()
         results["method_history"] = method.history
     results["method_seconds"] = time.perf_counter() - t0
+    keeper = _harden_and_finetune(job, plan, config, method_config, run_dir, results, console)
+    _export(job, keeper, plan, config, run_dir, results, console)
+    write_json_atomic(run_dir / "results.json", results)
+    return results
 
-    keeper = QuantKeeper(model, plan)  # hard-quantize: project onto the levels with least-squares scales
-    results["hard_quantized_accuracy"] = test_accuracy()
+
+def _harden_and_finetune(job: JobInput, plan: QuantPlan, config: QuantizeConfig, method_config: PruneConfig,
+                         run_dir: Path, results: dict, console: Console) -> QuantKeeper:
+    """Hard-quantize (least-squares scales) and fine-tune straight-through; the other tensors rounded as ``rest``."""
+    keeper = QuantKeeper(job.model, plan)
+    results["hard_quantized_accuracy"] = job.accuracy()
     console.print(f"hard-quantized ({plan.scheme}, {config.method}): test accuracy {results['hard_quantized_accuracy']:.2f}%")
     results["finetune_accuracy"] = []
     if config.finetune_epochs > 0:
         lr = config.finetune_lr if config.finetune_lr is not None else config.lr / 10
-        history = Trainer(model, train_set, test_set, prune_cfg.train_config(config.finetune_epochs, lr, config.finetune_schedule),
-                          run_dir / "finetune", device=dev, hooks=[keeper], meta=meta, console=console).fit()
+        tcfg = method_config.train_config(config.finetune_epochs, lr, config.finetune_schedule)
+        history = job.trainer(tcfg, run_dir / "finetune", [keeper], console).fit()
         results["finetune_accuracy"] = [h["test_accuracy"] for h in history]
-    round_rest(model, skip=set(keeper.state), rest=config.rest)
-    results["final_accuracy"] = test_accuracy()
+    round_rest(job.model, skip=set(keeper.state), rest=config.rest)
+    results["final_accuracy"] = job.accuracy()
+    return keeper
 
-    size = export_compressed(model, keeper, meta, run_dir / "model.pcz", rest=config.rest)
+
+def _export(job: JobInput, keeper: QuantKeeper, plan: QuantPlan, config: QuantizeConfig, run_dir: Path, results: dict,
+            console: Console) -> None:
+    """``model.pcz`` (checked: the reloaded file gives the same accuracy) and a normal checkpoint of the same weights."""
+    size = export_compressed(job.model, keeper, job.meta, run_dir / "model.pcz", rest=config.rest)
     reloaded, _ = load_compressed(run_dir / "model.pcz")
-    results["reloaded_accuracy"] = evaluate(reloaded, test_set, device=dev)["accuracy"]
+    results["reloaded_accuracy"] = job.accuracy(reloaded)
     if results["reloaded_accuracy"] != results["final_accuracy"]:
         raise RuntimeError(f"the exported model evaluates to {results['reloaded_accuracy']}%, not {results['final_accuracy']}%")
-    save_checkpoint(run_dir / "quantized", model.state_dict(), {}, {**meta, "epoch": -1, "quantization": str(plan.scheme)})
+    save_checkpoint(run_dir / "quantized", job.model.state_dict(), {},
+                    {**job.meta, "epoch": -1, "quantization": str(plan.scheme)})
     results["size"] = size.to_dict()
     nonzero = sum(int(m.sum()) for m in plan.masks.values())
     results["quantized_weights"] = {"total": sum(m.numel() for m in plan.masks.values()), "nonzero": nonzero}
@@ -139,5 +145,3 @@ def run_quantization(
         f"{size.file_bytes:,} bytes vs {size.dense_fp32_bytes:,} dense fp32 = {size.ratio:.1f}x smaller "
         f"({run_dir / 'model.pcz'}, reloaded: {results['reloaded_accuracy']:.2f}%)"
     )
-    write_json_atomic(run_dir / "results.json", results)
-    return results
