@@ -136,40 +136,24 @@ def latency_aware_plan(
         raise ConfigError(f"target must be a MAC reduction above 1 (e.g. 2 for 2x fewer MACs), got {target!r}")
     if round_to < 1 or not 0.0 < min_keep <= 1.0:
         raise ConfigError(f"round_to must be >= 1 and min_keep in (0, 1], got {round_to!r} and {min_keep!r}")
-    model = copy.deepcopy(model).eval()
-    groups = _prunable(coupled_groups(model, example_input))
-    if not groups:
-        raise ConfigError("the model has no coupled group of filters that can be removed")
-    probe = example_input[:1]
-    if deploy and probe.dim() == 4:
-        probe = probe.contiguous(memory_format=torch.channels_last)
-    channels = {g.root: g.channels for g in groups}
+    search = _WidthSearch(copy.deepcopy(model).eval(), example_input, batch_size, repeats, deploy)
+    channels = {g.root: g.channels for g in search.groups}
     floor = {r: max(round_to, -(-int(c * min_keep) // round_to) * round_to) for r, c in channels.items()}
     kept = dict(channels)
-
-    def build(widths: dict[str, int]) -> tuple[nn.Module, int]:
-        small = shrink_to_widths(model, example_input, widths, groups)
-        macs = count_macs(small, example_input[:1]).dense
-        return (for_inference(small) if deploy else small.eval()), macs
-
-    def time_all(models: dict[str, nn.Module]) -> dict[str, float]:
-        lat = compare_latency(models, probe, (batch_size,), repeats=repeats, warmup=2)
-        return {name: lat[name][batch_size].median_ms for name in models}
-
-    current, macs = build(kept)
+    current, macs = search.build(kept)
     dense, macs_dense = current, macs
     steps: list[AllocationStep] = []
     while macs_dense / macs < target:
-        candidates: dict[str, tuple[dict[str, int], nn.Module, int]] = {}
+        candidates = {}
         for root, k in kept.items():
             nxt = (k - 1) // round_to * round_to  # the next multiple of round_to below k
             if nxt >= floor[root]:
                 widths = {**kept, root: nxt}
-                candidates[root] = (widths, *build(widths))
+                candidates[root] = (widths, *search.build(widths))
         if not candidates:
             raise ConfigError(f"{target:g}x fewer MACs is out of reach keeping at least {min_keep:g} of every group "
                               f"in multiples of {round_to} (reached {macs_dense / macs:.2f}x)")
-        times = time_all({"current": current, **{root: c[1] for root, c in candidates.items()}})
+        times = search.time_all({"current": current, **{root: c[1] for root, c in candidates.items()}})
         # time saved per MAC removed, against the current model timed in the same interleaved rounds
         saving = {root: (times["current"] - times[root]) / max(macs - c[2], 1) for root, c in candidates.items()}
         best = max(saving, key=saving.__getitem__)
@@ -177,9 +161,31 @@ def latency_aware_plan(
         steps.append(AllocationStep(best, kept[best], macs, times[best]))
         if log is not None:
             log(steps[-1])
-    final = time_all({"dense": dense, "small": current})
-    plan = plan_from_widths(model, example_input, kept, groups)
+    final = search.time_all({"dense": dense, "small": current})
+    plan = plan_from_widths(search.model, example_input, kept, search.groups)
     return Allocation(plan, kept, channels, macs_dense, macs, final["dense"], final["small"], steps)
+
+
+class _WidthSearch:
+    """Builds a model at given widths (deployed form, its MACs) and times candidates in interleaved rounds."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, batch_size: int, repeats: int, deploy: bool):
+        self.model, self.example, self.batch_size, self.repeats, self.deploy = model, example_input, batch_size, \
+            repeats, deploy
+        self.groups = _prunable(coupled_groups(model, example_input))
+        if not self.groups:
+            raise ConfigError("the model has no coupled group of filters that can be removed")
+        probe = example_input[:1]
+        self.probe = probe.contiguous(memory_format=torch.channels_last) if deploy and probe.dim() == 4 else probe
+
+    def build(self, widths: dict[str, int]) -> tuple[nn.Module, int]:
+        small = shrink_to_widths(self.model, self.example, widths, self.groups)
+        macs = count_macs(small, self.example[:1]).dense
+        return (for_inference(small) if self.deploy else small.eval()), macs
+
+    def time_all(self, models: dict[str, nn.Module]) -> dict[str, float]:
+        lat = compare_latency(models, self.probe, (self.batch_size,), repeats=self.repeats, warmup=2)
+        return {name: lat[name][self.batch_size].median_ms for name in models}
 
 
 def pruned_copy(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> nn.Module:

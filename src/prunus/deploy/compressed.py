@@ -131,60 +131,73 @@ def export_compressed(model: nn.Module, keeper: QuantKeeper, meta: dict[str, Any
     if rest not in REST:
         raise ValueError(f"rest must be one of {', '.join(REST)}, got {rest!r}")
     path = Path(path)
-    plain = bytearray()
-    stream = StreamWriter()
-    raw = {"codes": 0, "masks": 0, "scales": 0, "floats": 0}
-    entries: list[list[Any]] = []
-
-    def put(data: bytes, kind: str) -> None:
-        raw[kind] += len(data)
-        plain.extend(data)
-
-    def code(symbols: np.ndarray, alphabet: int, kind: str) -> None:
-        before = stream.num_bytes()
-        stream.write(symbols, alphabet)
-        raw[kind] += stream.num_bytes() - before
-
+    w = _Writer()
     for name, tensor in model.state_dict().items():
         if name in keeper.state:
-            s, scheme = keeper.state[name], keeper.schemes[name]
-            if not torch.equal(tensor, keeper.quantized(name)):
-                raise CheckpointError(f"export: {name} is not on its quantization levels; run the quantization first")
-            # positions of the nonzero weights: pruned ones, and kept ones that quantized to the zero level,
-            # cost no code (the model is the same, and the bitmap is cheaper than a code per extra zero)
-            mask = s["mask"].bool() & (tensor != 0)
-            pruned = not bool(mask.all())
-            entries.append(["q", scheme.kind, scheme.bits, scheme.per_channel, pruned])
-            put(s["scale"].float().cpu().numpy().tobytes(), "scales")
-            if pruned:
-                code(mask.cpu().numpy().reshape(-1), 2, "masks")
-            code(keeper.codes(name)[mask].cpu().numpy(), len(scheme.levels()), "codes")
-        elif not tensor.is_floating_point() or rest == "float32":
-            entries.append(["f", str(tensor.dtype).removeprefix("torch.")])
-            put(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes(), "floats")
-        elif rest == "float16":
-            t = tensor.detach().half()
-            if not torch.equal(t.to(tensor.dtype), tensor):
-                raise CheckpointError(f"export: {name} is not representable in float16; call round_rest first")
-            entries.append(["f", "float16"])
-            put(t.cpu().contiguous().view(torch.uint8).numpy().tobytes(), "floats")
+            _write_quantized(w, name, tensor, keeper)
         else:
-            e = _int8_exponent(tensor)
-            codes = _int8_codes(tensor, e)
-            if not torch.equal(codes.to(tensor.dtype) * 2.0**e, tensor):
-                raise CheckpointError(f"export: {name} is not representable in 8 bits; call round_rest(..., 'int8') first")
-            entries.append(["i8"])
-            put(struct.pack("<b", e) + codes.cpu().numpy().tobytes(), "floats")
-
-    header = {"model": meta["model"], "dataset": meta.get("dataset"), "tensors": entries}
+            _write_rest(w, name, tensor, rest)
+    header = {"model": meta["model"], "dataset": meta.get("dataset"), "tensors": w.entries}
     head = _deflate(json.dumps(header, separators=(",", ":")).encode())
-    raw["header"] = len(head)
-    body = struct.pack("<IH", stream.crc, len(head)) + head + bytes(plain) + stream.getvalue()
+    w.raw["header"] = len(head)
+    body = struct.pack("<IH", w.stream.crc, len(head)) + head + bytes(w.plain) + w.stream.getvalue()
     blob = MAGIC + struct.pack("<I", zlib.crc32(body)) + body
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:
         tmp.write_bytes(blob)
-    return SizeReport(path.stat().st_size, dense_fp32_bytes(model), raw)
+    return SizeReport(path.stat().st_size, dense_fp32_bytes(model), w.raw)
+
+
+class _Writer:
+    """The file's sections as they grow: header entries, the raw section, the range-coded words; bytes per kind."""
+
+    def __init__(self) -> None:
+        self.plain, self.stream, self.entries = bytearray(), StreamWriter(), []
+        self.raw = {"codes": 0, "masks": 0, "scales": 0, "floats": 0}
+
+    def put(self, data: bytes, kind: str) -> None:
+        self.raw[kind] += len(data)
+        self.plain.extend(data)
+
+    def code(self, symbols: np.ndarray, alphabet: int, kind: str) -> None:
+        before = self.stream.num_bytes()
+        self.stream.write(symbols, alphabet)
+        self.raw[kind] += self.stream.num_bytes() - before
+
+
+def _write_quantized(w: _Writer, name: str, tensor: torch.Tensor, keeper: QuantKeeper) -> None:
+    s, scheme = keeper.state[name], keeper.schemes[name]
+    if not torch.equal(tensor, keeper.quantized(name)):
+        raise CheckpointError(f"export: {name} is not on its quantization levels; run the quantization first")
+    # positions of the nonzero weights: pruned ones, and kept ones that quantized to the zero level,
+    # cost no code (the model is the same, and the bitmap is cheaper than a code per extra zero)
+    mask = s["mask"].bool() & (tensor != 0)
+    pruned = not bool(mask.all())
+    w.entries.append(["q", scheme.kind, scheme.bits, scheme.per_channel, pruned])
+    w.put(s["scale"].float().cpu().numpy().tobytes(), "scales")
+    if pruned:
+        w.code(mask.cpu().numpy().reshape(-1), 2, "masks")
+    w.code(keeper.codes(name)[mask].cpu().numpy(), len(scheme.levels()), "codes")
+
+
+def _write_rest(w: _Writer, name: str, tensor: torch.Tensor, rest: str) -> None:
+    """A tensor that is not quantized (bias, BatchNorm, an unplanned layer): float32, float16 or int8 as ``rest``."""
+    if not tensor.is_floating_point() or rest == "float32":
+        w.entries.append(["f", str(tensor.dtype).removeprefix("torch.")])
+        w.put(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes(), "floats")
+    elif rest == "float16":
+        t = tensor.detach().half()
+        if not torch.equal(t.to(tensor.dtype), tensor):
+            raise CheckpointError(f"export: {name} is not representable in float16; call round_rest first")
+        w.entries.append(["f", "float16"])
+        w.put(t.cpu().contiguous().view(torch.uint8).numpy().tobytes(), "floats")
+    else:
+        e = _int8_exponent(tensor)
+        codes = _int8_codes(tensor, e)
+        if not torch.equal(codes.to(tensor.dtype) * 2.0**e, tensor):
+            raise CheckpointError(f"export: {name} is not representable in 8 bits; call round_rest(..., 'int8') first")
+        w.entries.append(["i8"])
+        w.put(struct.pack("<b", e) + codes.cpu().numpy().tobytes(), "floats")
 
 
 def _deflate(data: bytes) -> bytes:
@@ -213,8 +226,25 @@ def is_compressed(path: str | os.PathLike) -> bool:
 
 def load_compressed(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a file written by :func:`export_compressed` holds; returns (model, header)."""
-
     path = Path(path)
+    header, payload, symbols_crc = _read_container(path)
+    m = header["model"]
+    model = build_model(m["name"], m["in_channels"], m["num_classes"], **m.get("options", {}))
+    target = model.state_dict()
+    if len(header["tensors"]) != len(target):
+        raise CheckpointError(f"{path}: {len(header['tensors'])} tensors stored, model {m['name']} has {len(target)}")
+    raw = _Cursor(payload, path)
+    raw_parts = [_read_raw(raw, ref, entry) for ref, entry in zip(target.values(), header["tensors"])]
+    try:
+        state = _decode_coded(StreamReader(bytes(payload[raw.pos:])), target, header, raw_parts, symbols_crc)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: cannot decode the compressed model ({e})") from None
+    model.load_state_dict(state)
+    return model.eval(), header
+
+
+def _read_container(path: Path) -> tuple[dict[str, Any], memoryview, int]:
+    """The header, the payload and the checksum of the decoded symbols; a damaged file is one CheckpointError."""
     try:
         blob = path.read_bytes()
         if blob[:6] == b"\xfd7zXZ\x00":
@@ -229,58 +259,55 @@ def load_compressed(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
         header = json.loads(_inflate(bytes(body[6 : 6 + n])))
     except (OSError, struct.error, zlib.error, ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: cannot read the compressed model ({e})") from None
-    payload, pos = body[6 + n :], 0
+    return header, body[6 + n :], symbols_crc
 
-    def take(length: int) -> bytes:
-        nonlocal pos
-        if pos + length > len(payload):
-            raise CheckpointError(f"{path}: the payload is truncated")
-        pos += length
-        return bytes(payload[pos - length : pos])
 
-    m = header["model"]
-    model = build_model(m["name"], m["in_channels"], m["num_classes"], **m.get("options", {}))
-    target = model.state_dict()
-    if len(header["tensors"]) != len(target):
-        raise CheckpointError(f"{path}: {len(header['tensors'])} tensors stored, model {m['name']} has {len(target)}")
-    # first pass: the raw section (scales and other tensors); its length follows from the shapes
-    raw_parts = []
-    for ref, entry in zip(target.values(), header["tensors"]):
-        if entry[0] == "q":
-            rows = ref.shape[0] if entry[3] and ref.dim() > 1 else 1
-            raw_parts.append(torch.from_numpy(np.frombuffer(take(4 * rows), dtype=np.float32).copy()))
-        elif entry[0] == "i8":
-            (e,) = struct.unpack("<b", take(1))
-            codes = np.frombuffer(take(ref.numel()), dtype=np.int8).copy()
-            raw_parts.append(torch.from_numpy(codes).to(ref.dtype).reshape(ref.shape) * 2.0**e)
-        else:
-            dtype = _DTYPES[entry[1]]
-            size = ref.numel() * torch.empty((), dtype=dtype).element_size()
-            raw_parts.append(torch.frombuffer(bytearray(take(size)), dtype=dtype).reshape(ref.shape).to(ref.dtype)
-                             if ref.numel() else ref.clone())
-    # second pass: positions and codes from the coded words
-    try:
-        stream = StreamReader(bytes(payload[pos:]))
-        state = {}
-        for (name, ref), entry, part in zip(target.items(), header["tensors"], raw_parts):
-            if entry[0] != "q":
-                state[name] = part
-                continue
-            _, kind, bits, per_channel, pruned = entry
-            scheme = QuantScheme(kind, bits, per_channel)
-            levels = scheme.levels(ref.dtype)
-            numel = ref.numel()
-            mask = stream.read(numel, 2).astype(bool) if pruned else np.ones(numel, dtype=bool)
-            codes = np.zeros(numel, dtype=np.int64)
-            codes[mask] = stream.read(int(mask.sum()), len(levels))
-            rows = part.numel()
-            values = levels[torch.from_numpy(codes)].reshape(rows, -1) * part.to(ref.dtype).unsqueeze(1)
-            state[name] = values.reshape(ref.shape) * torch.from_numpy(mask).reshape(ref.shape)
-        if not stream.exhausted():
-            raise ValueError(f"coded data left over; the file does not match model {m['name']}")
-        if stream.crc != symbols_crc:
-            raise ValueError("the decoded positions and codes fail their checksum (written by an incompatible coder?)")
-    except (ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: cannot decode the compressed model ({e})") from None
-    model.load_state_dict(state)
-    return model.eval(), header
+class _Cursor:
+    """Reads the raw section front to back; running past its end is one CheckpointError."""
+
+    def __init__(self, payload: memoryview, path: Path):
+        self.payload, self.path, self.pos = payload, path, 0
+
+    def take(self, length: int) -> bytes:
+        if self.pos + length > len(self.payload):
+            raise CheckpointError(f"{self.path}: the payload is truncated")
+        self.pos += length
+        return bytes(self.payload[self.pos - length : self.pos])
+
+
+def _read_raw(raw: _Cursor, ref: torch.Tensor, entry: list) -> torch.Tensor:
+    """A tensor's raw part: a quantized tensor's scales, an int8 tensor, or a float tensor as stored."""
+    if entry[0] == "q":
+        rows = ref.shape[0] if entry[3] and ref.dim() > 1 else 1
+        return torch.from_numpy(np.frombuffer(raw.take(4 * rows), dtype=np.float32).copy())
+    if entry[0] == "i8":
+        (e,) = struct.unpack("<b", raw.take(1))
+        codes = np.frombuffer(raw.take(ref.numel()), dtype=np.int8).copy()
+        return torch.from_numpy(codes).to(ref.dtype).reshape(ref.shape) * 2.0**e
+    dtype = _DTYPES[entry[1]]
+    size = ref.numel() * torch.empty((), dtype=dtype).element_size()
+    return (torch.frombuffer(bytearray(raw.take(size)), dtype=dtype).reshape(ref.shape).to(ref.dtype)
+            if ref.numel() else ref.clone())
+
+
+def _decode_coded(stream: StreamReader, target: dict[str, torch.Tensor], header: dict[str, Any],
+                  raw_parts: list[torch.Tensor], symbols_crc: int) -> dict[str, torch.Tensor]:
+    """The state dict: quantized tensors from their range-coded positions and level codes times their scales."""
+    state = {}
+    for (name, ref), entry, part in zip(target.items(), header["tensors"], raw_parts):
+        if entry[0] != "q":
+            state[name] = part
+            continue
+        _, kind, bits, per_channel, pruned = entry
+        levels = QuantScheme(kind, bits, per_channel).levels(ref.dtype)
+        numel = ref.numel()
+        mask = stream.read(numel, 2).astype(bool) if pruned else np.ones(numel, dtype=bool)
+        codes = np.zeros(numel, dtype=np.int64)
+        codes[mask] = stream.read(int(mask.sum()), len(levels))
+        values = levels[torch.from_numpy(codes)].reshape(part.numel(), -1) * part.to(ref.dtype).unsqueeze(1)
+        state[name] = values.reshape(ref.shape) * torch.from_numpy(mask).reshape(ref.shape)
+    if not stream.exhausted():
+        raise ValueError(f"coded data left over; the file does not match model {header['model']['name']}")
+    if stream.crc != symbols_crc:
+        raise ValueError("the decoded positions and codes fail their checksum (written by an incompatible coder?)")
+    return state

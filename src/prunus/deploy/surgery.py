@@ -300,6 +300,32 @@ def remove_pruned_channels(
     params_before = sum(p.numel() for p in model.parameters())
     macs_before = count_macs(model, example_input[:1]).dense
 
+    changes, plans = _plan_removal(groups, modules, live)
+    for root_name, idxs in plans:
+        root = modules[root_name]
+        dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs).prune()
+    for n, p in work.named_parameters():
+        p.requires_grad_(requires_grad.get(n, True))
+    work.train(model.training)
+
+    diff, checked = float("nan"), 0
+    if check:
+        inputs = _check_inputs(example_input, check_inputs, seed)
+        diff, checked = _check_outputs(model, work, inputs, atol, rtol), len(inputs)
+    return SurgeryReport(
+        model=work,
+        groups=changes,
+        params_before=params_before,
+        params_after=sum(p.numel() for p in work.parameters()),
+        macs_before=macs_before,
+        macs_after=count_macs(work, example_input[:1]).dense,
+        max_abs_diff=diff,
+        checked_inputs=checked,
+    )
+
+
+def _plan_removal(groups: list, modules: dict[str, nn.Module], live) -> tuple[list[GroupChange], list[tuple[str, list]]]:
+    """Per coupled group: what changes (for the report), and which channels of which root conv to remove."""
     changes, plans = [], []
     for g in groups:
         zero = _zero_filters(g, modules)
@@ -316,30 +342,15 @@ def remove_pruned_channels(
         changes.append(GroupChange(g.root, g.producers, g.channels, after, int(zero.sum()), blocked, note))
         if bool(removable.any()):
             plans.append((g.root, removable.nonzero().flatten().tolist()))
-    for root_name, idxs in plans:
-        root = modules[root_name]
-        dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs).prune()
-    for n, p in work.named_parameters():
-        p.requires_grad_(requires_grad.get(n, True))
-    work.train(model.training)
+    return changes, plans
 
-    diff, checked = float("nan"), 0
-    if check:
-        inputs = _check_inputs(example_input, check_inputs, seed)
-        diff, scale = max_output_difference(model, work, inputs)
-        checked = len(inputs)
-        if not diff <= atol + rtol * scale:
-            raise SurgeryError(
-                f"removing the zero channels changed the outputs (max abs difference {diff:.3g} > "
-                f"{atol + rtol * scale:.3g}); the model has an operation prunus' zero analysis does not cover"
-            )
-    return SurgeryReport(
-        model=work,
-        groups=changes,
-        params_before=params_before,
-        params_after=sum(p.numel() for p in work.parameters()),
-        macs_before=macs_before,
-        macs_after=count_macs(work, example_input[:1]).dense,
-        max_abs_diff=diff,
-        checked_inputs=checked,
-    )
+
+def _check_outputs(model: nn.Module, small: nn.Module, inputs, atol: float, rtol: float) -> float:
+    """The largest output difference of the smaller model; beyond ``atol + rtol * max|output|`` a SurgeryError."""
+    diff, scale = max_output_difference(model, small, inputs)
+    if not diff <= atol + rtol * scale:
+        raise SurgeryError(
+            f"removing the zero channels changed the outputs (max abs difference {diff:.3g} > "
+            f"{atol + rtol * scale:.3g}); the model has an operation prunus' zero analysis does not cover"
+        )
+    return diff
