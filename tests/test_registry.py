@@ -22,8 +22,13 @@ RUN_ARGS = {"self", "model", "plan", "update_every", "closure", "rounds"}
 def test_options_dataclass_mirrors_the_constructor(name):
     spec = METHODS[name]
     fixed = {k for s in METHODS.values() if s.cls is spec.cls for k in s.fixed}  # e.g. Magnitude's gradual=True
-    params = {p.name: p.default for p in inspect.signature(spec.cls.__init__).parameters.values()
-              if p.name not in RUN_ARGS | fixed}
+    params = {}
+    for cls in spec.cls.__mro__:  # a constructor that passes **options on takes its base's keywords too
+        signature = inspect.signature(cls.__init__).parameters.values()
+        params.update({p.name: p.default for p in signature if p.kind == p.KEYWORD_ONLY and p.name not in params})
+        if not any(p.kind == p.VAR_KEYWORD for p in signature):
+            break
+    params = {k: v for k, v in params.items() if k not in RUN_ARGS | fixed}
     fields = {f.name: f.default for f in dataclasses.fields(spec.options)}
     assert fields == params  # same names, same defaults: a new keyword argument must be declared as an option
 

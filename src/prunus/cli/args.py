@@ -12,6 +12,7 @@ from prunus.data import DATASETS
 from prunus.errors import ConfigError
 from prunus.io import ensure_parent_dir
 from prunus.methods.registry import all_option_fields
+from prunus.train.config import OPTIMIZERS, SCHEDULES
 
 
 class Parser(argparse.ArgumentParser):
@@ -82,3 +83,14 @@ def config_from_args(cls: type, args: argparse.Namespace, **given: Any) -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     values = {name: getattr(args, name) for name in fields if hasattr(args, name)}
     return cls(**{**values, **given})
+
+
+def add_recipe_args(parser, defaults: Any) -> None:
+    """--epochs, --batch-size, --optimizer, --lr, --weight-decay, --schedule, --seed with ``defaults``' values."""
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, help="training epochs")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule)
+    parser.add_argument("--seed", type=int, default=defaults.seed)

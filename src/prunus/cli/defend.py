@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunus.cli.args import add_data_args, add_method_options, config_from_args, given_method_options, positive_int
+from prunus.cli.args import (
+    add_data_args,
+    add_method_options,
+    add_recipe_args,
+    config_from_args,
+    given_method_options,
+    positive_int,
+)
 from prunus.methods.registry import METHODS
 from prunus.privacy.defenses import DEFENSES, DefenseConfig, load_defended, run_defense
-from prunus.train.config import OPTIMIZERS, SCHEDULES
 from prunus.train.rundir import check_run_dir
 
 
@@ -25,13 +31,7 @@ def add_parsers(sub) -> None:
     de.add_argument("--members", type=positive_int, default=d.members,
                     help="training members drawn from the train split; as many non-members are held out")
     de.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the member/non-member/pool split")
-    de.add_argument("--epochs", type=positive_int, default=d.epochs, help="training epochs (dense/undefended recipe)")
-    de.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    de.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    de.add_argument("--lr", type=float, default=d.lr)
-    de.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    de.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
-    de.add_argument("--seed", type=int, default=d.seed)
+    add_recipe_args(de, d)  # the dense/undefended recipe, also what audits train reference models with
     de.add_argument("--eval-examples", type=positive_int, help="per-epoch test accuracy on the first N test images")
     g = de.add_argument_group("min-max game (advreg, mcmia)")
     g.add_argument("--adv-lambda", type=float, default=d.adv_lambda, help="weight of the inference model's gain")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from prunus.cli.args import add_data_args, config_from_args, positive_int
+from prunus.cli.args import add_data_args, add_recipe_args, config_from_args, positive_int
 from prunus.errors import ConfigError
-from prunus.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from prunus.train.config import TrainConfig
 from prunus.train.run import train
 
 
@@ -15,14 +15,8 @@ def add_parsers(sub) -> None:
     t = sub.add_parser("train", help="train a model (dense) and write a run directory")
     t.add_argument("--model", help="model name (see `prunus models`)")
     t.add_argument("--dataset", help="dataset name (see `prunus datasets`)")
-    t.add_argument("--epochs", type=positive_int, default=defaults.epochs)
-    t.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
-    t.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
-    t.add_argument("--lr", type=float, default=defaults.lr)
+    add_recipe_args(t, defaults)
     t.add_argument("--momentum", type=float, default=defaults.momentum)
-    t.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    t.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule)
-    t.add_argument("--seed", type=int, default=defaults.seed)
     t.add_argument("--image-size", type=positive_int, help="zero-pad images to this size (e.g. 32 for Fashion-MNIST)")
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random crop + flip")
     t.add_argument("--width", type=float, help="width multiplier (VGG, MobileNetV2)")

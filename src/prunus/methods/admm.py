@@ -18,36 +18,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn as nn
 
-from prunus.methods.base import Closure, PruningMethod
+from prunus.methods.base import Closure
 from prunus.methods.schedule import GrowingRho
-from prunus.plan.recipe import Plan
 
 
-class ADMM(GrowingRho, PruningMethod):
+class ADMM(GrowingRho):
+    """ADMM pruning; its options are those of :class:`~prunus.methods.schedule.GrowingRho` (rho and its schedule)."""
+
     scalars = ("rounds", "rho", "schedule_first")
 
-    def __init__(
-        self,
-        model: nn.Module,
-        plan: Plan,
-        *,
-        rho: float = 0.1,
-        rho_factor: float = 1.0,
-        rho_max: float | None = None,
-        rounds: int | None = None,
-        tol: float = 1e-3,
-        max_growth: float = 10.0,
-        penalize: str = "removed",
-        update_every: int | None = None,
-        closure: Closure | None = None,
-    ):
-        super().__init__(model, plan, update_every=update_every, closure=closure)
-        self.init_rho(rho, rho_factor, rho_max, rounds, tol, max_growth, penalize)
+    def init_state(self) -> None:
         for name, (z, keep) in self.project(self.weights()).items():
             self.state[name] = {"Z": z, "keep": keep, "U": torch.zeros_like(z)}
-        self.refresh_anchors()
 
     def anchor(self, name: str) -> torch.Tensor:
         """rho/2 ||W - Z + U||^2 = rho/2 ||W - (Z - U)||^2."""

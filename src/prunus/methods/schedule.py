@@ -17,6 +17,11 @@ gently and leaves the kept weights free for longer; a short one grows it fast.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import torch.nn as nn
+
+from prunus.methods.base import Closure, PruningMethod
 
 
 @dataclass
@@ -56,8 +61,9 @@ class BudgetSchedule:
 PENALIZE = ("removed", "all")
 
 
-class GrowingRho:
-    """rho of SLR and ADMM: fixed, geometric (``rho_factor``, ``rho_max``) or by the budget (``rounds``).
+class GrowingRho(PruningMethod):
+    """What SLR and ADMM share: the penalty rho/2 ||W - Z + Lambda/rho||^2 and how rho grows:
+    fixed, geometric (``rho_factor``, ``rho_max``) or by the budget (``rounds``).
 
     ``penalize`` says which entries the penalty rho/2 ||W - Z + Lambda/rho||^2 acts on between
     rounds. ``"all"`` is the textbook W-step. ``"removed"``: only the entries the last Z-step
@@ -67,12 +73,34 @@ class GrowingRho:
     weights are held near their value at the last round by a spring of stiffness rho, so a
     rho that grows to reach the set also freezes the weights that should adapt to the pruning.
 
-    A mixin: :meth:`init_rho` in the constructor, :meth:`next_rho` at the end of each round.
-    ``schedule_first`` is listed in the method's scalars so a resumed run keeps its path.
+    A subclass sets up its per-tensor state in :meth:`init_state` and calls :meth:`next_rho` at the
+    end of each round. ``schedule_first`` is listed in the method's scalars so a resumed run keeps
+    its path.
     """
 
-    rho: float
-    rounds: int
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: Any,
+        *,
+        rho: float = 0.1,
+        rho_factor: float = 1.0,
+        rho_max: float | None = None,
+        rounds: int | None = None,
+        tol: float = 1e-3,
+        max_growth: float = 10.0,
+        penalize: str = "removed",
+        update_every: int | None = None,
+        closure: Closure | None = None,
+    ):
+        super().__init__(model, plan, update_every=update_every, closure=closure)
+        self.init_rho(rho, rho_factor, rho_max, rounds, tol, max_growth, penalize)
+        self.init_state()
+        self.refresh_anchors()
+
+    def init_state(self) -> None:
+        """Set ``self.state[name]`` (Z, multipliers, ...) for every constrained tensor."""
+        raise NotImplementedError
 
     def init_rho(self, rho: float, rho_factor: float, rho_max: float | None, budget_rounds: int | None,
                  tol: float, max_growth: float, penalize: str = "removed") -> None:

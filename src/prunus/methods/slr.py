@@ -42,7 +42,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from prunus.methods.base import Closure, PruningMethod
+from prunus.methods.base import Closure
 from prunus.methods.schedule import GrowingRho
 from prunus.plan.recipe import Plan
 
@@ -52,38 +52,25 @@ def alpha(j: int, M: float, r: float) -> float:
     return 1.0 - 1.0 / (M * j ** (1.0 - 1.0 / j**r))
 
 
-class SLR(GrowingRho, PruningMethod):
+class SLR(GrowingRho):
+    """SLR pruning: ``s0``, ``M``, ``r`` set the multiplier steps; ``penalty`` takes the options of
+    :class:`~prunus.methods.schedule.GrowingRho` (rho and its schedule, ``update_every``, ``closure``)."""
+
     scalars = ("rounds", "rho", "s", "j", "prev_residual", "schedule_first")
 
-    def __init__(
-        self,
-        model: nn.Module,
-        plan: Plan,
-        *,
-        rho: float = 0.1,
-        s0: float = 0.01,
-        M: float = 300.0,
-        r: float = 0.1,
-        rho_factor: float = 1.0,
-        rho_max: float | None = None,
-        rounds: int | None = None,
-        tol: float = 1e-3,
-        max_growth: float = 10.0,
-        penalize: str = "removed",
-        update_every: int | None = None,
-        closure: Closure | None = None,
-    ):
-        super().__init__(model, plan, update_every=update_every, closure=closure)
+    def __init__(self, model: nn.Module, plan: Plan, *, s0: float = 0.01, M: float = 300.0, r: float = 0.1,
+                 **penalty: Any):
         if s0 <= 0 or M <= 1 or not 0 < r < 1:
             raise ValueError(f"SLR needs s0 > 0, M > 1, 0 < r < 1; got s0={s0}, M={M}, r={r}")
-        self.init_rho(rho, rho_factor, rho_max, rounds, tol, max_growth, penalize)
         self.s, self.M, self.r = s0, M, r
         self.j = 0  # accepted multiplier steps so far
+        super().__init__(model, plan, **penalty)
+
+    def init_state(self) -> None:
         w = self.weights()
         for name, (z, keep) in self.project(w).items():
             self.state[name] = {"Z": z, "keep": keep, "Lambda": torch.zeros_like(z), "W_prev": w[name].clone()}
         self.prev_residual = self._residual(w, {n: s["Z"] for n, s in self.state.items()})
-        self.refresh_anchors()
 
     # -- pieces of the Lagrangian ----------------------------------------------------------
     def anchor(self, name: str) -> torch.Tensor:
