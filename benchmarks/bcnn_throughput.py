@@ -33,10 +33,8 @@ For each model (``cnin``, ``cresnet18``; 3x32x32 inputs, 10 classes):
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -44,13 +42,13 @@ import torch
 from common import RESULTS, write_result
 
 from prunus.bcnn.engine import compile_engine
-from prunus.bcnn.engine.bench import popcount_ceiling
+from prunus.bcnn.engine.bench import popcount_ceiling, time_call
+from prunus.bcnn.pruning import prune_to_live_compression, weight_counts
 from prunus.constraints.structures import Structure
 from prunus.environment import environment_info
 from prunus.models import build_model
 from prunus.models.loading import load_model
-from prunus.plan.coupling import project_coupled
-from prunus.plan.recipe import Plan, Rule, prunable_weights
+from prunus.plan.recipe import Plan, Rule
 
 NAME = "bcnn_throughput"
 MODELS = {"nin": "cnin", "resnet18": "cresnet18"}
@@ -79,38 +77,14 @@ def filter_plan(key: str, model: torch.nn.Module, ratio: float) -> Plan:
     return plan
 
 
-def weight_counts(model: torch.nn.Module, engine) -> dict:
-    dense = sum(p.numel() for _, p in prunable_weights(model))
-    nonzero = sum(int((p != 0).sum()) for _, p in prunable_weights(model))
-    live = engine.live_weights()
-    return {"dense_weights": dense, "nonzero_weights": nonzero, "live_weights": sum(live.values()),
-            "live_per_layer": live, "compression": dense / sum(live.values())}
-
-
 def pruned_model(key: str, seed: int) -> tuple[torch.nn.Module, dict]:
     """A random ``key`` model pruned by whole filters to at most 1/20 of its live weights (smallest such ratio)."""
     torch.manual_seed(seed)
     dense = build_model(MODELS[key], in_channels=CIN, num_classes=CLASSES)
     example = torch.randn(2, CIN, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
-
-    def attempt(ratio: float):
-        model = copy.deepcopy(dense)
-        project_coupled(model, filter_plan(key, model, ratio), example)
-        calibrate_bn(model, seed)
-        engine = compile_engine(model, SIZE, backend="fp32")  # cheap: only to count live weights
-        return model, weight_counts(model, engine)
-
-    grid = [round(0.5 + 0.005 * i, 3) for i in range(96)]  # 0.5 .. 0.975
-    lo, hi = 0, len(grid) - 1
-    while lo < hi:  # smallest grid ratio with compression >= 20 (monotone in the ratio)
-        mid = (lo + hi) // 2
-        if attempt(grid[mid])[1]["compression"] >= COMPRESSION:
-            hi = mid
-        else:
-            lo = mid + 1
-    model, counts = attempt(grid[lo])
-    return model, {**counts, "ratio": grid[lo], "source": "random weights (seeded), BN statistics from noise",
-                   "stem_pruned": key == "nin"}
+    model, counts = prune_to_live_compression(dense, lambda ratio: filter_plan(key, dense, ratio), COMPRESSION,
+                                              example, prepare=lambda m: calibrate_bn(m, seed))
+    return model, {**counts, "source": "random weights (seeded), BN statistics from noise", "stem_pruned": key == "nin"}
 
 
 def checkpoint_model(path: str) -> tuple[torch.nn.Module, dict]:
@@ -124,19 +98,10 @@ def checkpoint_model(path: str) -> tuple[torch.nn.Module, dict]:
 
 
 def time_fn(fn, batch: int, repeats: int, warmup: int, max_seconds: float) -> dict:
-    """Median / p90 / min of ``repeats`` timed calls after ``warmup``; past ``max_seconds`` it stops after 3 calls."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < max_seconds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    median = statistics.median(times)
-    return {"batch_size": batch, "runs": len(times), "median_ms": 1000 * median, "min_ms": 1000 * times[0],
-            "p90_ms": 1000 * times[min(len(times) - 1, round(0.9 * (len(times) - 1)))], "fps": batch / median}
+    """``prunus.bcnn.engine.bench.time_call`` as a row of the table (past ``max_seconds`` it stops after 3 calls)."""
+    t = time_call(fn, repeats, warmup, batch, max_seconds=max_seconds)
+    return {"batch_size": batch, "runs": t.repeats, "median_ms": t.median_ms, "min_ms": t.min_ms, "p90_ms": t.p90_ms,
+            "fps": t.fps}
 
 
 def run_model(key: str, args, ceiling: float) -> dict:

@@ -38,14 +38,14 @@ another CPU keeps the previous pass's batch-64 figures beside the new ones.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shutil
+import time
 
 import torch
 from common import HERE, RESULTS, prune_run, write_result
 
-from prunus.deploy.allocation import latency_aware_plan, plan_from_widths, shrink_to_widths
+from prunus.deploy.allocation import latency_aware_plan, plan_for_macs, plan_from_widths, pruned_copy, shrink_to_widths
 from prunus.deploy.footprint import weights_bytes
 from prunus.deploy.latency import compare_latency, for_inference
 from prunus.deploy.surgery import remove_pruned_channels
@@ -55,7 +55,6 @@ from prunus.io import latest_checkpoint
 from prunus.jobs.prune import PruneConfig
 from prunus.models import build_model
 from prunus.models.loading import load_model
-from prunus.plan.coupling import project_coupled
 from prunus.plan.recipe import Plan
 from prunus.train.config import TrainConfig
 from prunus.train.run import train
@@ -160,42 +159,19 @@ def plan_for(model, allocation: str, ratio: float, round_to: int) -> Plan:
     return Plan(rules, source=f"early-heavy filter plan (keep {EARLY_KEEP:g} early, {ratio:.4f} elsewhere)")
 
 
-def pruned_small(dense_model, plan: Plan):
-    m = copy.deepcopy(dense_model)
-    project_coupled(m, plan, PROBE)
-    return remove_pruned_channels(m, PROBE).model
-
-
 def ratio_for(model, allocation: str, target: float, round_to: int) -> float:
     """The smallest ratio (to 0.0001) whose plan gives ``target`` times fewer MACs after surgery."""
-    dense = count_macs(model, PROBE).dense
-
-    def fewer(ratio: float) -> float:
-        return dense / count_macs(pruned_small(model, plan_for(model, allocation, ratio, round_to)), PROBE).dense
-
-    lo, hi = 0.0, 0.99
-    if fewer(hi) < target:
-        raise SystemExit(f"{target:g}x fewer MACs is out of reach with multiples of {round_to} filters "
-                         f"(ratio {hi} gives {fewer(hi):.2f}x)")
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        if fewer(mid) < target:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return plan_for_macs(model, PROBE, target, lambda ratio: plan_for(model, allocation, ratio, round_to))[1]
 
 
 def search_widths(model, target: float, round_to: int) -> dict:
     """The latency allocation's widths for ``target`` times fewer MACs, and how the search went."""
-    import time
-
     t0 = time.perf_counter()
     found = latency_aware_plan(model, PROBE, target, round_to=round_to, **SEARCH,
                                log=lambda s: print(f"  search: {s.group} -> {s.kept} ({s.latency_ms:.2f} ms)", flush=True))
     seconds = time.perf_counter() - t0
     # the same shapes timed as the table times them, beside the uniform allocation at the same target
-    uniform = pruned_small(model, plan_for(model, "uniform", ratio_for(model, "uniform", target, round_to), round_to))
+    uniform = pruned_copy(model, plan_for(model, "uniform", ratio_for(model, "uniform", target, round_to), round_to), PROBE)
     small = shrink_to_widths(model, PROBE, found.kept)
     models = {"dense": model, "uniform": uniform, "latency": small}
     deployed = {k: for_inference(m) for k, m in models.items()}
@@ -224,7 +200,7 @@ def rebuild_small(dense_model, allocation: str, ratio: float | None, round_to: i
     if allocation == "latency":
         small = shrink_to_widths(dense_model, PROBE, widths)
     else:
-        small = pruned_small(dense_model, plan_for(dense_model, allocation, ratio, round_to))
+        small = pruned_copy(dense_model, plan_for(dense_model, allocation, ratio, round_to), PROBE)
     if sum(p.numel() for p in small.parameters()) != params_after:
         raise RuntimeError(f"rebuilt model has a different shape than the recorded one ({params_after:,} parameters)")
     return small

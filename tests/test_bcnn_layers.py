@@ -21,6 +21,7 @@ from prunus.bcnn import (
     unstack,
 )
 from prunus.bcnn.layers import _ComplexBatch, _RealPartInput, is_zero_view, zeros_like_view
+from prunus.bcnn.pruning import prune_to_live_compression
 from prunus.errors import ConfigError
 from prunus.models import build_model
 
@@ -302,3 +303,21 @@ def test_filter_plan_prunes_real_and_imaginary_rows_together():
     for bn in (model.body[1].bn2.bn_real, model.body[1].bn2.bn_imag):
         assert torch.all(bn.weight[dead] == 0) and torch.all(bn.bias[dead] == 0)
     assert "body.1.bn2.bn_imag.weight" in masks
+
+
+def test_prune_to_live_compression_takes_the_smallest_grid_ratio_that_reaches_the_target():
+    torch.manual_seed(0)
+    model = build_model("cnin_small", in_channels=1, num_classes=10)
+    example = torch.randn(2, 1, 16, 16)
+    grid = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.3 .. 0.9
+
+    def plan_at(ratio):
+        return Plan.uniform(model, ratio, "filter")
+
+    pruned, counts = prune_to_live_compression(model, plan_at, 4.0, example, grid=grid)
+    assert counts["compression"] >= 4.0 and counts["live_weights"] < counts["nonzero_weights"] <= counts["dense_weights"]
+    before = grid[grid.index(counts["ratio"]) - 1]
+    _, smaller = prune_to_live_compression(model, plan_at, 1.0, example, grid=(before,))
+    assert smaller["compression"] < 4.0  # the grid ratio below does not reach the target
+    untouched = [p for p in model.parameters() if p.dim() > 1]
+    assert all(bool((p.flatten(1).abs().sum(1) > 0).all()) for p in untouched)  # the input model keeps every filter

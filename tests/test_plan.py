@@ -1,12 +1,15 @@
 """Plans and recipes: resolution, uniform plans, and one clear error per mistake."""
 
 import pytest
+import torch
 import torch.nn as nn
 
 from prunus.constraints.structures import num_pruned
 from prunus.errors import ConfigError
 from prunus.models import build_model
+from prunus.plan.quant import QuantPlan
 from prunus.plan.recipe import Plan, ratio_for_compression
+from prunus.plan.search import smallest_on_grid, smallest_ratio
 
 
 class Tiny(nn.Module):
@@ -132,10 +135,6 @@ def test_round_to_keeps_multiples_of_the_given_count():
 
 
 def test_layout_is_the_plan_resolved_once_and_projects_through_each_constraint():
-    import torch
-
-    from prunus.plan.quant import QuantPlan
-
     model = build_model("lenet5")
     layout = Plan.uniform(model, 0.9).layout(model)
     assert layout.names == ["conv2.weight", "fc1.weight", "fc2.weight"] and layout.kept_entries_free
@@ -152,3 +151,20 @@ def test_layout_is_the_plan_resolved_once_and_projects_through_each_constraint()
     w = params["fc2.weight"].detach()
     q, _ = levels.project({"fc2.weight": w})["fc2.weight"]
     assert len(torch.unique(q)) <= 3
+
+
+def test_smallest_ratio_searches_find_the_threshold_of_a_monotone_target():
+    calls = []
+
+    def reaches(r):
+        calls.append(r)
+        return r >= 0.3
+
+    found = smallest_ratio(reaches, steps=14)
+    assert 0.3 <= found < 0.3 + 0.99 / 2**14 and len(calls) == 15  # one check of the top, then 14 halvings
+    grid = [round(0.05 * i, 2) for i in range(20)]
+    assert smallest_on_grid(lambda r: r >= 0.42, grid) == 0.45
+    with pytest.raises(ValueError, match="out of reach"):
+        smallest_ratio(lambda r: False)
+    with pytest.raises(ValueError, match="out of reach"):
+        smallest_on_grid(lambda r: r > 2, grid)

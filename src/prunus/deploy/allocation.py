@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -35,6 +36,7 @@ from prunus.errors import ConfigError
 from prunus.harden.stats import count_macs
 from prunus.plan.coupling import CoupledGroup, coupled_groups, project_coupled
 from prunus.plan.recipe import Plan, Rule
+from prunus.plan.search import smallest_ratio
 
 __all__ = ["Allocation", "AllocationStep", "latency_aware_plan", "plan_from_widths", "shrink_to_widths",
            "uniform_filter_plan_for_macs", "pruned_copy"]
@@ -190,10 +192,33 @@ class _WidthSearch:
 
 def pruned_copy(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> nn.Module:
     """The physically smaller copy ``plan`` makes of ``model`` (coupled hard-prune, then surgery); ``model`` is untouched."""
-
     work = copy.deepcopy(model)
     project_coupled(work, plan, example_input)
     return remove_pruned_channels(work, example_input).model
+
+
+def plan_for_macs(model: nn.Module, example_input: torch.Tensor, target: float, plan_at: Callable[[float], Plan],
+                  *, steps: int = 14) -> tuple[Plan, float]:
+    """The plan of the family ``plan_at(ratio)`` with the smallest ratio whose pruned model has ``target`` times
+    fewer MACs.
+
+    The MACs are counted on the physically smaller model (:func:`pruned_copy`), so coupled channels
+    count once. Bisection on the ratio to ``2**-steps``; returns the plan and its ratio. A target the
+    family cannot reach is one ConfigError naming the best it gets.
+    """
+    if not target >= 1:
+        raise ConfigError(f"a MAC target is a reduction factor >= 1 (2 for 2x fewer MACs), got {target}")
+    dense = count_macs(model, example_input).dense
+
+    def fewer(ratio: float) -> float:
+        return dense / count_macs(pruned_copy(model, plan_at(ratio), example_input), example_input).dense
+
+    try:
+        ratio = smallest_ratio(lambda r: fewer(r) >= target, steps=steps)
+    except ValueError:
+        raise ConfigError(f"{target:g}x fewer MACs is out of reach: the plan at ratio 0.99 ({plan_at(0.99).source}) "
+                          f"gives {fewer(0.99):.2f}x") from None
+    return plan_at(ratio), ratio
 
 
 def uniform_filter_plan_for_macs(model: nn.Module, example_input: torch.Tensor, target: float, *, round_to: int = 1,
@@ -201,26 +226,9 @@ def uniform_filter_plan_for_macs(model: nn.Module, example_input: torch.Tensor, 
     """The uniform filter plan with the smallest ratio whose pruned model has ``target`` times fewer MACs.
 
     Every Conv2d/Linear but the classifier is filter-pruned at one ratio (``skip_first``: the
-    first conv too unless asked), each keeping a multiple of ``round_to`` filters; the MACs are
-    counted on the physically smaller model (:func:`pruned_copy`), so coupled channels count
-    once. Bisection on the ratio to ``2**-steps``; returns the plan and its ratio. A target the
-    rounding cannot reach is one ConfigError naming the best it gets.
+    first conv too unless asked), each keeping a multiple of ``round_to`` filters.
     """
-    if not target >= 1:
-        raise ConfigError(f"a MAC target is a reduction factor >= 1 (2 for 2x fewer MACs), got {target}")
-    dense = count_macs(model, example_input).dense
-
     def plan_at(ratio: float) -> Plan:
         return Plan.uniform(model, ratio, "filter", skip_first=skip_first, round_to=round_to)
 
-    def fewer(ratio: float) -> float:
-        return dense / count_macs(pruned_copy(model, plan_at(ratio), example_input), example_input).dense
-
-    lo, hi = 0.0, 0.99
-    if fewer(hi) < target:
-        raise ConfigError(f"{target:g}x fewer MACs is out of reach with multiples of {round_to} filters "
-                          f"(ratio {hi} gives {fewer(hi):.2f}x)")
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if fewer(mid) < target else (lo, mid)
-    return plan_at(hi), hi
+    return plan_for_macs(model, example_input, target, plan_at, steps=steps)

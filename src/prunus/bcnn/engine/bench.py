@@ -43,18 +43,25 @@ class Timing:
         return 1000.0 * self.batch_size / self.median_ms if self.median_ms > 0 else float("inf")
 
 
-def time_call(fn: Callable[[], Any], repeats: int, warmup: int, batch_size: int) -> Timing:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs."""
+def time_call(fn: Callable[[], Any], repeats: int, warmup: int, batch_size: int,
+              max_seconds: float | None = None) -> Timing:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs.
+
+    With ``max_seconds``, timing stops early once that much time has passed and at least 3 runs
+    were timed (a slow configuration does not hold a benchmark up); ``repeats`` then says how many ran.
+    """
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats and (max_seconds is None or len(times) < 3
+                                    or time.perf_counter() - start < max_seconds):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1000.0)
     times.sort()
     p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
-    return Timing(batch_size, statistics.median(times), times[0], p90, repeats)
+    return Timing(batch_size, statistics.median(times), times[0], p90, len(times))
 
 
 def popcount_ceiling(threads: int | None = None, seconds: float = 0.2) -> dict[str, float]:
