@@ -24,6 +24,7 @@ from prunus.bcnn.layers import _ComplexBatch, _RealPartInput, is_zero_view, zero
 from prunus.bcnn.pruning import prune_to_live_compression
 from prunus.errors import ConfigError
 from prunus.models import build_model
+from prunus.plan.recipe import Plan
 
 
 def _complex(shape, gen):

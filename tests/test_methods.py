@@ -200,7 +200,7 @@ def test_magnitude_one_shot_and_gradual_schedule():
     assert [round(cubic_ratio(0.9, k, 4), 4) for k in range(6)] == [0.0, 0.5203, 0.7875, 0.8859, 0.9, 0.9]
     torch.manual_seed(0)
     model = Denoiser()
-    one_shot = Magnitude(model, Plan.from_dict(PLAN))
+    Magnitude(model, Plan.from_dict(PLAN))  # one-shot: prunes at construction
     assert int((model.dec.weight == 0).sum()) == 29491  # pruned at construction
     model = Denoiser()
     gradual = Magnitude(model, Plan.from_dict(PLAN), gradual=True, rounds=4)

@@ -197,7 +197,6 @@ def test_entropy_coder_round_trips_and_costs_close_to_the_entropy():
 def test_export_reloads_bit_exactly_and_is_small(tmp_path, scheme, per_channel, rest):
     torch.manual_seed(0)
     model = build_model("lenet5", 1, 10)
-    plan_masks = {}
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith("weight"):
