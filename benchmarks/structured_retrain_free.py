@@ -11,7 +11,7 @@ optimizers: phase 1 Adam lr 1e-3 (cosine), phase 2 Adam from lr 1e-4 (cosine), b
 
   slr, admm    prunus' defaults (no option set here): a round every 100 batches, rho grows by
                the budget, penalty on the removed entries, channel sets with their BatchNorms
-  reweighted   prunus' defaults (lam 1e-2)
+  reweighted   prunus' defaults (lam from 1e-2, grown by the budget like rho; a round every 100 batches)
   l1           L1-norm filter pruning (Li et al. 2017) at the start, E masked epochs
   tp-l1        Torch-Pruning MetaPruner, GroupMagnitudeImportance(p=1), pruned at the start, E epochs
   tp-groupnorm Torch-Pruning GroupNormPruner (reg 5e-4, its CIFAR benchmark setting): E epochs of its
@@ -239,9 +239,9 @@ def summarize(data: dict) -> str:
         + " / ".join(f"{v} ({m})" for m, v in data["round_to"].items())
         + " filters, bisected to 2x / 4x fewer MACs of the physically pruned model. Budget for every method: "
         f"E = {E} method epochs (Adam lr {LR:g}, cosine) + R = {R} retraining epochs (Adam from lr {RETRAIN_LR:g}, "
-        "cosine). slr/admm/reweighted: prunus' defaults, no option set (SLR/ADMM: a round every 100 batches, rho "
-        "grown by the budget, penalty on the removed entries; every method constrains each filter with its bias and "
-        "BatchNorm and the convs of its residual stream); l1 / tp-l1: pruned at the start, E epochs with the mask; "
+        "cosine). slr/admm/reweighted: prunus' defaults, no option set (a round every 100 batches, the penalty "
+        "(rho; reweighted's lambda) grown by the budget, the penalty on the removed entries; every method constrains "
+        "each filter with its bias and BatchNorm and the convs of its residual stream); l1 / tp-l1: pruned at the start, E epochs with the mask; "
         "tp-groupnorm (reg 5e-4) / tp-growingreg (reg 1e-4, +1e-4 every 10 batches): Torch-Pruning "
         f"{data.get('torch_pruning', '')}'s regularizer for E epochs, then its `step()`. *hard-pruned*: right after "
         f"the hard-prune at the end of phase 1, no retraining; *+BN*: the same model with BatchNorm statistics "

@@ -98,3 +98,17 @@ def test_reweighted_state_dict_resumes_exactly():
 def test_reweighted_rejects_bad_options(kw):
     with pytest.raises(ValueError, match="lam > 0 and eps > 0"):
         Reweighted(Denoiser(), Plan.from_dict(PLAN), **kw)
+
+
+def test_budget_grows_lambda_only_while_behind_its_path_and_closes_the_gap():
+    """With rounds (as prunus prune gives it) lambda grows by the budget schedule; the run ends nearer the set
+    than the same run with lambda fixed, and lambda never shrinks."""
+    fixed_model, fixed, _, _ = _run(Reweighted, train_rounds=6, lam=1e-3)
+    model, pruner, _, _ = _run(Reweighted, train_rounds=6, lam=1e-3, rounds=6)
+    lams = [h["lam"] for h in pruner.history]
+    assert lams[0] == 1e-3 and all(b >= a for a, b in zip(lams, lams[1:])) and pruner.lam > 1e-3
+    assert all(h["lam"] == 1e-3 for h in fixed.history)
+    assert pruner.history[-1]["distance"] < 0.5 * fixed.history[-1]["distance"]
+    grown = [k for k in range(1, len(lams)) if lams[k] > lams[k - 1]]
+    for k in grown:  # it grew after round k only when that round was behind the geometric path
+        assert pruner.history[k - 1]["distance"] > pruner.schedule.planned(k + 1)

@@ -44,10 +44,11 @@ def add_parsers(sub) -> None:
     pr.add_argument("--retrain-lr", type=float)
     pr.add_argument("--batch-size", type=positive_int, default=pdefaults.batch_size)
     pr.add_argument("--seed", type=int, default=pdefaults.seed)
-    pr.add_argument("--update-every", type=positive_int, help="batches between method rounds (default: once per epoch)")
+    pr.add_argument("--update-every", type=positive_int,
+                    help="batches between method rounds (default: 100 for slr, admm and reweighted)")
     pr.add_argument("--rho-schedule", choices=RHO_SCHEDULES, default=pdefaults.rho_schedule,
-                    help="SLR/ADMM: budget = rho grows so the weights reach the set by the last round; fixed = rho "
-                         "stays (or grows by --rho-factor)")
+                    help="SLR/ADMM (rho) and reweighted (lambda): budget = the penalty grows so the weights reach "
+                         "the set by the last round; fixed = it stays (SLR/ADMM: or grows by --rho-factor)")
     pr.add_argument("--bn-recalibrate", type=int, default=0, metavar="BATCHES",
                     help="after the hard-prune, also report the accuracy with BatchNorm statistics re-estimated on "
                          "this many training batches (no gradient step; retraining goes on without it)")

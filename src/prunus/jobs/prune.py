@@ -96,14 +96,20 @@ class PruneConfig:
 
 def make_method(config: PruneConfig, model, plan: Plan, closure, batches_per_epoch: int | None = None
                 ) -> PruningMethod:
-    """The method of a run; with ``batches_per_epoch`` and the budget schedule, SLR/ADMM know their rounds."""
+    """The method of a run; with ``batches_per_epoch`` and the budget schedule, SLR/ADMM/reweighted know their rounds.
+
+    Under SGD a growing penalty needs a bound: a plain gradient step on rho/2 ||W - Z||^2 overshoots once
+    lr * rho > 1 and diverges past 2 (Adam's steps are bounded by lr, so there it may grow freely). SLR/ADMM
+    stop rho where one step lands on Z (rho_max = 1/lr); reweighted's curvature 2 lambda P_g has no such bound
+    (P_g grows as a group shrinks), so under SGD its lambda stays fixed.
+    """
     options = dict(config.options)
     rounds = None
     if METHODS[config.method].budget and config.rho_schedule == "budget" and batches_per_epoch is not None:
-        rounds = config.planned_rounds(batches_per_epoch)
-        if config.optimizer == "sgd":
-            # a plain gradient step on the penalty rho/2 ||W - Z||^2 overshoots once lr * rho > 1 and diverges past
-            # 2 (Adam's steps are bounded by lr, so there rho may grow freely): stop where one step lands on Z
+        if config.optimizer != "sgd":
+            rounds = config.planned_rounds(batches_per_epoch)
+        elif config.method in ("slr", "admm"):
+            rounds = config.planned_rounds(batches_per_epoch)
             options.setdefault("rho_max", 1.0 / config.lr)
     elif config.method == "gradual":
         rounds = max(config.epochs - 1, 1)  # the ramp ends an epoch before the hard-prune

@@ -59,8 +59,10 @@ class ADMMOptions(RhoOptions):
 class ReweightedOptions:
     """Reweighted group regularization (arXiv 2004.05531)."""
 
-    lam: float = _option(1e-2, "penalty weight lambda (the main knob)")
+    lam: float = _option(1e-2, "penalty weight lambda (its start value under the budget schedule)")
     eps: float = _option(0.01, "eps of the reweighting, relative to the mean group energy")
+    tol: float = _option(1e-3, "budget schedule: distance ||W - Pi(W)|| / ||W|| to reach by the last round")
+    max_growth: float = _option(10.0, "budget schedule: the most rho (lambda) grows in one round")
 
 
 @dataclass(frozen=True)
@@ -90,12 +92,12 @@ class MethodSpec:
     fixed: dict[str, Any] = field(default_factory=dict)
 
 
-#: SLR and ADMM round every 100 batches: with a round per epoch a short budget gives rho only a few
-#: steps to grow (benchmarks/slr_tuning.py found 100 batches best)
+#: SLR, ADMM and reweighted round every 100 batches: with a round per epoch a short budget gives the
+#: penalty only a few steps to grow (benchmarks/slr_tuning.py found 100 batches best for SLR)
 METHODS: dict[str, MethodSpec] = {
     "slr": MethodSpec(SLR, SLROptions, update_every=100, budget=True),
     "admm": MethodSpec(ADMM, ADMMOptions, update_every=100, budget=True),
-    "reweighted": MethodSpec(Reweighted, ReweightedOptions),
+    "reweighted": MethodSpec(Reweighted, ReweightedOptions, update_every=100, budget=True),
     "magnitude": MethodSpec(Magnitude, MagnitudeOptions, batch_rounds=False),
     "gradual": MethodSpec(Magnitude, GradualOptions, batch_rounds=False, fixed={"gradual": True}),
 }

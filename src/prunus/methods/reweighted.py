@@ -26,7 +26,11 @@ hard-prune (which removes exactly the selected set) costs almost nothing.
 
 ``eps`` is relative: eps_i = eps * (mean group energy of tensor i) at each
 reweighting, so the same default works for layers and models of any weight scale.
-``lam`` (lambda) is the one main knob.
+``lam`` (lambda) is the one main knob. Given ``rounds`` (the run's number of rounds, as
+``prunus prune`` does), lambda grows by the same budget schedule as SLR's and ADMM's rho
+(:class:`~prunus.methods.schedule.BudgetSchedule`): whenever the removed part is behind a
+geometric path to ``tol`` at the last round, so the hard-prune removes almost nothing the
+model still uses; without ``rounds`` lambda stays fixed.
 """
 
 from __future__ import annotations
@@ -38,11 +42,12 @@ import torch.nn as nn
 
 from prunus.constraints.sparsity import group_sums
 from prunus.methods.base import Closure, PruningMethod
+from prunus.methods.schedule import BudgetSchedule
 from prunus.plan.recipe import Plan
 
 
 class Reweighted(PruningMethod):
-    scalars = ("rounds", "lam", "eps")
+    scalars = ("rounds", "lam", "eps", "schedule_first")
 
     def __init__(
         self,
@@ -51,6 +56,9 @@ class Reweighted(PruningMethod):
         *,
         lam: float = 1e-2,
         eps: float = 0.01,
+        rounds: int | None = None,
+        tol: float = 1e-3,
+        max_growth: float = 10.0,
         update_every: int | None = None,
         closure: Closure | None = None,
     ):
@@ -58,7 +66,17 @@ class Reweighted(PruningMethod):
         if not lam > 0 or not eps > 0:
             raise ValueError(f"reweighted needs lam > 0 and eps > 0, got lam={lam}, eps={eps}")
         self.lam, self.eps = lam, eps
+        self.schedule = BudgetSchedule(rounds, tol, max_growth) if rounds is not None else None
         self._reweight()
+
+    @property
+    def schedule_first(self) -> float | None:
+        return self.schedule.first if self.schedule else None
+
+    @schedule_first.setter
+    def schedule_first(self, value: float | None) -> None:
+        if self.schedule:
+            self.schedule.first = value
 
     @torch.no_grad()
     def _reweight(self) -> dict[str, int]:
@@ -110,9 +128,11 @@ class Reweighted(PruningMethod):
         self.rounds += 1
         w = self.weights()
         removed_norm = sum(float((w[n].square() * s["drop"]).sum()) for n, s in self.state.items()) ** 0.5
-        record = {"round": self.rounds, "penalty_before": before, "penalty": float(self.penalty()),
-                  "residual": removed_norm, **churn}
-        return self.record_round(record)
+        record = self.record_round({"round": self.rounds, "penalty_before": before, "penalty": float(self.penalty()),
+                                    "residual": removed_norm, "lam": self.lam, **churn})
+        if self.schedule is not None:  # lambda for the next round, by the budget
+            self.lam *= self.schedule.factor(self.rounds, record["distance"])
+        return record
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
