@@ -1,5 +1,6 @@
 """The reference training loop: batching, schedules, resume after SIGKILL, DDP equivalence."""
 
+import io
 import json
 import os
 import signal
@@ -11,12 +12,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import assert_user_error, run_cli
+from rich.console import Console
 
+from prunus.data import load_dataset
 from prunus.data.loader import Batches, global_mean_scale
-from prunus.errors import ConfigError
+from prunus.errors import ConfigError, TrainingDiverged
+from prunus.hooks import TrainingHook
+from prunus.models import build_model
 from prunus.models.loading import load_model
 from prunus.train.config import TrainConfig, lr_factor
 from prunus.train.run import train
+from prunus.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,3 +172,39 @@ def test_environment_names_the_cpus_vector_extension(monkeypatch, tmp_path):
                             ("avx2 avx512f", "AMD EPYC (AVX-512)"), ("fpu", "AMD EPYC")]:
         cpuinfo.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\n")
         assert training.environment_info()["cpu"] == expected
+
+
+class _NaNAtEpoch(TrainingHook):
+    """A penalty that turns NaN at one epoch: a method or a learning rate blowing up mid-run."""
+
+    name = "nan"
+
+    def __init__(self, epoch: int):
+        self.epoch, self.now = epoch, 0
+
+    def penalty(self):
+        return torch.tensor(float("nan")) if self.now == self.epoch else None
+
+    def end_of_epoch(self, epoch: int) -> None:
+        self.now = epoch + 1
+
+
+def test_divergence_stops_within_one_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    train_set, test_set = load_dataset("digits", "train"), load_dataset("digits", "test")
+    torch.manual_seed(0)
+    model = build_model("lenet5", 1, 10)
+    run = tmp_path / "run"
+    trainer = Trainer(model, train_set, test_set, TrainConfig(epochs=3, batch_size=64), run, hooks=[_NaNAtEpoch(1)],
+                      console=Console(file=io.StringIO()))
+    with pytest.raises(TrainingDiverged, match=r"^epoch 2, step 1: the training loss is nan \(diverged\); the last good "
+                                               r"checkpoint is .*epoch-0001; lower the learning rate"):
+        trainer.fit()
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["epoch-0001"]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_diverging_cli_run_is_one_line_exit_2(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--model", "lenet5", "--dataset", "digits", "--epochs", "2", "--lr", "1000",
+                           "--out", tmp_path / "run")
+    assert_user_error(code, err, "epoch 1, step", "diverged", "no checkpoint was written yet")
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -36,3 +36,7 @@ class SurgeryError(PrunusError):
 
 class ExportError(PrunusError):
     """An exported model does not reproduce PyTorch's outputs, or could not be written."""
+
+
+class TrainingDiverged(PrunusError):
+    """The training loss (or a method's penalty) became NaN or infinite; the last good checkpoint is kept."""

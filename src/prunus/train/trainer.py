@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from prunus.data.loader import Batches, global_mean_scale
+from prunus.errors import TrainingDiverged
 from prunus.hooks import TrainingHook
 from prunus.io import CHECKPOINT_DIR, Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint, write_text_atomic
 from prunus.models.loading import load_weights
@@ -180,7 +181,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         loss_sum = correct = count = 0.0
-        for x, y, global_size in self.batches:
+        for step, (x, y, global_size) in enumerate(self.batches, 1):
             if global_size == 0:  # a Poisson-sampled step drew no example: nothing to learn, nothing released
                 continue
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -193,6 +194,7 @@ class Trainer:
                 p = h.penalty()
                 if p is not None:
                     scaled = scaled + p
+            self._check_finite(scaled, epoch, step)
             self.optimizer.zero_grad(set_to_none=True)
             scaled.backward()
             for h in self.hooks:
@@ -209,6 +211,20 @@ class Trainer:
             h.end_of_epoch(epoch)
         loss_sum, correct, count = self.dist.all_sum([loss_sum, correct, count])
         return {"loss": loss_sum / count, "accuracy": 100.0 * correct / count, "lr": self.config.lr * factor}
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        """Stop at the first step whose loss (penalties included) is NaN or infinite, on every rank at once.
+
+        Nothing of the current epoch is saved, so the newest checkpoint is the last good one.
+        """
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.dist.enabled:
+            bad = self.dist.all_sum([float(bad)])[0] > 0
+        if bad:
+            last = latest_checkpoint(self.run_dir)
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise TrainingDiverged(f"epoch {epoch + 1}, step {step}: the training loss is {float(loss.detach())} "
+                                   f"(diverged); {kept}; lower the learning rate (or the method's penalty) and run again")
 
     def _describe(self, epoch: int, loss: float, acc: float) -> str:
         return f"epoch {epoch + 1}/{self.config.epochs} loss {loss:.4f} acc {100 * acc:.2f}%"
