@@ -206,7 +206,7 @@ def test_array_dataset_protocol():
     assert torch.equal(x, images[3]) and y == 1 and type(y) is int
     xb, yb = next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))
     assert torch.equal(xb, images) and torch.equal(yb, labels)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"labels must be int64 of shape \(5,\)"):
         ArrayDataset(images, labels[:4], name="toy", split="train", num_classes=3, mean=(0.0, 0.0), std=(1.0, 1.0))
 
 
@@ -285,7 +285,7 @@ def test_crop_flip_extremes():
     assert all(a != b for a, b in zip(is_flip, is_same)) and 0 < sum(is_flip) < 10
     single = RandomCropFlip(padding=1)(x[0], _gen(0))
     assert single.shape == x[0].shape and torch.equal(single, RandomCropFlip(padding=1)(x[:1], _gen(0))[0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need padding >= 0"):
         RandomCropFlip(padding=-1)
 
 

@@ -123,8 +123,12 @@ def test_slr_keeps_real_copies_and_restores_rejected_multipliers():
         model.mid.weight.add_(1.0)  # a W-step moved the weights
     assert not torch.equal(w_prev, model.mid.weight)  # W^{k-1} is a copy, not an alias
     before = {n: s["Lambda"].clone() for n, s in pruner.state.items()}
+    r0 = pruner.prev_residual
     record = pruner.step()
     assert record["w_condition"] is False and len(calls) == 2  # both sides evaluated
+    # the accepted Z-step is step j = 1: s_1 = alpha_1 * s_0 * ||W^0 - Z^0|| / ||W^1 - Z^1||, fed the round's residuals
+    assert record["z_condition"] is True and pruner.j == 1
+    assert record["s"] == pytest.approx(alpha(1, 300.0, 0.1) * 0.01 * r0 / record["residual"])
     # the rejected W-step update left Lambda alone; only the accepted Z-step moved it, by s*(W - Z)
     for n, s in pruner.state.items():
         w = dict(model.named_parameters())[n].detach()

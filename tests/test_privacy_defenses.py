@@ -212,12 +212,20 @@ def test_dpsgd_without_opacus_is_one_clear_error(monkeypatch, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_library_imports_without_opacus_and_matplotlib():
+def test_library_imports_without_opacus_and_matplotlib(tmp_path):
     code = ("import sys; sys.modules['opacus'] = None; sys.modules['matplotlib'] = None\n"
             "import prunus.privacy, prunus.privacy.attacks, prunus.privacy.defenses.run, prunus.privacy.audit, prunus.cli\n"
-            "prunus.cli.build_parser()")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+            "prunus.cli.build_parser()\n"
+            "from prunus.errors import MissingDependencyError\n"
+            "from prunus.privacy.defenses import DefenseConfig, run_defense\n"
+            "try:\n"
+            "    run_defense(DefenseConfig(defense='dpsgd', dataset='digits', members=300), sys.argv[1])\n"
+            "except MissingDependencyError as e:\n"
+            "    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "dp")], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
+    assert "opacus" in r.stdout and "prunus[privacy]" in r.stdout, r.stdout  # the feature says what to install
+    assert not (tmp_path / "dp").exists()
 
 
 def test_dpsgd_accountant_out_of_memory_is_one_clear_error(monkeypatch, tmp_path):

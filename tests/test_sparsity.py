@@ -170,7 +170,7 @@ def test_num_pruned_matches_exact_round_half_up(num, total):
 def test_num_pruned_rejects_nan_and_bad_totals():
     with pytest.raises(StructureError, match="nan"):
         num_pruned(float("nan"), 10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="total must be a non-negative integer"):
         num_pruned(0.5, -1)
 
 
@@ -255,6 +255,14 @@ def brute_force_best(w, supports):
     return float((w.double() * ~m).flatten(1).norm(dim=1).min())
 
 
+def assert_exact_projection(w, p, mask, supports):
+    """``p`` is ``w`` on a feasible support (inside one of ``supports``) and no feasible point is closer."""
+    supports = list(supports)
+    assert torch.equal(p, torch.where(mask, w, torch.zeros_like(w)))
+    assert any(not bool((mask & (w != 0) & ~s).any()) for s in supports)  # feasible (zeros may count as kept)
+    assert dist(w, p) == pytest.approx(brute_force_best(w, supports), abs=1e-6)
+
+
 TINY = {  # shapes with <= 8 groups, so all supports can be enumerated
     "unstructured": [(2, 4), (8,)],
     "filter": [(6, 2, 1, 2), (8, 3)],
@@ -276,12 +284,12 @@ def test_group_projection_beats_brute_force(spec_shape, ratio, seed, ties):
     spec, shape = spec_shape
     s = Structure.parse(spec)
     w = make_w(shape, seed, ties)
-    p, _ = project(w, s, ratio)
+    p, mask = project(w, s, ratio)
     groups = ref_groups(shape, s)
     keep = groups.shape[0] - num_pruned(ratio, groups.shape[0])
     supports = (groups[list(c)].any(0) if c else torch.zeros(shape, dtype=torch.bool)
                 for c in itertools.combinations(range(groups.shape[0]), keep))
-    assert dist(w, p) <= brute_force_best(w, supports) + 1e-6
+    assert_exact_projection(w, p, mask, supports)
 
 
 @given(st.sampled_from([((2, 8), (2, 4)), ((1, 8, 1, 2), (1, 4)), ((2, 4, 1, 1), (1, 2))]),
@@ -291,7 +299,7 @@ def test_nm_projection_beats_brute_force(shape_nm, seed, ties):
     shape, (n, m) = shape_nm
     s = Structure("nm", n=n, m=m)
     w = make_w(shape, seed, ties)
-    p, _ = project(w, s, s.fixed_ratio())
+    p, mask = project(w, s, s.fixed_ratio())
     groups = ref_groups(shape, s)
     members = [torch.nonzero(g.flatten()).flatten().tolist() for g in groups]
     supports = []
@@ -299,7 +307,7 @@ def test_nm_projection_beats_brute_force(shape_nm, seed, ties):
         sup = torch.zeros(w.numel(), dtype=torch.bool)
         sup[[i for c in choice for i in c]] = True
         supports.append(sup.reshape(shape))
-    assert dist(w, p) <= brute_force_best(w, supports) + 1e-6
+    assert_exact_projection(w, p, mask, supports)
 
 
 @given(st.sampled_from(["default", "custom"]), ratios(), st.integers(0, 2**31 - 1), st.booleans())
@@ -311,12 +319,12 @@ def test_pattern_projection_beats_brute_force(library, ratio, seed, ties):
         s, shape = Structure("pattern", patterns=((0, 4, 8), (2, 4, 6), (1, 4, 7))), (2, 2, 3, 3)
     ratio = max(ratio, s.min_ratio(shape))
     w = make_w(shape, seed, ties)
-    p, _ = project(w, s, ratio)
+    p, mask = project(w, s, ratio)
     k = pattern_keep(shape, s, ratio)
     options = [None] + list(range(len(s.library)))
     supports = (pattern_mask(shape, s, c) for c in itertools.product(options, repeat=shape[0] * shape[1])
                 if sum(x is not None for x in c) <= k)
-    assert dist(w, p) <= brute_force_best(w, supports) + 1e-6
+    assert_exact_projection(w, p, mask, supports)
 
 
 @given(cases(), st.integers(0, 2**31 - 1))
@@ -324,8 +332,11 @@ def test_pattern_projection_beats_brute_force(library, ratio, seed, ties):
 def test_random_feasible_points_are_never_closer(case, seed):
     w, s, ratio = case
     p, mask = project(w, s, ratio)
+    assert torch.equal(p, torch.where(mask, w, torch.zeros_like(w)))  # w itself on the kept support
     g = torch.Generator().manual_seed(seed)
     groups = ref_groups(w.shape, s)
+    if s.name not in ("nm", "pattern"):  # exactly the planned number of whole groups is removed
+        assert sum(not bool(mask[gr].any()) for gr in groups) >= num_pruned(ratio, groups.shape[0])
     for _ in range(20):
         if s.name == "nm":
             scores = torch.rand(groups.shape[0], s.m, generator=g)  # a random n of each group of m
@@ -477,12 +488,17 @@ def test_structure_errors_name_the_problem(call, fragments):
     assert "\n" not in message
 
 
-def test_check_accepts_fitting_shapes():
-    Structure.parse("filter").check((8, 3))
-    Structure.parse("block:4x1").check(torch.Size([8, 4, 3, 3]))
-    Structure.parse("nm:2:4").check((8, 8, 3, 3))
-    Structure.parse("pattern").check((8, 4, 3, 3))
-    Structure.parse("unstructured").check((10,))
+@pytest.mark.parametrize("spec, fits, misfit, fragment", [
+    ("filter", (8, 3), (10,), "at least 2 dimensions"),
+    ("block:4x1", torch.Size([8, 4, 3, 3]), (6, 4, 3, 3), "6 rows"),
+    ("nm:2:4", (8, 8, 3, 3), (8, 6, 3, 3), "6 input channels"),
+    ("pattern", (8, 4, 3, 3), (8, 4, 5, 5), "3x3"),
+])
+def test_check_accepts_fitting_shapes_and_names_the_misfit(spec, fits, misfit, fragment):
+    s = Structure.parse(spec)
+    assert s.check(fits) is None
+    with pytest.raises(StructureError, match=fragment):
+        s.check(misfit)
 
 
 # ------------------------------------------------------------------------------------------------------------------
