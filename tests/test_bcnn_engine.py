@@ -397,8 +397,9 @@ def test_popcount_ceiling_is_measured():
     from prunus.bcnn.engine.bench import popcount_ceiling
 
     result = popcount_ceiling(threads=1, seconds=0.01)
-    # one thread on L1-resident words: 1-200 Gbit-MAC/s on any x86-64 of the last decade; it ran about as long as asked
-    assert result["threads"] == 1 and 1e9 < result["bit_macs_per_s"] < 2e11
+    # one thread on L1-resident words: 1-2000 Gbit-MAC/s on x86-64 (235 measured with AVX-512 VPOPCNTDQ); it ran
+    # about as long as asked
+    assert result["threads"] == 1 and 1e9 < result["bit_macs_per_s"] < 2e12
     assert 0.002 < result["seconds"] < 1.0
 
 

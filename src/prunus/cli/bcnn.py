@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prunus.bcnn.engine import compile_engine
+from prunus.bcnn.engine.bench import benchmark
 from prunus.cli.args import positive_int
 from prunus.data import load_dataset
 from prunus.errors import ConfigError
@@ -113,7 +114,6 @@ def _calibrate_bn(model, in_channels: int, size: int) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
-    from prunus.bcnn.engine.bench import benchmark  # numba's kernels: imported only for the numba bench
 
     model, name, size = _load(args.checkpoint, args.model, args.image_size, args.in_channels, args.num_classes)
     engine = compile_engine(model, size, backend=args.backend, device=args.device)

@@ -85,7 +85,7 @@ class PoissonBatches:
     """Poisson-sampled batches (each example in each step with probability ``sample_rate``), as DP-SGD's
     accounting assumes; ``round(1 / sample_rate)`` steps per epoch, a pure function of ``(seed, epoch)``.
 
-    A step may draw an empty batch; it is yielded as such (a trainer skips it: nothing is released).
+    A step may draw an empty batch; it is yielded as such (the Trainer skips it: no update is made).
     """
 
     def __init__(self, dataset: TensorDataset, sample_rate: float, *, seed: int = 0):

@@ -103,7 +103,7 @@ def export_onnx(
                 raise ExportError(f"onnxruntime's outputs differ from PyTorch's by up to {diff:.3g} (> {atol:g}); "
                                   f"{path} was not written")
     except OSError as e:
-        raise ConfigError(f"ONNX file {path} cannot be written ({e.strerror})") from None
+        raise ConfigError(f"ONNX file {path} cannot be written ({e.strerror or e})") from None
     return OnnxCheck(path, path.stat().st_size, diff, tuple(int(b) for b in batch_sizes), opset)
 
 

@@ -139,7 +139,7 @@ def run_pruning(
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=False)
     job = JobInput.load(init, data_dir, download, device)
-    plan = couple_if_possible(job.model, plan, job.train_set.images[:2], console)  # validated before anything is written
+    plan = couple_if_possible(job.model, plan, job.train_set.images[:2].to(job.device), console)  # validated before anything is written
     results: dict[str, Any] = {"config": dataclasses.asdict(config), "init": str(job.path),
                                "dense_accuracy": job.accuracy()}
     torch.manual_seed(config.seed)

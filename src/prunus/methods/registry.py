@@ -85,7 +85,7 @@ class MethodSpec:
     options: type
     #: batches between rounds unless the user says otherwise (None: once per epoch)
     update_every: int | None = None
-    #: SLR/ADMM grow rho by the budget: they need to know how many rounds the run makes
+    #: SLR/ADMM grow rho and reweighted lambda by the budget: they need to know how many rounds the run makes
     budget: bool = False
     #: its rounds may come every N batches (update_every); magnitude methods act once per epoch
     batch_rounds: bool = True
@@ -145,7 +145,7 @@ def method_from_recipe(section: Any, source: str) -> tuple[str, dict[str, Any]]:
 
 def build_method(name: str, model: nn.Module, plan: Plan, options: Any = None, *, update_every: int | None = None,
                  rounds: int | None = None, closure: Closure | None = None) -> PruningMethod:
-    """Method ``name`` on ``model`` by ``plan``; ``rounds`` is the budget of SLR/ADMM (or the ramp of gradual)."""
+    """Method ``name`` on ``model`` by ``plan``; ``rounds`` is the budget of SLR/ADMM/reweighted (or gradual's ramp)."""
     spec = METHODS[name]
     if options is None or isinstance(options, dict):
         options = method_options(name, options)
@@ -156,5 +156,5 @@ def build_method(name: str, model: nn.Module, plan: Plan, options: Any = None, *
         kwargs["update_every"] = update_every
     try:
         return spec.cls(model, plan, closure=closure, **kwargs)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:  # a value of the wrong kind or out of range
         raise ConfigError(f"--method {name}: {e}") from None

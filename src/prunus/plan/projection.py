@@ -1,6 +1,6 @@
 """The hard-prune: a model's constrained tensors projected onto their sets for good, in place.
 
-Every method's Z-step projects the same way (:meth:`prunus.plan.recipe.layout.Layout.project`); here the
+Every method's Z-step projects the same way (:meth:`prunus.plan.layout.Layout.project`); here the
 projection is written into the weights and the masks come back for
 :class:`~prunus.harden.keepers.MaskKeeper`.
 """

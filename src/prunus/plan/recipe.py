@@ -108,7 +108,8 @@ class Plan:
         The model's input layer and output layer are skipped by default: they hold few
         weights and cost the most accuracy per pruned weight, as is usual in the pruning
         literature. The *input layer* is the first Conv2d/Linear, unless the model embeds
-        its input (an ``nn.Embedding``, as transformers do): the embedding is then the input
+        its input (its first Embedding/Conv2d/Linear module, in registration order, is an
+        ``nn.Embedding``, as in transformers): the embedding is then the input
         layer, and it is never a pruning target here, so no Linear is skipped (BERT's first
         attention query is an ordinary layer). The *output layer* is the last Conv2d/Linear:
         a CNN's classifier, a transformer's classification or LM head. For speed, though,
@@ -129,7 +130,8 @@ class Plan:
             raise ConfigError(f"--round-to applies to filter and channel pruning, not to {structure}")
         layers = prunable_weights(model)
         names_in_order = [name for name, _ in layers]
-        embeds_input = any(isinstance(m, nn.Embedding) for m in model.modules())
+        first = next((m for m in model.modules() if isinstance(m, (nn.Embedding, nn.Conv2d, nn.Linear))), None)
+        embeds_input = isinstance(first, nn.Embedding)  # registration order: a transformer's embeddings come first
         skipped = {names_in_order[0]} if skip_first and not embeds_input else set()
         skipped |= {names_in_order[-1]} if skip_last else set()
         shapes = dict(layers)

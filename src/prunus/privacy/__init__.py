@@ -5,7 +5,9 @@
 * :mod:`prunus.privacy.attacks`: metric attacks (loss, confidence, entropy, modified entropy), Shokri's
   shadow-model attack, LiRA (online and offline);
 * :mod:`prunus.privacy.defenses`: pruning, adversarial regularization (the min-max game), MCMIA, DP-SGD;
-* :mod:`prunus.privacy.audit`: what ``prunus audit`` runs (reference models, report, ROC plots);
+* :mod:`prunus.privacy.audit`: what ``prunus audit`` runs (:mod:`~prunus.privacy.audit_config` names the attacks;
+  :mod:`~prunus.privacy.references` trains the shadow and reference models; :mod:`~prunus.privacy.report` writes
+  the table and the ROC plots);
 * :mod:`prunus.privacy.bank`: shadow/reference models' outputs, trained once per split and shared by audits.
 
 Importing this package needs neither opacus nor matplotlib; DP-SGD and the plots ask for them when used.

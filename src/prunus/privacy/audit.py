@@ -18,7 +18,7 @@ Both depend only on the split and the undefended recipe, never on the audited we
 (a non-adaptive attacker), so several checkpoints of one split can share them: a
 :class:`~prunus.privacy.bank.ReferenceBank` (``reference_bank=`` of :func:`run_audit`,
 ``prunus audit --reference-bank DIR``) holds their outputs, built once by
-:func:`prepare_reference_bank` or by the first audit that uses the directory.
+:func:`~prunus.privacy.references.prepare_reference_bank` or by the first audit that uses the directory.
 
 Writes into ``OUT``: ``config.json``, ``shadow/NN`` and ``reference/NN`` training runs
 (into the bank directory instead when one is used), ``report.json`` (every metric with
@@ -77,7 +77,7 @@ def run_audit(
     """Run the attacks of ``config`` against ``checkpoint`` and write the report into ``out``.
 
     ``reference_bank``: None trains the shadow/reference models into ``out``; a directory reuses
-    the bank saved there (or builds and saves it there, see :func:`prepare_reference_bank`); a
+    the bank saved there (or builds and saves it there, see :func:`~prunus.privacy.references.prepare_reference_bank`); a
     :class:`ReferenceBank` object is used as it is (it must hold every part the attacks need, and
     keeps Shokri's fitted attack classifier between audits).  A bank built for another split,
     recipe, seed or model count is refused before anything is written.

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from prunus.bcnn.engine import compile_engine, kernels
+from prunus.bcnn.engine import compile_engine
 from prunus.environment import environment_info
 
 __all__ = ["BenchResult", "Timing", "benchmark", "popcount_ceiling", "time_call"]
@@ -71,8 +71,9 @@ def popcount_ceiling(threads: int | None = None, seconds: float = 0.2) -> dict[s
     pixels), one serial copy per thread on the engine's kind of threads.  About ``seconds`` of work
     after a short calibration.  Returns ``bit_macs_per_s``, ``threads`` and ``seconds``.
     """
-
     import numba
+
+    from prunus.bcnn.engine import kernels  # numba's: imported only when the ceiling is measured
 
 
     t = threads or numba.get_num_threads()

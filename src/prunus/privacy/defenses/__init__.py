@@ -5,7 +5,9 @@
 * :mod:`~prunus.privacy.defenses.relaxloss`: RelaxLoss;
 * :mod:`~prunus.privacy.defenses.prune`: pruning alone, and MCMIA (pruning + the game);
 * :mod:`~prunus.privacy.defenses.dpsgd`: DP-SGD with opacus;
-* :mod:`~prunus.privacy.defenses.run`: the shared context and the run that dispatches to them.
+* :mod:`~prunus.privacy.defenses.context`: the shared :class:`DefenseContext`, built and checked before anything
+  is written;
+* :mod:`~prunus.privacy.defenses.run`: :func:`run_defense`, which dispatches to a strategy and saves the result.
 """
 
 from prunus.privacy.defenses.config import DEFENSES, DefenseConfig

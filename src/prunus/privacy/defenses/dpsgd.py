@@ -4,9 +4,13 @@
 model in opacus' ``GradSampleModule``, the optimizer in ``DPOptimizer`` (per-sample clipping to
 ``max_grad_norm``, Gaussian noise), and replaces the batches with Poisson sampling
 (:class:`~prunus.data.loader.PoissonBatches`), the sampling the accountant assumes. The noise is
-calibrated so that the run's steps reach ``(epsilon, delta)``. Progress, metrics, checkpoints
-and resume are the Trainer's; each epoch's record holds the epsilon spent so far, and the
+calibrated so that the run's planned steps reach ``(epsilon, delta)``. Progress, metrics and
+checkpoints are the Trainer's; each epoch's record holds the epsilon spent so far, and the
 accountant's history is checkpointed with the hook.
+
+A Poisson step that draws no example is skipped (probability ``(1 - q)^N``, about ``e^-B`` for an
+expected batch of B): the accountant counts the steps taken (``steps_taken``), the noise was
+calibrated for all planned steps (``steps``), so the epsilon reported is what was spent.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class DPSGD(TrainingHook):
             raise ConfigError("DP-SGD runs in one process (per-sample gradients are not split across ranks here)")
         config = trainer.config
         self.epochs = config.epochs
-        self.sample_rate = config.batch_size / len(trainer.train_set.labels)
+        self.sample_rate = min(1.0, config.batch_size / len(trainer.train_set.labels))  # a batch above N: every example
         trainer.batches = PoissonBatches(trainer.train_set, self.sample_rate, seed=config.seed)
         self.steps = len(trainer.batches) * config.epochs
         try:
@@ -91,6 +95,7 @@ class DPSGD(TrainingHook):
         return {"epsilon": self.spent(last=True)[0], "delta": self.delta, "target_epsilon": self.epsilon,
                 "accountant": self.accountant_name, "noise_multiplier": float(self.noise_multiplier),
                 "max_grad_norm": self.max_grad_norm, "sample_rate": self.sample_rate, "steps": self.steps,
+                "steps_taken": int(sum(h[2] for h in self.accountant.history)),
                 "epochs": self.epochs}
 
     def state_dict(self) -> dict[str, Any]:

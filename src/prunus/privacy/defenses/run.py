@@ -1,8 +1,8 @@
 """Defenses against membership inference: pruning, the min-max game, MCMIA, DP-SGD.
 
 Every defense trains on the *members* of a :class:`~prunus.privacy.splits.MembershipSplit`
-only, with the reference :class:`~prunus.train.trainer.Trainer` (DP-SGD excepted: it needs
-per-sample gradients and has its own small loop), and ends in a normal prunus
+only, with the reference :class:`~prunus.train.trainer.Trainer` (DP-SGD too: a hook gives it
+per-sample gradients, clipping and noise), and ends in a normal prunus
 checkpoint ``RUN_DIR/final`` that ``prunus eval`` and ``prunus audit`` load.  The
 checkpoint records the split (state section ``membership_split``) and, under
 ``meta["privacy"]``, the defense and the plain training recipe that ``prunus audit``
@@ -17,7 +17,8 @@ models are trained like the undefended target).
 * ``mcmia``: MCMIA (Wang et al., IJCAI 2021): SLR/ADMM pruning and the min-max game in one
   training run (both are hooks of one Trainer), then hard-prune and masked fine-tuning
   with the game still on.
-* ``dpsgd``: DP-SGD with opacus (:func:`train_dpsgd`), reporting the (epsilon, delta) reached.
+* ``dpsgd``: DP-SGD with opacus (:class:`~prunus.privacy.defenses.dpsgd.DPSGD`), reporting the (epsilon, delta)
+  reached.
 * ``relaxloss``: RelaxLoss (Chen, Yu & Fritz, ICLR 2022), :class:`RelaxLoss`: the training loss is
   held near a level alpha instead of driven to zero, so members' losses look like non-members'.
 """
