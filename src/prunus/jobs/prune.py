@@ -72,7 +72,16 @@ class PruneConfig:
             raise ConfigError("--rho-factor grows rho by a fixed factor; use it with --rho-schedule fixed")
         if self.bn_recalibrate < 0:
             raise ConfigError(f"--bn-recalibrate must be a number of batches >= 0, got {self.bn_recalibrate}")
+        if self.retrain_lr is not None and not (math.isfinite(self.retrain_lr) and self.retrain_lr > 0):
+            raise ConfigError(f"--retrain-lr must be a positive number, got {self.retrain_lr}")
+        self.train_config(self.epochs, self.lr, self.schedule)  # lr, batch size, schedule: checked before any writing
+        self.retrain_config()
         return self
+
+    def retrain_config(self) -> TrainConfig:
+        """The masked retraining's recipe (``retrain_lr``, else ``lr``)."""
+        lr = self.retrain_lr if self.retrain_lr is not None else self.lr
+        return self.train_config(self.retrain_epochs, lr, self.retrain_schedule)
 
     def rounds_every(self) -> int | None:
         """Batches between the method's rounds (None: one round per epoch)."""
@@ -198,8 +207,7 @@ def _retrain(job: JobInput, masks: Masks, config: PruneConfig, run_dir: Path, re
     results["retrain_accuracy"] = []
     t0 = time.perf_counter()
     if config.retrain_epochs > 0:
-        tcfg = config.train_config(config.retrain_epochs, config.retrain_lr or config.lr, config.retrain_schedule)
-        history = job.trainer(tcfg, run_dir / "retrain", [keeper], console).fit()
+        history = job.trainer(config.retrain_config(), run_dir / "retrain", [keeper], console).fit()
         results["retrain_accuracy"] = [h["test_accuracy"] for h in history]
     results["retrain_seconds"] = time.perf_counter() - t0
     keeper.remove()

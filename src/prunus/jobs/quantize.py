@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,9 @@ class QuantizeConfig:
             raise ConfigError(f"--method {self.method} needs --epochs >= 1")
         if self.rest not in REST:
             raise ConfigError(f"--rest must be one of {', '.join(REST)}, got {self.rest!r}")
+        if self.finetune_lr is not None and not (math.isfinite(self.finetune_lr) and self.finetune_lr > 0):
+            raise ConfigError(f"--finetune-lr must be a positive number, got {self.finetune_lr}")
+        self.method_config().validate()  # lr, batch size, method options: checked before any writing
         return self
 
     def method_config(self) -> PruneConfig:

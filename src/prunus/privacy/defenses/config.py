@@ -83,6 +83,15 @@ class DefenseConfig:
             raise ConfigError(f"--relax-alpha must be a positive number, got {self.relax_alpha}")
         if self.eval_examples is not None and self.eval_examples < 1:
             raise ConfigError(f"--eval-examples must be at least 1, got {self.eval_examples}")
+        if self.defense in ("advreg", "mcmia"):
+            if not (math.isfinite(self.adv_lambda) and self.adv_lambda >= 0):
+                raise ConfigError(f"--adv-lambda must be a finite number >= 0, got {self.adv_lambda}")
+            if not (math.isfinite(self.adv_lr) and self.adv_lr > 0):
+                raise ConfigError(f"--adv-lr must be a positive number, got {self.adv_lr}")
+            if self.warmup_epochs < 0:
+                raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if self.defense in ("prune", "mcmia"):
+            self.prune_config()  # the pruning recipe's numbers and method options, before any writing
         if self.adv_reference is not None and self.adv_reference < 1:
             raise ConfigError(f"--adv-reference must be at least 1, got {self.adv_reference}")
         self.train_config().validate()

@@ -52,8 +52,7 @@ def _prune(ctx: DefenseContext) -> dict[str, Any]:
     keeper = MaskKeeper(model, masks)
     if pcfg.retrain_epochs > 0:
         hooks = [keeper] + ([game] if game else [])
-        history = trainer("retrain", pcfg.train_config(pcfg.retrain_epochs, pcfg.retrain_lr or pcfg.lr,
-                                                       pcfg.retrain_schedule), hooks, loss_fn).fit()
+        history = trainer("retrain", pcfg.retrain_config(), hooks, loss_fn).fit()
         out["retrain_accuracy"] = [h["test_accuracy"] for h in history]
     keeper.remove()
     if game is not None:
