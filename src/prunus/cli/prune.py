@@ -54,12 +54,20 @@ def add_parsers(sub) -> None:
                          "this many training batches (no gradient step; retraining goes on without it)")
     add_method_options(pr)
     pr.add_argument("--out", required=False, help="run directory to create")
+    pr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted prunus prune run where it stopped")
     add_data_args(pr)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.resume:
+        given = [f for f in ("--out", "--init", "--recipe", "--ratio", "--compression")
+                 if getattr(args, f[2:].replace("-", "_"))]
+        if given:
+            raise ConfigError(f"--resume takes its settings from the run; drop {', '.join(given)}")
+        return _report(run_pruning(None, None, None, args.resume, resume=True, data_dir=args.data_dir,
+                                   download=args.download, device=args.device))
     if not args.out:
-        raise ConfigError("prunus prune needs --out RUN_DIR")
+        raise ConfigError("prunus prune needs --out RUN_DIR (or --resume RUN_DIR)")
     out = Path(args.out)
     check_run_dir(out, resume=False)
     if args.recipe is None and args.ratio is None and args.compression is None:
@@ -103,7 +111,11 @@ def run(args: argparse.Namespace) -> int:
         train(TrainConfig(model=args.model, dataset=args.dataset, epochs=args.dense_epochs, seed=args.seed),
               out / "dense", data_dir=args.data_dir, download=args.download, device=args.device)
         init, prune_dir = out / "dense", out / "prune"
-    results = run_pruning(init, plan, config, prune_dir, data_dir=args.data_dir, download=args.download, device=args.device)
+    return _report(run_pruning(init, plan, config, prune_dir, data_dir=args.data_dir, download=args.download,
+                               device=args.device))
+
+
+def _report(results: dict) -> int:
     retrain = ", ".join(f"{a:.2f}%" for a in results["retrain_accuracy"]) or "none"
     recal = (f" | + BN recalibration {results['bn_recalibrated_accuracy']:.2f}%"
              if "bn_recalibrated_accuracy" in results else "")

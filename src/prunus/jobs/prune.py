@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -13,14 +14,15 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from prunus.errors import ConfigError
+from prunus.errors import CheckpointError, ConfigError
 from prunus.harden.batchnorm import recalibrate_batchnorm
 from prunus.harden.keepers import MaskKeeper
 from prunus.harden.stats import CompressionReport
-from prunus.io import save_checkpoint, write_json_atomic
+from prunus.io import load_checkpoint, save_checkpoint, write_json_atomic
 from prunus.jobs.common import JobInput, couple_if_possible, distance_table
 from prunus.methods.base import PruningMethod
 from prunus.methods.registry import METHODS, build_method, method_options
+from prunus.models.loading import load_weights
 from prunus.plan.projection import Masks
 from prunus.plan.recipe import Plan
 from prunus.train.config import TrainConfig
@@ -127,11 +129,12 @@ def make_method(config: PruneConfig, model, plan: Plan, closure, batches_per_epo
 
 
 def run_pruning(
-    init: str | Path,
-    plan: Plan,
-    config: PruneConfig,
+    init: str | Path | None,
+    plan: Plan | None,
+    config: PruneConfig | None,
     run_dir: str | Path,
     *,
+    resume: bool = False,
     data_dir: str | None = None,
     download: bool = False,
     device: str | None = None,
@@ -141,13 +144,19 @@ def run_pruning(
 
     Phases: the method's epochs (``RUN_DIR/prune``), the hard-prune (``RUN_DIR/hard-pruned``, its
     accuracy with no retraining, optionally with BatchNorm recalibrated), masked retraining
-    (``RUN_DIR/retrain``), the compression report (``RUN_DIR/results.json``).
+    (``RUN_DIR/retrain``), the compression report (``RUN_DIR/results.json``). ``resume=True``
+    continues an interrupted run from ``RUN_DIR/job.json`` (``init``, ``plan`` and ``config`` are
+    then taken from there): each phase resumes from its newest checkpoint, a finished phase is
+    not run again, and the result equals an uninterrupted run's.
     """
-    config.validate()
     console = console or Console()
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume=False)
+    check_run_dir(run_dir, resume=resume)
+    if resume:
+        init, plan, config = read_job(run_dir)
+    config.validate()
     job = JobInput.load(init, data_dir, download, device)
+    uncoupled = plan.to_dict()
     plan = couple_if_possible(job.model, plan, job.train_set.images[:2].to(job.device), console)  # validated before anything is written
     results: dict[str, Any] = {"config": dataclasses.asdict(config), "init": str(job.path),
                                "dense_accuracy": job.accuracy()}
@@ -158,11 +167,20 @@ def run_pruning(
     if config.method == "magnitude":  # one-shot: pruned here, before any training
         results["pruned_at_start_accuracy"] = job.accuracy()
     create_run_dir(run_dir)
+    if not resume:
+        write_json_atomic(run_dir / JOB_FILE, {"init": str(job.path), "plan": uncoupled,
+                                               "config": dataclasses.asdict(config)})
+        write_json_atomic(run_dir / "config.json", {"job": "prune", "init": str(job.path)})  # marks a resumable run
     write_json_atomic(run_dir / "plan.json", plan.to_dict())
     console.print(f"dense: test accuracy {results['dense_accuracy']:.2f}%")
-    _prune(job, method, config, run_dir, results, console)
-    masks = _harden(job, method, config, run_dir, results, console)
-    _retrain(job, masks, config, run_dir, results, console)
+    hardened = run_dir / "hard-pruned"
+    if resume and (hardened / "meta.json").exists():  # the method's phase is over: start from its hard-prune
+        console.print(f"resumed after the hard-prune ({hardened})")
+        masks = _load_hardened(job, hardened, config, results, console)
+    else:
+        _prune(job, method, config, run_dir, results, console, resume)
+        masks = _harden(job, method, config, run_dir, results, console)
+    _retrain(job, masks, config, run_dir, results, console, resume)
     report = CompressionReport.of(job.model, plan, job.test_set.images[:256].to(job.device))
     results["report"] = report.to_dict()
     console.print(report.table())
@@ -171,12 +189,12 @@ def run_pruning(
 
 
 def _prune(job: JobInput, method: PruningMethod, config: PruneConfig, run_dir: Path, results: dict,
-           console: Console) -> None:
+           console: Console, resume: bool) -> None:
     """The method's epochs: the user's loss plus its penalty, its rounds as the trainer goes."""
     t0 = time.perf_counter()
     if config.epochs > 0:
         job.trainer(config.train_config(config.epochs, config.lr, config.schedule), run_dir / "prune", [method],
-                    console).fit()
+                    console).fit(resume=resume)
     results["prune_seconds"] = time.perf_counter() - t0
     results["method_history"] = method.history
     if method.history and "distances" in method.history[-1]:
@@ -187,10 +205,16 @@ def _harden(job: JobInput, method: PruningMethod, config: PruneConfig, run_dir: 
             console: Console) -> Masks:
     """The hard-prune and its accuracy with no retraining (and, on a copy, with BatchNorm recalibrated)."""
     masks = method.hard_prune()
+    phase = {k: results[k] for k in ("prune_seconds", "method_history")}  # kept for a run resumed after this point
+    save_checkpoint(run_dir / "hard-pruned", job.model.state_dict(), {"masks": {"masks": masks}},
+                    {**job.meta, "epoch": -1, "pruning": phase})
+    _measure_hardened(job, config, results, console)
+    return masks
+
+
+def _measure_hardened(job: JobInput, config: PruneConfig, results: dict, console: Console) -> None:
     results["hard_pruned_accuracy"] = job.accuracy()
     console.print(f"hard-pruned ({config.method}, no retraining): test accuracy {results['hard_pruned_accuracy']:.2f}%")
-    save_checkpoint(run_dir / "hard-pruned", job.model.state_dict(), {"masks": {"masks": masks}},
-                    {**job.meta, "epoch": -1})
     if config.bn_recalibrate:
         recalibrated = copy.deepcopy(job.model)  # a column of its own: retraining goes on from the hard-pruned model
         recalibrate_batchnorm(recalibrated, job.train_set, batches=config.bn_recalibrate, batch_size=config.batch_size,
@@ -198,16 +222,41 @@ def _harden(job: JobInput, method: PruningMethod, config: PruneConfig, run_dir: 
         results["bn_recalibrated_accuracy"] = job.accuracy(recalibrated)
         console.print(f"hard-pruned + BatchNorm recalibration ({config.bn_recalibrate} batches, no gradient step): "
                       f"test accuracy {results['bn_recalibrated_accuracy']:.2f}%")
-    return masks
 
 
-def _retrain(job: JobInput, masks: Masks, config: PruneConfig, run_dir: Path, results: dict, console: Console) -> None:
+
+def _retrain(job: JobInput, masks: Masks, config: PruneConfig, run_dir: Path, results: dict, console: Console,
+             resume: bool) -> None:
     """Masked retraining: pruned weights stay exactly zero."""
     keeper = MaskKeeper(job.model, masks)
+    torch.manual_seed(config.seed)  # the same random state whether or not the run was resumed after the hard-prune
     results["retrain_accuracy"] = []
     t0 = time.perf_counter()
     if config.retrain_epochs > 0:
-        history = job.trainer(config.retrain_config(), run_dir / "retrain", [keeper], console).fit()
+        history = job.trainer(config.retrain_config(), run_dir / "retrain", [keeper], console).fit(resume=resume)
         results["retrain_accuracy"] = [h["test_accuracy"] for h in history]
     results["retrain_seconds"] = time.perf_counter() - t0
     keeper.remove()
+
+
+JOB_FILE = "job.json"
+
+
+def read_job(run_dir: Path) -> tuple[str, Plan, PruneConfig]:
+    """What an interrupted pruning run was started with: its input checkpoint, plan and config."""
+    path = run_dir / JOB_FILE
+    try:
+        job = json.loads(path.read_text())
+        return job["init"], Plan.from_dict(job["plan"], source=str(path)), PruneConfig(**job["config"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"--resume {run_dir}: {path} is missing or damaged ({e}); it is not a prunus prune run "
+                              "that can be resumed") from None
+
+
+def _load_hardened(job: JobInput, hardened: Path, config: PruneConfig, results: dict, console: Console) -> Masks:
+    """The hard-pruned weights and masks a resumed run had saved; their accuracies are measured again."""
+    ckpt = load_checkpoint(hardened)
+    load_weights(job.model, ckpt, "the model being pruned")
+    results.update(ckpt.meta["pruning"])
+    _measure_hardened(job, config, results, console)
+    return {n: m.to(job.device) for n, m in ckpt.state("masks")["masks"].items()}
