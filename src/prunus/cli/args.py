@@ -11,6 +11,7 @@ import torch
 from prunus.data import DATASETS
 from prunus.errors import ConfigError
 from prunus.io import ensure_parent_dir
+from prunus.jobs.common import Resources
 from prunus.methods.registry import all_option_fields
 from prunus.train.config import OPTIMIZERS, SCHEDULES
 
@@ -94,3 +95,8 @@ def add_recipe_args(parser, defaults: Any) -> None:
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+
+
+def resources_of(args: argparse.Namespace) -> Resources:
+    """--data-dir, --download and --device as a job's :class:`~prunus.jobs.common.Resources`."""
+    return Resources(data_dir=args.data_dir, download=args.download, device=args.device)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunus.cli.args import add_data_args, add_method_options, config_from_args, given_method_options, positive_int
+from prunus.cli.args import (
+    add_data_args,
+    add_method_options,
+    config_from_args,
+    given_method_options,
+    positive_int,
+    resources_of,
+)
 from prunus.data import DATASETS
 from prunus.errors import ConfigError
 from prunus.jobs.prune import RHO_SCHEDULES, PruneConfig, run_pruning
@@ -64,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
                  if getattr(args, f[2:].replace("-", "_"))]
         if given:
             raise ConfigError(f"--resume takes its settings from the run; drop {', '.join(given)}")
-        return _report(run_pruning(None, None, None, args.resume, resume=True, data_dir=args.data_dir,
-                                   download=args.download, device=args.device))
+        return _report(run_pruning(None, None, None, args.resume, resume=True, resources=resources_of(args)))
     if not args.out:
         raise ConfigError("prunus prune needs --out RUN_DIR (or --resume RUN_DIR)")
     out = Path(args.out)
@@ -111,8 +117,7 @@ def run(args: argparse.Namespace) -> int:
         train(TrainConfig(model=args.model, dataset=args.dataset, epochs=args.dense_epochs, seed=args.seed),
               out / "dense", data_dir=args.data_dir, download=args.download, device=args.device)
         init, prune_dir = out / "dense", out / "prune"
-    return _report(run_pruning(init, plan, config, prune_dir, data_dir=args.data_dir, download=args.download,
-                               device=args.device))
+    return _report(run_pruning(init, plan, config, prune_dir, resources=resources_of(args)))
 
 
 def _report(results: dict) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prunus.cli.args import add_data_args, config_from_args, positive_int
+from prunus.cli.args import add_data_args, config_from_args, positive_int, resources_of
 from prunus.deploy.compressed import REST
 from prunus.jobs.quantize import QUANT_METHODS, QuantizeConfig, run_quantization
 from prunus.train.config import SCHEDULES
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     scheme = args.scheme if args.scheme is not None else str(args.bits)
     config = config_from_args(QuantizeConfig, args, scheme=scheme,
                               options={"rho": args.rho} if args.rho is not None else {}).validate()
-    results = run_quantization(args.init, config, args.out, data_dir=args.data_dir, download=args.download, device=args.device)
+    results = run_quantization(args.init, config, args.out, resources=resources_of(args))
     size = results["size"]
     print(
         f"input {results['input_accuracy']:.2f}% | hard-quantized {results['hard_quantized_accuracy']:.2f}% | "

@@ -25,6 +25,15 @@ from prunus.train.distributed import pick_device
 from prunus.train.trainer import Trainer, evaluate
 
 
+@dataclass(frozen=True)
+class Resources:
+    """Where a job finds its dataset (a directory, or a download) and the device it computes on."""
+
+    data_dir: str | None = None
+    download: bool = False
+    device: str | None = None
+
+
 @dataclass
 class JobInput:
     """A job's input checkpoint: the model (on ``device``), its metadata, and the data it was trained on."""
@@ -37,15 +46,16 @@ class JobInput:
     device: torch.device
 
     @classmethod
-    def load(cls, init: str | Path, data_dir: str | None, download: bool, device: str | None) -> "JobInput":
+    def load(cls, init: str | Path, resources: Resources | None = None) -> "JobInput":
+        res = resources or Resources()
         model, ckpt = load_model(init)
         dataset = ckpt.meta.get("dataset", {})
         if "name" not in dataset:
             raise ConfigError(f"--init {init}: the checkpoint does not record its dataset")
-        sets = [load_dataset(dataset["name"], split, data_dir=data_dir, download=download,
+        sets = [load_dataset(dataset["name"], split, data_dir=res.data_dir, download=res.download,
                              image_size=dataset.get("image_size")) for split in ("train", "test")]
         meta = {"model": ckpt.meta["model"], "dataset": dataset, "init": str(ckpt.path)}
-        dev = pick_device(device)
+        dev = pick_device(res.device)
         return cls(model.to(dev), Path(ckpt.path), meta, *sets, dev)
 
     def accuracy(self, model: nn.Module | None = None) -> float:

@@ -19,7 +19,7 @@ from prunus.harden.batchnorm import recalibrate_batchnorm
 from prunus.harden.keepers import MaskKeeper
 from prunus.harden.stats import CompressionReport
 from prunus.io import load_checkpoint, save_checkpoint, write_json_atomic
-from prunus.jobs.common import JobInput, couple_if_possible, distance_table
+from prunus.jobs.common import JobInput, Resources, couple_if_possible, distance_table
 from prunus.methods.base import PruningMethod
 from prunus.methods.registry import METHODS, build_method, method_options
 from prunus.models.loading import load_weights
@@ -135,9 +135,7 @@ def run_pruning(
     run_dir: str | Path,
     *,
     resume: bool = False,
-    data_dir: str | None = None,
-    download: bool = False,
-    device: str | None = None,
+    resources: Resources | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Prune the model of checkpoint ``init`` by ``plan``; returns (and writes) the results.
@@ -155,7 +153,7 @@ def run_pruning(
     if resume:
         init, plan, config = read_job(run_dir)
     config.validate()
-    job = JobInput.load(init, data_dir, download, device)
+    job = JobInput.load(init, resources)
     uncoupled = plan.to_dict()
     plan = couple_if_possible(job.model, plan, job.train_set.images[:2].to(job.device), console)  # validated before anything is written
     results: dict[str, Any] = {"config": dataclasses.asdict(config), "init": str(job.path),

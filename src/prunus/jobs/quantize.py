@@ -17,7 +17,7 @@ from prunus.deploy.compressed import REST, export_compressed, load_compressed, r
 from prunus.errors import ConfigError
 from prunus.harden.keepers import MaskKeeper, QuantKeeper
 from prunus.io import save_checkpoint, write_json_atomic
-from prunus.jobs.common import JobInput
+from prunus.jobs.common import JobInput, Resources
 from prunus.jobs.prune import PruneConfig, make_method
 from prunus.plan.quant import QuantPlan
 from prunus.train.rundir import check_run_dir, create_run_dir
@@ -74,9 +74,7 @@ def run_quantization(
     config: QuantizeConfig,
     run_dir: str | Path,
     *,
-    data_dir: str | None = None,
-    download: bool = False,
-    device: str | None = None,
+    resources: Resources | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Quantize every Conv2d/Linear weight of checkpoint ``init``; zeros of a pruned model stay zero.
@@ -89,7 +87,7 @@ def run_quantization(
     console = console or Console()
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=False)
-    job = JobInput.load(init, data_dir, download, device)
+    job = JobInput.load(init, resources)
     plan = QuantPlan.for_pruned(job.model, config.scheme, config.per_channel)
     results: dict[str, Any] = {"config": dataclasses.asdict(config), "init": str(job.path), "scheme": str(plan.scheme),
                                "input_accuracy": job.accuracy()}

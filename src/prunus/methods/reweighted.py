@@ -42,11 +42,11 @@ import torch.nn as nn
 
 from prunus.constraints.sparsity import group_sums
 from prunus.methods.base import Closure, PruningMethod
-from prunus.methods.schedule import BudgetSchedule
+from prunus.methods.schedule import Budgeted, BudgetSchedule
 from prunus.plan.recipe import Plan
 
 
-class Reweighted(PruningMethod):
+class Reweighted(Budgeted, PruningMethod):
     scalars = ("rounds", "lam", "eps", "schedule_first")
 
     def __init__(
@@ -68,15 +68,6 @@ class Reweighted(PruningMethod):
         self.lam, self.eps = lam, eps
         self.schedule = BudgetSchedule(rounds, tol, max_growth) if rounds is not None else None
         self._reweight()
-
-    @property
-    def schedule_first(self) -> float | None:
-        return self.schedule.first if self.schedule else None
-
-    @schedule_first.setter
-    def schedule_first(self, value: float | None) -> None:
-        if self.schedule:
-            self.schedule.first = value
 
     @torch.no_grad()
     def _reweight(self) -> dict[str, int]:

@@ -58,10 +58,29 @@ class BudgetSchedule:
         return {"rounds": self.rounds, "tol": self.tol, "max_growth": self.max_growth, "first": self.first}
 
 
+class Budgeted:
+    """A method whose penalty grows by a :class:`BudgetSchedule` (``self.schedule``, None when fixed).
+
+    ``schedule_first`` (the first round's distance, which fixes the path) is listed in the method's
+    scalars, so a resumed run keeps its path.
+    """
+
+    schedule: BudgetSchedule | None
+
+    @property
+    def schedule_first(self) -> float | None:
+        return self.schedule.first if self.schedule else None
+
+    @schedule_first.setter
+    def schedule_first(self, value: float | None) -> None:
+        if self.schedule:
+            self.schedule.first = value
+
+
 PENALIZE = ("removed", "all")
 
 
-class GrowingRho(PruningMethod):
+class GrowingRho(Budgeted, PruningMethod):
     """What SLR and ADMM share: the penalty rho/2 ||W - Z + Lambda/rho||^2 and how rho grows:
     fixed, geometric (``rho_factor``, ``rho_max``) or by the budget (``rounds``).
 
@@ -118,15 +137,6 @@ class GrowingRho(PruningMethod):
     def penalty_mask(self, name: str):
         """With penalize="removed", the entries the last Z-step removed (``state[name]["keep"]`` is False)."""
         return ~self.state[name]["keep"] if self.penalize == "removed" else None
-
-    @property
-    def schedule_first(self) -> float | None:
-        return self.schedule.first if self.schedule else None
-
-    @schedule_first.setter
-    def schedule_first(self, value: float | None) -> None:
-        if self.schedule:
-            self.schedule.first = value
 
     def next_rho(self, distance: float) -> float:
         """rho for the next round, after round ``self.rounds`` ended ``distance`` from the set."""
