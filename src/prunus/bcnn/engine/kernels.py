@@ -62,6 +62,13 @@ def popcount64(typingctx, x):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _image_row(row, ho):
+    """``(image, output row)`` of row ``row`` of the batch's output rows, flattened as the tiles walk them."""
+    b = row // ho
+    return b, row - b * ho
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _col_range(kx, stride, pad, wo, W):
     """Output columns ``[lo, hi)`` whose tap ``kx`` lies inside the image."""
     lo = 0
@@ -74,8 +81,37 @@ def _col_range(kx, stride, pad, wo, W):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _or_tap_bits(pw, r, x, b, iy, first, st, ulo, n, off, C):
+    """Dense packing: OR one tap's ``C`` input bits into bits ``[off, off + C)`` of the patch (it may straddle two words)."""
+    q = off >> 6
+    sh = off & 63
+    s = U(sh)
+    if sh + C > 64:
+        rs = U(64 - sh)
+        for j in range(n):
+            v = x[b, 0, iy, first + j * st]
+            pw[q, r, ulo + j] |= v << s
+            pw[q + 1, r, ulo + j] |= v >> rs
+    else:
+        for j in range(n):
+            pw[q, r, ulo + j] |= x[b, 0, iy, first + j * st] << s
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _copy_tap_words(pw, r, x, b, iy, first, st, ulo, n, jw, nw):
+    """Word-aligned packing: one tap's ``nw`` input words go to patch words ``[jw, jw + nw)``."""
+    for q in range(nw):
+        for j in range(n):
+            pw[jw + q, r, ulo + j] = x[b, q, iy, first + j * st]
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _patch_row(x, b, oy, r, C, k, stride, pad, wo, pw):
-    """``pw[q, r, ox]``: the packed receptive field of output pixel ``(oy, ox)`` of image ``b``; outside taps stay 0."""
+    """``pw[q, r, ox]``: the packed receptive field of output pixel ``(oy, ox)`` of image ``b``; outside taps stay 0.
+
+    Tap ``t`` sits at bits ``[t*C, t*C + C)`` when the input has one word (``nw == 1``), else at
+    words ``[t*nw, t*nw + nw)``.
+    """
     nw, H, W = x.shape[1], x.shape[2], x.shape[3]
     KW = pw.shape[0]
     for q in range(KW):
@@ -83,47 +119,20 @@ def _patch_row(x, b, oy, r, C, k, stride, pad, wo, pw):
             pw[q, r, ox] = 0
     y0 = oy * stride - pad
     st = U(stride)
-    if nw == 1:  # dense: tap t at bits [t*C, t*C + C) of the patch
-        off = 0
-        for ky in range(k):
-            iy = y0 + ky
-            if iy < 0 or iy >= H:
-                off += k * C
+    for ky in range(k):
+        iy = y0 + ky
+        if iy < 0 or iy >= H:
+            continue
+        for kx in range(k):
+            lo, hi = _col_range(kx, stride, pad, wo, W)
+            if hi <= lo:
                 continue
-            for kx in range(k):
-                lo, hi = _col_range(kx, stride, pad, wo, W)
-                if hi > lo:
-                    q = off >> 6
-                    sh = off & 63
-                    s = U(sh)
-                    first = U(lo * stride - pad + kx)
-                    ulo = U(lo)
-                    if sh + C > 64:  # the tap straddles two words
-                        rs = U(64 - sh)
-                        for j in range(U(hi - lo)):
-                            v = x[b, 0, iy, first + j * st]
-                            pw[q, r, ulo + j] |= v << s
-                            pw[q + 1, r, ulo + j] |= v >> rs
-                    else:
-                        for j in range(U(hi - lo)):
-                            pw[q, r, ulo + j] |= x[b, 0, iy, first + j * st] << s
-                off += C
-    else:  # word-aligned: tap t at words [t*nw, t*nw + nw)
-        jw = 0
-        for ky in range(k):
-            iy = y0 + ky
-            if iy < 0 or iy >= H:
-                jw += k * nw
-                continue
-            for kx in range(k):
-                lo, hi = _col_range(kx, stride, pad, wo, W)
-                if hi > lo:
-                    first = U(lo * stride - pad + kx)
-                    ulo = U(lo)
-                    for q in range(nw):
-                        for j in range(U(hi - lo)):
-                            pw[jw + q, r, ulo + j] = x[b, q, iy, first + j * st]
-                jw += nw
+            first = U(lo * stride - pad + kx)
+            tap = ky * k + kx
+            if nw == 1:
+                _or_tap_bits(pw, r, x, b, iy, first, st, U(lo), U(hi - lo), tap * C, C)
+            else:
+                _copy_tap_words(pw, r, x, b, iy, first, st, U(lo), U(hi - lo), tap * nw, nw)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -144,8 +153,8 @@ def _tile(x, xf, wt, C, k, stride, pad, ho, wo, r0, nr, pw, pwf, accf):
                 pwf[q, i] = xf[b0, q, start + U(i)]
     else:
         for r in range(nr):
-            b = (r0 + r) // ho
-            _patch_row(x, b, r0 + r - b * ho, r, C, k, stride, pad, wo, pw)
+            b, oy = _image_row(r0 + r, ho)
+            _patch_row(x, b, oy, r, C, k, stride, pad, wo, pw)
     p = 0
     while p + 4 <= P:
         w0, w1, w2, w3 = wt[0, p], wt[0, p + 1], wt[0, p + 2], wt[0, p + 3]
@@ -183,6 +192,57 @@ def _flat(x, pw, acc):
     return xf, pwf, acc.reshape(acc.shape[0], acc.shape[1] * acc.shape[2])
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _threshold_contiguous(of, b0, start, L, accf, ck, thr, flip, P):
+    """Interior test of a tile whose rows are one image's: bits ``of[b0, :, start:start + L]``, one loop per channel."""
+    for qo in range(of.shape[1]):
+        for i in range(L):
+            of[b0, qo, start + U(i)] = 0
+    for p in range(P):
+        qo = p >> 6
+        sh = U(p & 63)
+        if flip[p] > 0:
+            lim = ck[p] - thr[p]
+            for i in range(L):
+                of[b0, qo, start + U(i)] |= U(2 * accf[p, i] <= lim) << sh
+        else:
+            lim = ck[p] + thr[p]
+            for i in range(L):
+                of[b0, qo, start + U(i)] |= U(2 * accf[p, i] >= lim) << sh
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _threshold_rows(out, acc, r0, nr, ho, wo, ck, thr, flip, P):
+    """Interior test of a tile holding rows of several images (small maps), row by row."""
+    for r in range(nr):
+        b, oy = _image_row(r0 + r, ho)
+        for qo in range(out.shape[1]):
+            for ox in range(wo):
+                out[b, qo, oy, ox] = 0
+        for p in range(P):
+            qo = p >> 6
+            sh = U(p & 63)
+            if flip[p] > 0:
+                lim = ck[p] - thr[p]
+                for ox in range(wo):
+                    out[b, qo, oy, ox] |= U(2 * acc[p, r, ox] <= lim) << sh
+            else:
+                lim = ck[p] + thr[p]
+                for ox in range(wo):
+                    out[b, qo, oy, ox] |= U(2 * acc[p, r, ox] >= lim) << sh
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _redo_border_bits(out, b, oy, r, acc, p, ckb, f, t, lo, hi):
+    """Output bit ``p`` of pixels ``ox in [lo, hi)`` of row ``oy`` again, with the border's own ``ckb`` correction."""
+    qo = p >> 6
+    sh = U(p & 63)
+    keep = ~(U(1) << sh)
+    for ox in range(lo, hi):
+        v = U(f * (ckb[oy, p, ox] - 2 * acc[p, r, ox]) >= t) << sh
+        out[b, qo, oy, ox] = (out[b, qo, oy, ox] & keep) | v
+
+
 @njit(cache=True, nogil=True)
 def bconv_bits(x, wt, C, k, stride, pad, ho, wo, R, ck, ckb, border_rows, lo_col, hi_col, flip, thr, pw, acc, out):
     """Binary conv with BN + sign folded in: output bit ``p`` is ``flip[p] * dot >= thr[p]`` (``out``: planar bits).
@@ -195,73 +255,27 @@ def bconv_bits(x, wt, C, k, stride, pad, ho, wo, R, ck, ckb, border_rows, lo_col
     """
     n = x.shape[0]
     P = wt.shape[1]
-    nwo = out.shape[1]
     rows = n * ho
     xf, pwf, accf = _flat(x, pw, acc)
-    of = out.reshape(n, nwo, ho * wo)
+    of = out.reshape(n, out.shape[1], ho * wo)
     for r0 in range(0, rows, R):
         nr = min(R, rows - r0)
         _tile(x, xf, wt, C, k, stride, pad, ho, wo, r0, nr, pw, pwf, accf)
         b0 = r0 // ho
         oy0 = r0 - b0 * ho
-        L = nr * wo
         if oy0 + nr <= ho:  # the tile is rows oy0.. of image b0: contiguous in the output
-            start = U(oy0 * wo)
-            for qo in range(nwo):
-                for i in range(L):
-                    of[b0, qo, start + U(i)] = 0
-            for p in range(P):
-                qo = p >> 6
-                sh = U(p & 63)
-                if flip[p] > 0:
-                    lim = ck[p] - thr[p]
-                    for i in range(L):
-                        of[b0, qo, start + U(i)] |= U(2 * accf[p, i] <= lim) << sh
-                else:
-                    lim = ck[p] + thr[p]
-                    for i in range(L):
-                        of[b0, qo, start + U(i)] |= U(2 * accf[p, i] >= lim) << sh
-        else:  # rows of several images (small maps)
-            for r in range(nr):
-                b = (r0 + r) // ho
-                oy = r0 + r - b * ho
-                for qo in range(nwo):
-                    for ox in range(wo):
-                        out[b, qo, oy, ox] = 0
+            _threshold_contiguous(of, b0, U(oy0 * wo), nr * wo, accf, ck, thr, flip, P)
+        else:
+            _threshold_rows(out, acc, r0, nr, ho, wo, ck, thr, flip, P)
+        for r in range(nr):
+            b, oy = _image_row(r0 + r, ho)
+            if border_rows[oy]:
                 for p in range(P):
-                    qo = p >> 6
-                    sh = U(p & 63)
-                    if flip[p] > 0:
-                        lim = ck[p] - thr[p]
-                        for ox in range(wo):
-                            out[b, qo, oy, ox] |= U(2 * acc[p, r, ox] <= lim) << sh
-                    else:
-                        lim = ck[p] + thr[p]
-                        for ox in range(wo):
-                            out[b, qo, oy, ox] |= U(2 * acc[p, r, ox] >= lim) << sh
-        for r in range(nr):  # border pixels: the per-pixel corrections
-            b = (r0 + r) // ho
-            oy = r0 + r - b * ho
-            brow = border_rows[oy]
-            if not brow and lo_col == 0 and hi_col == wo:
-                continue
-            for p in range(P):
-                qo = p >> 6
-                sh = U(p & 63)
-                keep = ~(U(1) << sh)
-                t = thr[p]
-                f = flip[p]
-                if brow:
-                    for ox in range(wo):
-                        v = U(f * (ckb[oy, p, ox] - 2 * acc[p, r, ox]) >= t) << sh
-                        out[b, qo, oy, ox] = (out[b, qo, oy, ox] & keep) | v
-                    continue
-                for ox in range(lo_col):
-                    v = U(f * (ckb[oy, p, ox] - 2 * acc[p, r, ox]) >= t) << sh
-                    out[b, qo, oy, ox] = (out[b, qo, oy, ox] & keep) | v
-                for ox in range(hi_col, wo):
-                    v = U(f * (ckb[oy, p, ox] - 2 * acc[p, r, ox]) >= t) << sh
-                    out[b, qo, oy, ox] = (out[b, qo, oy, ox] & keep) | v
+                    _redo_border_bits(out, b, oy, r, acc, p, ckb, flip[p], thr[p], 0, wo)
+            elif lo_col > 0 or hi_col < wo:
+                for p in range(P):
+                    _redo_border_bits(out, b, oy, r, acc, p, ckb, flip[p], thr[p], 0, lo_col)
+                    _redo_border_bits(out, b, oy, r, acc, p, ckb, flip[p], thr[p], hi_col, wo)
 
 
 @njit(cache=True, nogil=True)
@@ -275,8 +289,7 @@ def bconv_int(x, wt, C, k, stride, pad, ho, wo, R, ck, ckb, border_rows, lo_col,
         nr = min(R, rows - r0)
         _tile(x, xf, wt, C, k, stride, pad, ho, wo, r0, nr, pw, pwf, accf)
         for r in range(nr):
-            b = (r0 + r) // ho
-            oy = r0 + r - b * ho
+            b, oy = _image_row(r0 + r, ho)
             brow = border_rows[oy]
             for p in range(P):
                 if brow:
@@ -303,18 +316,14 @@ def bconv_bn(x, wt, C, k, stride, pad, ho, wo, R, ck, ckb, border_rows, lo_col, 
     may be empty) receives ``sign`` of the result.  Each step is its own branch-free pass over the row
     (a conditional load inside a loop would keep LLVM from vectorising it); the row stays in L1.
     """
-    n = x.shape[0]
-    J = out.shape[1]
-    rows = n * ho
-    has_res = res.shape[0] > 0
-    has_bits = out_bits.shape[0] > 0
+    J, rows = out.shape[1], x.shape[0] * ho
+    has_res, has_bits = res.shape[0] > 0, out_bits.shape[0] > 0
     xf, pwf, accf = _flat(x, pw, acc)
     for r0 in range(0, rows, R):
         nr = min(R, rows - r0)
         _tile(x, xf, wt, C, k, stride, pad, ho, wo, r0, nr, pw, pwf, accf)
         for r in range(nr):
-            b = (r0 + r) // ho
-            oy = r0 + r - b * ho
+            b, oy = _image_row(r0 + r, ho)
             brow = border_rows[oy]
             if has_bits:
                 for qo in range(out_bits.shape[1]):
@@ -330,23 +339,15 @@ def bconv_bn(x, wt, C, k, stride, pad, ho, wo, R, ck, ckb, border_rows, lo_col, 
                     a, sp, tp = alpha[p], s[p], t[p]
                     if brow:
                         for ox in range(wo):
-                            y = np.float32(ckb[oy, p, ox] - 2 * acc[p, r, ox]) * a
-                            y = y * sp
-                            out[b, j, oy, ox] = y + tp
+                            out[b, j, oy, ox] = np.float32(ckb[oy, p, ox] - 2 * acc[p, r, ox]) * a * sp + tp
                     else:
                         c = ck[p]
                         for ox in range(wo):
-                            y = np.float32(c - 2 * acc[p, r, ox]) * a
-                            y = y * sp
-                            out[b, j, oy, ox] = y + tp
+                            out[b, j, oy, ox] = np.float32(c - 2 * acc[p, r, ox]) * a * sp + tp
                         for ox in range(lo_col):
-                            y = np.float32(ckb[oy, p, ox] - 2 * acc[p, r, ox]) * a
-                            y = y * sp
-                            out[b, j, oy, ox] = y + tp
+                            out[b, j, oy, ox] = np.float32(ckb[oy, p, ox] - 2 * acc[p, r, ox]) * a * sp + tp
                         for ox in range(hi_col, wo):
-                            y = np.float32(ckb[oy, p, ox] - 2 * acc[p, r, ox]) * a
-                            y = y * sp
-                            out[b, j, oy, ox] = y + tp
+                            out[b, j, oy, ox] = np.float32(ckb[oy, p, ox] - 2 * acc[p, r, ox]) * a * sp + tp
                 if has_res:
                     q = res_rows[j]
                     if q >= 0:
@@ -366,6 +367,42 @@ def bconv_bn(x, wt, C, k, stride, pad, ho, wo, R, ck, ckb, border_rows, lo_col, 
 # -- first layer epilogue, packing, pooling ---------------------------------------------------------------------------
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _stem_bits_channels_last(yf, s, t, bf, b):
+    """Sign bits of image ``b`` from ``[HW, C]`` data: each pixel's word from its contiguous channels."""
+    HW, C = yf.shape[1], yf.shape[2]
+    for i in range(HW):
+        for q in range(bf.shape[1]):
+            c0 = q * 64
+            word = U(0)
+            for c in range(min(64, C - c0)):
+                v = yf[b, i, c0 + c] * s[c0 + c]
+                v = v + t[c0 + c]
+                word |= U(v >= 0) << U(c)
+            bf[b, q, i] = word
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _stem_nchw(yf, s, t, of, bf, b, has_out, has_bits):
+    """``z`` (into ``of``) and its sign bits (into ``bf``) of image ``b`` from ``[C, HW]`` data, channel by channel."""
+    C, HW = yf.shape[1], yf.shape[2]
+    for q in range(bf.shape[1] if has_bits else 0):
+        for i in range(HW):
+            bf[b, q, i] = 0
+    for c in range(C):
+        sc, tc = s[c], t[c]
+        if has_out:
+            for i in range(HW):
+                v = yf[b, c, i] * sc
+                of[b, c, i] = v + tc
+        if has_bits:
+            sh = U(c & 63)
+            for i in range(HW):
+                v = yf[b, c, i] * sc
+                v = v + tc
+                bf[b, c >> 6, i] |= U(v >= 0) << sh
+
+
 @njit(cache=True, nogil=True)
 def stem_epilogue(y, channels_last, bias, s, t, out, out_bits):
     """Full-precision first layer: ``z = ((y [+ bias]) * s) + t`` per channel (naive BN), then sign bits.
@@ -378,61 +415,33 @@ def stem_epilogue(y, channels_last, bias, s, t, out, out_bits):
     """
     if channels_last:
         B, H, W, C = y.shape
+        yf = y.reshape(B, H * W, C)
     else:
         B, C, H, W = y.shape
-    HW = H * W
+        yf = y.reshape(B, C, H * W)
     has_out = out.shape[0] > 0
     has_bits = out_bits.shape[0] > 0
-    nwo = out_bits.shape[1] if has_bits else 0
-    if channels_last:
-        yf = y.reshape(B, HW, C)
-    else:
-        yf = y.reshape(B, C, HW)
-    if bias.shape[0] > 0:
-        for b in range(B):
-            for i in range(HW):
-                for c in range(C):
-                    if channels_last:
-                        yf[b, i, c] = yf[b, i, c] + bias[c]
-                    else:
-                        yf[b, c, i] = yf[b, c, i] + bias[c]
+    for b in range(B if bias.shape[0] > 0 else 0):  # in place, before the affine step (the reference's order)
+        for i in range(H * W):
+            for c in range(C):
+                if channels_last:
+                    yf[b, i, c] = yf[b, i, c] + bias[c]
+                else:
+                    yf[b, c, i] = yf[b, c, i] + bias[c]
     of = out.reshape(out.shape[0], out.shape[1], out.shape[2] * out.shape[3])
     bf = out_bits.reshape(out_bits.shape[0], out_bits.shape[1], out_bits.shape[2] * out_bits.shape[3])
-    if channels_last:
-        for b in range(B):
-            for i in range(HW):
-                for q in range(nwo):
-                    c0 = q * 64
-                    word = U(0)
-                    for c in range(min(64, C - c0)):
-                        v = yf[b, i, c0 + c] * s[c0 + c]
-                        v = v + t[c0 + c]
-                        word |= U(v >= 0) << U(c)
-                    bf[b, q, i] = word
-            if has_out:
-                for c in range(C):
-                    sc, tc = s[c], t[c]
-                    for i in range(HW):
-                        v = yf[b, i, c] * sc
-                        of[b, c, i] = v + tc
-        return
     for b in range(B):
-        for q in range(nwo):
-            for i in range(HW):
-                bf[b, q, i] = 0
-        for c in range(C):
-            sc, tc = s[c], t[c]
-            if has_out:
-                for i in range(HW):
-                    v = yf[b, c, i] * sc
+        if not channels_last:
+            _stem_nchw(yf, s, t, of, bf, b, has_out, has_bits)
+            continue
+        if has_bits:
+            _stem_bits_channels_last(yf, s, t, bf, b)
+        if has_out:
+            for c in range(C):
+                sc, tc = s[c], t[c]
+                for i in range(H * W):
+                    v = yf[b, i, c] * sc
                     of[b, c, i] = v + tc
-            if has_bits:
-                q = c >> 6
-                sh = U(c & 63)
-                for i in range(HW):
-                    v = yf[b, c, i] * sc
-                    v = v + tc
-                    bf[b, q, i] |= U(v >= 0) << sh
 
 
 @njit(cache=True, nogil=True)
