@@ -38,7 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USER_ERROR
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        _wait_for_every_rank()
+        return code
     except PrunusError as e:
         print(f"prunus: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -47,6 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         _leave_process_group()
+
+
+def _wait_for_every_rank() -> None:
+    """Under torchrun, a rank that is done waits for the others (rank 0 still writes): a process group torn
+    down while a peer is busy can abort gloo's threads."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _leave_process_group() -> None:

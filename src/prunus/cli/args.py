@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from typing import Any
 
 import torch
@@ -21,6 +22,12 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def print_summary(line: str) -> None:
+    """A command's closing line, printed once: by rank 0 under torchrun (every rank holds the same results)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(line)
 
 
 def positive_int(text: str) -> int:

@@ -12,6 +12,7 @@ from prunus.cli.args import (
     config_from_args,
     given_method_options,
     positive_int,
+    print_summary,
 )
 from prunus.methods.registry import METHODS
 from prunus.privacy.defenses import DEFENSES, DefenseConfig, load_defended, run_defense
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         line += f"; (epsilon, delta) = ({results['dp']['epsilon']:.3f}, {results['dp']['delta']:g})"
     if "report" in results:
         line += f"; compression {results['report']['compression']:.1f}x"
-    print(f"{line}; checkpoint {out / 'final'}")
+    print_summary(f"{line}; checkpoint {out / 'final'}")
     return 0
 
 

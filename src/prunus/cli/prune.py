@@ -11,6 +11,7 @@ from prunus.cli.args import (
     config_from_args,
     given_method_options,
     positive_int,
+    print_summary,
     resources_of,
 )
 from prunus.data import DATASETS
@@ -124,7 +125,7 @@ def _report(results: dict) -> int:
     retrain = ", ".join(f"{a:.2f}%" for a in results["retrain_accuracy"]) or "none"
     recal = (f" | + BN recalibration {results['bn_recalibrated_accuracy']:.2f}%"
              if "bn_recalibrated_accuracy" in results else "")
-    print(
+    print_summary(
         f"dense {results['dense_accuracy']:.2f}% | hard-pruned {results['hard_pruned_accuracy']:.2f}%{recal} | "
         f"after retraining epochs: {retrain} | compression {results['report']['compression']:.1f}x"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prunus.cli.args import add_data_args, config_from_args, positive_int, resources_of
+from prunus.cli.args import add_data_args, config_from_args, positive_int, print_summary, resources_of
 from prunus.deploy.compressed import REST
 from prunus.jobs.quantize import QUANT_METHODS, QuantizeConfig, run_quantization
 from prunus.train.config import SCHEDULES
@@ -41,11 +41,13 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(QuantizeConfig, args, scheme=scheme,
                               options={"rho": args.rho} if args.rho is not None else {}).validate()
     results = run_quantization(args.init, config, args.out, resources=resources_of(args))
-    size = results["size"]
-    print(
-        f"input {results['input_accuracy']:.2f}% | hard-quantized {results['hard_quantized_accuracy']:.2f}% | "
-        f"final {results['final_accuracy']:.2f}% | {size['file_bytes']:,} bytes, {size['ratio']:.1f}x smaller than dense fp32"
-    )
+    if "size" in results:  # rank 0 exported the file (under torchrun the other ranks only trained)
+        size = results["size"]
+        print_summary(
+            f"input {results['input_accuracy']:.2f}% | hard-quantized {results['hard_quantized_accuracy']:.2f}% | "
+            f"final {results['final_accuracy']:.2f}% | {size['file_bytes']:,} bytes, {size['ratio']:.1f}x smaller "
+            "than dense fp32"
+        )
     return 0
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from prunus.data import load_dataset
 from prunus.data.datasets import ArrayDataset
@@ -21,7 +21,7 @@ from prunus.models.loading import load_model
 from prunus.plan.coupling import couple_plan
 from prunus.plan.recipe import Plan
 from prunus.train.config import TrainConfig
-from prunus.train.distributed import pick_device
+from prunus.train.distributed import Distributed, init_distributed, pick_device
 from prunus.train.trainer import Trainer, evaluate
 
 
@@ -44,9 +44,10 @@ class JobInput:
     train_set: ArrayDataset
     test_set: ArrayDataset
     device: torch.device
+    dist: Distributed  # under torchrun: every rank runs the job, rank 0 writes
 
     @classmethod
-    def load(cls, init: str | Path, resources: Resources | None = None) -> "JobInput":
+    def load(cls, init: str | Path, resources: Resources | None = None) -> JobInput:
         res = resources or Resources()
         model, ckpt = load_model(init)
         dataset = ckpt.meta.get("dataset", {})
@@ -56,7 +57,18 @@ class JobInput:
                              image_size=dataset.get("image_size")) for split in ("train", "test")]
         meta = {"model": ckpt.meta["model"], "dataset": dataset, "init": str(ckpt.path)}
         dev = pick_device(res.device)
-        return cls(model.to(dev), Path(ckpt.path), meta, *sets, dev)
+        distributed = init_distributed(dev)
+        if distributed.enabled and dev.type == "cuda":
+            dev = torch.device("cuda", distributed.local_rank)
+        return cls(model.to(dev), Path(ckpt.path), meta, *sets, dev, distributed)
+
+    def console(self, console: Console) -> Console:
+        """``console`` on rank 0, a silent one on the other ranks (one copy of every line)."""
+        return console if self.dist.is_main else Console(quiet=True)
+
+    def rank_digests(self, **states: Any) -> dict[str, Any]:
+        """Every rank's digest of each state (see :meth:`Distributed.digests`): the proof that the ranks agree."""
+        return {"world_size": self.dist.world_size, **{f"{k}_sha256": self.dist.digests(v) for k, v in states.items()}}
 
     def accuracy(self, model: nn.Module | None = None) -> float:
         """Test accuracy (%) of the job's model, or of another one."""

@@ -58,7 +58,7 @@ class PruneConfig:
     channels_last: bool = False  # NHWC training (faster CPU convolutions, see TrainConfig)
     options: dict[str, Any] = field(default_factory=dict)  # rho, s0, M, r, rho_factor, rho_max, tol (SLR/ADMM); lam, eps (reweighted)
 
-    def validate(self) -> "PruneConfig":
+    def validate(self) -> PruneConfig:
         if self.method not in METHODS:
             raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         method_options(self.method, self.options, "--method")  # an option of another method is one clear error
@@ -153,7 +153,8 @@ def run_pruning(
     if resume:
         init, plan, config = read_job(run_dir)
     config.validate()
-    job = JobInput.load(init, resources)
+    job = JobInput.load(init, resources)  # under torchrun, joins the process group: every rank has checked run_dir
+    console = job.console(console)
     uncoupled = plan.to_dict()
     plan = couple_if_possible(job.model, plan, job.train_set.images[:2].to(job.device), console)  # validated before anything is written
     results: dict[str, Any] = {"config": dataclasses.asdict(config), "init": str(job.path),
@@ -164,12 +165,13 @@ def run_pruning(
                          batches_per_epoch=math.ceil(len(job.train_set.labels) / config.batch_size))
     if config.method == "magnitude":  # one-shot: pruned here, before any training
         results["pruned_at_start_accuracy"] = job.accuracy()
-    create_run_dir(run_dir)
-    if not resume:
-        write_json_atomic(run_dir / JOB_FILE, {"init": str(job.path), "plan": uncoupled,
-                                               "config": dataclasses.asdict(config)})
-        write_json_atomic(run_dir / "config.json", {"job": "prune", "init": str(job.path)})  # marks a resumable run
-    write_json_atomic(run_dir / "plan.json", plan.to_dict())
+    if job.dist.is_main:
+        create_run_dir(run_dir)
+        if not resume:
+            write_json_atomic(run_dir / JOB_FILE, {"init": str(job.path), "plan": uncoupled,
+                                                   "config": dataclasses.asdict(config)})
+            write_json_atomic(run_dir / "config.json", {"job": "prune", "init": str(job.path)})  # marks a resumable run
+        write_json_atomic(run_dir / "plan.json", plan.to_dict())
     console.print(f"dense: test accuracy {results['dense_accuracy']:.2f}%")
     hardened = run_dir / "hard-pruned"
     if resume and (hardened / "meta.json").exists():  # the method's phase is over: start from its hard-prune
@@ -178,11 +180,14 @@ def run_pruning(
     else:
         _prune(job, method, config, run_dir, results, console, resume)
         masks = _harden(job, method, config, run_dir, results, console)
+        results["ranks"] = job.rank_digests(method_state=method.state_dict(), masks=masks)
     _retrain(job, masks, config, run_dir, results, console, resume)
+    results.setdefault("ranks", {}).update(job.rank_digests(model=job.model.state_dict()))
     report = CompressionReport.of(job.model, plan, job.test_set.images[:256].to(job.device))
     results["report"] = report.to_dict()
     console.print(report.table())
-    write_json_atomic(run_dir / "results.json", results)
+    if job.dist.is_main:
+        write_json_atomic(run_dir / "results.json", results)
     return results
 
 
@@ -204,8 +209,9 @@ def _harden(job: JobInput, method: PruningMethod, config: PruneConfig, run_dir: 
     """The hard-prune and its accuracy with no retraining (and, on a copy, with BatchNorm recalibrated)."""
     masks = method.hard_prune()
     phase = {k: results[k] for k in ("prune_seconds", "method_history")}  # kept for a run resumed after this point
-    save_checkpoint(run_dir / "hard-pruned", job.model.state_dict(), {"masks": {"masks": masks}},
-                    {**job.meta, "epoch": -1, "pruning": phase})
+    if job.dist.is_main:
+        save_checkpoint(run_dir / "hard-pruned", job.model.state_dict(), {"masks": {"masks": masks}},
+                        {**job.meta, "epoch": -1, "pruning": phase})
     _measure_hardened(job, config, results, console)
     return masks
 

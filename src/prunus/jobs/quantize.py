@@ -45,7 +45,7 @@ class QuantizeConfig:
     rest: str = "float16"  # how the tensors that are not quantized are rounded and stored: float32, float16, int8
     options: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self) -> "QuantizeConfig":
+    def validate(self) -> QuantizeConfig:
         QuantScheme.parse(self.scheme, self.per_channel)
         if self.method not in QUANT_METHODS:
             raise ConfigError(f"--method must be one of {', '.join(QUANT_METHODS)}, got {self.method!r}")
@@ -87,7 +87,8 @@ def run_quantization(
     console = console or Console()
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=False)
-    job = JobInput.load(init, resources)
+    job = JobInput.load(init, resources)  # under torchrun, joins the process group: every rank has checked run_dir
+    console = job.console(console)
     plan = QuantPlan.for_pruned(job.model, config.scheme, config.per_channel)
     results: dict[str, Any] = {"config": dataclasses.asdict(config), "init": str(job.path), "scheme": str(plan.scheme),
                                "input_accuracy": job.accuracy()}
@@ -97,7 +98,8 @@ def run_quantization(
     if config.method != "none":  # built before the run directory: a bad option leaves nothing behind
         torch.manual_seed(config.seed)
         method = make_method(method_config, job.model, plan, job.closure(config.closure_samples, config.seed))
-    create_run_dir(run_dir)
+    if job.dist.is_main:
+        create_run_dir(run_dir)
     t0 = time.perf_counter()
     if method is not None:
         masks = {n: m for n, m in plan.masks.items() if not bool(m.all())}  # a pruned model's zeros stay zero
@@ -105,10 +107,13 @@ def run_quantization(
         job.trainer(method_config.train_config(config.epochs, config.lr, "cosine"), run_dir / "method", hooks,
                     console).fit()
         results["method_history"] = method.history
+        results["ranks"] = job.rank_digests(method_state=method.state_dict())
     results["method_seconds"] = time.perf_counter() - t0
     keeper = _harden_and_finetune(job, plan, config, method_config, run_dir, results, console)
-    _export(job, keeper, plan, config, run_dir, results, console)
-    write_json_atomic(run_dir / "results.json", results)
+    results.setdefault("ranks", {}).update(job.rank_digests(model=job.model.state_dict(), quantizer=keeper.state))
+    if job.dist.is_main:  # the other ranks hold the same weights (the digests above say so)
+        _export(job, keeper, plan, config, run_dir, results, console)
+        write_json_atomic(run_dir / "results.json", results)
     return results
 
 

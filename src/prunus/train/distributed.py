@@ -1,9 +1,17 @@
-"""Where a process sits in a torchrun job, and which device it trains on."""
+"""Where a process sits in a torchrun job, which device it trains on, and the checks that keep ranks equal.
+
+Under ``torchrun`` every rank runs the same job on its shard of each batch; DDP averages the
+gradients, so weights, constraint-method state (Z, multipliers, rho, masks) and BatchNorm
+statistics must stay bit-identical on every rank while only rank 0 writes files.
+:meth:`Distributed.digests` lets a job prove that at the end instead of assuming it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -35,6 +43,71 @@ class Distributed:
         t = t.to(backend_device)
         dist.all_reduce(t)
         return t.cpu().tolist()
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank, one message per dtype.
+
+        DDP sends them at the start of each forward, but that forward then updates every rank's
+        statistics with its own shard: a method round after the step (SLR's loss conditions
+        evaluate the model), an evaluation or a checkpoint would each see a different model.
+        """
+        if not self.enabled:
+            return
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for buffer in module.buffers():
+            by_dtype.setdefault(buffer.dtype, []).append(buffer.data)
+        for buffers in by_dtype.values():
+            flat = torch.cat([b.reshape(-1) for b in buffers])
+            dist.broadcast(flat, src=0)
+            offset = 0
+            for b in buffers:
+                b.copy_(flat[offset: offset + b.numel()].view_as(b))
+                offset += b.numel()
+
+    def average_gradients(self, module: torch.nn.Module) -> None:
+        """Average ``module``'s gradients over the ranks: for a model DDP does not wrap (the game's attacker)."""
+        if self.enabled:
+            for p in module.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world_size
+
+    def digests(self, state: Any) -> list[str]:
+        """Every rank's :func:`digest` of ``state``, in rank order (a collective: every rank must call it)."""
+        mine = digest(state)
+        if not self.enabled:
+            return [mine]
+        every: list[Any] = [None] * self.world_size
+        dist.all_gather_object(every, mine)
+        return every
+
+
+def digest(state: Any) -> str:
+    """SHA-256 of a (nested) state: tensors by dtype, shape and bytes, dict keys in sorted order, scalars by repr."""
+    h = hashlib.sha256()
+
+    def feed(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            for k in sorted(obj, key=str):
+                h.update(f"K{k!r}".encode())
+                feed(obj[k])
+        elif isinstance(obj, (list, tuple)):
+            h.update(f"L{len(obj)}".encode())
+            for item in obj:
+                feed(item)
+        else:
+            h.update(f"S{obj!r}".encode())
+
+    feed(state)
+    return h.hexdigest()
 
 
 def init_distributed(device: torch.device) -> Distributed:

@@ -21,15 +21,16 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
 
 from prunus.data.loader import Batches, global_mean_scale
 from prunus.errors import TrainingDiverged
@@ -200,6 +201,7 @@ class Trainer:
             for h in self.hooks:
                 h.before_optimizer_step()
             self.optimizer.step()
+            self.dist.broadcast_buffers(self.model)  # what DDP's next forward would do: hooks see rank 0's model
             for h in self.hooks:
                 h.after_optimizer_step()
             loss_sum += float(loss.detach()) * len(y)

@@ -8,15 +8,16 @@ the context, trains ``ctx.model`` on the members and adds what it measured to ``
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from rich.console import Console
+from torch import nn
 
 from prunus._optional import require
 from prunus.data import load_dataset
@@ -29,6 +30,7 @@ from prunus.plan.recipe import Plan, ratio_for_compression
 from prunus.privacy.defenses.config import DefenseConfig
 from prunus.privacy.splits import MembershipSplit, SplitRecord, make_split, split_of_checkpoint, subset
 from prunus.train.config import TrainConfig
+from prunus.train.distributed import Distributed
 from prunus.train.run import model_record
 from prunus.train.trainer import Trainer
 
@@ -52,6 +54,7 @@ class DefenseContext:
     plan: Plan | None = None  # pruning and MCMIA
     results: dict[str, Any] = field(default_factory=dict)
     extra_meta: dict[str, Any] = field(default_factory=dict)  # saved under meta["privacy"] of the final checkpoint
+    dist: Distributed = field(default_factory=Distributed)  # under torchrun: every rank trains, rank 0 writes
 
     @cached_property
     def members(self) -> ArrayDataset:
@@ -70,10 +73,10 @@ class DefenseContext:
 
 
 def prepare(config: DefenseConfig, run_dir: Path, init: str | Path | None, data_dir: str | None, download: bool,
-            device: torch.device, console: Console) -> DefenseContext:
+            device: torch.device, console: Console, dist: Distributed | None = None) -> DefenseContext:
     """The context of a run, every input checked (nothing is written yet)."""
     ctx = _from_init(config, init, data_dir, download) if init is not None else _fresh(config, data_dir, download)
-    ctx.update(run_dir=run_dir, device=device, console=console)
+    ctx.update(run_dir=run_dir, device=device, console=console, dist=dist or Distributed())
     context = DefenseContext(config=config, **ctx)
     context.split.check_dataset(context.train_set)
     _check_defense(context)

@@ -10,14 +10,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from prunus.data.datasets import ArrayDataset
 from prunus.errors import ConfigError
 from prunus.hooks import TrainingHook
 from prunus.privacy.defenses.context import DefenseContext
 from prunus.privacy.splits import subset
+from prunus.train.distributed import Distributed
 
 
 class InferenceModel(nn.Module):
@@ -106,9 +107,13 @@ class AdversarialRegularizer(BatchLossHook):
             self.h = InferenceModel(self.num_classes, hidden).to(device)
         self.h_optimizer = torch.optim.Adam(self.h.parameters(), lr=lr)
         self.generator = torch.Generator().manual_seed(seed + 7919)
+        self.dist = Distributed()
         self.epochs_done = 0
         self.history: list[dict[str, float]] = []
         self._epoch_stats = [0.0, 0.0, 0]  # gain sum, accuracy sum, attack steps
+
+    def setup(self, trainer: Any) -> None:
+        self.dist = trainer.dist  # under torchrun every rank steps h on averaged gradients, so h stays one model
 
     @property
     def active(self) -> bool:
@@ -134,6 +139,7 @@ class AdversarialRegularizer(BatchLossHook):
         loss = F.binary_cross_entropy_with_logits(logits, target)
         self.h_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.dist.average_gradients(self.h)
         self.h_optimizer.step()
         with torch.no_grad():
             gain = float(F.logsigmoid(logits[: len(pm)]).mean() + F.logsigmoid(-logits[len(pm):]).mean())

@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import torch
 from rich.console import Console
 
 from prunus.environment import environment_info
+from prunus.errors import ConfigError
 from prunus.io import save_checkpoint, write_json_atomic
 from prunus.privacy.defenses.config import DefenseConfig
 from prunus.privacy.defenses.context import DefenseContext, prepare
@@ -41,7 +44,7 @@ from prunus.privacy.defenses.game import train_advreg
 from prunus.privacy.defenses.prune import train_pruned
 from prunus.privacy.defenses.relaxloss import train_relaxloss
 from prunus.privacy.splits import SECTION
-from prunus.train.distributed import pick_device
+from prunus.train.distributed import init_distributed, pick_device
 from prunus.train.rundir import check_run_dir, create_run_dir
 from prunus.train.trainer import evaluate
 
@@ -81,11 +84,19 @@ def run_defense(
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=False)
     dev = pick_device(device)
-    ctx = prepare(config, run_dir, init, data_dir, download, dev, console or Console())
-    create_run_dir(run_dir)
+    distributed = init_distributed(dev)  # under torchrun: after every rank has checked run_dir
+    if distributed.enabled and config.defense == "dpsgd":
+        raise ConfigError("--defense dpsgd runs in one process: opacus' accountant counts one noise draw per step, "
+                          "and each rank would add its own; run it without torchrun")
+    if distributed.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", distributed.local_rank)
+    console = (console or Console()) if distributed.is_main else Console(quiet=True)
+    ctx = prepare(config, run_dir, init, data_dir, download, dev, console, distributed)
     ctx.model.to(dev)
     start = {"defense": dataclasses.asdict(config), "init": str(init) if init else None, "split": ctx.split.summary()}
-    write_json_atomic(run_dir / "config.json", start)
+    if distributed.is_main:
+        create_run_dir(run_dir)
+        write_json_atomic(run_dir / "config.json", start)
     ctx.results.update(config=start["defense"], split=start["split"], init=start["init"], device=str(dev),
                        environment=environment_info())
     t0 = time.perf_counter()
@@ -103,9 +114,11 @@ def _finish(ctx: DefenseContext) -> dict[str, Any]:
     privacy = {"defense": ctx.config.defense, "split": ctx.split.summary(), "reference_training": ctx.recipe,
                "results": {k: results[k] for k in ("test_accuracy", "member_accuracy", "nonmember_accuracy")},
                **ctx.extra_meta}
-    save_checkpoint(ctx.run_dir / "final", ctx.model.state_dict(), {SECTION: ctx.split.state_dict()},
-                    {**ctx.meta, "epoch": -1, "privacy": privacy})
-    write_json_atomic(ctx.run_dir / "results.json", results)
+    results["ranks"] = {"world_size": ctx.dist.world_size, "model_sha256": ctx.dist.digests(ctx.model.state_dict())}
+    if ctx.dist.is_main:
+        save_checkpoint(ctx.run_dir / "final", ctx.model.state_dict(), {SECTION: ctx.split.state_dict()},
+                        {**ctx.meta, "epoch": -1, "privacy": privacy})
+        write_json_atomic(ctx.run_dir / "results.json", results)
     ctx.console.print(
         f"{ctx.config.defense}: test accuracy {results['test_accuracy']:.2f}%, members {results['member_accuracy']:.2f}%, "
         f"non-members {results['nonmember_accuracy']:.2f}%; checkpoint {ctx.run_dir / 'final'}", soft_wrap=True)
