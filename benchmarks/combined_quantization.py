@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -131,7 +132,9 @@ def summarize(data: dict) -> str:
     lines = [
         f"## Pruning + quantization, LeNet-5 on Fashion-MNIST: accuracy and true size (`benchmarks/{NAME}.py`)",
         "",
-        f"Dense LeNet-5: **{dense:.2f}%**, {data['dense_fp32_bytes']:,} bytes in float32; the target (issue 4) is "
+        f"Dense LeNet-5: **{dense:.2f}%** (the file every row was pruned from, measured in the same run; sha256 "
+        f"{str(data.get('dense_sha256', 'not recorded'))[:12]}), {data['dense_fp32_bytes']:,} bytes in float32; "
+        "the target (issue 4) is "
         f">= {TARGET_RATIO:g}x smaller ({data['dense_fp32_bytes'] / TARGET_RATIO:,.0f} bytes) within {TARGET_DROP} pt "
         "of dense. Reweighted pruning (one global threshold; the 20x rows prune conv2, fc1, fc2 and keep the first and "
         "last layer dense), masked retraining, then every Conv2d/Linear weight quantized with one least-squares scale "
@@ -193,8 +196,12 @@ def main() -> None:
 
     init = dense_checkpoint()
     model, _ = load_model(init)
+    digest = hashlib.sha256((init / "model.safetensors").read_bytes()).hexdigest()
     path = RESULTS / f"{NAME}.json"
     data = json.loads(path.read_text()) if args.cont and path.exists() else None
+    if data is not None and data.get("dense_sha256") != digest:
+        raise SystemExit(f"{path}: its rows were pruned from another dense model (sha256 {data.get('dense_sha256')}, "
+                         f"now {digest}); run without --continue so every row is judged against its own dense model")
     quiet = Console(file=io.StringIO())
     for seed in args.seeds:
         for sparsity in args.sparsities:
@@ -224,6 +231,7 @@ def main() -> None:
                                          qdir, console=quiet)
                     if data is None:
                         data = {"benchmark": NAME, "dense_accuracy": pruned["dense_accuracy"],
+                                "dense_checkpoint": str(init.relative_to(HERE)), "dense_sha256": digest,
                                 "dense_fp32_bytes": q["size"]["dense_fp32_bytes"], "seeds": args.seeds,
                                 "environment": environment_info(), "runs": []}
                     quantized, _ = load_model(qdir / "quantized")
