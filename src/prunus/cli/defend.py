@@ -14,6 +14,7 @@ from prunus.cli.args import (
     positive_int,
     print_summary,
 )
+from prunus.errors import ConfigError
 from prunus.methods.registry import METHODS
 from prunus.privacy.defenses import DEFENSES, DefenseConfig, load_defended, run_defense
 from prunus.train.rundir import check_run_dir
@@ -23,7 +24,7 @@ def add_parsers(sub) -> None:
     d = DefenseConfig()
     de = sub.add_parser("defend", help="train a model on the members of a recorded split, with a membership-inference "
                                        "defense (none, prune, advreg, mcmia, dpsgd, relaxloss)")
-    de.add_argument("--defense", choices=DEFENSES, required=True)
+    de.add_argument("--defense", choices=DEFENSES, help="required unless --resume")
     de.add_argument("--init", help="a `prunus defend` checkpoint (e.g. the undefended `--defense none` target) whose "
                                    "membership split, architecture and recipe are reused; prune and mcmia start from "
                                    "its weights, the other defenses train from scratch")
@@ -60,11 +61,22 @@ def add_parsers(sub) -> None:
     rl = de.add_argument_group("RelaxLoss (relaxloss)")
     rl.add_argument("--relax-alpha", type=float, default=d.relax_alpha,
                     help="the training-loss level kept instead of zero (below it: ascent or posterior flattening)")
-    de.add_argument("--out", required=True, help="run directory to create")
+    de.add_argument("--out", help="run directory to create")
+    de.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted prunus defend run where it stopped")
     add_data_args(de)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.resume:
+        given = [flag for flag in ("--defense", "--init", "--out") if getattr(args, flag[2:]) is not None]
+        if given:
+            raise ConfigError(f"--resume takes its settings from the run; drop {', '.join(given)}")
+        results = run_defense(None, args.resume, resume=True, data_dir=args.data_dir, download=args.download,
+                              device=args.device)
+        return _report(args.resume, results)
+    missing = [flag for flag in ("--defense", "--out") if getattr(args, flag[2:]) is None]
+    if missing:
+        raise ConfigError(f"prunus defend needs {', '.join(missing)} (or --resume RUN_DIR)")
     out = Path(args.out)
     check_run_dir(out, resume=False)
     model, dataset = args.model, args.dataset
@@ -75,13 +87,18 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(DefenseConfig, args, model=model or DefenseConfig.model,
                               dataset=dataset or DefenseConfig.dataset, method_options=given_method_options(args)).validate()
     results = run_defense(config, out, init=args.init, data_dir=args.data_dir, download=args.download, device=args.device)
-    line = (f"{args.defense}: test accuracy {results['test_accuracy']:.2f}% (members {results['member_accuracy']:.2f}%, "
+    return _report(out, results)
+
+
+def _report(out: str | Path, results: dict) -> int:
+    defense = results["config"]["defense"]
+    line = (f"{defense}: test accuracy {results['test_accuracy']:.2f}% (members {results['member_accuracy']:.2f}%, "
             f"non-members {results['nonmember_accuracy']:.2f}%)")
     if "dp" in results:
         line += f"; (epsilon, delta) = ({results['dp']['epsilon']:.3f}, {results['dp']['delta']:g})"
     if "report" in results:
         line += f"; compression {results['report']['compression']:.1f}x"
-    print_summary(f"{line}; checkpoint {out / 'final'}")
+    print_summary(f"{line}; checkpoint {Path(out) / 'final'}")
     return 0
 
 

@@ -6,6 +6,7 @@ import argparse
 
 from prunus.cli.args import add_data_args, config_from_args, positive_int, print_summary, resources_of
 from prunus.deploy.compressed import REST
+from prunus.errors import ConfigError
 from prunus.jobs.quantize import QUANT_METHODS, QuantizeConfig, run_quantization
 from prunus.train.config import SCHEDULES
 
@@ -14,8 +15,8 @@ def add_parsers(sub) -> None:
     qdefaults = QuantizeConfig()
     q = sub.add_parser("quantize", help="quantize a (pruned) model: SLR/ADMM onto the levels, hard-quantize, "
                                         "straight-through fine-tuning, compact export with its true size")
-    q.add_argument("--init", required=True, help="checkpoint or run directory (a pruned model keeps its zeros)")
-    level = q.add_mutually_exclusive_group(required=True)
+    q.add_argument("--init", help="checkpoint or run directory (a pruned model keeps its zeros)")
+    level = q.add_mutually_exclusive_group()
     level.add_argument("--bits", type=int, help="symmetric fixed point with this many bits (2..8)")
     level.add_argument("--scheme", help="binary, ternary, fixed:K or pow2:K")
     q.add_argument("--per-channel", action="store_true", help="one scale per output channel (default: per layer)")
@@ -32,15 +33,27 @@ def add_parsers(sub) -> None:
     q.add_argument("--rho", type=float, help="penalty weight (SLR, ADMM)")
     q.add_argument("--rest", default=qdefaults.rest, choices=REST,
                    help="how biases and other unquantized tensors are rounded and stored (default float16)")
-    q.add_argument("--out", required=True, help="run directory to create")
+    q.add_argument("--out", help="run directory to create")
+    q.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted prunus quantize run where it stopped")
     add_data_args(q)
 
 
 def run(args: argparse.Namespace) -> int:
-    scheme = args.scheme if args.scheme is not None else str(args.bits)
-    config = config_from_args(QuantizeConfig, args, scheme=scheme,
-                              options={"rho": args.rho} if args.rho is not None else {}).validate()
-    results = run_quantization(args.init, config, args.out, resources=resources_of(args))
+    given = [flag for flag in ("--init", "--bits", "--scheme", "--out") if getattr(args, flag[2:]) is not None]
+    if args.resume:
+        if given:
+            raise ConfigError(f"--resume takes its settings from the run; drop {', '.join(given)}")
+        results = run_quantization(None, None, args.resume, resume=True, resources=resources_of(args))
+    else:
+        missing = [flag for flag in ("--init", "--out") if getattr(args, flag[2:]) is None]
+        if args.bits is None and args.scheme is None:
+            missing.append("--bits or --scheme")
+        if missing:
+            raise ConfigError(f"prunus quantize needs {', '.join(missing)} (or --resume RUN_DIR)")
+        scheme = args.scheme if args.scheme is not None else str(args.bits)
+        config = config_from_args(QuantizeConfig, args, scheme=scheme,
+                                  options={"rho": args.rho} if args.rho is not None else {}).validate()
+        results = run_quantization(args.init, config, args.out, resources=resources_of(args))
     if "size" in results:  # rank 0 exported the file (under torchrun the other ranks only trained)
         size = results["size"]
         print_summary(

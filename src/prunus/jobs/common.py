@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from torch import nn
 from prunus.data import load_dataset
 from prunus.data.datasets import ArrayDataset
 from prunus.data.loader import epoch_generator
-from prunus.errors import ConfigError, MissingDependencyError
+from prunus.errors import CheckpointError, ConfigError, MissingDependencyError
+from prunus.io import write_json_atomic
 from prunus.methods.base import Closure, batch_closure
 from prunus.models.loading import load_model
 from prunus.plan.coupling import couple_plan
@@ -82,6 +84,32 @@ class JobInput:
         """The training loss on a fixed, seeded batch: SLR's step-size conditions compare it between rounds."""
         x, y = fixed_batch(self.train_set, samples, seed)
         return batch_closure(self.model, x.to(self.device), y.to(self.device), F.cross_entropy)
+
+
+JOB_FILE = "job.json"
+
+
+def write_job(run_dir: Path, kind: str, init: str | Path | None, marker: dict[str, Any] | None = None,
+              **inputs: Any) -> None:
+    """Record what a run was started with (``job.json``) and mark it resumable (``config.json``, with ``marker``)."""
+    init = None if init is None else str(init)
+    write_json_atomic(run_dir / JOB_FILE, {"job": kind, "init": init, **inputs})
+    write_json_atomic(run_dir / "config.json", {"job": kind, "init": init, **(marker or {})})
+
+
+def read_job(run_dir: Path, kind: str) -> dict[str, Any]:
+    """What an interrupted ``prunus KIND`` run was started with; one clear error if it is not such a run."""
+    path = run_dir / JOB_FILE
+    try:
+        job = json.loads(path.read_text())
+        recorded = json.loads((run_dir / "config.json").read_text()).get("job")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"--resume {run_dir}: {path} is missing or damaged ({e}); it is not a prunus {kind} run "
+                              "that can be resumed") from None
+    if recorded != kind or not isinstance(job, dict):
+        raise CheckpointError(f"--resume {run_dir}: it is a prunus {recorded} run, not a prunus {kind} run; "
+                              f"resume it with prunus {recorded} --resume")
+    return job
 
 
 def couple_if_possible(model, plan: Plan, example: torch.Tensor, console: Console) -> Plan:

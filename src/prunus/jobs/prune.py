@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from prunus.harden.batchnorm import recalibrate_batchnorm
 from prunus.harden.keepers import MaskKeeper
 from prunus.harden.stats import CompressionReport
 from prunus.io import load_checkpoint, save_checkpoint, write_json_atomic
-from prunus.jobs.common import JobInput, Resources, couple_if_possible, distance_table
+from prunus.jobs.common import JOB_FILE, JobInput, Resources, couple_if_possible, distance_table, read_job, write_job
 from prunus.methods.base import PruningMethod
 from prunus.methods.registry import METHODS, build_method, method_options
 from prunus.models.loading import load_weights
@@ -151,7 +150,7 @@ def run_pruning(
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume)
     if resume:
-        init, plan, config = read_job(run_dir)
+        init, plan, config = read_prune_job(run_dir)
     config.validate()
     job = JobInput.load(init, resources)  # under torchrun, joins the process group: every rank has checked run_dir
     console = job.console(console)
@@ -168,9 +167,7 @@ def run_pruning(
     if job.dist.is_main:
         create_run_dir(run_dir)
         if not resume:
-            write_json_atomic(run_dir / JOB_FILE, {"init": str(job.path), "plan": uncoupled,
-                                                   "config": dataclasses.asdict(config)})
-            write_json_atomic(run_dir / "config.json", {"job": "prune", "init": str(job.path)})  # marks a resumable run
+            write_job(run_dir, "prune", job.path, plan=uncoupled, config=dataclasses.asdict(config))
         write_json_atomic(run_dir / "plan.json", plan.to_dict())
     console.print(f"dense: test accuracy {results['dense_accuracy']:.2f}%")
     hardened = run_dir / "hard-pruned"
@@ -243,18 +240,13 @@ def _retrain(job: JobInput, masks: Masks, config: PruneConfig, run_dir: Path, re
     keeper.remove()
 
 
-JOB_FILE = "job.json"
-
-
-def read_job(run_dir: Path) -> tuple[str, Plan, PruneConfig]:
+def read_prune_job(run_dir: Path) -> tuple[str, Plan, PruneConfig]:
     """What an interrupted pruning run was started with: its input checkpoint, plan and config."""
-    path = run_dir / JOB_FILE
+    job = read_job(run_dir, "prune")
     try:
-        job = json.loads(path.read_text())
-        return job["init"], Plan.from_dict(job["plan"], source=str(path)), PruneConfig(**job["config"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"--resume {run_dir}: {path} is missing or damaged ({e}); it is not a prunus prune run "
-                              "that can be resumed") from None
+        return job["init"], Plan.from_dict(job["plan"], source=str(run_dir / JOB_FILE)), PruneConfig(**job["config"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"--resume {run_dir}: {run_dir / JOB_FILE} is damaged ({e})") from None
 
 
 def _load_hardened(job: JobInput, hardened: Path, config: PruneConfig, results: dict, console: Console) -> Masks:

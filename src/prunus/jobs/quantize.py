@@ -14,10 +14,10 @@ from rich.console import Console
 
 from prunus.constraints.levels import QuantScheme
 from prunus.deploy.compressed import REST, export_compressed, load_compressed, round_rest
-from prunus.errors import ConfigError
+from prunus.errors import CheckpointError, ConfigError
 from prunus.harden.keepers import MaskKeeper, QuantKeeper
 from prunus.io import save_checkpoint, write_json_atomic
-from prunus.jobs.common import JobInput, Resources
+from prunus.jobs.common import JOB_FILE, JobInput, Resources, read_job, write_job
 from prunus.jobs.prune import PruneConfig, make_method
 from prunus.plan.quant import QuantPlan
 from prunus.train.rundir import check_run_dir, create_run_dir
@@ -70,10 +70,11 @@ class QuantizeConfig:
 
 
 def run_quantization(
-    init: str | Path,
-    config: QuantizeConfig,
+    init: str | Path | None,
+    config: QuantizeConfig | None,
     run_dir: str | Path,
     *,
+    resume: bool = False,
     resources: Resources | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
@@ -81,12 +82,17 @@ def run_quantization(
 
     Writes ``RUN_DIR/method/`` (SLR/ADMM epochs), ``RUN_DIR/finetune/`` (STE),
     ``RUN_DIR/model.pcz`` (the compressed file), ``RUN_DIR/quantized/`` (a normal
-    checkpoint of the same weights) and ``RUN_DIR/results.json``.
+    checkpoint of the same weights) and ``RUN_DIR/results.json``. ``resume=True`` continues an
+    interrupted run from ``RUN_DIR/job.json``: each phase resumes from its newest checkpoint (a
+    finished method phase restores its last epoch, so the hard quantization is made from the same
+    weights) and the result equals an uninterrupted run's.
     """
-    config.validate()
     console = console or Console()
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume=False)
+    check_run_dir(run_dir, resume=resume)
+    if resume:
+        init, config = read_quantize_job(run_dir)
+    config.validate()
     job = JobInput.load(init, resources)  # under torchrun, joins the process group: every rank has checked run_dir
     console = job.console(console)
     plan = QuantPlan.for_pruned(job.model, config.scheme, config.per_channel)
@@ -100,16 +106,18 @@ def run_quantization(
         method = make_method(method_config, job.model, plan, job.closure(config.closure_samples, config.seed))
     if job.dist.is_main:
         create_run_dir(run_dir)
+        if not resume:
+            write_job(run_dir, "quantize", job.path, config=dataclasses.asdict(config))
     t0 = time.perf_counter()
     if method is not None:
         masks = {n: m for n, m in plan.masks.items() if not bool(m.all())}  # a pruned model's zeros stay zero
         hooks = [method] + ([MaskKeeper(job.model, masks)] if masks else [])
         job.trainer(method_config.train_config(config.epochs, config.lr, "cosine"), run_dir / "method", hooks,
-                    console).fit()
+                    console).fit(resume=resume)
         results["method_history"] = method.history
         results["ranks"] = job.rank_digests(method_state=method.state_dict())
     results["method_seconds"] = time.perf_counter() - t0
-    keeper = _harden_and_finetune(job, plan, config, method_config, run_dir, results, console)
+    keeper = _harden_and_finetune(job, plan, config, method_config, run_dir, results, console, resume)
     results.setdefault("ranks", {}).update(job.rank_digests(model=job.model.state_dict(), quantizer=keeper.state))
     if job.dist.is_main:  # the other ranks hold the same weights (the digests above say so)
         _export(job, keeper, plan, config, run_dir, results, console)
@@ -118,7 +126,7 @@ def run_quantization(
 
 
 def _harden_and_finetune(job: JobInput, plan: QuantPlan, config: QuantizeConfig, method_config: PruneConfig,
-                         run_dir: Path, results: dict, console: Console) -> QuantKeeper:
+                         run_dir: Path, results: dict, console: Console, resume: bool) -> QuantKeeper:
     """Hard-quantize (least-squares scales) and fine-tune straight-through; the other tensors rounded as ``rest``."""
     keeper = QuantKeeper(job.model, plan)
     results["hard_quantized_accuracy"] = job.accuracy()
@@ -127,11 +135,20 @@ def _harden_and_finetune(job: JobInput, plan: QuantPlan, config: QuantizeConfig,
     if config.finetune_epochs > 0:
         lr = config.finetune_lr if config.finetune_lr is not None else config.lr / 10
         tcfg = method_config.train_config(config.finetune_epochs, lr, config.finetune_schedule)
-        history = job.trainer(tcfg, run_dir / "finetune", [keeper], console).fit()
+        history = job.trainer(tcfg, run_dir / "finetune", [keeper], console).fit(resume=resume)
         results["finetune_accuracy"] = [h["test_accuracy"] for h in history]
     round_rest(job.model, skip=set(keeper.state), rest=config.rest)
     results["final_accuracy"] = job.accuracy()
     return keeper
+
+
+def read_quantize_job(run_dir: Path) -> tuple[str, QuantizeConfig]:
+    """What an interrupted quantization run was started with: its input checkpoint and config."""
+    job = read_job(run_dir, "quantize")
+    try:
+        return job["init"], QuantizeConfig(**job["config"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"--resume {run_dir}: {run_dir / JOB_FILE} is damaged ({e})") from None
 
 
 def _export(job: JobInput, keeper: QuantKeeper, plan: QuantPlan, config: QuantizeConfig, run_dir: Path, results: dict,

@@ -55,6 +55,7 @@ class DefenseContext:
     results: dict[str, Any] = field(default_factory=dict)
     extra_meta: dict[str, Any] = field(default_factory=dict)  # saved under meta["privacy"] of the final checkpoint
     dist: Distributed = field(default_factory=Distributed)  # under torchrun: every rank trains, rank 0 writes
+    resume: bool = False  # every phase continues from its newest checkpoint (prunus defend --resume)
 
     @cached_property
     def members(self) -> ArrayDataset:
@@ -66,10 +67,16 @@ class DefenseContext:
         n = self.config.eval_examples
         return subset(self.test_set, torch.arange(n).numpy(), "test") if n and n < len(self.test_set) else self.test_set
 
-    def trainer(self, directory: str, tcfg: TrainConfig, hooks: list, loss_fn: Callable = F.cross_entropy) -> Trainer:
-        """A Trainer on the members, writing into ``run_dir/directory``; every checkpoint records the split."""
-        return Trainer(self.model, self.members, self.eval_set, tcfg, self.run_dir / directory, device=self.device,
-                       hooks=[*hooks, SplitRecord(self.split)], loss_fn=loss_fn, meta=self.meta, console=self.console)
+    def fit(self, directory: str, tcfg: TrainConfig, hooks: list, loss_fn: Callable = F.cross_entropy
+            ) -> list[dict[str, Any]]:
+        """Train on the members into ``run_dir/directory`` (every checkpoint records the split); the history.
+
+        Under ``--resume`` the phase continues from its newest checkpoint, or is only restored if it had finished.
+        """
+        trainer = Trainer(self.model, self.members, self.eval_set, tcfg, self.run_dir / directory, device=self.device,
+                          hooks=[*hooks, SplitRecord(self.split)], loss_fn=loss_fn, meta=self.meta,
+                          console=self.console)
+        return trainer.fit(resume=self.resume)
 
 
 def prepare(config: DefenseConfig, run_dir: Path, init: str | Path | None, data_dir: str | None, download: bool,

@@ -126,6 +126,6 @@ def train_dp(ctx: DefenseContext) -> None:
         ctx.meta = {**ctx.meta, "model": {**ctx.meta["model"], "norm": "groupnorm"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # opacus warns about secure RNG on every step
-        history = ctx.trainer("train", config.train_config(), [dp]).fit()
+        history = ctx.fit("train", config.train_config(), [dp])
     dp.close()
     ctx.results["dp"] = ctx.extra_meta["dp"] = {**dp.summary(), "groupnorm": groupnorm, "history": history}

@@ -222,5 +222,5 @@ def make_game(ctx: DefenseContext) -> AdversarialRegularizer:
 def train_advreg(ctx: DefenseContext) -> None:
     """Adversarial regularization: the plain recipe with the game's gain added to every batch's loss."""
     game = make_game(ctx)
-    ctx.trainer("train", ctx.config.train_config(), [game], game.loss_fn).fit()
+    ctx.fit("train", ctx.config.train_config(), [game], game.loss_fn)
     ctx.results["game"] = game.history

@@ -25,7 +25,7 @@ def train_pruned(ctx: DefenseContext) -> None:
     config, dev = ctx.config, ctx.device
     if "init" not in ctx.meta:
         ctx.console.print(f"training the dense model on {len(ctx.members)} members first ({ctx.run_dir / 'dense'})")
-        ctx.trainer("dense", config.train_config(), []).fit()
+        ctx.fit("dense", config.train_config(), [])
         ctx.results["dense_accuracy"] = evaluate(ctx.model, ctx.test_set, device=dev)["accuracy"]
     ctx.results.update(_prune(ctx))
     ctx.extra_meta["pruning"] = {"plan": ctx.plan.to_dict(), "method": config.method}
@@ -33,7 +33,7 @@ def train_pruned(ctx: DefenseContext) -> None:
 
 def _prune(ctx: DefenseContext) -> dict[str, Any]:
     config, model, members, test_set, plan, dev = ctx.config, ctx.model, ctx.members, ctx.eval_set, ctx.plan, ctx.device
-    trainer, console = ctx.trainer, ctx.console
+    console = ctx.console
 
     pcfg = config.prune_config()
     out: dict[str, Any] = {}
@@ -44,7 +44,7 @@ def _prune(ctx: DefenseContext) -> dict[str, Any]:
     hooks = [method] + ([game] if game else [])
     loss_fn = game.loss_fn if game else F.cross_entropy
     if pcfg.epochs > 0:
-        trainer("prune", pcfg.train_config(pcfg.epochs, pcfg.lr, pcfg.schedule), hooks, loss_fn).fit()
+        ctx.fit("prune", pcfg.train_config(pcfg.epochs, pcfg.lr, pcfg.schedule), hooks, loss_fn)
     out["method_history"] = method.history
     masks = method.hard_prune()
     out["hard_pruned_accuracy"] = evaluate(model, test_set, device=dev)["accuracy"]
@@ -52,7 +52,7 @@ def _prune(ctx: DefenseContext) -> dict[str, Any]:
     keeper = MaskKeeper(model, masks)
     if pcfg.retrain_epochs > 0:
         hooks = [keeper] + ([game] if game else [])
-        history = trainer("retrain", pcfg.retrain_config(), hooks, loss_fn).fit()
+        history = ctx.fit("retrain", pcfg.retrain_config(), hooks, loss_fn)
         out["retrain_accuracy"] = [h["test_accuracy"] for h in history]
     keeper.remove()
     if game is not None:

@@ -88,5 +88,5 @@ class RelaxLoss(BatchLossHook):
 def train_relaxloss(ctx: DefenseContext) -> None:
     """The plain recipe with RelaxLoss's loss."""
     relax = RelaxLoss(ctx.config.relax_alpha, ctx.members.num_classes)
-    ctx.trainer("train", ctx.config.train_config(), [relax], relax.loss_fn).fit()
+    ctx.fit("train", ctx.config.train_config(), [relax], relax.loss_fn)
     ctx.results["relaxloss"] = relax.history

@@ -35,8 +35,9 @@ import torch
 from rich.console import Console
 
 from prunus.environment import environment_info
-from prunus.errors import ConfigError
+from prunus.errors import CheckpointError, ConfigError
 from prunus.io import save_checkpoint, write_json_atomic
+from prunus.jobs.common import JOB_FILE, read_job, write_job
 from prunus.privacy.defenses.config import DefenseConfig
 from prunus.privacy.defenses.context import DefenseContext, prepare
 from prunus.privacy.defenses.dpsgd import train_dp
@@ -51,7 +52,7 @@ from prunus.train.trainer import evaluate
 
 def train_undefended(ctx: DefenseContext) -> None:
     """The target as it overfits: the plain recipe on the members."""
-    ctx.trainer("train", ctx.config.train_config(), []).fit()
+    ctx.fit("train", ctx.config.train_config(), [])
 
 
 #: defense name -> the strategy that trains ``ctx.model`` on the members
@@ -62,9 +63,10 @@ STRATEGIES: dict[str, Callable[[DefenseContext], None]] = {
 
 
 def run_defense(
-    config: DefenseConfig,
+    config: DefenseConfig | None,
     run_dir: str | Path,
     *,
+    resume: bool = False,
     init: str | Path | None = None,
     data_dir: str | None = None,
     download: bool = False,
@@ -78,11 +80,16 @@ def run_defense(
     start from its weights, the other defenses train a freshly initialised model (DP-SGD must:
     the init's weights have seen the members without noise). Without it a fresh split is drawn
     (``config.members``, ``config.split_seed``) and, for pruning and MCMIA, a dense model is
-    first trained on the members into ``RUN_DIR/dense``.
+    first trained on the members into ``RUN_DIR/dense``. ``resume=True`` continues an interrupted
+    run from ``RUN_DIR/job.json``: every training phase resumes from its newest checkpoint (with the
+    state of its hooks: the method, the game's attacker, the privacy accountant) and the result
+    equals an uninterrupted run's.
     """
-    config.validate()
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume=False)
+    check_run_dir(run_dir, resume=resume)
+    if resume:
+        config, init = read_defense_job(run_dir)
+    config.validate()
     dev = pick_device(device)
     distributed = init_distributed(dev)  # under torchrun: after every rank has checked run_dir
     if distributed.enabled and config.defense == "dpsgd":
@@ -93,16 +100,27 @@ def run_defense(
     console = (console or Console()) if distributed.is_main else Console(quiet=True)
     ctx = prepare(config, run_dir, init, data_dir, download, dev, console, distributed)
     ctx.model.to(dev)
+    ctx.resume = resume
     start = {"defense": dataclasses.asdict(config), "init": str(init) if init else None, "split": ctx.split.summary()}
     if distributed.is_main:
         create_run_dir(run_dir)
-        write_json_atomic(run_dir / "config.json", start)
+        if not resume:
+            write_job(run_dir, "defend", init, marker=start, config=start["defense"])
     ctx.results.update(config=start["defense"], split=start["split"], init=start["init"], device=str(dev),
                        environment=environment_info())
     t0 = time.perf_counter()
     STRATEGIES[config.defense](ctx)
     ctx.results["seconds"] = time.perf_counter() - t0
     return _finish(ctx)
+
+
+def read_defense_job(run_dir: Path) -> tuple[DefenseConfig, str | None]:
+    """What an interrupted defense run was started with: its config and ``--init`` checkpoint."""
+    job = read_job(run_dir, "defend")
+    try:
+        return DefenseConfig(**job["config"]), job["init"]
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"--resume {run_dir}: {run_dir / JOB_FILE} is damaged ({e})") from None
 
 
 def _finish(ctx: DefenseContext) -> dict[str, Any]:
