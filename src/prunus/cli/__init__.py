@@ -13,12 +13,12 @@ from typing import Sequence
 import torch.distributed as dist
 
 from prunus import __version__
-from prunus.cli import audit, bcnn, defend, evaluate, export, listing, prune, quantize, surgery, train
+from prunus.cli import audit, bcnn, defend, evaluate, export, listing, prune, quantize, report, surgery, train
 from prunus.cli.args import Parser
 from prunus.errors import PrunusError
 
 EXIT_USER_ERROR = 2
-MODULES = (train, evaluate, prune, quantize, surgery, export, defend, audit, bcnn, listing)
+MODULES = (train, evaluate, prune, quantize, surgery, export, defend, audit, report, bcnn, listing)
 COMMANDS = {name: run for module in MODULES for name, run in module.COMMANDS.items()}
 
 
