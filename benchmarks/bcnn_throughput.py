@@ -43,12 +43,10 @@ from common import RESULTS, write_result
 
 from prunus.bcnn.engine import compile_engine
 from prunus.bcnn.engine.bench import popcount_ceiling, time_call
-from prunus.bcnn.pruning import prune_to_live_compression, weight_counts
-from prunus.constraints.structures import Structure
+from prunus.bcnn.pruning import filter_plan, prune_to_live_compression, weight_counts
 from prunus.environment import environment_info
 from prunus.models import build_model
 from prunus.models.loading import load_model
-from prunus.plan.recipe import Plan, Rule
 
 NAME = "bcnn_throughput"
 MODELS = {"nin": "cnin", "resnet18": "cresnet18"}
@@ -70,19 +68,12 @@ def calibrate_bn(model: torch.nn.Module, seed: int) -> None:
     model.eval()
 
 
-def filter_plan(key: str, model: torch.nn.Module, ratio: float) -> Plan:
-    plan = Plan.uniform(model, ratio, "filter")  # every conv/linear but the first and last
-    if key == "nin":  # NIN's first layer is a large share of its weights and time: prune its filters too
-        plan.rules.insert(0, Rule("stem.conv.conv.weight", Structure.parse("filter"), ratio))
-    return plan
-
-
 def pruned_model(key: str, seed: int) -> tuple[torch.nn.Module, dict]:
     """A random ``key`` model pruned by whole filters to at most 1/20 of its live weights (smallest such ratio)."""
     torch.manual_seed(seed)
     dense = build_model(MODELS[key], in_channels=CIN, num_classes=CLASSES)
     example = torch.randn(2, CIN, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
-    model, counts = prune_to_live_compression(dense, lambda ratio: filter_plan(key, dense, ratio), COMPRESSION,
+    model, counts = prune_to_live_compression(dense, lambda ratio: filter_plan(dense, ratio), COMPRESSION,
                                               example, prepare=lambda m: calibrate_bn(m, seed))
     return model, {**counts, "source": "random weights (seeded), BN statistics from noise", "stem_pruned": key == "nin"}
 

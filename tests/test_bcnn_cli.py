@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import assert_user_error, run_cli
 
+from prunus.errors import ConfigError
 from prunus.io import save_checkpoint
 
 numba = pytest.importorskip("numba")
@@ -76,8 +77,17 @@ def test_bench_random_model_without_checkpoint(capsys):
     (None, ["bcnn", "bench", "--model", "alexnet"], ["alexnet"]),
     (None, ["bcnn", "bench"], ["--checkpoint", "--model"]),
     (None, ["bcnn", "bench", "--model", "nin", "--batch-sizes", "1,x"], ["batch-sizes"]),
-    (None, ["bcnn"], ["bench or verify"]),
+    (None, ["bcnn"], ["train, prune, evaluate or bench"]),
     ("lenet5", ["bcnn", "verify", "{tmp}/ckpt"], ["not a LeNet5"]),
+    ("lenet5", ["bcnn", "evaluate", "{tmp}/ckpt"], ["not a LeNet5"]),
+    (None, ["bcnn", "train", "--model", "lenet5", "--out", "{tmp}/x"], ["--model lenet5", "not a BCNN model"]),
+    (None, ["bcnn", "train", "--model", "nin_small", "--fp", "--out", "{tmp}/x"], ["--fp", "not a BCNN model"]),
+    (None, ["bcnn", "train", "--model", "nin"], ["--out RUN_DIR"]),
+    ("lenet5", ["bcnn", "prune", "--init", "{tmp}/ckpt", "--out", "{tmp}/x"], ["lenet5 is not a complex (BCNN) model"]),
+    ("cnin_small", ["bcnn", "prune", "--init", "{tmp}/ckpt", "--compression", "1", "--out", "{tmp}/x"],
+     ["--compression must be above 1"]),
+    ("cnin_small", ["bcnn", "prune", "--init", "{tmp}/ckpt", "--compression", "500", "--out", "{tmp}/x"],
+     ["500x fewer live weights is out of reach", "would remove all"]),
 ])
 def test_user_errors_are_one_line_exit_2(capsys, tmp_path, make, args, fragments):
     if make == "lenet5":
@@ -92,6 +102,7 @@ def test_user_errors_are_one_line_exit_2(capsys, tmp_path, make, args, fragments
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     code, _, err = run_cli(capsys, *argv)
     assert_user_error(code, err, *[f.replace("{tmp}", str(tmp_path)) for f in fragments])
+    assert not (tmp_path / "x").exists()
 
 
 def test_train_slr_filter_prune_then_engine(capsys, tmp_path):
@@ -121,3 +132,37 @@ def test_train_slr_filter_prune_then_engine(capsys, tmp_path):
         kept = int((conv.conv.weight.flatten(1) != 0).any(1).sum())
         assert kept == conv.out_channels // 4  # 75% of the complex filters pruned, real and imaginary together
         assert info.out_channels == 2 * kept  # ... and physically gone from the packed weights
+
+
+def test_bcnn_train_prune_evaluate_end_to_end(capsys, tmp_path):
+    """`prunus bcnn train`, `prune --compression 6` (live weights), `evaluate`: the counts hold and the engine agrees."""
+    dense, pruned = tmp_path / "dense", tmp_path / "pruned"
+    code, out, err = run_cli(capsys, "bcnn", "train", "--model", "nin_small", "--width", "0.25", "--dataset", "digits",
+                             "--epochs", "2", "--lr", "0.005", "--batch-size", "64", "--out", dense)
+    assert code == 0, err
+    assert "cnin_small: test accuracy" in out
+    config = json.loads((dense / "config.json").read_text())["config"]
+    assert (config["optimizer"], config["weight_decay"], config["augment"], config["channels_last"]) == \
+        ("adam", 0.0, False, True)
+    code, out, err = run_cli(capsys, "bcnn", "prune", "--init", dense, "--compression", "6", "--epochs", "1",
+                             "--retrain-epochs", "1", "--batch-size", "64", "--update-every", "10", "--out", pruned)
+    assert code == 0, err
+    b = json.loads((pruned / "results.json").read_text())["bcnn"]
+    assert b["live_compression"] >= 6 and f"{b['live_compression']:.1f}x fewer live weights" in out
+
+    from prunus.bcnn.engine import compile_engine
+    from prunus.bcnn.pruning import RATIO_GRID, filter_plan, prune_to_live_compression
+    from prunus.models.loading import load_model
+
+    model, _ = load_model(pruned / "retrain")
+    engine = compile_engine(model.eval(), 28, backend="fp32")
+    assert sum(engine.live_weights().values()) == b["live_weights"]
+    assert b["dense_weights"] / b["live_weights"] == b["live_compression"]
+    dense_model, _ = load_model(dense)
+    lower = RATIO_GRID[RATIO_GRID.index(b["ratio"]) - 1]  # the smallest grid ratio that reaches 6x
+    with pytest.raises(ConfigError, match=f"even filter ratio {lower} leaves more live weights"):
+        prune_to_live_compression(dense_model.eval(), lambda r: filter_plan(dense_model, r), 6,
+                                  torch.zeros(2, 1, 28, 28), grid=(lower,))
+    code, out, err = run_cli(capsys, "bcnn", "evaluate", pruned / "retrain")
+    assert code == 0, err
+    assert "engine logits equal PyTorch's exactly on 359/359" in out

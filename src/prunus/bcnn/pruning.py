@@ -14,12 +14,27 @@ import torch
 import torch.nn as nn
 
 from prunus.bcnn.engine import compile_engine
+from prunus.bcnn.models import ComplexNIN
+from prunus.constraints.structures import Structure
+from prunus.errors import ConfigError
 from prunus.plan.coupling import project_coupled
-from prunus.plan.recipe import Plan, prunable_weights
+from prunus.plan.recipe import Plan, Rule, prunable_weights
 from prunus.plan.search import smallest_on_grid
 
 #: the ratios tried by :func:`prune_to_live_compression`: 0.5 .. 0.975 in steps of 0.005
 RATIO_GRID = tuple(round(0.5 + 0.005 * i, 3) for i in range(96))
+
+
+def filter_plan(model: nn.Module, ratio: float) -> Plan:
+    """Whole complex filters at ``ratio`` in every conv but the full-precision head; the stem too for NIN.
+
+    NIN's 96@5x5 full-precision stem is a large share of its weights and of the engine's time, so
+    its filters are pruned with the rest; ResNet's stem is small and stays whole.
+    """
+    plan = Plan.uniform(model, ratio, "filter")  # every conv/linear but the first and the last
+    if isinstance(model, ComplexNIN):
+        plan.rules.insert(0, Rule("stem.conv.conv.weight", Structure.parse("filter"), ratio))
+    return plan
 
 
 def weight_counts(model: nn.Module, engine: Any) -> dict[str, Any]:
@@ -50,6 +65,19 @@ def prune_to_live_compression(model: nn.Module, plan_at: Callable[[float], Plan]
             prepare(pruned)
         return pruned, weight_counts(pruned, compile_engine(pruned, size, backend="fp32"))
 
-    ratio = smallest_on_grid(lambda r: attempt(r)[1]["compression"] >= target, grid)
-    pruned, counts = attempt(ratio)
+    def reaches(ratio: float) -> bool:
+        try:
+            return attempt(ratio)[1]["compression"] >= target
+        except ConfigError:  # a layer would lose every filter: past every ratio that can be used
+            return True
+
+    try:
+        ratio = smallest_on_grid(reaches, grid)
+    except ValueError:
+        raise ConfigError(f"{target:g}x fewer live weights is out of reach for this model: even filter ratio "
+                          f"{max(grid)} leaves more live weights") from None
+    try:
+        pruned, counts = attempt(ratio)
+    except ConfigError as e:
+        raise ConfigError(f"{target:g}x fewer live weights is out of reach for this model: {e}") from None
     return pruned, {**counts, "ratio": ratio}

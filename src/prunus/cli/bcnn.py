@@ -1,9 +1,9 @@
-"""``prunus bcnn ...``: the BCNN engine on the command line.
+"""``prunus bcnn ...``: BCNNs on the command line (train and prune: :mod:`prunus.cli.bcnn_train`).
 
 * ``prunus bcnn bench --model nin --checkpoint CKPT``: the engine's layer table, a bit-exactness
   check against the PyTorch forward, the popcount ceiling, and frames/s, latency and bit-MAC/s at
   batch sizes 1, 64 and 1024 next to PyTorch fp32 inference of the same model.
-* ``prunus bcnn verify CKPT``: run the engine over the checkpoint's test set; report how many
+* ``prunus bcnn evaluate CKPT`` (also ``verify``): run the engine over the checkpoint's test set; report how many
   logit rows equal the PyTorch forward exactly, and both accuracies.
 """
 
@@ -20,13 +20,11 @@ from rich.table import Table
 from prunus.bcnn.engine import compile_engine
 from prunus.bcnn.engine.bench import benchmark
 from prunus.cli.args import positive_int
+from prunus.cli.bcnn_train import ALIASES, add_train_parsers, cmd_prune, cmd_train
 from prunus.data import load_dataset
 from prunus.errors import ConfigError
 from prunus.models import MODELS, build_model
 from prunus.models.loading import load_model
-
-#: short names accepted by ``--model`` -> registry names
-ALIASES = {"nin": "cnin", "resnet18": "cresnet18", "nin_small": "cnin_small", "resnet_small": "cresnet_small"}
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -41,9 +39,11 @@ def _batch_sizes(text: str) -> list[int]:
 
 
 def add_parsers(sub) -> None:
-    """Register ``prunus bcnn {bench,verify}`` on the main parser's subparsers."""
-    bc = sub.add_parser("bcnn", help="binarized complex networks: the bit-packed XNOR-popcount engine (bench, verify)")
+    """Register ``prunus bcnn {train,prune,evaluate,bench}`` on the main parser's subparsers."""
+    bc = sub.add_parser("bcnn", help="binarized complex networks: train, prune 20x, evaluate and bench on the "
+                                     "bit-packed XNOR-popcount engine")
     bsub = bc.add_subparsers(dest="bcnn_command", metavar="BCNN_COMMAND", parser_class=type(bc))
+    add_train_parsers(bsub)
 
     b = bsub.add_parser("bench", help="frames/s, latency and bit-MAC/s of the engine vs its popcount ceiling "
                                       "and vs PyTorch fp32")
@@ -67,7 +67,7 @@ def add_parsers(sub) -> None:
                    help="measure the popcount ceiling (about 0.2 s; default: on)")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    v = bsub.add_parser("verify",
+    v = bsub.add_parser("evaluate", aliases=["verify"],
                         help="run the engine on a checkpoint's test set: exact logits and accuracy vs PyTorch")
     v.add_argument("checkpoint", help="checkpoint or run directory of a binary complex model")
     v.add_argument("--samples", type=positive_int, help="first N test images (default: all)")
@@ -80,14 +80,11 @@ def add_parsers(sub) -> None:
 
 def _load(checkpoint: str | None, model_name: str | None, image_size: int | None, in_channels: int, num_classes: int):
     """The model to run, its display name and input size."""
-
-
     wanted = ALIASES.get(model_name, model_name) if model_name else None
     if wanted is not None and wanted not in MODELS:
         raise ConfigError(f"--model {model_name!r} is not a model; use nin, resnet18, nin_small, resnet_small "
                           f"or a registry name (prunus models)")
     if checkpoint:
-
         model, ckpt = load_model(checkpoint)
         held = ckpt.meta["model"]["name"]
         if wanted is not None and not (held == wanted or held.startswith(wanted + "_")):
@@ -104,7 +101,6 @@ def _load(checkpoint: str | None, model_name: str | None, image_size: int | None
 
 def _calibrate_bn(model, in_channels: int, size: int) -> None:
     """Give a random model realistic BN statistics (one training-mode pass on noise), so thresholds are not trivial."""
-
     model.train()
     with torch.no_grad():
         model(torch.randn(8, in_channels, size, size, generator=torch.Generator().manual_seed(1)))
@@ -114,7 +110,6 @@ def _calibrate_bn(model, in_channels: int, size: int) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
-
     model, name, size = _load(args.checkpoint, args.model, args.image_size, args.in_channels, args.num_classes)
     engine = compile_engine(model, size, backend=args.backend, device=args.device)
     result = benchmark(engine, model, name=name, batch_sizes=args.batch_sizes, repeats=args.repeats,
@@ -161,7 +156,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     model, ckpt = load_model(args.checkpoint)
     dataset = ckpt.meta.get("dataset") or {}
     if "name" not in dataset:
@@ -194,8 +189,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_bcnn(args: argparse.Namespace) -> int:
     if args.bcnn_command is None:
-        raise ConfigError("prunus bcnn needs a command: bench or verify (see prunus bcnn --help)")
-    return {"bench": cmd_bench, "verify": cmd_verify}[args.bcnn_command](args)
+        raise ConfigError("prunus bcnn needs a command: train, prune, evaluate or bench (see prunus bcnn --help)")
+    commands = {"train": cmd_train, "prune": cmd_prune, "bench": cmd_bench, "evaluate": cmd_evaluate,
+                "verify": cmd_evaluate}
+    return commands[args.bcnn_command](args)
 
 
 COMMANDS = {"bcnn": cmd_bcnn}
