@@ -1,0 +1,182 @@
+"""BCNN accuracy: full-precision complex vs BCNN vs BCNN pruned 20x (live weights), engine == PyTorch (issue 19).
+
+For each model x dataset x seed, three rows from one script run:
+  fp        the full-precision complex model (CReLU), ``prunus bcnn train --fp``
+  bcnn      the binarized complex model (binary hidden layers, full-precision first and last layer)
+  bcnn-20x  that BCNN pruned by SLR filter pruning to 20x fewer live weights (``prunus bcnn prune``:
+            E method epochs + R masked retraining epochs, starting from the bcnn row's weights)
+The two trainings share the recipe (Adam lr 1e-3, cosine, no weight decay, no augmentation,
+channels-last, batch 128). Widths are reduced where the 2-core CPU forces it and every row
+carries its parameter count. Each pruned model runs on the engine over the whole test set:
+``engine_equal`` says its logits equal PyTorch's on every image (``torch.equal`` per row).
+The unpruned BCNN is checked the same way; the fp model has no engine.
+
+Trainings live in ``.cache/bcnn/<model>-<dataset>-<variant>-s<seed>`` and resume where they stopped;
+with ``--continue`` finished rows are kept. Run it in the background across sessions:
+
+    python benchmarks/bcnn_accuracy.py [--models nin resnet18] [--datasets modulation fashion-mnist]
+        [--seeds 0 1 2] [--epochs 15] [--continue] [--render]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from common import HERE, RESULTS, mean_std, write_result
+from rich.console import Console
+
+from prunus.bcnn.engine import compile_engine
+from prunus.bcnn.pruning import weight_counts
+from prunus.data import load_dataset
+from prunus.environment import environment_info
+from prunus.jobs.bcnn import prune_bcnn
+from prunus.jobs.prune import PruneConfig
+from prunus.models.loading import load_model
+from prunus.train.config import TrainConfig
+from prunus.train.run import train
+
+NAME = "bcnn_accuracy"
+CACHE = HERE / ".cache" / "bcnn"
+MODELS = {"nin": ("cnin", 0.5), "resnet18": ("cresnet18", 0.5)}  # registry name, width that fits 2 CPU cores
+IMAGE_SIZE = {"modulation": None, "fashion-mnist": 32}
+TOLERANCE = {"modulation": 1.0, "fashion-mnist": 2.0}  # issue 19: BCNN-20x within this many points of the BCNN
+COMPRESSION, PRUNE_EPOCHS, RETRAIN_EPOCHS = 20.0, 3, 2
+QUIET = Console(file=io.StringIO())
+
+
+def trained(model: str, dataset: str, fp: bool, seed: int, epochs: int) -> Path:
+    """The run directory of one training, trained (or resumed) to ``epochs``."""
+    name, width = MODELS[model]
+    run = CACHE / f"{model}-w{width:g}-{dataset}-{'fp' if fp else 'bcnn'}-e{epochs}-s{seed}"
+    config = TrainConfig(model=f"{name}_fp" if fp else name, dataset=dataset, epochs=epochs, optimizer="adam",
+                         lr=1e-3, weight_decay=0.0, schedule="cosine", seed=seed, image_size=IMAGE_SIZE[dataset],
+                         augment=False, model_options={"width": width}, channels_last=True)
+    train(config, run, resume=(run / "config.json").exists(), console=QUIET)
+    return run
+
+
+def pruned(bcnn_run: Path, seed: int) -> tuple[Path, dict]:
+    """The BCNN of ``bcnn_run`` pruned 20x (live weights); a run killed half-way is started again."""
+    run = bcnn_run.with_name(bcnn_run.name + f"-slr{COMPRESSION:g}x-e{PRUNE_EPOCHS}r{RETRAIN_EPOCHS}")
+    if not (run / "results.json").exists():
+        shutil.rmtree(run, ignore_errors=True)
+        config = PruneConfig(method="slr", epochs=PRUNE_EPOCHS, retrain_epochs=RETRAIN_EPOCHS, seed=seed,
+                             update_every=100, channels_last=True)
+        prune_bcnn(bcnn_run, COMPRESSION, config, run, console=QUIET)
+    return run, json.loads((run / "results.json").read_text())
+
+
+@torch.no_grad()
+def engine_check(model, test_set) -> bool:
+    """Engine logits equal PyTorch's on every test image."""
+    engine = compile_engine(model, test_set.image_size)
+    for start in range(0, len(test_set), 500):
+        x = test_set.images[start:start + 500]
+        if not torch.equal(engine(x), model(x)):
+            return False
+    return True
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(HERE)) if path.is_relative_to(HERE) else str(path)
+
+
+def row(run: Path, test_set, **fields) -> dict:
+    model, ckpt = load_model(run)
+    model.eval()
+    with torch.no_grad():
+        correct = sum(int((model(test_set.images[s:s + 500]).argmax(1) == test_set.labels[s:s + 500]).sum())
+                      for s in range(0, len(test_set), 500))
+    counts = weight_counts(model, compile_engine(model, test_set.image_size, backend="fp32")) \
+        if fields["variant"] != "fp" else None
+    dense_weights = counts["dense_weights"] if counts else None
+    return {**fields, "accuracy": 100.0 * correct / len(test_set), "checkpoint": _relative(ckpt.path),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "live_compression": counts["compression"] if counts else 1.0,
+            "nonzero_compression": dense_weights / counts["nonzero_weights"] if counts else 1.0,
+            "engine_equal": engine_check(model, test_set) if fields["variant"] != "fp" else None}
+
+
+def summarize(data: dict) -> str:
+    env = data["environment"]
+    lines = [f"## BCNN accuracy: full-precision complex, BCNN, BCNN pruned 20x (`benchmarks/{NAME}.py`)", "",
+             f"Trainings: {data['epochs']} epochs, Adam lr 1e-3 cosine, no weight decay or augmentation, batch 128; "
+             f"bcnn-20x: SLR filter pruning of the bcnn row's model to {COMPRESSION:g}x fewer live weights "
+             f"({PRUNE_EPOCHS} method epochs + {RETRAIN_EPOCHS} masked retraining epochs). Widths reduced for a 2-core "
+             "CPU (parameter counts in the table). *engine == PyTorch*: the bit-packed engine's logits equal the "
+             "PyTorch forward on every test image. Test accuracy in %, mean ± std over the seeds. Machine: "
+             f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.", "",
+             "| model | dataset | variant | parameters | seeds | accuracy % | live compression | nonzero compression "
+             "| engine == PyTorch |", "|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in data["runs"]:
+        groups.setdefault((r["model"], r["dataset"], r["variant"]), []).append(r)
+    for (model, dataset, variant), rows in groups.items():
+        eq = {r["engine_equal"] for r in rows}
+        lines.append(f"| {model} (width {rows[0]['width']:g}) | {dataset} | {variant} | {rows[0]['parameters']:,} | "
+                     f"{len(rows)} | {mean_std([r['accuracy'] for r in rows])} | "
+                     f"{statistics.mean(r['live_compression'] for r in rows):.1f}x | "
+                     f"{statistics.mean(r['nonzero_compression'] for r in rows):.1f}x | "
+                     f"{'n/a' if eq == {None} else ('yes' if eq == {True} else 'NO')} |")
+    lines += ["", "Targets (issue 19), BCNN-20x against the unpruned BCNN on the same seeds:", ""]
+    for (model, dataset, variant), rows in groups.items():
+        if variant != "bcnn-20x":
+            continue
+        base = {r["seed"]: r["accuracy"] for r in groups.get((model, dataset, "bcnn"), [])}
+        deltas = [r["accuracy"] - base[r["seed"]] for r in rows if r["seed"] in base]
+        if deltas:
+            d = statistics.mean(deltas)
+            ok = "met" if d >= -TOLERANCE[dataset] else "NOT met"
+            lines.append(f"- {model} on {dataset}: {d:+.2f} pt over {len(deltas)} seed(s) (within "
+                         f"{TOLERANCE[dataset]:g} pt) -> **{ok}**" + (" (fewer than 3 seeds)" if len(deltas) < 3 else ""))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--datasets", nargs="+", default=list(IMAGE_SIZE), choices=list(IMAGE_SIZE))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--continue", dest="cont", action="store_true", help="keep the rows already in the JSON")
+    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
+    args = ap.parse_args()
+    path = RESULTS / f"{NAME}.json"
+    data = json.loads(path.read_text()) if (args.cont or args.render) and path.exists() else None
+    if args.render:
+        if data is None:
+            raise SystemExit(f"{path} does not exist yet; run the benchmark first")
+        return write_result(NAME, data, summarize(data))
+    if data is None:
+        data = {"benchmark": NAME, "epochs": args.epochs, "environment": environment_info(), "runs": []}
+    done = {(r["model"], r["dataset"], r["variant"], r["seed"]) for r in data["runs"]}
+    for dataset in args.datasets:
+        test_set = load_dataset(dataset, "test", image_size=IMAGE_SIZE[dataset])
+        for seed in args.seeds:
+            for model in args.models:
+                common = {"model": model, "dataset": dataset, "seed": seed, "width": MODELS[model][1]}
+                t0 = time.perf_counter()
+                for variant in ("fp", "bcnn"):
+                    if (model, dataset, variant, seed) not in done:
+                        run = trained(model, dataset, variant == "fp", seed, args.epochs)
+                        data["runs"].append(row(run, test_set, variant=variant, seconds=time.perf_counter() - t0,
+                                                **common))
+                        write_result(NAME, data, summarize(data))
+                if (model, dataset, "bcnn-20x", seed) not in done:
+                    run, results = pruned(trained(model, dataset, False, seed, args.epochs), seed)
+                    data["runs"].append(row(run / "retrain", test_set, variant="bcnn-20x",
+                                            hard_pruned_accuracy=results["hard_pruned_accuracy"],
+                                            ratio=results["bcnn"]["ratio"], **common))
+                    write_result(NAME, data, summarize(data))
+                print(json.dumps(data["runs"][-1]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
