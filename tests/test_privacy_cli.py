@@ -98,3 +98,17 @@ def test_defended_checkpoint_evaluates(capsys, target):
     assert code == 0
     results = json.loads((target / "results.json").read_text())
     assert json.loads(stdout)["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
+
+
+def test_audit_runs_rmia_on_the_lira_reference_models(capsys, target, tmp_path):
+    out = tmp_path / "audit-rmia"
+    code, stdout, _ = run_cli(capsys, "audit", str(target), "--attack", "rmia", "--reference-models", "4",
+                              "--epochs", "2", "--out", str(out))
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [a["attack"] for a in report["attacks"]] == ["rmia-online", "rmia-offline", "rmia-1ref"]
+    for a in report["attacks"]:
+        assert (a["members"], a["nonmembers"]) == (150, 150) and 0.0 <= a["auc"] <= 1.0
+    assert report["attacks"][2]["extra"]["reference_models"] == 1
+    assert report["attacks"][0]["extra"]["reference_models"] == 4
+    assert "| rmia-online |" in (out / "report.md").read_text()

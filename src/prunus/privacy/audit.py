@@ -57,6 +57,7 @@ from prunus.privacy.references import (
     target_model_record,
 )
 from prunus.privacy.report import markdown_table, plot_roc, summary_table, write_npz
+from prunus.privacy.rmia import rmia_attack
 from prunus.privacy.splits import MembershipSplit, split_of_checkpoint, subset
 from prunus.train.distributed import pick_device
 from prunus.train.rundir import check_run_dir, create_run_dir
@@ -160,16 +161,21 @@ def _attack(config: AuditConfig, bank: ReferenceBank, target: Target, out: Path
             attack = bank.shadow_attack(per_class=config.shadow_per_class, seed=config.seed)
             results.append(attack.attack(target.logits, target.labels, target.is_member))
     lira_extra: dict[str, np.ndarray] = {}
-    if "lira" in config.attacks:
+    if config.needs_references:
         ref = bank.lira
         if not np.array_equal(ref.indices, target.indices):  # the key pins the split; this guards a hand-edited bank
             raise ConfigError("the reference bank's LiRA models were scored on other examples than this split's "
                               "members and non-members")
         np.save(out / "lira_inclusion.npy", ref.inclusion)
         phi_ref, phi = ref.phi(target.labels), lira_phi(target.logits, target.labels)
-        for online in (True, False):
-            results.append(lira_attack(phi, target.is_member, phi_ref, ref.inclusion, online=online,
-                                       global_variance=config.global_variance))
+        if "lira" in config.attacks:
+            for online in (True, False):
+                results.append(lira_attack(phi, target.is_member, phi_ref, ref.inclusion, online=online,
+                                           global_variance=config.global_variance))
+        if "rmia" in config.attacks:
+            for online, single in ((True, False), (False, False), (False, True)):
+                results.append(rmia_attack(target.logits, target.labels, target.is_member, ref.logits, ref.inclusion,
+                                           online=online, single=single))
         lira_extra = {"lira_phi": phi, "lira_phi_reference": phi_ref}
         info["lira"] = {"models": ref.models, "examples_per_model": ref.inclusion.sum(1).tolist()}
     return results, info, lira_extra
@@ -177,7 +183,7 @@ def _attack(config: AuditConfig, bank: ReferenceBank, target: Target, out: Path
 
 def _say_reused(bank: ReferenceBank, trained: dict[str, bool], config: AuditConfig, console: Console) -> None:
     for part, what, used in (("shadow", "shadow models", config.needs_shadows),
-                             ("lira", "LiRA reference models", "lira" in config.attacks)):
+                             ("lira", "LiRA/RMIA reference models", config.needs_references)):
         if used and not trained[part]:
             console.print(f"reusing {getattr(bank, part).models} {what} from reference bank {bank.path or '(in memory)'}")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from prunus.errors import ConfigError
 from prunus.privacy.attacks import METRIC_ATTACKS
 
-ATTACKS = (*METRIC_ATTACKS, "shadow", "lira")
+ATTACKS = (*METRIC_ATTACKS, "shadow", "lira", "rmia")
 
 
 ATTACK_GROUPS = {"metric": tuple(METRIC_ATTACKS), "all": ATTACKS}
@@ -46,9 +46,9 @@ class AuditConfig:
 
     def validate(self) -> "AuditConfig":
         self.attacks = parse_attacks(self.attacks)
-        if "lira" in self.attacks and self.reference_models < 2:
-            raise ConfigError(f"--reference-models must be at least 2 for LiRA (IN and OUT models for every example), "
-                              f"got {self.reference_models}")
+        if self.needs_references and self.reference_models < 2:
+            raise ConfigError(f"--reference-models must be at least 2 for LiRA and RMIA (IN and OUT models for every "
+                              f"example), got {self.reference_models}")
         if self.reference_models < 1:
             raise ConfigError(f"--reference-models must be at least 1, got {self.reference_models}")
         if self.needs_shadows and self.shadow_models < 1:
@@ -56,6 +56,11 @@ class AuditConfig:
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         return self
+
+    @property
+    def needs_references(self) -> bool:
+        """LiRA and RMIA share the reference models (trained on random halves of the audited examples)."""
+        return "lira" in self.attacks or "rmia" in self.attacks
 
     @property
     def needs_shadows(self) -> bool:

@@ -130,7 +130,7 @@ def fill_bank(bank: ReferenceBank, config: AuditConfig, split: MembershipSplit, 
     ref_test = subset(test_set, np.arange(min(1000, len(test_set))), "test")
     trained = {"shadow": False, "lira": False}
     for part, needed, sub, train in (("shadow", config.needs_shadows, "shadow", _train_shadow_outputs),
-                                     ("lira", "lira" in config.attacks, "reference", _train_lira_outputs)):
+                                     ("lira", config.needs_references, "reference", _train_lira_outputs)):
         if not needed or getattr(bank, part) is not None:
             continue
         if save:  # a crashed build may have left part of this training behind
@@ -150,9 +150,9 @@ def open_bank(reference_bank, key: dict[str, Any], config: AuditConfig) -> Refer
     """The bank an audit uses: the given object (checked, must hold every part needed), the bank saved in a
     directory (checked; missing parts are trained into it later), or a new empty one."""
     counts = {"shadow_models": config.shadow_models if config.needs_shadows else None,
-              "reference_models": config.reference_models if "lira" in config.attacks else None}
+              "reference_models": config.reference_models if config.needs_references else None}
     if isinstance(reference_bank, ReferenceBank):
-        reference_bank.check(key, **counts, need_shadow=config.needs_shadows, need_lira="lira" in config.attacks)
+        reference_bank.check(key, **counts, need_shadow=config.needs_shadows, need_lira=config.needs_references)
         return reference_bank
     if reference_bank is None:
         return ReferenceBank(key)
@@ -191,7 +191,7 @@ def prepare_reference_bank(
     tcfg = reference_recipe(ckpt, config)
     bank = open_bank(directory, bank_key(ckpt, split, tcfg, config), config)
     missing_shadow = config.needs_shadows and bank.shadow is None
-    if not missing_shadow and ("lira" not in config.attacks or bank.lira is not None):
+    if not missing_shadow and (not config.needs_references or bank.lira is not None):
         return bank
     train_set, test_set = datasets_of(ckpt, data_dir, download)
     split.check_dataset(train_set)
