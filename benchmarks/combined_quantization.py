@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -38,7 +37,7 @@ import statistics
 from dataclasses import dataclass
 
 import numpy as np
-from common import HERE, RESULTS, mean_std, write_result
+from common import HERE, RESULTS, check_same_dense, dense_hash_note, dense_sha256, mean_std, write_result
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
@@ -129,11 +128,13 @@ def cached_pruning(pruned_dir, init, config: PruneConfig) -> dict | None:
 def summarize(data: dict) -> str:
     dense = data["dense_accuracy"]
     env = data["environment"]
+    digest = data.get("dense_sha256")
+    source = (f"the file every row was pruned from, measured in the same run; {dense_hash_note(digest)}" if digest
+              else "dense file hash not recorded: an earlier run's dense model, rows from before hashes were kept")
     lines = [
         f"## Pruning + quantization, LeNet-5 on Fashion-MNIST: accuracy and true size (`benchmarks/{NAME}.py`)",
         "",
-        f"Dense LeNet-5: **{dense:.2f}%** (the file every row was pruned from, measured in the same run; sha256 "
-        f"{str(data.get('dense_sha256', 'not recorded'))[:12]}), {data['dense_fp32_bytes']:,} bytes in float32; "
+        f"Dense LeNet-5: **{dense:.2f}%** ({source}), {data['dense_fp32_bytes']:,} bytes in float32; "
         "the target (issue 4) is "
         f">= {TARGET_RATIO:g}x smaller ({data['dense_fp32_bytes'] / TARGET_RATIO:,.0f} bytes) within {TARGET_DROP} pt "
         "of dense. Reweighted pruning (one global threshold; the 20x rows prune conv2, fc1, fc2 and keep the first and "
@@ -196,12 +197,10 @@ def main() -> None:
 
     init = dense_checkpoint()
     model, _ = load_model(init)
-    digest = hashlib.sha256((init / "model.safetensors").read_bytes()).hexdigest()
+    digest = dense_sha256(init)
     path = RESULTS / f"{NAME}.json"
     data = json.loads(path.read_text()) if args.cont and path.exists() else None
-    if data is not None and data.get("dense_sha256") != digest:
-        raise SystemExit(f"{path}: its rows were pruned from another dense model (sha256 {data.get('dense_sha256')}, "
-                         f"now {digest}); run without --continue so every row is judged against its own dense model")
+    check_same_dense(data, digest, path)
     quiet = Console(file=io.StringIO())
     for seed in args.seeds:
         for sparsity in args.sparsities:

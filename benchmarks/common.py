@@ -8,6 +8,7 @@ so no number in BENCHMARKS.md is ever typed by hand.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from pathlib import Path
@@ -23,6 +24,57 @@ writes to `benchmarks/results/`; re-run the script to reproduce it
 (`python benchmarks/<script>.py`, then `python benchmarks/common.py` to rebuild
 this file). Machine, library versions, seeds and wall times are in each JSON file.
 """
+
+
+def dense_sha256(checkpoint: Path) -> str:
+    """SHA-256 of a checkpoint's ``model.safetensors``: which dense file a benchmark's rows were pruned from."""
+    return hashlib.sha256((Path(checkpoint) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def check_same_dense(data: dict | None, digest: str, path: Path, model: str | None = None) -> None:
+    """Refuse to ``--continue`` ``data`` (read from ``path``) with rows of a dense file whose hash is ``digest``.
+
+    The hash is ``data["dense_sha256"]``, or with ``model`` ``data["dense"][model]["sha256"]`` (a JSON with no
+    entry for ``model`` has no rows of it yet). A recorded hash that differs, or none at all (rows from before
+    hashes were kept), means the rows already there may come from another dense model: exit with one line.
+    """
+    if data is None or (model is not None and model not in data.get("dense", {})):
+        return
+    recorded = data.get("dense_sha256") if model is None else data["dense"][model].get("sha256")
+    if recorded != digest:
+        rows = f"its {model} rows" if model else "its rows"
+        why = (f"were pruned from another dense model (sha256 {recorded[:12]}, this one {digest[:12]})" if recorded
+               else f"record no dense file hash: nothing shows they were pruned from this one (sha256 {digest[:12]})")
+        raise SystemExit(f"{path}: {rows} {why}; run without --continue so every row is judged against its own "
+                         "dense model")
+
+
+def dense_fields(checkpoint: Path, model, test_set) -> dict:
+    """The dense model a benchmark's rows are compared with, measured in the run: its file, hash and accuracy."""
+    from prunus.train.trainer import evaluate
+
+    return {"dense_checkpoint": str(Path(checkpoint).relative_to(HERE)), "dense_sha256": dense_sha256(checkpoint),
+            "dense_accuracy": evaluate(model, test_set)["accuracy"]}
+
+
+def dense_hash_note(digest: str | None) -> str:
+    """What a table says about the dense file its rows were pruned from (``digest``: the sha256 in its JSON, if any)."""
+    if digest:
+        return f"dense file sha256 {digest[:12]}"
+    return "dense file hash not recorded (rows from before hashes were kept)"
+
+
+# what a table adds where its JSON has no hash and its script read the dense accuracy from the checkpoint's metadata
+FROM_METADATA = "; its accuracy read from the checkpoint metadata, not evaluated in the run"
+
+
+def dense_sentence(data: dict, unhashed: str = "") -> str:
+    """The sentence of a one-dense-model table about that model; ``unhashed`` adds to it where no hash was kept."""
+    digest = data.get("dense_sha256")
+    if digest:
+        return (f"Every row is pruned from, and compared with, one dense file ({dense_hash_note(digest)}; its accuracy "
+                "evaluated by this script).")
+    return f"Dense model: {dense_hash_note(None)}{unhashed}."
 
 
 def prune_run(init, plan, config, inspect=None, **extra) -> dict:

@@ -20,13 +20,15 @@ first and last layer at 20x, 50x, 100x (compression = planned weights /
 nonzero weights). Results are appended to the JSON after every run, so an
 interrupted benchmark continues where it stopped (--continue).
 
-    python benchmarks/retrain_free.py [--rates 20 50 100] [--seeds 0 1 2] [--continue]
+    python benchmarks/retrain_free.py [--rates 20 50 100] [--seeds 0 1 2] [--continue] [--render]
+
+The dense model's accuracy is measured in the run and its file's sha256 recorded; ``--continue``
+refuses to add rows to a JSON whose rows were pruned from another dense file.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import statistics
@@ -34,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, mean_std, write_result
+from common import RESULTS, check_same_dense, dense_fields, dense_sentence, dense_sha256, mean_std, write_result
 from rich.console import Console
 
 from prunus.environment import environment_info
@@ -84,8 +86,7 @@ def summarize(data: dict) -> str:
         f"(lr {data['lr']}, cosine), then masked retraining with Adam at a constant lr {data['lr']}. "
         "slr/admm: prunus' defaults (a round every 100 batches, rho grown by the budget to a distance of 1e-3 from "
         "the set by the last round, the penalty on the removed entries); slr/fixed, admm/fixed: rho 0.1 fixed, the "
-        "penalty on every entry, a round every 100 batches. The dense model is the same file in every row "
-        "(sha256 in the JSON). "
+        f"penalty on every entry, a round every 100 batches. {dense_sentence(data)} "
         f"Seeds {', '.join(map(str, data['seeds']))}; mean ± std of test accuracy (%). "
         f"Machine: {data['environment']['cpu']}, {data['environment']['cpu_count']} cores, torch {data['environment']['torch']}.",
         "",
@@ -138,20 +139,22 @@ def main() -> None:
     ap.add_argument("--retrain-epochs", type=int, default=5)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--continue", dest="cont", action="store_true", help="keep the runs already in the JSON")
+    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
+    path = RESULTS / f"{NAME}.json"
+    if args.render:
+        data = json.loads(path.read_text())
+        return write_result(NAME, data, summarize(data))
 
     init = dense_checkpoint()
     model, _ = load_model(init)
-    path = RESULTS / f"{NAME}.json"
     data = json.loads(path.read_text()) if args.cont and path.exists() else None
+    check_same_dense(data, dense_sha256(init), path)
     if data is None:
         from prunus.data import load_dataset
-        from prunus.train.trainer import evaluate
 
-        dense_acc = evaluate(model, load_dataset("fashion-mnist", "test"))["accuracy"]
         data = {
-            "benchmark": NAME, "dense_checkpoint": str(init.relative_to(DENSE.parent.parent)), "dense_accuracy": dense_acc,
-            "dense_sha256": hashlib.sha256((init / "model.safetensors").read_bytes()).hexdigest(),
+            "benchmark": NAME, **dense_fields(init, model, load_dataset("fashion-mnist", "test")),
             "prune_epochs": args.prune_epochs, "retrain_epochs": args.retrain_epochs, "lr": args.lr,
             "seeds": args.seeds, "environment": environment_info(), "runs": [],
         }

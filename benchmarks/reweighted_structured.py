@@ -11,7 +11,10 @@ the MACs fall 2x or 4x:
 Every method gets the same budget: 3 pruning epochs (Adam, lr 1e-3, cosine),
 hard-prune, 1 masked retraining epoch. One seed (2-core CPU budget).
 
-    python benchmarks/reweighted_structured.py [--continue]
+    python benchmarks/reweighted_structured.py [--continue] [--render]
+
+The dense model's accuracy is measured in the run and its file's sha256 recorded; ``--continue``
+refuses to add rows to a JSON whose rows were pruned from another dense file.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import json
 import shutil
 
 import torch
-from common import HERE, RESULTS, prune_run, write_result
+from common import HERE, RESULTS, check_same_dense, dense_fields, dense_sentence, dense_sha256, prune_run, write_result
 
 from prunus.environment import environment_info
 from prunus.harden.stats import count_macs
@@ -33,7 +36,6 @@ from prunus.plan.projection import hard_prune
 from prunus.plan.recipe import Plan
 from prunus.train.config import TrainConfig
 from prunus.train.run import train
-from prunus.train.trainer import evaluate
 
 NAME = "reweighted_structured"
 DENSE = HERE / ".cache" / "dense-vgg11-w025"
@@ -84,7 +86,8 @@ def summarize(data: dict) -> str:
         f"## Structured pruning at 2x and 4x fewer MACs, VGG-11 on Fashion-MNIST (`benchmarks/{NAME}.py`)",
         "",
         f"VGG-11 width 0.25 with BatchNorm, Fashion-MNIST padded to 32x32, dense {data['dense_epochs']} epochs: "
-        f"**{dense:.2f}%**, {data['dense_macs']:,} MACs per image. One uniform ratio for every Conv2d/Linear but the "
+        f"**{dense:.2f}%**, {data['dense_macs']:,} MACs per image. {dense_sentence(data)} "
+        "One uniform ratio for every Conv2d/Linear but the "
         "first and last, found by bisection so that the MACs fall 2x or 4x: filter = MACs with empty channels removed "
         "(the BN channel is pruned with its filter); column = MACs of the nonzero GEMM columns. Every method: "
         f"{data['prune_epochs']} pruning epochs (Adam, lr 1e-3, cosine), hard-prune, {data['retrain_epochs']} masked "
@@ -110,19 +113,24 @@ def main() -> None:
     ap.add_argument("--prune-epochs", type=int, default=3)
     ap.add_argument("--retrain-epochs", type=int, default=1)
     ap.add_argument("--continue", dest="cont", action="store_true")
+    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
+    path = RESULTS / f"{NAME}.json"
+    if args.render:
+        data = json.loads(path.read_text())
+        return write_result(NAME, data, summarize(data))
 
     init = dense_checkpoint()
     model, _ = load_model(init)
     probe = torch.zeros(1, 1, 32, 32)
-    path = RESULTS / f"{NAME}.json"
     data = json.loads(path.read_text()) if args.cont and path.exists() else None
+    check_same_dense(data, dense_sha256(init), path)
     if data is None:
         from prunus.data import load_dataset
 
         data = {"benchmark": NAME, "dense_epochs": DENSE_EPOCHS, "prune_epochs": args.prune_epochs,
                 "retrain_epochs": args.retrain_epochs, "seeds": args.seeds, "environment": environment_info(),
-                "dense_accuracy": evaluate(model, load_dataset("fashion-mnist", "test", image_size=32))["accuracy"],
+                **dense_fields(init, model, load_dataset("fashion-mnist", "test", image_size=32)),
                 "dense_macs": count_macs(model, probe).dense, "runs": []}
     done = {(r["structure"], r["target"], r["variant"], r["seed"]) for r in data["runs"]}
     for structure in STRUCTURES:

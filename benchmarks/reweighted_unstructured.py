@@ -10,7 +10,10 @@ Variants (a round = the method's own update: reweighting, or Z/multiplier step):
   slr, admm           rho 0.1 (defaults), one round per epoch
   slr/100, admm/100   a round every 100 batches (about 4.7 per epoch)
 
-    python benchmarks/reweighted_unstructured.py [--rates ...] [--seeds ...] [--continue]
+    python benchmarks/reweighted_unstructured.py [--rates ...] [--seeds ...] [--continue] [--render]
+
+The dense model's accuracy is measured in the run and its file's sha256 recorded; ``--continue``
+refuses to add rows to a JSON whose rows were pruned from another dense file.
 """
 
 from __future__ import annotations
@@ -19,7 +22,16 @@ import argparse
 import json
 import statistics
 
-from common import RESULTS, mean_std, prune_run, write_result
+from common import (
+    RESULTS,
+    check_same_dense,
+    dense_fields,
+    dense_sentence,
+    dense_sha256,
+    mean_std,
+    prune_run,
+    write_result,
+)
 from retrain_free import dense_checkpoint, epochs_to_recover
 
 from prunus.data import load_dataset
@@ -27,7 +39,6 @@ from prunus.environment import environment_info
 from prunus.jobs.prune import PruneConfig
 from prunus.models.loading import load_model
 from prunus.plan.recipe import Plan, ratio_for_compression
-from prunus.train.trainer import evaluate
 
 NAME = "reweighted_unstructured"
 VARIANTS = {"reweighted": ("reweighted", None), "slr": ("slr", None), "admm": ("admm", None),
@@ -39,7 +50,8 @@ def summarize(data: dict) -> str:
     lines = [
         f"## Reweighted vs SLR vs ADMM, unstructured, LeNet-5 on Fashion-MNIST (`benchmarks/{NAME}.py`)",
         "",
-        f"Dense LeNet-5: **{dense:.2f}%**. Global unstructured pruning of conv2, fc1, fc2 (first and last layer dense); "
+        f"Dense LeNet-5: **{dense:.2f}%**. {dense_sentence(data)} "
+        "Global unstructured pruning of conv2, fc1, fc2 (first and last layer dense); "
         f"compression = planned weights / nonzero weights. Every method: {data['prune_epochs']} pruning epochs "
         f"(Adam, lr {data['lr']}, cosine), hard-prune, then {R} masked retraining epochs (Adam, constant lr). "
         f"Defaults: reweighted lam 1e-2, eps 0.01; SLR rho 0.1, s0 0.01, M 300, r 0.1; ADMM rho 0.1. "
@@ -75,17 +87,18 @@ def main() -> None:
     ap.add_argument("--continue", dest="cont", action="store_true", help="keep the runs already in the JSON")
     ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
+    path = RESULTS / f"{NAME}.json"
     if args.render:
-        data = json.loads((RESULTS / f"{NAME}.json").read_text())
+        data = json.loads(path.read_text())
         return write_result(NAME, data, summarize(data))
 
     init = dense_checkpoint()
     model, _ = load_model(init)
-    path = RESULTS / f"{NAME}.json"
     data = json.loads(path.read_text()) if args.cont and path.exists() else None
+    check_same_dense(data, dense_sha256(init), path)
     if data is None:
         data = {
-            "benchmark": NAME, "dense_accuracy": evaluate(model, load_dataset("fashion-mnist", "test"))["accuracy"],
+            "benchmark": NAME, **dense_fields(init, model, load_dataset("fashion-mnist", "test")),
             "prune_epochs": args.prune_epochs, "retrain_epochs": args.retrain_epochs, "lr": args.lr,
             "seeds": args.seeds, "environment": environment_info(), "runs": [],
         }

@@ -6,7 +6,10 @@ hard-pruned accuracy of each setting of rho, its growth, s0, and how often the
 method's rounds run. This is the record behind the settings `retrain_free.py`
 compares; it is a search, so read it as one seed.
 
-    python benchmarks/slr_tuning.py [--rates 20 50]
+    python benchmarks/slr_tuning.py [--rates 20 50] [--render]
+
+The dense model's accuracy is evaluated in the run (not read from the checkpoint's metadata) and its
+file's sha256 recorded.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import write_result
+from common import FROM_METADATA, RESULTS, dense_fields, dense_sentence, write_result
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
+from prunus.data import load_dataset
 from prunus.environment import environment_info
 from prunus.jobs.prune import PruneConfig, run_pruning
 from prunus.models.loading import load_model
@@ -41,15 +45,38 @@ SETTINGS = [  # (label, method, update_every, options)
 NAME = "slr_tuning"
 
 
+def summarize(data: dict) -> str:
+    rates = list(data["rows"][0]["hard_pruned"])  # "20", "50": the rates run, in their order
+    head = " | ".join(f"{r}x hard-pruned | {r}x residual" for r in rates)
+    lines = [
+        f"## SLR / ADMM settings tried (`benchmarks/{NAME}.py`)",
+        "",
+        f"Dense {data['dense_accuracy']:.2f}%. {dense_sentence(data, FROM_METADATA)} "
+        f"Seed {data['seed']}, {data['epochs']} pruning epochs, global unstructured, no retraining; "
+        "residual = ||W - Z|| at the last round (how far the weights still are from the constraint set).",
+        "",
+        f"| setting | {head} |",
+        "|---|" + "---|" * (2 * len(rates)),
+    ]
+    for row in data["rows"]:
+        cells = " | ".join(f"{row['hard_pruned'][r]:.2f} | {row['final_residual'][r]:.3f}" for r in rates)
+        lines.append(f"| {row['setting']} | {cells} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rates", type=float, nargs="+", default=[20, 50])
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
+    if args.render:
+        data = json.loads((RESULTS / f"{NAME}.json").read_text())
+        return write_result(NAME, data, summarize(data))
     init = dense_checkpoint()
-    model, ckpt = load_model(init)
-    dense = ckpt.meta["metrics"]["test_accuracy"]
+    model, _ = load_model(init)
+    dense = dense_fields(init, model, load_dataset("fashion-mnist", "test"))
     rows = []
     for label, method, update_every, options in SETTINGS:
         row = {"setting": label, "method": method, "update_every": update_every, "options": options, "hard_pruned": {}}
@@ -63,23 +90,10 @@ def main() -> None:
             row.setdefault("final_residual", {})[f"{rate:g}"] = res["method_history"][-1]["residual"]
         rows.append(row)
         print(json.dumps(row), flush=True)
-    env = environment_info()
-    data = {"benchmark": NAME, "dense_accuracy": dense, "epochs": args.epochs, "seed": args.seed, "environment": env, "rows": rows}
-    head = " | ".join(f"{r:g}x hard-pruned | {r:g}x residual" for r in args.rates)
-    lines = [
-        f"## SLR / ADMM settings tried (`benchmarks/{NAME}.py`)",
-        "",
-        f"Dense {dense:.2f}%. Seed {args.seed}, {args.epochs} pruning epochs, global unstructured, no retraining; "
-        "residual = ||W - Z|| at the last round (how far the weights still are from the constraint set).",
-        "",
-        f"| setting | {head} |",
-        "|---|" + "---|" * (2 * len(args.rates)),
-    ]
-    for row in rows:
-        cells = " | ".join(f"{row['hard_pruned'][f'{r:g}']:.2f} | {row['final_residual'][f'{r:g}']:.3f}" for r in args.rates)
-        lines.append(f"| {row['setting']} | {cells} |")
-    write_result(NAME, data, "\n".join(lines))
-    print("\n".join(lines))
+    data = {"benchmark": NAME, **dense, "epochs": args.epochs, "seed": args.seed, "environment": environment_info(),
+            "rows": rows}
+    write_result(NAME, data, summarize(data))
+    print(summarize(data))
 
 
 if __name__ == "__main__":

@@ -33,9 +33,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS, write_result
+from common import RESULTS, dense_sha256, write_result
 from rich.console import Console
-from structured_retrain_free import BN_BATCHES, PROBE, ROUND_TO, dense_checkpoint, file_hash
+from structured_retrain_free import BN_BATCHES, PROBE, ROUND_TO, dense_checkpoint
 
 from prunus.data import load_dataset
 from prunus.deploy.allocation import uniform_filter_plan_for_macs
@@ -129,8 +129,8 @@ def main() -> None:
     model, _ = load_model(init)
     plan, ratio = uniform_filter_plan_for_macs(model, PROBE, TARGET, round_to=ROUND_TO[MODEL])
     data = json.loads(path.read_text()) if args.cont and path.exists() else None
-    if data is None or data["sha256"] != file_hash(init):
-        data = {"benchmark": NAME, "environment": environment_info(), "sha256": file_hash(init), "ratio": ratio,
+    if data is None or data["sha256"] != dense_sha256(init):
+        data = {"benchmark": NAME, "environment": environment_info(), "sha256": dense_sha256(init), "ratio": ratio,
                 "dense_accuracy": evaluate(model, test_set)["accuracy"], "runs": []}
     done = {r["variant"] for r in data["runs"]}
     for variant in args.variants:

@@ -11,7 +11,10 @@ ranked by L2 norm, then masked training) get the same budget: 6 pruning epochs, 
 LeNet-5 rather than a VGG: on this 2-core CPU a VGG-11 epoch of full Fashion-MNIST
 takes minutes, and 18 runs x 9 epochs of it would not fit a session.
 
-    python benchmarks/structured_filter.py [--seeds 0 1 2]
+    python benchmarks/structured_filter.py [--seeds 0 1 2] [--render]
+
+The dense model's accuracy is evaluated in the run (not read from the checkpoint's metadata) and its
+file's sha256 recorded.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import time
 from pathlib import Path
 
 import torch
-from common import mean_std, write_result
+from common import FROM_METADATA, RESULTS, dense_fields, dense_sentence, mean_std, write_result
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
+from prunus.data import load_dataset
 from prunus.environment import environment_info
 from prunus.harden.stats import count_macs
 from prunus.jobs.prune import PruneConfig, run_pruning
@@ -60,17 +64,53 @@ def ratio_for_mac_reduction(model, factor: float) -> tuple[float, int, int]:
     raise RuntimeError(f"no ratio reaches {factor}x fewer MACs")
 
 
+def summarize(data: dict) -> str:
+    runs, env = data["runs"], data["environment"]
+    groups = {(r["factor"], r["variant"]): [] for r in runs}  # in the order run
+    for r in runs:
+        groups[r["factor"], r["variant"]].append(r)
+    lines = [
+        f"## Filter pruning, LeNet-5 on Fashion-MNIST (`benchmarks/{NAME}.py`)",
+        "",
+        f"Dense {data['dense_accuracy']:.2f}%. {dense_sentence(data, FROM_METADATA)} "
+        "Filters of conv1, conv2 and neurons of fc1, fc2 pruned at one ratio, chosen so the "
+        f"model with zero filters removed needs 2x / 4x fewer MACs. {data['prune_epochs']} pruning epochs, then "
+        f"{data['retrain_epochs']} masked retraining epochs (Adam, lr 1e-3). "
+        f"Seeds {', '.join(map(str, data['seeds']))}. "
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores.",
+        "",
+        "| MACs (dense -> pruned) | ratio | method | hard-pruned, 0 retraining | +1 epoch | +3 epochs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for factor in dict.fromkeys(f for f, _ in groups):
+        for variant in VARIANTS:
+            group = groups[factor, variant]
+            g0 = group[0]
+            lines.append(
+                f"| {g0['macs_dense']:,} -> {g0['macs_structural']:,} ({g0['macs_dense'] / g0['macs_structural']:.2f}x) | "
+                f"{g0['ratio']:.2f} | {variant} | {mean_std([g['hard_pruned_accuracy'] for g in group])} | "
+                f"{mean_std([g['retrain_accuracy'][0] for g in group])} | {mean_std([g['retrain_accuracy'][-1] for g in group])} |"
+            )
+    walls = statistics.mean(r["wall_seconds"] for r in runs)
+    lines += ["", f"Mean wall time per run (pruning + retraining): {walls:.0f} s."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--factors", type=float, nargs="+", default=[2, 4])
     ap.add_argument("--prune-epochs", type=int, default=6)
     ap.add_argument("--retrain-epochs", type=int, default=3)
+    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
+    if args.render:
+        data = json.loads((RESULTS / f"{NAME}.json").read_text())
+        return write_result(NAME, data, summarize(data))
 
     init = dense_checkpoint()
-    model, ckpt = load_model(init)
-    dense_acc = ckpt.meta["metrics"]["test_accuracy"]
+    model, _ = load_model(init)
+    dense = dense_fields(init, model, load_dataset("fashion-mnist", "test"))
     runs = []
     for factor in args.factors:
         ratio, dense_macs, macs = ratio_for_mac_reduction(model, factor)
@@ -92,33 +132,10 @@ def main() -> None:
                 runs.append(run)
                 print(json.dumps(run), flush=True)
 
-    env = environment_info()
-    data = {"benchmark": NAME, "dense_accuracy": dense_acc, "layers": LAYERS, "seeds": args.seeds,
-            "prune_epochs": args.prune_epochs, "retrain_epochs": args.retrain_epochs, "environment": env, "runs": runs}
-    lines = [
-        f"## Filter pruning, LeNet-5 on Fashion-MNIST (`benchmarks/{NAME}.py`)",
-        "",
-        f"Dense {dense_acc:.2f}%. Filters of conv1, conv2 and neurons of fc1, fc2 pruned at one ratio, chosen so the "
-        f"model with zero filters removed needs 2x / 4x fewer MACs. {args.prune_epochs} pruning epochs, then "
-        f"{args.retrain_epochs} masked retraining epochs (Adam, lr 1e-3). Seeds {', '.join(map(str, args.seeds))}. "
-        f"Machine: {env['cpu']}, {env['cpu_count']} cores.",
-        "",
-        "| MACs (dense -> pruned) | ratio | method | hard-pruned, 0 retraining | +1 epoch | +3 epochs |",
-        "|---|---|---|---|---|---|",
-    ]
-    for factor in args.factors:
-        for variant in VARIANTS:
-            group = [r for r in runs if r["factor"] == factor and r["variant"] == variant]
-            g0 = group[0]
-            lines.append(
-                f"| {g0['macs_dense']:,} -> {g0['macs_structural']:,} ({g0['macs_dense'] / g0['macs_structural']:.2f}x) | "
-                f"{g0['ratio']:.2f} | {variant} | {mean_std([g['hard_pruned_accuracy'] for g in group])} | "
-                f"{mean_std([g['retrain_accuracy'][0] for g in group])} | {mean_std([g['retrain_accuracy'][-1] for g in group])} |"
-            )
-    walls = statistics.mean(r["wall_seconds"] for r in runs)
-    lines += ["", f"Mean wall time per run (pruning + retraining): {walls:.0f} s."]
-    write_result(NAME, data, "\n".join(lines))
-    print("\n".join(lines))
+    data = {"benchmark": NAME, **dense, "layers": LAYERS, "seeds": args.seeds, "prune_epochs": args.prune_epochs,
+            "retrain_epochs": args.retrain_epochs, "environment": environment_info(), "runs": runs}
+    write_result(NAME, data, summarize(data))
+    print(summarize(data))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import io
 import json
 import statistics
@@ -43,7 +42,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from common import HERE, RESULTS, mean_std, prune_run, write_result
+from common import HERE, RESULTS, check_same_dense, dense_hash_note, dense_sha256, mean_std, prune_run, write_result
 from rich.console import Console
 
 from prunus.constraints.structures import num_pruned
@@ -91,10 +90,6 @@ def dense_checkpoint(name: str) -> Path:
         train(TrainConfig(model=name, dataset="fashion-mnist", epochs=DENSE_EPOCHS, image_size=32, augment=False,
                           model_options=MODELS[name], channels_last=True), path, resume=(path / "config.json").exists())
     return latest_checkpoint(path)
-
-
-def file_hash(checkpoint: Path) -> str:
-    return hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
 
 
 def small_model_stats(small: nn.Module) -> dict:
@@ -234,7 +229,9 @@ def summarize(data: dict) -> str:
         f"## Retrain-free filter pruning: SLR, ADMM, reweighted, L1 and Torch-Pruning (`benchmarks/{NAME}.py`)",
         "",
         f"Fashion-MNIST padded to 32x32. One dense model per architecture ({DENSE_EPOCHS} epochs SGD lr 0.05, cosine, "
-        "no augmentation; sha256 of its weights in the JSON). Uniform filter ratio for every Conv2d/Linear but the "
+        "no augmentation; every row compared with the dense file it was pruned from: "
+        + "; ".join(f"{m} {dense_hash_note(d.get('sha256'))}" for m, d in data["dense"].items())
+        + "). Uniform filter ratio for every Conv2d/Linear but the "
         "classifier (first conv included), multiples of "
         + " / ".join(f"{v} ({m})" for m, v in data["round_to"].items())
         + " filters, bisected to 2x / 4x fewer MACs of the physically pruned model. Budget for every method: "
@@ -327,11 +324,9 @@ def main() -> None:
         for name in args.models:
             init = dense_checkpoint(name)
             model, _ = load_model(init)
-            digest = file_hash(init)
-            known = data["dense"].get(name)
-            if known and known["sha256"] != digest:
-                raise SystemExit(f"{path}: its {name} rows were pruned from another dense model; run without --continue")
-            if not known:
+            digest = dense_sha256(init)
+            check_same_dense(data, digest, path, model=name)
+            if name not in data["dense"]:
                 data["dense"][name] = {"checkpoint": str(init.relative_to(HERE)), "sha256": digest,
                                        "accuracy": evaluate(model, test_set)["accuracy"], **small_model_stats(model)}
                 del data["dense"][name]["layers"]

@@ -27,12 +27,17 @@ image.
 
     python benchmarks/surgery_speedup.py [--models vgg16 resnet20] [--targets 2 4]
                                          [--allocations uniform early latency]
-                                         [--continue] [--plans-only] [--retime-only]
+                                         [--continue] [--plans-only] [--retime-only] [--render]
 
 ``--plans-only`` runs the latency searches and stops (run it on a quiet machine: the
 search times models); training then needs no quiet machine, and ``--retime-only`` times
 every row again in one pass, from the architectures alone (no trained weights needed); a pass on
-another CPU keeps the previous pass's batch-64 figures beside the new ones.
+another CPU keeps the previous pass's batch-64 figures beside the new ones. ``--render`` only
+rebuilds the table from the JSON.
+
+The sha256 of each dense model's file is recorded in ``data["dense"]`` and each row keeps the accuracy
+of the dense model it was pruned from (measured in its own run); ``--continue`` refuses to add rows
+of a model whose recorded dense file differs from (or, from before hashes were kept, lacks) this one.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import shutil
 import time
 
 import torch
-from common import HERE, RESULTS, prune_run, write_result
+from common import HERE, RESULTS, check_same_dense, dense_hash_note, dense_sha256, prune_run, write_result
 
 from prunus.deploy.allocation import latency_aware_plan, plan_for_macs, plan_from_widths, pruned_copy, shrink_to_widths
 from prunus.deploy.footprint import weights_bytes
@@ -270,7 +275,12 @@ def summarize(data: dict) -> str:
         + "*eager*: the PyTorch modules as trained; *deployed*: both models with "
         "BatchNorm folded into the convolutions and channels-last layout (`prunus.deploy.latency.for_inference`). "
         f"{timing.get('threads', data['threads'])} threads. MACs = Conv2d/Linear multiply-accumulates per image; "
-        "file bytes = the checkpoint's model.safetensors. One seed (0). Timing machine: "
+        "file bytes = the checkpoint's model.safetensors. *dense acc %*: the dense model the row was pruned from"
+        + (", measured in the row's own run" if all("dense_accuracy" in r for r in data["runs"]) else
+           ", measured in the row's own run (rows from before that was kept: the model's dense accuracy as the script "
+           "first evaluated it)")
+        + "; " + "; ".join(f"{m}: {dense_hash_note(d.get('sha256'))}" for m, d in data["dense"].items())
+        + ". One seed (0). Timing machine: "
         f"{timed['cpu']}, {timed['cpu_count']} cores, torch {timed['torch']}"
         + (f" (training ran on {env['cpu']})." if timed["cpu"] != env["cpu"] else "."),
         "",
@@ -335,9 +345,13 @@ def main() -> None:
                     help="no training: re-time the rows in the JSON (run on a quiet machine)")
     ap.add_argument("--plans-only", action="store_true",
                     help="only run the latency allocation's searches and record them (run on a quiet machine)")
+    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
     args.cont |= args.retime_only | args.plans_only
     path = RESULTS / f"{NAME}.json"
+    if args.render:
+        data = json.loads(path.read_text())
+        return write_result(NAME, data, summarize(data))
     data = json.loads(path.read_text()) if args.cont and path.exists() else None
     if data is None:
         data = {"benchmark": NAME, "dense_epochs": DENSE_EPOCHS, "threads": torch.get_num_threads(),
@@ -381,12 +395,17 @@ def main() -> None:
                 raise SystemExit(f"{path} has no {name} rows to re-time; run without --retime-only")
             torch.manual_seed(0)
             model = build_model(name, in_channels=1, num_classes=10, **MODELS[name])
-            accuracy = data["dense"][name]["accuracy"]
+            accuracy, dense_file = data["dense"][name]["accuracy"], {}
         else:
-            model, _ = load_model(dense_checkpoint(name))
+            init = dense_checkpoint(name)
+            digest = dense_sha256(init)
+            check_same_dense(data, digest, path, model=name)
+            model, _ = load_model(init)
             accuracy = evaluate(model, test_set)["accuracy"]
-        # the rows already there were pruned from the dense model this accuracy was first measured on
-        data["dense"][name] = {"accuracy": data["dense"].get(name, {}).get("accuracy", accuracy),
+            dense_file = {"checkpoint": str(init.relative_to(HERE)), "sha256": digest}
+        # the rows already there were pruned from this dense file (checked above); its accuracy as first measured
+        data["dense"][name] = {**data["dense"].get(name, {}), **dense_file,
+                               "accuracy": data["dense"].get(name, {}).get("accuracy", accuracy),
                                "macs": count_macs(model, PROBE).dense,
                                "params": sum(p.numel() for p in model.parameters()), "weights_bytes": weights_bytes(model)}
         for target, allocation in [(t, a) for a in args.allocations for t in args.targets]:
@@ -404,7 +423,7 @@ def main() -> None:
                 config = PruneConfig(method=method, epochs=epochs, retrain_epochs=retrain, seed=0, options=options,
                                      retrain_lr=RETRAIN_LR, retrain_schedule=RETRAIN_SCHEDULE,
                                      update_every=every if method == "slr" else None)
-                run = prune_run(dense_checkpoint(name), plan, config, inspect=shrink, model=name, target=target, ratio=ratio, variant=variant,
+                run = prune_run(init, plan, config, inspect=shrink, model=name, target=target, ratio=ratio, variant=variant,
                                 allocation=allocation, budget=[epochs, retrain], **({"widths": widths} if widths else {}))
                 data["runs"].append(run)
                 print(json.dumps(run), flush=True)
