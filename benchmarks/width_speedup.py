@@ -31,7 +31,7 @@ REPEATS, WARMUP = 40, 5
 def measure(width: float) -> list[dict]:
     torch.manual_seed(0)
     dense = build_model("vgg16", width=width).eval()
-    small = {r: S.pruned_small(dense, S.plan_for(dense, "uniform", S.ratio_for(dense, "uniform", 2.0, r), r))
+    small = {r: S.pruned_copy(dense, S.plan_for(dense, "uniform", S.ratio_for(dense, "uniform", 2.0, r), r), S.PROBE)
              for r in ROUND_TO}
     forms = {"eager": ({"dense": dense, **small}, S.PROBE),
              "deployed": ({k: for_inference(m) for k, m in {"dense": dense, **small}.items()},
