@@ -184,3 +184,25 @@ def test_balanced_inclusion_odd():
     inc = balanced_inclusion(5, 1000, seed=0)
     counts = inc.sum(0)
     assert set(counts.tolist()) == {2, 3} and (counts == 3).sum() == 500
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_shrink_with_more_examples():
+    from prunus.privacy.metrics import bootstrap_intervals, evaluate_attack
+
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (400, 8000):
+        member = np.arange(n) < n // 2
+        scores = rng.normal(0.0, 1.0, n) + 0.5 * member
+        result = evaluate_attack("x", scores, member, threshold=0.25)
+        lo, hi = result.ci["auc"]
+        assert lo < result.auc < hi
+        assert result.ci["balanced_accuracy"][0] < result.balanced_accuracy < result.ci["balanced_accuracy"][1]
+        assert set(result.ci) == {"auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "balanced_accuracy"}
+        assert result.to_dict()["ci"]["auc"] == [lo, hi]
+        widths.append(hi - lo)
+        assert bootstrap_intervals(scores, member, 0.25) == result.ci  # seeded: the same intervals again
+    assert widths[1] < widths[0] / 3  # 20x the examples: about sqrt(20) = 4.5x narrower
+    separable = np.r_[np.ones(50), np.zeros(50)]
+    assert evaluate_attack("x", separable, separable.astype(bool)).ci["auc"] == (1.0, 1.0)
+    assert evaluate_attack("x", separable, separable.astype(bool), bootstrap=0).ci == {}

@@ -183,7 +183,7 @@ def _attack(config: AuditConfig, bank: ReferenceBank, target: Target, out: Path
 
 def _say_reused(bank: ReferenceBank, trained: dict[str, bool], config: AuditConfig, console: Console) -> None:
     for part, what, used in (("shadow", "shadow models", config.needs_shadows),
-                             ("lira", "LiRA/RMIA reference models", config.needs_references)):
+                             ("lira", "LiRA reference models", config.needs_references)):
         if used and not trained[part]:
             console.print(f"reusing {getattr(bank, part).models} {what} from reference bank {bank.path or '(in memory)'}")
 

@@ -103,6 +103,8 @@ class AttackMetrics:
     tpr: np.ndarray = field(repr=False)
     scores: np.ndarray = field(repr=False)  # per evaluated example, higher = member
     extra: dict[str, Any] = field(default_factory=dict)
+    #: 95% bootstrap intervals (members and non-members resampled separately): metric name -> (low, high)
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def fpr_resolution(self) -> float:
@@ -122,6 +124,7 @@ class AttackMetrics:
             "threshold_source": self.threshold_source, "best_balanced_accuracy_on_eval_data": self.best_balanced_accuracy,
             "tpr_at_1pct_fpr": self.tpr_at_1pct_fpr, "tpr_at_0.1pct_fpr": self.tpr_at_01pct_fpr,
             "members": self.members, "nonmembers": self.nonmembers, "fpr_resolution": self.fpr_resolution,
+            "ci": {k: list(v) for k, v in self.ci.items()},
             "extra": self.extra, "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
         }
 
@@ -135,9 +138,11 @@ def evaluate_attack(
     predictions=None,
     threshold_source: str = "none",
     extra: dict[str, Any] | None = None,
+    bootstrap: int = 200,
 ) -> AttackMetrics:
     """Metrics of one attack.  ``threshold`` (chosen on reference data) gives the balanced accuracy;
-    ``predictions`` (booleans, e.g. from per-class thresholds) may be given instead."""
+    ``predictions`` (booleans, e.g. from per-class thresholds) may be given instead.  ``bootstrap``
+    resamplings give the 95% intervals (0: none)."""
     s, m = _check(scores, is_member)
     fpr, tpr, _ = roc_curve(s, m)
     if predictions is not None:
@@ -152,4 +157,33 @@ def evaluate_attack(
         tpr_at_01pct_fpr=tpr_at_fpr(fpr, tpr, 0.001), members=int(m.sum()), nonmembers=int((~m).sum()),
         balanced_accuracy=bal, threshold=threshold, threshold_source=threshold_source,
         best_balanced_accuracy=float(0.5 * (1 + np.max(tpr - fpr))), fpr=fpr, tpr=tpr, scores=s, extra=dict(extra or {}),
+        ci=bootstrap_intervals(s, m, threshold if predictions is None else None, resamples=bootstrap),
     )
+
+
+def bootstrap_intervals(scores: np.ndarray, is_member: np.ndarray, threshold: float | None = None, *,
+                        resamples: int = 200, level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of AUC, TPR at 1% and 0.1% FPR (and the balanced accuracy at ``threshold``).
+
+    Members and non-members are resampled separately, so every resample keeps the evaluated counts
+    (a stratified bootstrap: the interval reflects which examples were drawn, not how many of each).
+    """
+    if resamples <= 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    members, nonmembers = np.flatnonzero(is_member), np.flatnonzero(~is_member)
+    label = np.r_[np.ones(len(members), bool), np.zeros(len(nonmembers), bool)]
+    samples: dict[str, list[float]] = {"auc": [], "tpr_at_1pct_fpr": [], "tpr_at_0.1pct_fpr": []}
+    if threshold is not None:
+        samples["balanced_accuracy"] = []
+    for _ in range(resamples):
+        pick = np.r_[rng.choice(members, len(members)), rng.choice(nonmembers, len(nonmembers))]
+        s = scores[pick]
+        fpr, tpr, _ = roc_curve(s, label)
+        samples["auc"].append(auc(fpr, tpr))
+        samples["tpr_at_1pct_fpr"].append(tpr_at_fpr(fpr, tpr, 0.01))
+        samples["tpr_at_0.1pct_fpr"].append(tpr_at_fpr(fpr, tpr, 0.001))
+        if threshold is not None:
+            samples["balanced_accuracy"].append(balanced_accuracy(s, label, threshold))
+    tail = 100 * (1 - level) / 2
+    return {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in samples.items()}

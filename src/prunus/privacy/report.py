@@ -30,14 +30,26 @@ def markdown_table(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for a in report["attacks"]:
-        bal = "n/a" if a["balanced_accuracy"] is None else f"{100 * a['balanced_accuracy']:.2f}%"
-        low = f"{100 * a['tpr_at_0.1pct_fpr']:.2f}%" + (" (0 FP)" if a["fpr_resolution"] > 0.001 else "")
-        lines.append(f"| {a['attack']} | {a['auc']:.4f} | {bal} | {100 * a['tpr_at_1pct_fpr']:.2f}% | {low} | "
+        ci = a.get("ci", {})
+        bal = "n/a" if a["balanced_accuracy"] is None else \
+            f"{100 * a['balanced_accuracy']:.2f}%{_interval(ci, 'balanced_accuracy', percent=True)}"
+        low = f"{100 * a['tpr_at_0.1pct_fpr']:.2f}%" + (" (0 FP)" if a["fpr_resolution"] > 0.001 else "") + \
+            _interval(ci, "tpr_at_0.1pct_fpr", percent=True)
+        lines.append(f"| {a['attack']} | {a['auc']:.4f}{_interval(ci, 'auc')} | {bal} | "
+                     f"{100 * a['tpr_at_1pct_fpr']:.2f}%{_interval(ci, 'tpr_at_1pct_fpr', percent=True)} | {low} | "
                      f"{a['members']} | {a['nonmembers']} | {a['threshold_source']} |")
     lines += ["", ("AUC, TPR@FPR: threshold-free, over all thresholds on the evaluated members/non-members. "
                    "Balanced accuracy: at a threshold fixed beforehand on reference data only. "
-                   "\"(0 FP)\": fewer than 1000 non-members, so 0.1% FPR means no false positive at all."), ""]
+                   "\"(0 FP)\": fewer than 1000 non-members, so 0.1% FPR means no false positive at all. "
+                   "[low, high]: 95% bootstrap interval (members and non-members resampled separately)."), ""]
     return "\n".join(lines)
+
+
+def _interval(ci: dict, key: str, percent: bool = False) -> str:
+    if key not in ci:
+        return ""
+    lo, hi = ci[key]
+    return f" [{100 * lo:.2f}, {100 * hi:.2f}]" if percent else f" [{lo:.3f}, {hi:.3f}]"
 
 
 def summary_table(results: list[AttackMetrics], accuracy: dict[str, float]) -> Table:
