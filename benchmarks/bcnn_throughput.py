@@ -49,9 +49,12 @@ from prunus.models import build_model
 from prunus.models.loading import load_model
 
 NAME = "bcnn_throughput"
-MODELS = {"nin": "cnin", "resnet18": "cresnet18"}
-TARGETS = {"nin": 5882.0, "resnet18": 4938.0}  # frames/s of the reference FPGA design (Alveo U280)
-STRETCH = {"nin": 20000.0}
+MODELS = {"nin": "cnin", "resnet18": "cresnet18", "nin-binstem": "cnin"}
+#: model options per key: NIN with a binary first layer too (issue 19: the full-precision stem is half the time)
+OPTIONS = {"nin-binstem": {"fp_first": False}}
+LABELS = {"nin-binstem": "cnin, binary first layer"}
+TARGETS = {"nin": 5882.0, "resnet18": 4938.0, "nin-binstem": 5882.0}  # frames/s of the FPGA design (Alveo U280)
+STRETCH = {"nin": 20000.0, "nin-binstem": 20000.0}
 BATCHES = (1, 64, 1024)
 COMPRESSION = 20.0
 SIZE, CIN, CLASSES = 32, 3, 10
@@ -71,11 +74,11 @@ def calibrate_bn(model: torch.nn.Module, seed: int) -> None:
 def pruned_model(key: str, seed: int) -> tuple[torch.nn.Module, dict]:
     """A random ``key`` model pruned by whole filters to at most 1/20 of its live weights (smallest such ratio)."""
     torch.manual_seed(seed)
-    dense = build_model(MODELS[key], in_channels=CIN, num_classes=CLASSES)
+    dense = build_model(MODELS[key], in_channels=CIN, num_classes=CLASSES, **OPTIONS.get(key, {}))
     example = torch.randn(2, CIN, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
     model, counts = prune_to_live_compression(dense, lambda ratio: filter_plan(dense, ratio), COMPRESSION,
                                               example, prepare=lambda m: calibrate_bn(m, seed))
-    return model, {**counts, "source": "random weights (seeded), BN statistics from noise", "stem_pruned": key == "nin"}
+    return model, {**counts, "source": "random weights (seeded), BN statistics from noise", "stem_pruned": MODELS[key] == "cnin"}
 
 
 def checkpoint_model(path: str) -> tuple[torch.nn.Module, dict]:
@@ -150,7 +153,7 @@ def run_model(key: str, args, ceiling: float) -> dict:
             print(json.dumps({"model": key, **row}), flush=True)
     finally:
         torch.set_num_threads(torch_threads)
-    return {"model": key, "registry_name": MODELS[key], "pruning": pruning, "exact": exact,
+    return {"model": key, "registry_name": LABELS.get(key, MODELS[key]), "pruning": pruning, "exact": exact,
             "bit_macs_per_image": engine.bit_macs, "layers": [layer.to_dict() for layer in engine.layers()],
             "single_thread_profile": {"images": 64, "runs": args.profile_runs, "us_per_image": 1e6 * total / 64,
                                       "steps": profile},
@@ -209,7 +212,7 @@ def summarize(data: dict) -> str:
             )
     lines += ["", "Where the engine's time goes (one thread, 64 images, best of "
               f"{data['models'][0]['single_thread_profile']['runs'] if data['models'] else 0} runs per step; "
-              "`stem` = the full-precision first layer in PyTorch + its BN/sign/pack kernel):", ""]
+              "`stem` = the first layer (a full-precision one in PyTorch) + its BN/sign/pack kernel):", ""]
     for m in data["models"]:
         prof = m["single_thread_profile"]
         top = ", ".join(f"{s['step']} {100 * s['share']:.0f}%" for s in prof["steps"][:6])
@@ -225,7 +228,7 @@ def _checkpoints(items: list[str]) -> dict[str, str]:
     for item in items:
         key, _, path = item.partition("=")
         if key not in MODELS or not path:
-            raise SystemExit(f"--checkpoint expects nin=PATH or resnet18=PATH, got {item!r}")
+            raise SystemExit(f"--checkpoint expects KEY=PATH with KEY one of {', '.join(MODELS)}, got {item!r}")
         out[key] = path
     return out
 
