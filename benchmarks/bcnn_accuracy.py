@@ -5,7 +5,8 @@ For each model x dataset x seed, three rows from one script run:
   bcnn      the binarized complex model (binary hidden layers, full-precision first and last layer)
   bcnn-20x  that BCNN pruned by SLR filter pruning to 20x fewer live weights (``prunus bcnn prune``:
             E method epochs + R masked retraining epochs, starting from the bcnn row's weights)
-The two trainings share the recipe (Adam lr 1e-3, cosine, no weight decay, no augmentation,
+``nin-binstem`` (a NIN whose first layer is binary too, the engine's faster variant) gets the bcnn and
+bcnn-20x rows; its full-precision twin is nin's fp row. The two trainings share the recipe (Adam lr 1e-3, cosine, no weight decay, no augmentation,
 channels-last, batch 128). Widths are reduced where the 2-core CPU forces it and every row
 carries its parameter count. Each pruned model runs on the engine over the whole test set:
 ``engine_equal`` says its logits equal PyTorch's on every image (``torch.equal`` per row).
@@ -14,7 +15,7 @@ The unpruned BCNN is checked the same way; the fp model has no engine.
 Trainings live in ``.cache/bcnn/<model>-<dataset>-<variant>-s<seed>`` and resume where they stopped;
 with ``--continue`` finished rows are kept. Run it in the background across sessions:
 
-    python benchmarks/bcnn_accuracy.py [--models nin resnet18] [--datasets modulation fashion-mnist]
+    python benchmarks/bcnn_accuracy.py [--models nin resnet18 nin-binstem] [--datasets modulation fashion-mnist]
         [--seeds 0 1 2] [--epochs 15] [--continue] [--render]
 """
 
@@ -44,7 +45,9 @@ from prunus.train.run import train
 
 NAME = "bcnn_accuracy"
 CACHE = HERE / ".cache" / "bcnn"
-MODELS = {"nin": ("cnin", 0.5), "resnet18": ("cresnet18", 0.5)}  # registry name, width that fits 2 CPU cores
+#: key -> (registry name, width that fits 2 CPU cores, model options); nin-binstem: NIN with a binary first layer
+#: too (the engine's faster variant, bcnn_throughput.py), trained as a BCNN only (its fp twin is nin's)
+MODELS = {"nin": ("cnin", 0.5, {}), "resnet18": ("cresnet18", 0.5, {}), "nin-binstem": ("cnin", 0.5, {"fp_first": False})}
 IMAGE_SIZE = {"modulation": None, "fashion-mnist": 32}
 TOLERANCE = {"modulation": 1.0, "fashion-mnist": 2.0}  # issue 19: BCNN-20x within this many points of the BCNN
 COMPRESSION, PRUNE_EPOCHS, RETRAIN_EPOCHS = 20.0, 3, 2
@@ -53,11 +56,11 @@ QUIET = Console(file=io.StringIO())
 
 def trained(model: str, dataset: str, fp: bool, seed: int, epochs: int) -> Path:
     """The run directory of one training, trained (or resumed) to ``epochs``."""
-    name, width = MODELS[model]
+    name, width, options = MODELS[model]
     run = CACHE / f"{model}-w{width:g}-{dataset}-{'fp' if fp else 'bcnn'}-e{epochs}-s{seed}"
     config = TrainConfig(model=f"{name}_fp" if fp else name, dataset=dataset, epochs=epochs, optimizer="adam",
                          lr=1e-3, weight_decay=0.0, schedule="cosine", seed=seed, image_size=IMAGE_SIZE[dataset],
-                         augment=False, model_options={"width": width}, channels_last=True)
+                         augment=False, model_options={"width": width, **options}, channels_last=True)
     train(config, run, resume=(run / "config.json").exists(), console=QUIET)
     return run
 
@@ -163,7 +166,7 @@ def main() -> None:
             for model in args.models:
                 common = {"model": model, "dataset": dataset, "seed": seed, "width": MODELS[model][1]}
                 t0 = time.perf_counter()
-                for variant in ("fp", "bcnn"):
+                for variant in ("bcnn",) if MODELS[model][2] else ("fp", "bcnn"):
                     if (model, dataset, variant, seed) not in done:
                         run = trained(model, dataset, variant == "fp", seed, args.epochs)
                         data["runs"].append(row(run, test_set, variant=variant, seconds=time.perf_counter() - t0,
