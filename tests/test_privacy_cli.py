@@ -9,6 +9,7 @@ from helpers import assert_user_error, run_cli
 
 from prunus.io import save_checkpoint
 from prunus.models import build_model
+from prunus.models.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +113,36 @@ def test_audit_runs_rmia_on_the_lira_reference_models(capsys, target, tmp_path):
     assert report["attacks"][2]["extra"]["reference_models"] == 1
     assert report["attacks"][0]["extra"]["reference_models"] == 4
     assert "| rmia-online |" in (out / "report.md").read_text()
+
+
+def test_adaptive_audit_trains_its_references_with_the_targets_defense(capsys, target, tmp_path):
+    pruned = tmp_path / "pruned"
+    code, _, _ = run_cli(capsys, "defend", "--defense", "prune", "--init", str(target), "--method", "magnitude",
+                         "--ratio", "0.5", "--prune-epochs", "0", "--retrain-epochs", "1", "--batch-size", "32",
+                         "--out", str(pruned))
+    assert code == 0
+    out = tmp_path / "adaptive"
+    code, stdout, _ = run_cli(capsys, "audit", str(pruned), "--attack", "lira,rmia", "--reference-models", "2",
+                              "--epochs", "2", "--adaptive", "--out", str(out))
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["attacker"].startswith("adaptive")
+    assert "Attacker: adaptive" in (out / "report.md").read_text()
+    for k in ("00", "01"):  # each reference model trained densely on its half (2 epochs), then pruned like the target
+        ref = out / "reference" / k
+        assert len((ref / "dense" / "metrics.jsonl").read_text().splitlines()) == 2
+        model, _ = load_model(ref / "retrain")
+        w = model.conv2.weight
+        assert int((w == 0).sum()) == w.numel() // 2
+    # a non-adaptive bank is not reused for an adaptive audit: the defense is part of what the bank was built for
+    bank = tmp_path / "bank"
+    assert run_cli(capsys, "audit", str(pruned), "--attack", "lira", "--reference-models", "2", "--epochs", "2",
+                   "--reference-bank", str(bank), "--out", str(tmp_path / "plain"))[0] == 0
+    code, _, err = run_cli(capsys, "audit", str(pruned), "--attack", "lira", "--reference-models", "2", "--epochs", "2",
+                           "--reference-bank", str(bank), "--adaptive", "--out", str(tmp_path / "again"))
+    assert_user_error(code, err, "adaptive_defense")
+
+
+def test_adaptive_audit_needs_a_recorded_defense(capsys, tmp_path, dense_digits):
+    code, _, err = run_cli(capsys, "audit", str(dense_digits), "--adaptive", "--out", str(tmp_path / "a"))
+    assert code == 2 and "prunus: error:" in err and not (tmp_path / "a").exists()

@@ -27,6 +27,9 @@ def add_parsers(sub) -> None:
                     help="LiRA Gaussians: auto = global below 64 models per side")
     au.add_argument("--epochs", type=positive_int, help="reference/shadow training epochs (default: the target's recipe)")
     au.add_argument("--seed", type=int, default=a.seed)
+    au.add_argument("--adaptive", action="store_true",
+                    help="an attacker who knows the defense: LiRA/RMIA reference models are trained with the target's "
+                         "own defense (prunus defend's recorded config), not like the undefended target")
     au.add_argument("--reference-bank", metavar="DIR",
                     help="share shadow/reference models between audits of one split: reuse the bank in DIR (built "
                          "with the same split, recipe, --seed, --epochs and model counts), or train them and store "
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     config = AuditConfig(
         attacks=tuple(args.attack or ("lira",)), reference_models=args.reference_models, shadow_models=args.shadow_models,
         per_class_thresholds=args.per_class_thresholds, shadow_per_class=args.shadow_per_class,
-        global_variance=variance, epochs=args.epochs, seed=args.seed,
+        global_variance=variance, epochs=args.epochs, seed=args.seed, adaptive=args.adaptive,
     ).validate()
     out = Path(args.out)
     check_new_dir(out)

@@ -43,6 +43,7 @@ from prunus._optional import require
 from prunus.environment import environment_info
 from prunus.errors import ConfigError
 from prunus.io import write_json_atomic, write_text_atomic
+from prunus.privacy.adaptive import target_defense
 from prunus.privacy.attacks import METRIC_ATTACKS, lira_attack, lira_phi, metric_attack, model_logits
 from prunus.privacy.audit_config import AuditConfig
 from prunus.privacy.bank import ReferenceBank
@@ -92,7 +93,8 @@ def run_audit(
     model, ckpt = load_defended(checkpoint)
     split: MembershipSplit = split_of_checkpoint(ckpt)
     tcfg = reference_recipe(ckpt, config)
-    bank = open_bank(reference_bank, bank_key(ckpt, split, tcfg, config), config)
+    defense = target_defense(ckpt, tcfg) if config.adaptive else None
+    bank = open_bank(reference_bank, bank_key(ckpt, split, tcfg, config, defense), config)
     bank_dir = None if reference_bank is None or isinstance(reference_bank, ReferenceBank) else Path(reference_bank)
     dev = pick_device(device)
     train_set, test_set = datasets_of(ckpt, data_dir, download)
@@ -105,7 +107,7 @@ def run_audit(
                                             "environment": environment_info()})
     t_start = time.perf_counter()
     trained = fill_bank(bank, config, split, train_set, test_set, target_model_record(ckpt), tcfg, bank_dir or out,
-                        save=bank_dir is not None, device=dev, console=console)
+                        save=bank_dir is not None, device=dev, console=console, defense=defense)
     bank_seconds = time.perf_counter() - t_start
     _say_reused(bank, trained, config, console)
     target = Target.of(model, split, train_set, dev)
@@ -117,6 +119,8 @@ def run_audit(
     report = {
         "checkpoint": str(ckpt.path), "defense": (ckpt.meta.get("privacy") or {}).get("defense"),
         "split": split.summary(), "accuracy": accuracy, "models": info,
+        "attacker": "adaptive: LiRA/RMIA reference models trained with the target's defense" if defense else
+                    "non-adaptive: reference models trained like the undefended target",
         "queries": "one un-augmented query per example, eval mode",
         "attacks": [r.to_dict(roc_points=400) for r in results], "seconds": time.perf_counter() - t_start,
         "attack_seconds": time.perf_counter() - t_start - bank_seconds,

@@ -40,6 +40,8 @@ class AuditConfig:
     per_class_thresholds: bool = False
     shadow_per_class: bool = False
     global_variance: bool | None = None  # None: global below 64 models per side (Carlini et al.)
+    #: LiRA/RMIA reference models trained with the target's own defense (prunus.privacy.adaptive)
+    adaptive: bool = False
     epochs: int | None = None  # reference/shadow training epochs (default: the target's recipe)
     seed: int = 0
     eval_batch_size: int = 1000

@@ -16,10 +16,11 @@ from prunus.data import load_dataset
 from prunus.environment import environment_info
 from prunus.errors import ConfigError
 from prunus.models import build_model
+from prunus.privacy.adaptive import target_defense, train_defended_models
 from prunus.privacy.attacks import model_logits
 from prunus.privacy.audit_config import AuditConfig
 from prunus.privacy.bank import BANK_FORMAT, LiraOutputs, ReferenceBank, ShadowOutputs, check_bank_dir
-from prunus.privacy.defenses import load_defended
+from prunus.privacy.defenses import DefenseConfig, load_defended
 from prunus.privacy.splits import MembershipSplit, balanced_inclusion, split_of_checkpoint, subset
 from prunus.train.config import TrainConfig
 from prunus.train.distributed import pick_device
@@ -60,19 +61,24 @@ def train_models(name: str, index_sets: list[np.ndarray], train_set, test_set, m
     return np.stack(logits)
 
 
-def bank_key(ckpt, split: MembershipSplit, tcfg, config: AuditConfig) -> dict[str, Any]:
+def bank_key(ckpt, split: MembershipSplit, tcfg, config: AuditConfig, defense: DefenseConfig | None = None
+             ) -> dict[str, Any]:
     """What a target's shadow and reference models depend on: a :class:`ReferenceBank` built for the same key
     holds exactly the models this audit would train (same split, architecture, recipe and seeds).
 
     The recipe's own ``seed`` is left out (reference models get seeds of their own from ``config.seed``),
-    and so are fields that do not change the weights (evaluation batch size, checkpoints kept).
+    and so are fields that do not change the weights (evaluation batch size, checkpoints kept).  An adaptive
+    audit's bank also names the defense its reference models were trained with.
     """
     recipe = dataclasses.asdict(tcfg)
     for k in ("seed", "keep_checkpoints", "eval_batch_size"):
         recipe.pop(k, None)
     dataset = ckpt.meta.get("dataset") or {}
-    return {"format": BANK_FORMAT, "dataset": {"name": dataset.get("name"), "image_size": dataset.get("image_size")},
-            "split": split.summary(), "model": target_model_record(ckpt), "recipe": recipe, "seed": config.seed}
+    key = {"format": BANK_FORMAT, "dataset": {"name": dataset.get("name"), "image_size": dataset.get("image_size")},
+           "split": split.summary(), "model": target_model_record(ckpt), "recipe": recipe, "seed": config.seed}
+    if defense is not None:
+        key["adaptive_defense"] = {k: v for k, v in dataclasses.asdict(defense).items() if k != "seed"}
+    return key
 
 
 def target_model_record(ckpt) -> dict[str, Any]:
@@ -108,21 +114,27 @@ def _train_shadow_outputs(split: MembershipSplit, train_set, ref_test, record, t
 
 
 def _train_lira_outputs(split: MembershipSplit, train_set, ref_test, record, tcfg, config: AuditConfig, out_dir: Path,
-                        *, device, console: Console) -> LiraOutputs:
-    """LiRA reference models trained like the target on balanced random halves of members + non-members."""
+                        *, device, console: Console, defense: DefenseConfig | None = None) -> LiraOutputs:
+    """LiRA/RMIA reference models trained like the target on balanced random halves of members + non-members
+    (with ``defense``: each runs that defense on its half, :mod:`prunus.privacy.adaptive`)."""
     audit_idx = np.concatenate([split.members, split.nonmembers])
     n = len(audit_idx)
     inclusion = balanced_inclusion(config.reference_models, n, config.seed + 17)
     console.print(f"training {config.reference_models} LiRA reference models on random halves of the "
                   f"{n} members and non-members")
-    r_logits = train_models("reference", [audit_idx[row] for row in inclusion], train_set, ref_test, record, tcfg,
-                            out_dir, train_set.images[torch.as_tensor(audit_idx)], device=device, console=console,
-                            seed=config.seed + 900)
+    halves, images = [audit_idx[row] for row in inclusion], train_set.images[torch.as_tensor(audit_idx)]
+    if defense is not None:
+        r_logits = train_defended_models(defense, halves, split, train_set, ref_test, record, images, out_dir,
+                                         device=device, console=console, seed=config.seed + 900)
+    else:
+        r_logits = train_models("reference", halves, train_set, ref_test, record, tcfg, out_dir, images, device=device,
+                                console=console, seed=config.seed + 900)
     return LiraOutputs(inclusion, r_logits, audit_idx)
 
 
 def fill_bank(bank: ReferenceBank, config: AuditConfig, split: MembershipSplit, train_set, test_set, record, tcfg,
-               directory: Path, *, save: bool, device, console: Console) -> dict[str, bool]:
+               directory: Path, *, save: bool, device, console: Console, defense: DefenseConfig | None = None
+               ) -> dict[str, bool]:
     """Train the parts of ``bank`` this audit needs and it lacks (into ``directory/shadow``, ``directory/reference``);
     save the bank into ``directory`` when ``save``.  Returns which parts were trained now."""
 
@@ -136,8 +148,9 @@ def fill_bank(bank: ReferenceBank, config: AuditConfig, split: MembershipSplit, 
         if save:  # a crashed build may have left part of this training behind
             shutil.rmtree(directory / sub, ignore_errors=True)
         t0 = time.perf_counter()
+        adaptive = {"defense": defense} if part == "lira" and defense is not None else {}
         setattr(bank, part, train(split, train_set, ref_test, record, tcfg, config, directory / sub, device=device,
-                                  console=console))
+                                  console=console, **adaptive))
         bank.info[part] = {"seconds": time.perf_counter() - t0, "epochs": tcfg.epochs,
                            "environment": environment_info()}
         trained[part] = True
@@ -189,14 +202,15 @@ def prepare_reference_bank(
     _, ckpt = load_defended(checkpoint)
     split = split_of_checkpoint(ckpt)
     tcfg = reference_recipe(ckpt, config)
-    bank = open_bank(directory, bank_key(ckpt, split, tcfg, config), config)
+    defense = target_defense(ckpt, tcfg) if config.adaptive else None
+    bank = open_bank(directory, bank_key(ckpt, split, tcfg, config, defense), config)
     missing_shadow = config.needs_shadows and bank.shadow is None
     if not missing_shadow and (not config.needs_references or bank.lira is not None):
         return bank
     train_set, test_set = datasets_of(ckpt, data_dir, download)
     split.check_dataset(train_set)
     fill_bank(bank, config, split, train_set, test_set, target_model_record(ckpt), tcfg, directory, save=True,
-               device=pick_device(device), console=console)
+               device=pick_device(device), console=console, defense=defense)
     return bank
 
 

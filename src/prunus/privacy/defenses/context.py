@@ -86,7 +86,7 @@ def prepare(config: DefenseConfig, run_dir: Path, init: str | Path | None, data_
     ctx.update(run_dir=run_dir, device=device, console=console, dist=dist or Distributed())
     context = DefenseContext(config=config, **ctx)
     context.split.check_dataset(context.train_set)
-    _check_defense(context)
+    check_defense(context)
     return context
 
 
@@ -124,7 +124,7 @@ def _fresh(config: DefenseConfig, data_dir: str | None, download: bool) -> dict[
             "recipe": dataclasses.asdict(config.train_config())}
 
 
-def _check_defense(ctx: DefenseContext) -> None:
+def check_defense(ctx: DefenseContext) -> None:
     """What a defense needs, checked before anything is written (the pruning plan is built here)."""
     config = ctx.config
     if config.defense in ("prune", "mcmia"):

@@ -129,7 +129,8 @@ def _finish(ctx: DefenseContext) -> dict[str, Any]:
     results["test_accuracy"] = evaluate(ctx.model, ctx.test_set, device=dev)["accuracy"]
     results["member_accuracy"] = evaluate(ctx.model, ctx.members, device=dev)["accuracy"]
     results["nonmember_accuracy"] = evaluate(ctx.model, ctx.split.subset(ctx.train_set, "nonmembers"), device=dev)["accuracy"]
-    privacy = {"defense": ctx.config.defense, "split": ctx.split.summary(), "reference_training": ctx.recipe,
+    privacy = {"defense": ctx.config.defense, "config": dataclasses.asdict(ctx.config), "split": ctx.split.summary(),
+               "reference_training": ctx.recipe,
                "results": {k: results[k] for k in ("test_accuracy", "member_accuracy", "nonmember_accuracy")},
                **ctx.extra_meta}
     results["ranks"] = {"world_size": ctx.dist.world_size, "model_sha256": ctx.dist.digests(ctx.model.state_dict())}
