@@ -208,3 +208,16 @@ def test_diverging_cli_run_is_one_line_exit_2(capsys, tmp_path):
                            "--out", tmp_path / "run")
     assert_user_error(code, err, "epoch 1, step", "diverged", "no checkpoint was written yet")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bf16_autocast_trains_with_other_numbers(tmp_path):
+    recipe = dict(model="lenet5", dataset="digits", epochs=3, batch_size=32, optimizer="adam", lr=0.003)
+    fp32 = train(TrainConfig(**recipe), tmp_path / "fp32")
+    bf16 = train(TrainConfig(**recipe, precision="bf16"), tmp_path / "bf16")
+    acc32, acc16 = fp32.history[-1]["test_accuracy"], bf16.history[-1]["test_accuracy"]
+    assert acc16 >= 85.0 and abs(acc32 - acc16) <= 5.0
+    # the forward pass really ran in bfloat16: the trained weights differ from the float32 run's
+    assert any(not torch.equal(a, b) for a, b in zip(fp32.model.state_dict().values(), bf16.model.state_dict().values()))
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["config"]["precision"] == "bf16"
+    with pytest.raises(ConfigError, match="--precision must be one of fp32, bf16"):
+        TrainConfig(precision="fp16").validate()

@@ -6,7 +6,7 @@ import argparse
 
 from prunus.cli.args import add_data_args, add_recipe_args, config_from_args, positive_int
 from prunus.errors import ConfigError
-from prunus.train.config import TrainConfig
+from prunus.train.config import PRECISIONS, TrainConfig
 from prunus.train.run import train
 
 
@@ -21,6 +21,8 @@ def add_parsers(sub) -> None:
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random crop + flip")
     t.add_argument("--width", type=float, help="width multiplier (VGG, MobileNetV2)")
     t.add_argument("--stem", choices=("cifar", "imagenet"), help="ResNet-18/50 stem")
+    t.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                   help="bf16: autocast the forward pass to bfloat16 (faster on CPUs with AVX-512 BF16)")
     t.add_argument("--out", help="run directory to create")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
     add_data_args(t)

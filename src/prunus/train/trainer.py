@@ -188,8 +188,9 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.config.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = self.net(x)
-            loss = self.loss_fn(out, y)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
+                out = self.net(x)
+                loss = self.loss_fn(out, y)
             scaled = loss * global_mean_scale(len(y), global_size, self.dist.world_size)
             for h in self.hooks:
                 p = h.penalty()
