@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from common import HERE, RESULTS, write_result
+from privacy_claims import claim_lines, pareto_png
 
 NAME = "privacy_mia"
 CACHE = HERE / ".cache" / NAME
@@ -620,6 +621,10 @@ def summarize(data: dict) -> str:
                   "and less for pruned, game or RelaxLoss models, whose outputs it was not shown: an adaptive "
                   "attacker would do at least as well against those. The loss attack needs no reference model, so "
                   "its column compares every defense on equal terms."]
+    labels = data.get("labels", {})
+    lines += [""] + claim_lines(groups, labels) + [
+        "", f"Accuracy against leakage, every row (mean ± std over seeds): `{NAME}_pareto.png`.",
+        f"![test accuracy against TPR at 0.1% FPR]({NAME}_pareto.png)"]
     lines += ["", "| defense | seeds | test acc. % | members % | non-members % | compression (pruned layers; "
               "whole model) | (ε, δ) | train s | audit s |", "|---|---|---|---|---|---|---|---|---|"]
     labels = {r: lab for r, lab in data.get("labels", {}).items()}
@@ -647,6 +652,12 @@ def summarize(data: dict) -> str:
               f"row's audit directory under `benchmarks/.cache/{NAME}/`; the raw numbers, the game's last inference "
               "gain, DP-SGD's noise multiplier and steps are in the JSON."]
     return "\n".join(lines) + "\n"
+
+
+def publish(data: dict, results: Path) -> None:
+    """The table (and BENCHMARKS.md) and the accuracy-against-leakage PNG beside it."""
+    write_result(NAME, data, summarize(data), results)
+    pareto_png(_groups(data), data.get("labels", {}), results / f"{NAME}_pareto.png")
 
 
 # -- main ------------------------------------------------------------------------------------------------
@@ -681,7 +692,7 @@ def main() -> None:
     path = results / f"{NAME}.json"
     if args.render:
         data = json.loads(path.read_text())
-        return write_result(NAME, data, summarize(data), results)
+        return publish(data, results)
 
     from prunus.environment import environment_info
 
@@ -745,7 +756,7 @@ def main() -> None:
                   f"{record['member_accuracy']:.2f}%), AUC loss {a['loss']['auc']:.4f}, LiRA online "
                   f"{a['lira-online']['auc']:.4f}, {record['wall_seconds']:.0f} s", flush=True)
             data["wall_seconds_last_run"] = time.perf_counter() - t_all
-            write_result(NAME, data, summarize(data), results)
+            publish(data, results)
     print(f"done in {(time.perf_counter() - t_all) / 60:.1f} min (estimated {est / 60:.0f}); "
           f"table {results / (NAME + '.md')}", flush=True)
 

@@ -1,0 +1,102 @@
+"""The seed paper's privacy claims judged from privacy_mia.json, and the accuracy-vs-leakage plot (issue 22).
+
+*Attack accuracy* (the seed's metric) of a run: the best balanced accuracy among its attacks, each at
+the threshold chosen on reference data only.  Each claim compares means over seeds and calls a
+difference real only beyond two standard errors (``met`` / ``tie`` / ``not met``):
+
+* pruning reduces attack accuracy: every pruning-alone row against the undefended target;
+* pruning + game gives the lowest attack accuracy: every MCMIA row against the undefended target, the
+  game alone (AdvReg) and pruning alone;
+* beats DP-SGD at equal accuracy: privacy_mia's goal table (LiRA AUC against DP-SGD's front).
+
+The plot puts every row at (test accuracy, TPR at 0.1% FPR of its strongest attack), mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+TWO_SE = 2.0
+
+
+def attack_accuracy(run: dict) -> float:
+    """The strongest attack's balanced accuracy at its reference-chosen threshold."""
+    return max(a["balanced_accuracy"] for a in run["attacks"].values() if a.get("balanced_accuracy") is not None)
+
+
+def strongest_tpr(run: dict) -> float:
+    """TPR at 0.1% FPR of the attack that reaches the highest one."""
+    return max(a["tpr_at_0.1pct_fpr"] for a in run["attacks"].values())
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return statistics.mean(values), se
+
+
+def lower(a: list[float], b: list[float]) -> tuple[str, float]:
+    """Is ``a``'s mean below ``b``'s beyond two standard errors? (verdict, difference in points)."""
+    (ma, sa), (mb, sb) = _mean_se(a), _mean_se(b)
+    diff, se = ma - mb, math.hypot(sa, sb)
+    verdict = "met" if diff < -TWO_SE * se else "not met" if diff > TWO_SE * se else "tie"
+    if se == 0 and diff == 0:
+        verdict = "tie"
+    return verdict, 100 * diff
+
+
+def claim_lines(groups: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
+    """One line per comparison behind the seed's claims (markdown bullets)."""
+    acc = {name: [attack_accuracy(r) for r in runs] for name, runs in groups.items()}
+    if "undefended" not in acc:
+        return ["- the undefended row is needed to judge the claims"]
+    lines = ["**The seed's claims** (attack accuracy = the strongest attack's balanced accuracy at its "
+             "reference-chosen threshold; a difference counts beyond two standard errors of the seed means):", ""]
+
+    def line(claim: str, row: str, other: str) -> str:
+        verdict, diff = lower(acc[row], acc[other])
+        return (f"- {claim}: {labels.get(row, row)} {100 * statistics.mean(acc[row]):.2f}% vs "
+                f"{labels.get(other, other)} {100 * statistics.mean(acc[other]):.2f}% ({diff:+.2f} pt, "
+                f"{len(acc[row])} and {len(acc[other])} seeds) -> **{verdict}**")
+
+    for name in (n for n in acc if n.startswith("prune-")):
+        lines.append(line("pruning reduces attack accuracy", name, "undefended"))
+    for name in (n for n in acc if n.startswith("mcmia")):
+        others = ["undefended"] + [n for n in ("advreg",) if n in acc]
+        others += [n for n in acc if n.startswith("prune-slr")]
+        for other in others:
+            lines.append(line("pruning + game lowest attack accuracy", name, other))
+    return lines
+
+
+def pareto_png(groups: dict[str, list[dict]], labels: dict[str, str], path: Path) -> None:
+    """Test accuracy against the strongest attack's TPR at 0.1% FPR for every row, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = {"undefended": ("black", "o"), "prune": ("tab:blue", "s"), "advreg": ("tab:orange", "^"),
+                "mcmia": ("tab:red", "D"), "dpsgd": ("tab:green", "v"), "relaxloss": ("tab:purple", "P")}
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for name, runs in groups.items():
+        family = next((f for f in families if name.startswith(f)), "undefended")
+        color, marker = families[family]
+        x = [r["test_accuracy"] for r in runs]
+        y = [100 * strongest_tpr(r) for r in runs]
+        sx = statistics.stdev(x) if len(x) > 1 else 0.0
+        sy = statistics.stdev(y) if len(y) > 1 else 0.0
+        ax.errorbar(statistics.mean(x), statistics.mean(y), xerr=sx, yerr=sy, color=color, marker=marker,
+                    capsize=2, linestyle="none")
+        ax.annotate(labels.get(name, name), (statistics.mean(x), statistics.mean(y)), fontsize=6,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_ylabel("TPR at 0.1% FPR, strongest attack (%)")
+    ax.set_title("accuracy against leakage (lower right is better)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=130)
+    plt.close(fig)
+    tmp.replace(path)
