@@ -83,6 +83,7 @@ def test_bench_random_model_without_checkpoint(capsys):
     (None, ["bcnn", "train", "--model", "lenet5", "--out", "{tmp}/x"], ["--model lenet5", "not a BCNN model"]),
     (None, ["bcnn", "train", "--model", "nin_small", "--fp", "--out", "{tmp}/x"], ["--fp", "not a BCNN model"]),
     (None, ["bcnn", "train", "--model", "nin"], ["--out RUN_DIR"]),
+    (None, ["bcnn", "train", "--model", "nin", "--fp", "--binary-stem", "--out", "{tmp}/x"], ["--binary-stem", "--fp"]),
     ("lenet5", ["bcnn", "prune", "--init", "{tmp}/ckpt", "--out", "{tmp}/x"], ["lenet5 is not a complex (BCNN) model"]),
     ("cnin_small", ["bcnn", "prune", "--init", "{tmp}/ckpt", "--compression", "1", "--out", "{tmp}/x"],
      ["--compression must be above 1"]),
@@ -166,3 +167,13 @@ def test_bcnn_train_prune_evaluate_end_to_end(capsys, tmp_path):
     code, out, err = run_cli(capsys, "bcnn", "evaluate", pruned / "retrain")
     assert code == 0, err
     assert "engine logits equal PyTorch's exactly on 359/359" in out
+
+
+def test_bcnn_train_binary_stem(capsys, tmp_path):
+    run = tmp_path / "binstem"
+    code, out, err = run_cli(capsys, "bcnn", "train", "--model", "nin_small", "--binary-stem", "--width", "0.25",
+                             "--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--out", run)
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["config"]["model_options"] == {"width": 0.25, "fp_first": False}
+    code, out, err = run_cli(capsys, "bcnn", "evaluate", run, "--samples", "100")
+    assert code == 0 and "exactly on 100/100" in out

@@ -28,6 +28,8 @@ def add_train_parsers(bsub) -> None:
     t.add_argument("--model", default="nin", help="nin, resnet18, nin_small, resnet_small (default nin)")
     t.add_argument("--fp", action="store_true", help="the full-precision complex model (CReLU) instead of the BCNN")
     t.add_argument("--width", type=float, default=1.0, help="channel width multiplier (default 1)")
+    t.add_argument("--binary-stem", action="store_true",
+                   help="binarize the first layer too (NIN: 1.4x faster on the engine; the stem is most of its time)")
     t.add_argument("--dataset", default="modulation", help="modulation (default), fashion-mnist, ...")
     t.add_argument("--image-size", type=positive_int, help="zero-pad images to this size (32 for Fashion-MNIST)")
     t.add_argument("--epochs", type=positive_int, default=20)
@@ -75,10 +77,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.out:
             raise ConfigError("prunus bcnn train needs --out RUN_DIR (or --resume RUN_DIR)")
+        if args.binary_stem and args.fp:
+            raise ConfigError("--binary-stem is for the BCNN; drop --fp")
         config = TrainConfig(model=model_name(args.model, args.fp), dataset=args.dataset, epochs=args.epochs,
                              batch_size=args.batch_size, optimizer="adam", lr=args.lr, weight_decay=0.0,
                              schedule="cosine", seed=args.seed, image_size=args.image_size, augment=False,
-                             model_options={"width": args.width}, channels_last=args.channels_last,
+                             model_options={"width": args.width, **({"fp_first": False} if args.binary_stem else {})},
+                             channels_last=args.channels_last,
                              precision=args.precision).validate()
         trainer = train(config, args.out, **resources)
     last = trainer.history[-1] if trainer.history else {}
