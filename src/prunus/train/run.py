@@ -38,7 +38,6 @@ def train(
     console: Console | None = None,
 ) -> Trainer:
     """Train a registry model on a registry dataset; what ``prunus train`` runs."""
-
     run_dir = Path(run_dir)
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main:
@@ -54,7 +53,6 @@ def train(
     use_aug = config.augment if config.augment is not None else default_augmentation(config.dataset) is not None
     augment = default_augmentation(config.dataset) if use_aug else None
     if use_aug and augment is None:
-
         augment = RandomCropFlip(padding=4)
     meta = {
         "model": model_record(config, train_set.in_channels, train_set.num_classes),
