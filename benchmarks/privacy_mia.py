@@ -6,9 +6,10 @@ attacker's pool). The undefended target trains on the members only, then every d
 (``prunus.privacy.defenses.run.run_defense``; pruning and MCMIA start from the target's weights,
 AdvReg and DP-SGD train from scratch on the same members) and every row is audited with
 ``run_audit``: the metric attacks (loss, confidence, entropy, modified entropy), Shokri's
-shadow-model attack and LiRA (online and offline) on all members and non-members.
+shadow-model attack, LiRA (online and offline) and RMIA (online, offline, one reference model) on all
+members and non-members.
 
-Shadow and LiRA reference models depend only on the split and the undefended recipe (the
+Shadow and LiRA/RMIA reference models depend only on the split and the undefended recipe (the
 attacker is non-adaptive), not on the defended weights: they are trained once per seed into a
 reference bank (``benchmarks/.cache/privacy_mia/bank-*``, reused on later runs when it was built
 for the same split, recipe and counts) and shared by every row of that seed.
@@ -39,22 +40,25 @@ from pathlib import Path
 from typing import Any
 
 from common import HERE, RESULTS, write_result
-from privacy_claims import claim_lines, pareto_png
+from privacy_claims import claim_lines, pareto_png, strongest_tpr
 
 NAME = "privacy_mia"
 CACHE = HERE / ".cache" / NAME
 
 # -- the setup (module constants: change here, and the table says what ran) ------------------------------
 MODEL, DATASET = "lenet5", "fashion-mnist"
-MEMBERS = 10_000  # target training set; as many non-members; the pool is the rest of the 60,000
-TARGET_EPOCHS = 20  # the undefended recipe: target, AdvReg, and every shadow/reference model
+# A regime that leaks (issue 22): 2,500 members trained 40 epochs. Measured on seed 0 (prunus defend + audit, 8
+# reference models): members 99.3% vs non-members 83.4%, RMIA online AUC 0.684 and TPR@0.1%FPR 4.7%, LiRA online
+# 0.640 / 1.7%; the former 10,000 members x 20 epochs gave LiRA 0.593, too little to tell the defenses apart
+MEMBERS = 2_500  # target training set; as many non-members; the pool is the rest of the 60,000
+TARGET_EPOCHS = 40  # the undefended recipe: target, AdvReg, and every shadow/reference model
 # Adam 3e-3 at batch 64 overfits within 20 epochs (measured on seed 0: members 98.1%, non-members 88.5%);
 # the default 1e-3 at batch 128 barely does (89.9% vs 86.8%), and leakage needs the gap
 BATCH, OPTIMIZER, LR, SCHEDULE = 64, "adam", 3e-3, "cosine"
 EVAL_EXAMPLES = 1000  # per-epoch test accuracy on the first N test images (final accuracies: the whole test set)
 REFERENCE_MODELS = 16  # LiRA: each audited example IN for half of them, OUT for the other half
 SHADOW_MODELS = 4  # metric-attack thresholds and Shokri's attack classifier
-ATTACKS = ("loss", "confidence", "entropy", "mentr", "shadow", "lira")
+ATTACKS = ("loss", "confidence", "entropy", "mentr", "shadow", "lira", "rmia")
 PRUNE_EPOCHS, RETRAIN_EPOCHS, PRUNE_LR = 8, 4, 1e-3  # SLR/ADMM epochs from the target, masked fine-tuning; Adam lr
 COMPRESSIONS = (10, 20)
 PRUNE_METHODS = ("slr", "admm")
@@ -81,7 +85,8 @@ DP_TARGET_CLIP = 1.0
 RELAX_ALPHAS = (0.3, 0.5)
 PRV_MAX_EPSILON = 64.0  # above it opacus' PRV accountant needs tens of GiB (its grid grows with epsilon): RDP there
 SEEDS = (0, 1, 2)
-GOAL_MAX_DROP, GOAL_MAX_LIRA_AUC = 1.0, 0.55  # MCMIA: at most 1 point of test accuracy lost, LiRA AUC <= 0.55
+# issue 22: MCMIA at most 1 point of test accuracy lost, with at most half the undefended target's TPR at 0.1% FPR
+GOAL_MAX_DROP, GOAL_LEAK_FRACTION = 1.0, 0.5
 
 # Cost of a 10k-example epoch relative to a plain one (measured on LeNet-5 here; used for the estimate only)
 COST = {"plain": 1.0, "prune": 1.0, "game": 1.35, "mcmia": 1.55, "dp": 3.1}
@@ -393,7 +398,8 @@ def audit_row(row: Row, seed: int, b: Budget, cache: Path, res: dict[str, Any], 
 # -- the table -------------------------------------------------------------------------------------------
 
 ATTACK_COLUMNS = (("loss", "loss"), ("confidence", "confidence"), ("entropy", "entropy"), ("mentr", "m-entropy"),
-                  ("shadow", "shadow (Shokri)"), ("lira-online", "LiRA online"), ("lira-offline", "LiRA offline"))
+                  ("shadow", "shadow (Shokri)"), ("lira-online", "LiRA online"), ("lira-offline", "LiRA offline"),
+                  ("rmia-online", "RMIA online"), ("rmia-offline", "RMIA offline"), ("rmia-1ref", "RMIA 1 ref."))
 
 
 def _ms(values: list[float], digits: int = 2, scale: float = 1.0) -> str:
@@ -419,34 +425,36 @@ def _groups(data: dict) -> dict[str, list[dict]]:
     return groups
 
 
-def lira_auc(run: dict) -> float:
-    """The stronger LiRA variant's AUC on this run (what the goal is judged on)."""
-    return max(run["attacks"][a]["auc"] for a in ("lira-online", "lira-offline") if a in run["attacks"])
+def leakage(run: dict) -> float:
+    """The strongest attack's TPR at 0.1% FPR, in % (what issue 22's goal is judged on)."""
+    return 100 * strongest_tpr(run)
 
 
 def goal(data: dict) -> dict[str, Any]:
     """The issue's goal, from the means over seeds: an MCMIA row within GOAL_MAX_DROP points of the undefended
-    test accuracy, with LiRA AUC <= GOAL_MAX_LIRA_AUC, and a lower LiRA AUC than DP-SGD at equal test accuracy.
-    Every MCMIA row is judged; the goal is met when one row meets all three."""
+    test accuracy, with at most GOAL_LEAK_FRACTION of the undefended target's TPR at 0.1% FPR, and less of it than
+    DP-SGD at equal test accuracy. Every MCMIA row is judged; the goal is met when one row meets all three."""
     groups = _groups(data)
     mcmia = [name for name in groups if name.startswith("mcmia")]
     if "undefended" not in groups or not mcmia:
         return {"status": "not measured", "parts": [], "text": "the undefended and MCMIA rows are needed"}
     mean = statistics.mean
     base = mean(r["test_accuracy"] for r in groups["undefended"])
-    dp = dp_front([(mean(r["test_accuracy"] for r in g), mean(lira_auc(r) for r in g), name,
-                    standard_error([lira_auc(r) for r in g])) for name, g in groups.items() if name.startswith("dpsgd")])
+    base_leak = mean(leakage(r) for r in groups["undefended"])
+    dp = dp_front([(mean(r["test_accuracy"] for r in g), mean(leakage(r) for r in g), name,
+                    standard_error([leakage(r) for r in g])) for name, g in groups.items() if name.startswith("dpsgd")])
     labels = data.get("labels", {})
     parts, verdicts = [], []
     for name in mcmia:
         acc = mean(r["test_accuracy"] for r in groups[name])
-        auc = mean(lira_auc(r) for r in groups[name])
+        leak = mean(leakage(r) for r in groups[name])
         drop = base - acc
         row = [
             {"what": f"test-accuracy loss <= {GOAL_MAX_DROP:g} pt", "value": f"{drop:.2f} pt "
              f"({acc:.2f}% vs undefended {base:.2f}%)", "met": drop <= GOAL_MAX_DROP},
-            {"what": f"LiRA AUC <= {GOAL_MAX_LIRA_AUC:g}", "value": f"{auc:.3f}", "met": auc <= GOAL_MAX_LIRA_AUC},
-            compare_with_dp(acc, auc, standard_error([lira_auc(r) for r in groups[name]]), dp),
+            {"what": f"TPR@0.1%FPR <= {GOAL_LEAK_FRACTION:g} x the undefended target's", "value": f"{leak:.2f}% vs "
+             f"{base_leak:.2f}%", "met": leak <= GOAL_LEAK_FRACTION * base_leak},
+            compare_with_dp(acc, leak, standard_error([leakage(r) for r in groups[name]]), dp),
         ]
         for p in row:
             p["row"] = labels.get(name, name)
@@ -481,7 +489,7 @@ def compare_with_dp(acc: float, auc: float, auc_se: float, dp: list[DPPoint]) ->
     (assuming DP-SGD leaks more at larger epsilon, i.e. at higher accuracy), else the comparison is undetermined.
     A difference within two standard errors over seeds (``auc_se`` and DP-SGD's, combined) is a tie: not met,
     since nothing shows that one leaks less than the other."""
-    what = "LiRA AUC below DP-SGD's at equal test accuracy"
+    what = "TPR@0.1%FPR (strongest attack, %) below DP-SGD's at equal test accuracy"
     if not dp:
         return {"what": what, "value": "no DP-SGD row", "met": None}
 
@@ -608,9 +616,10 @@ def summarize(data: dict) -> str:
         "",
     ]
     g = goal(data)
-    lines.append(f"**Goal** (issue 6): an MCMIA row at ≤ {GOAL_MAX_DROP:g} pt test-accuracy loss brings LiRA AUC ≤ "
-                 f"{GOAL_MAX_LIRA_AUC:g} and beats DP-SGD at equal test accuracy: **{g['status']}** (means over "
-                 "seeds; LiRA AUC = the stronger of online and offline).")
+    lines.append(f"**Goal** (issue 22): an MCMIA row at ≤ {GOAL_MAX_DROP:g} pt test-accuracy loss has at most "
+                 f"{GOAL_LEAK_FRACTION:g}x the undefended target's TPR at 0.1% FPR and less than DP-SGD at equal test "
+                 f"accuracy: **{g['status']}** (means over "
+                 "seeds; the TPR of the attack that reaches the highest one).")
     if g["parts"]:
         lines += ["", "| MCMIA row | condition | measured | |", "|---|---|---|---|"]
         for p in g["parts"]:
