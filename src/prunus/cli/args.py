@@ -30,6 +30,31 @@ def print_summary(line: str) -> None:
         print(line)
 
 
+def add_run_dir_args(parser: argparse.ArgumentParser, command: str) -> None:
+    """--out (a new run directory) and --resume RUN_DIR (an interrupted ``prunus COMMAND`` run), then the data flags."""
+    parser.add_argument("--out", help="run directory to create")
+    parser.add_argument("--resume", metavar="RUN_DIR", help=f"continue an interrupted prunus {command} run where it "
+                                                             "stopped (same result as an uninterrupted run)")
+    add_data_args(parser)
+
+
+def _given(args: argparse.Namespace, flag: str) -> bool:
+    value = getattr(args, flag[2:].replace("-", "_"))
+    return value is not None and value is not False
+
+
+def check_run_flags(args: argparse.Namespace, command: str, needed: tuple[str, ...], settings: tuple[str, ...]) -> None:
+    """With --resume the run's own settings are used: any of ``settings`` given is one error line; without it,
+    every flag of ``needed`` (alternatives joined by " or ") must be given."""
+    if args.resume:
+        if given := [f for f in settings if _given(args, f)]:
+            raise ConfigError(f"--resume takes its settings from the run; drop {', '.join(given)}")
+        return
+    missing = [need for need in needed if not any(_given(args, f) for f in need.split(" or "))]
+    if missing:
+        raise ConfigError(f"prunus {command} needs {', '.join(missing)} (or --resume RUN_DIR)")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -6,15 +6,15 @@ import argparse
 from pathlib import Path
 
 from prunus.cli.args import (
-    add_data_args,
     add_method_options,
     add_recipe_args,
+    add_run_dir_args,
+    check_run_flags,
     config_from_args,
     given_method_options,
     positive_int,
     print_summary,
 )
-from prunus.errors import ConfigError
 from prunus.methods.registry import METHODS
 from prunus.privacy.defenses import DEFENSES, DefenseConfig, load_defended, run_defense
 from prunus.train.rundir import check_run_dir
@@ -61,22 +61,15 @@ def add_parsers(sub) -> None:
     rl = de.add_argument_group("RelaxLoss (relaxloss)")
     rl.add_argument("--relax-alpha", type=float, default=d.relax_alpha,
                     help="the training-loss level kept instead of zero (below it: ascent or posterior flattening)")
-    de.add_argument("--out", help="run directory to create")
-    de.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted prunus defend run where it stopped")
-    add_data_args(de)
+    add_run_dir_args(de, "defend")
 
 
 def run(args: argparse.Namespace) -> int:
+    check_run_flags(args, "defend", needed=("--defense", "--out"), settings=("--defense", "--init", "--out"))
     if args.resume:
-        given = [flag for flag in ("--defense", "--init", "--out") if getattr(args, flag[2:]) is not None]
-        if given:
-            raise ConfigError(f"--resume takes its settings from the run; drop {', '.join(given)}")
         results = run_defense(None, args.resume, resume=True, data_dir=args.data_dir, download=args.download,
                               device=args.device)
         return _report(args.resume, results)
-    missing = [flag for flag in ("--defense", "--out") if getattr(args, flag[2:]) is None]
-    if missing:
-        raise ConfigError(f"prunus defend needs {', '.join(missing)} (or --resume RUN_DIR)")
     out = Path(args.out)
     check_run_dir(out, resume=False)
     model, dataset = args.model, args.dataset

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from prunus.cli.args import (
-    add_data_args,
     add_method_options,
+    add_run_dir_args,
+    check_run_flags,
     config_from_args,
     given_method_options,
     positive_int,
@@ -61,20 +62,14 @@ def add_parsers(sub) -> None:
                     help="after the hard-prune, also report the accuracy with BatchNorm statistics re-estimated on "
                          "this many training batches (no gradient step; retraining goes on without it)")
     add_method_options(pr)
-    pr.add_argument("--out", required=False, help="run directory to create")
-    pr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted prunus prune run where it stopped")
-    add_data_args(pr)
+    add_run_dir_args(pr, "prune")
 
 
 def run(args: argparse.Namespace) -> int:
+    check_run_flags(args, "prune", needed=("--out",),
+                    settings=("--out", "--init", "--recipe", "--ratio", "--compression"))
     if args.resume:
-        given = [f for f in ("--out", "--init", "--recipe", "--ratio", "--compression")
-                 if getattr(args, f[2:].replace("-", "_"))]
-        if given:
-            raise ConfigError(f"--resume takes its settings from the run; drop {', '.join(given)}")
         return _report(run_pruning(None, None, None, args.resume, resume=True, resources=resources_of(args)))
-    if not args.out:
-        raise ConfigError("prunus prune needs --out RUN_DIR (or --resume RUN_DIR)")
     out = Path(args.out)
     check_run_dir(out, resume=False)
     if args.recipe is None and args.ratio is None and args.compression is None:

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from prunus.cli.args import add_data_args, config_from_args, positive_int, print_summary, resources_of
+from prunus.cli.args import (
+    add_run_dir_args,
+    check_run_flags,
+    config_from_args,
+    positive_int,
+    print_summary,
+    resources_of,
+)
 from prunus.deploy.compressed import REST
-from prunus.errors import ConfigError
 from prunus.jobs.quantize import QUANT_METHODS, QuantizeConfig, run_quantization
 from prunus.train.config import SCHEDULES
 
@@ -33,23 +39,15 @@ def add_parsers(sub) -> None:
     q.add_argument("--rho", type=float, help="penalty weight (SLR, ADMM)")
     q.add_argument("--rest", default=qdefaults.rest, choices=REST,
                    help="how biases and other unquantized tensors are rounded and stored (default float16)")
-    q.add_argument("--out", help="run directory to create")
-    q.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted prunus quantize run where it stopped")
-    add_data_args(q)
+    add_run_dir_args(q, "quantize")
 
 
 def run(args: argparse.Namespace) -> int:
-    given = [flag for flag in ("--init", "--bits", "--scheme", "--out") if getattr(args, flag[2:]) is not None]
+    check_run_flags(args, "quantize", needed=("--init", "--out", "--bits or --scheme"),
+                    settings=("--init", "--bits", "--scheme", "--out"))
     if args.resume:
-        if given:
-            raise ConfigError(f"--resume takes its settings from the run; drop {', '.join(given)}")
         results = run_quantization(None, None, args.resume, resume=True, resources=resources_of(args))
     else:
-        missing = [flag for flag in ("--init", "--out") if getattr(args, flag[2:]) is None]
-        if args.bits is None and args.scheme is None:
-            missing.append("--bits or --scheme")
-        if missing:
-            raise ConfigError(f"prunus quantize needs {', '.join(missing)} (or --resume RUN_DIR)")
         scheme = args.scheme if args.scheme is not None else str(args.bits)
         config = config_from_args(QuantizeConfig, args, scheme=scheme,
                                   options={"rho": args.rho} if args.rho is not None else {}).validate()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prunus.cli.args import add_data_args, add_recipe_args, config_from_args, positive_int
-from prunus.errors import ConfigError
+from prunus.cli.args import add_recipe_args, add_run_dir_args, check_run_flags, config_from_args, positive_int
 from prunus.train.config import PRECISIONS, TrainConfig
 from prunus.train.run import train
 
@@ -23,19 +22,15 @@ def add_parsers(sub) -> None:
     t.add_argument("--stem", choices=("cifar", "imagenet"), help="ResNet-18/50 stem")
     t.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                    help="bf16: autocast the forward pass to bfloat16 (faster on CPUs with AVX-512 BF16)")
-    t.add_argument("--out", help="run directory to create")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
-    add_data_args(t)
+    add_run_dir_args(t, "train")
 
 
 def run(args: argparse.Namespace) -> int:
+    check_run_flags(args, "train", needed=("--dataset", "--model", "--out"), settings=("--out", "--model", "--dataset"))
     if args.resume:
-        if given := _flags_given(args, "out", "model", "dataset"):
-            raise ConfigError(f"--resume takes its settings from the run; drop {', '.join(given)}")
-        trainer = train(TrainConfig(), args.resume, resume=True, data_dir=args.data_dir, download=args.download, device=args.device)
+        trainer = train(TrainConfig(), args.resume, resume=True, data_dir=args.data_dir, download=args.download,
+                        device=args.device)
     else:
-        if missing := sorted(set(_flags_given(args, "model", "dataset", "out", given=False))):
-            raise ConfigError(f"prunus train needs {', '.join(missing)} (or --resume RUN_DIR)")
         options = {k: v for k, v in (("width", args.width), ("stem", args.stem)) if v is not None}
         config = config_from_args(TrainConfig, args, model_options=options)
         trainer = train(config, args.out, data_dir=args.data_dir, download=args.download, device=args.device)
@@ -49,8 +44,3 @@ def run(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": run}
-
-
-def _flags_given(args: argparse.Namespace, *names: str, given: bool = True) -> list[str]:
-    """The flags among ``names`` that were given (or, with ``given=False``, that were not)."""
-    return [f"--{n}" for n in names if bool(getattr(args, n)) == given]
