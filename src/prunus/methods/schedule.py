@@ -16,6 +16,7 @@ gently and leaves the kept weights free for longer; a short one grows it fast.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,9 +118,9 @@ class GrowingRho(Budgeted, PruningMethod):
         self.init_state()
         self.refresh_anchors()
 
+    @abstractmethod
     def init_state(self) -> None:
-        """Set ``self.state[name]`` (Z, multipliers, ...) for every constrained tensor."""
-        raise NotImplementedError
+        """Set ``self.state[name]`` (Z, multipliers, ...) for every constrained tensor (SLR and ADMM differ here)."""
 
     def init_rho(self, rho: float, rho_factor: float, rho_max: float | None, budget_rounds: int | None,
                  tol: float, max_growth: float, penalize: str = "removed") -> None:
