@@ -7,6 +7,7 @@ a bug in prunus. Each command module has ``add_parsers(sub)`` and ``COMMANDS``
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Sequence
 
@@ -59,5 +60,8 @@ def _wait_for_every_rank() -> None:
 
 
 def _leave_process_group() -> None:
+    """Drop the job's DDP wrappers first: one still alive keeps gloo's worker threads alive until the
+    interpreter shuts down, and tearing them down then aborts the process (seen as SIGABRT on a rank)."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
