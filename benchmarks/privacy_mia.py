@@ -1,7 +1,9 @@
-"""Membership inference on Fashion-MNIST: an overfit LeNet-5 target and its defenses, audited (issue 6).
+"""Membership inference: an overfit target and its defenses, audited (issues 6 and 22).
 
-Per seed s: a membership split of Fashion-MNIST's 60,000 training images drawn with seed s
-(MEMBERS members, as many non-members that no model of the row ever trains on, the rest the
+A target (``--target``, :data:`TARGETS`) is a model, a dataset and the recipe that makes it memorise:
+LeNet-5 on Fashion-MNIST (the default, ``results/privacy_mia.json``) or ResNet-20 on the generated
+radio-modulation frames (``results/privacy_mia_resnet20-modulation.json``). Per seed s: a membership
+split of the dataset's training split drawn with seed s (the target's members, as many non-members that no model of the row ever trains on, the rest the
 attacker's pool). The undefended target trains on the members only, then every defense
 (``prunus.privacy.defenses.run.run_defense``; pruning and MCMIA start from the target's weights,
 AdvReg and DP-SGD train from scratch on the same members) and every row is audited with
@@ -14,7 +16,7 @@ attacker is non-adaptive), not on the defended weights: they are trained once pe
 reference bank (``benchmarks/.cache/privacy_mia/bank-*``, reused on later runs when it was built
 for the same split, recipe and counts) and shared by every row of that seed.
 
-    python benchmarks/privacy_mia.py [--seeds 0 1 2] [--rows ROW ...] [--continue] [--render]
+    python benchmarks/privacy_mia.py [--target KEY] [--seeds 0 1 2] [--rows ROW ...] [--continue] [--render]
     python benchmarks/privacy_mia.py --smoke [--out DIR]   # tiny end-to-end check, not into results/
 
 ``--continue`` keeps the runs already in the JSON whose recipe is unchanged (after a change of, say, the
@@ -46,17 +48,46 @@ NAME = "privacy_mia"
 CACHE = HERE / ".cache" / NAME
 
 # -- the setup (module constants: change here, and the table says what ran) ------------------------------
-MODEL, DATASET = "lenet5", "fashion-mnist"
-# A regime that leaks (issue 22): 2,500 members trained 40 epochs. Measured on seed 0 (prunus defend + audit, 8
-# reference models): members 99.3% vs non-members 83.4%, RMIA online AUC 0.684 and TPR@0.1%FPR 4.7%, LiRA online
-# 0.640 / 1.7%; the former 10,000 members x 20 epochs gave LiRA 0.593, too little to tell the defenses apart
-MEMBERS = 2_500  # target training set; as many non-members; the pool is the rest of the 60,000
-TARGET_EPOCHS = 40  # the undefended recipe: target, AdvReg, and every shadow/reference model
-# Adam 3e-3 at batch 64 overfits within 20 epochs (measured on seed 0: members 98.1%, non-members 88.5%);
-# the default 1e-3 at batch 128 barely does (89.9% vs 86.8%), and leakage needs the gap
-BATCH, OPTIMIZER, LR, SCHEDULE = 64, "adam", 3e-3, "cosine"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Who is attacked: a model, its dataset and the undefended recipe that makes it memorise its members.
+
+    The recipe (Adam, batch, epochs) is also every shadow/reference model's and AdvReg's and RelaxLoss'.
+    ``rows``: the rows run by default (None: all); ``reference_models``: LiRA/RMIA's bank per seed."""
+
+    key: str
+    model: str
+    dataset: str
+    members: int  # target training set; as many non-members; the pool is the rest of the train split
+    epochs: int
+    batch: int = 64
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    schedule: str = "cosine"
+    reference_models: int = 16  # LiRA: each audited example IN for half of them, OUT for the other half
+    rows: tuple[str, ...] | None = None
+
+
+TARGETS = {t.key: t for t in (
+    # A regime that leaks (issue 22): 2,500 members trained 40 epochs. Measured on seed 0 (prunus defend + audit, 8
+    # reference models): members 99.3% vs non-members 83.4%, RMIA online AUC 0.684 and TPR@0.1%FPR 4.7%, LiRA
+    # online 0.640 / 1.7%; the former 10,000 members x 20 epochs gave LiRA 0.593, too little to tell the defenses
+    # apart. Adam 3e-3 at batch 64 overfits within 20 epochs (seed 0: members 98.1%, non-members 88.5%); the
+    # default 1e-3 at batch 128 barely does (89.9% vs 86.8%), and leakage needs the gap
+    Target("lenet5-fashion-mnist", "lenet5", "fashion-mnist", members=2_500, epochs=40),
+    # The second dataset and the larger model (issue 22): ResNet-20 (272k parameters, BatchNorm) on the generated
+    # radio-modulation frames (11 classes, 11,000 training frames: 2,500 members, 2,500 non-members, 6,000 pool).
+    # LeNet-5 cannot learn this task (seed 0, 40 epochs: 25.6% test); ResNet-20 after 20 epochs: members 91.4%,
+    # non-members 60.2%, test 59.4%. Eight reference models and the rows that answer the seed claims (pruning
+    # alone, MCMIA, DP-SGD at the target's recipe, RelaxLoss): a ResNet-20 model costs ~50 LeNet-5 ones here
+    Target("resnet20-modulation", "resnet20", "modulation", members=2_500, epochs=20, reference_models=8,
+           rows=("undefended", "prune-slr-10x", "prune-admm-10x", "mcmia", "mcmia-8x", "relaxloss-a0.5",
+                 "dpsgd-target-eps64", "dpsgd-target-eps1000", "dpsgd-target-eps1e5")),
+)}
+DEFAULT_TARGET = "lenet5-fashion-mnist"
 EVAL_EXAMPLES = 1000  # per-epoch test accuracy on the first N test images (final accuracies: the whole test set)
-REFERENCE_MODELS = 16  # LiRA: each audited example IN for half of them, OUT for the other half
 SHADOW_MODELS = 4  # metric-attack thresholds and Shokri's attack classifier
 ATTACKS = ("loss", "confidence", "entropy", "mentr", "shadow", "lira", "rmia")
 PRUNE_EPOCHS, RETRAIN_EPOCHS, PRUNE_LR = 8, 4, 1e-3  # SLR/ADMM epochs from the target, masked fine-tuning; Adam lr
@@ -98,19 +129,27 @@ SHADOW_FIT_S = 15.0  # Shokri's attack classifier (scikit-learn MLP), fitted onc
 
 @dataclass(frozen=True)
 class Budget:
-    members: int = MEMBERS
-    target_epochs: int = TARGET_EPOCHS
+    """How much is trained for one target: its recipe's counts, or the smoke test's tiny ones."""
+
+    target: Target
+    members: int
+    target_epochs: int
+    reference_models: int
     prune_epochs: int = PRUNE_EPOCHS
     retrain_epochs: int = RETRAIN_EPOCHS
     dp_epochs: int = DP_EPOCHS
-    reference_models: int = REFERENCE_MODELS
     shadow_models: int = SHADOW_MODELS
     eval_examples: int = EVAL_EXAMPLES
     seeds: tuple[int, ...] = SEEDS
 
+    @classmethod
+    def of(cls, target: Target) -> Budget:
+        return cls(target, target.members, target.epochs, target.reference_models)
 
-SMOKE = Budget(members=500, target_epochs=1, prune_epochs=2, retrain_epochs=1, dp_epochs=1,
-               reference_models=2, shadow_models=1, eval_examples=200, seeds=(0,))
+    @classmethod
+    def smoke(cls, target: Target) -> Budget:
+        return cls(target, members=500, target_epochs=1, reference_models=2, prune_epochs=2, retrain_epochs=1,
+                   dp_epochs=1, shadow_models=1, eval_examples=200, seeds=(0,))
 
 
 @dataclass(frozen=True)
@@ -156,7 +195,13 @@ def rows(b: Budget) -> list[Row]:
         out.append(Row(f"dpsgd-target-eps{short(eps)}", f"DP-SGD ε = {short(eps)}, target's recipe", "dpsgd",
                        dict(epsilon=eps, delta=DP_DELTA, max_grad_norm=DP_TARGET_CLIP, accountant=dp_accountant(eps)),
                        "dp", ("dp_target",)))
-    return out
+    chosen = b.target.rows
+    if chosen is None:
+        return out
+    unknown = set(chosen) - {r.name for r in out}
+    if unknown:
+        raise ValueError(f"target {b.target.key} names rows that do not exist: {', '.join(sorted(unknown))}")
+    return [r for r in out if r.name in chosen]
 
 
 def short(x: float) -> str:
@@ -172,8 +217,9 @@ def dp_accountant(epsilon: float) -> str:
 def defense_config(row: Row, seed: int, b: Budget):
     from prunus.privacy.defenses import DefenseConfig
 
-    base = dict(defense=row.defense, model=MODEL, dataset=DATASET, members=b.members, split_seed=seed, seed=seed,
-                epochs=b.target_epochs, batch_size=BATCH, optimizer=OPTIMIZER, lr=LR, schedule=SCHEDULE,
+    t = b.target
+    base = dict(defense=row.defense, model=t.model, dataset=t.dataset, members=b.members, split_seed=seed, seed=seed,
+                epochs=b.target_epochs, batch_size=t.batch, optimizer=t.optimizer, lr=t.lr, schedule=t.schedule,
                 eval_examples=b.eval_examples)
     return DefenseConfig(**{**base, **row.options}).validate()
 
@@ -189,10 +235,11 @@ def setup(b: Budget) -> dict[str, Any]:
     """Everything the numbers depend on (a --continue run must have the same)."""
     from prunus.train.config import TrainConfig  # DP-SGD's SGD momentum is the training loop's default
 
+    t = b.target
     return {
-        "model": MODEL, "dataset": DATASET, "members": b.members, "nonmembers": b.members,
-        "target": {"epochs": b.target_epochs, "batch_size": BATCH, "optimizer": OPTIMIZER, "lr": LR,
-                   "schedule": SCHEDULE, "augment": False},
+        "model": t.model, "dataset": t.dataset, "members": b.members, "nonmembers": b.members,
+        "target": {"epochs": b.target_epochs, "batch_size": t.batch, "optimizer": t.optimizer, "lr": t.lr,
+                   "schedule": t.schedule, "augment": False},
         "eval_examples": b.eval_examples, "reference_models": b.reference_models, "shadow_models": b.shadow_models,
         "attacks": list(ATTACKS),
         "prune": {"epochs": b.prune_epochs, "retrain_epochs": b.retrain_epochs, "lr": PRUNE_LR,
@@ -238,18 +285,21 @@ def still_valid(data: dict, b: Budget) -> list[dict] | None:
 # -- runtime estimate -------------------------------------------------------------------------------------
 
 
-def seconds_per_step(steps: int = 30) -> float:
-    """One LeNet-5 Adam training step on a batch of BATCH 28x28 images, timed here."""
+def seconds_per_step(t: Target, steps: int = 30) -> float:
+    """One Adam training step of the target's model on a batch of its images, timed here."""
     import torch
     import torch.nn.functional as F
 
+    from prunus.data import DATASETS
     from prunus.models import build_model
 
+    spec = DATASETS[t.dataset]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_model(MODEL)
-        opt = torch.optim.Adam(model.parameters(), lr=LR)
-        x, y = torch.randn(BATCH, 1, 28, 28), torch.randint(0, 10, (BATCH,))
+        model = build_model(t.model, spec.in_channels, spec.num_classes)
+        opt = torch.optim.Adam(model.parameters(), lr=t.lr)
+        x = torch.randn(t.batch, spec.in_channels, spec.image_size, spec.image_size)
+        y = torch.randint(0, spec.num_classes, (t.batch,))
 
         def step():
             opt.zero_grad(set_to_none=True)
@@ -266,7 +316,7 @@ def seconds_per_step(steps: int = 30) -> float:
 
 def estimate(b: Budget, todo: list[tuple[int, Row]], banks_needed: int, step_s: float) -> float:
     """Seconds the runs in ``todo`` and ``banks_needed`` reference banks take, from the cost model above."""
-    epoch = math.ceil(b.members / BATCH) * step_s * EPOCH_OVERHEAD  # a plain epoch over the members
+    epoch = math.ceil(b.members / b.target.batch) * step_s * EPOCH_OVERHEAD  # a plain epoch over the members
     total = banks_needed * (b.reference_models + b.shadow_models) * b.target_epochs * epoch
     total += len({seed for seed, _ in todo}) * SHADOW_FIT_S
     for _, row in todo:
@@ -555,6 +605,21 @@ def _other_machines(data: dict, groups: dict[str, list[dict]]) -> str:
     return "".join(f" Trained on {m}: {'; '.join(labels)}." for m, labels in where.items() if labels)
 
 
+def target_facts(model: str, dataset: str):
+    """The dataset's spec and the model's parameter count, for the table's text."""
+    from prunus.data import DATASETS
+    from prunus.models import build_model, count_parameters
+
+    spec = DATASETS[dataset]
+    return spec, count_parameters(build_model(model, spec.in_channels, spec.num_classes))
+
+
+def result_name(model: str, dataset: str) -> str:
+    """privacy_mia for the default target (the file name the first results had), privacy_mia_KEY for the others."""
+    key = f"{model}-{dataset}"
+    return NAME if key == DEFAULT_TARGET else f"{NAME}_{key}"
+
+
 def summarize(data: dict) -> str:
     s, env = data["setup"], data["environment"]
     groups = _groups(data)
@@ -567,21 +632,24 @@ def summarize(data: dict) -> str:
                 if r_models // 2 < 64 else "per-example variances")
     smoke = " (SMOKE TEST: tiny budgets, not a result)" if data.get("smoke") else ""
     methods = " and ".join(x.upper() for x in p["methods"])
+    spec, params = target_facts(s["model"], s["dataset"])
+    result = result_name(s["model"], s["dataset"])
+    total = data["runs"][0]["split"]["total"] if data["runs"] else None
     lines = [
-        f"## Membership inference on Fashion-MNIST: LeNet-5 and its defenses{smoke} (`benchmarks/{NAME}.py`)",
-        "",
-        "**Setup.** Per seed, one split of Fashion-MNIST's 60,000 training images (split seed = seed): "
-        f"**{m:,} members** (the only images a row's model trains on), **{m:,} non-members** that no model of the "
-        "row ever sees (they only evaluate the attacks: balanced, chance = AUC 0.5), and the remaining "
-        f"{60000 - 2 * m:,} as the attacker's pool (shadow models, metric thresholds, the game's reference set). "
-        f"Target: {MODEL} (61,706 parameters), {t['optimizer']} lr {t['lr']:g}, batch {t['batch_size']}, "
-        f"{t['schedule']} schedule, **{_n(t['epochs'], 'epoch')}**, no augmentation, trained on the members only. "
-        "Test accuracy: the 10,000 test images.",
+        f"## Membership inference on {spec.title}: {s['model']} and its defenses{smoke} (`benchmarks/{NAME}.py"
+        f"{'' if result == NAME else ' --target ' + s['model'] + '-' + s['dataset']}`)", "",
+        f"**Setup.** Per seed, one split of {spec.title}'s {f'{total:,} ' if total else ''}training examples (split "
+        f"seed = seed): **{m:,} members** (the only examples a row's model trains on), **{m:,} non-members** that no "
+        "model of the row ever sees (they only evaluate the attacks: balanced, chance = AUC 0.5), and the remaining "
+        f"{f'{total - 2 * m:,} ' if total else ''}as the attacker's pool (shadow models, metric thresholds, the "
+        f"game's reference set). Target: {s['model']} ({params:,} parameters), {t['optimizer']} lr {t['lr']:g}, "
+        f"batch {t['batch_size']}, {t['schedule']} schedule, **{_n(t['epochs'], 'epoch')}**, no augmentation, trained "
+        "on the members only. Test accuracy: the whole test split.",
         "",
         f"**Rows.** Pruned: {methods} from the undefended target ({t['optimizer']} lr {p['lr']:g}), "
         f"{_n(p['epochs'], 'epoch')} with the method, hard-prune, {_n(p['retrain_epochs'], 'masked fine-tuning epoch')}"
-        "; one sparsity per layer on conv2/fc1/fc2 (conv1, fc3 and the biases stay dense, so the whole model's "
-        "compression, in the first table, is lower). AdvReg: Nasr et al.'s min-max game, from scratch with the "
+        "; one sparsity per layer on every conv/linear layer but the first and the last (those two and the biases "
+        "stay dense, so the whole model's compression, in the first table, is lower). AdvReg: Nasr et al.'s min-max game, from scratch with the "
         f"target's recipe, λ {gm['lambda']:g}, k = {gm['attack_steps']} inference-model step per classifier step, "
         f"{_n(gm['advreg_warmup'], 'warm-up epoch')}. MCMIA: {gm['mcmia_method'].upper()} {' or '.join(f'{c}x' for c in gm['mcmia_compressions'])} "
         f"pruning and the same game in one run from the undefended target ({p['epochs']} + {p['retrain_epochs']} "
@@ -632,8 +700,8 @@ def summarize(data: dict) -> str:
                   "its column compares every defense on equal terms."]
     labels = data.get("labels", {})
     lines += [""] + claim_lines(groups, labels) + [
-        "", f"Accuracy against leakage, every row (mean ± std over seeds): `{NAME}_pareto.png`.",
-        f"![test accuracy against TPR at 0.1% FPR]({NAME}_pareto.png)"]
+        "", f"Accuracy against leakage, every row (mean ± std over seeds): `{result}_pareto.png`.",
+        f"![test accuracy against TPR at 0.1% FPR]({result}_pareto.png)"]
     lines += ["", "| defense | seeds | test acc. % | members % | non-members % | compression (pruned layers; "
               "whole model) | (ε, δ) | train s | audit s |", "|---|---|---|---|---|---|---|---|---|"]
     labels = {r: lab for r, lab in data.get("labels", {}).items()}
@@ -658,15 +726,16 @@ def summarize(data: dict) -> str:
             lines.append(f"| {labels.get(name, name)} | {_ms([r['test_accuracy'] for r in runs])} | "
                          + " | ".join(cells) + " |")
     lines += ["", "Per-example scores, ROC curves (linear and log-log PNGs) and every threshold's source are in each "
-              f"row's audit directory under `benchmarks/.cache/{NAME}/`; the raw numbers, the game's last inference "
+              f"row's audit directory under `benchmarks/.cache/{result}/`; the raw numbers, the game's last inference "
               "gain, DP-SGD's noise multiplier and steps are in the JSON."]
     return "\n".join(lines) + "\n"
 
 
 def publish(data: dict, results: Path) -> None:
     """The table (and BENCHMARKS.md) and the accuracy-against-leakage PNG beside it."""
-    write_result(NAME, data, summarize(data), results)
-    pareto_png(_groups(data), data.get("labels", {}), results / f"{NAME}_pareto.png")
+    name = result_name(data["setup"]["model"], data["setup"]["dataset"])
+    write_result(name, data, summarize(data), results)
+    pareto_png(_groups(data), data.get("labels", {}), results / f"{name}_pareto.png")
 
 
 # -- main ------------------------------------------------------------------------------------------------
@@ -674,12 +743,16 @@ def publish(data: dict, results: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", choices=list(TARGETS), default=DEFAULT_TARGET,
+                    help=f"the attacked model and dataset (default {DEFAULT_TARGET}; results in "
+                    f"{NAME}_TARGET.json for the others)")
     ap.add_argument("--seeds", type=int, nargs="+", help=f"default {' '.join(map(str, SEEDS))}")
     ap.add_argument("--rows", nargs="+", help="only these rows (names as in the JSON: undefended, prune-slr-10x, ...)")
     ap.add_argument("--continue", dest="cont", action="store_true", help="keep the rows already in the JSON")
     ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
-    ap.add_argument("--smoke", action="store_true", help=f"tiny budgets ({SMOKE.members} members, "
-                    f"{SMOKE.reference_models} reference models, 1 epoch, 1 seed) into a temporary directory")
+    smoke = Budget.smoke(TARGETS[DEFAULT_TARGET])
+    ap.add_argument("--smoke", action="store_true", help=f"tiny budgets ({smoke.members} members, "
+                    f"{smoke.reference_models} reference models, 1 epoch, 1 seed) into a temporary directory")
     ap.add_argument("--out", type=Path, help="results directory (default benchmarks/results; with --smoke a new "
                     "temporary directory); the cache goes into OUT/.cache unless it is benchmarks/results")
     ap.add_argument("--train-only", action="store_true", help="train the rows into the cache, audit nothing "
@@ -691,14 +764,16 @@ def main() -> None:
         sys.exit(f"--jobs must be at least 1, got {args.jobs}")
     if (args.jobs > 1 or args.device) and not args.train_only:
         sys.exit("--jobs and --device go with --train-only (audits run here, one at a time)")
-    budget = SMOKE if args.smoke else Budget()
+    target = TARGETS[args.target]
+    budget = Budget.smoke(target) if args.smoke else Budget.of(target)
+    name = result_name(target.model, target.dataset)
     if args.seeds:
         budget = dataclasses.replace(budget, seeds=tuple(args.seeds))
     if args.smoke and (args.render or args.cont) and not args.out:
         sys.exit("--smoke with --render or --continue needs the --out DIR of the smoke run")
     results = args.out or (Path(tempfile.mkdtemp(prefix=f"{NAME}-smoke-")) if args.smoke else RESULTS)
-    cache = CACHE if results.resolve() == RESULTS.resolve() else results / ".cache"
-    path = results / f"{NAME}.json"
+    cache = (CACHE.parent if results.resolve() == RESULTS.resolve() else results / ".cache") / name
+    path = results / f"{name}.json"
     if args.render:
         data = json.loads(path.read_text())
         return publish(data, results)
@@ -730,11 +805,11 @@ def main() -> None:
     todo = [(seed, row) for seed in budget.seeds for row in chosen if (row.name, seed) not in done]
     banks_needed = sum(1 for seed in budget.seeds if any(s == seed for s, _ in todo)
                        and not (cache / f"bank-seed{seed}" / "bank.json").is_file())
-    step_s = seconds_per_step()
+    step_s = seconds_per_step(target)
     est = estimate(budget, todo, banks_needed, step_s)
     print(f"{len(todo)} runs to do ({len(budget.seeds)} seed(s) x {len(chosen)} rows, {len(done)} already in the "
           f"JSON), {banks_needed} reference bank(s) of {budget.reference_models} LiRA + {budget.shadow_models} shadow "
-          f"models to train; estimated {est / 60:.0f} min ({1000 * step_s:.1f} ms per training step of batch {BATCH} "
+          f"models to train; estimated {est / 60:.0f} min ({1000 * step_s:.1f} ms per training step of batch {target.batch} "
           f"measured now, {budget.target_epochs} target epochs of {budget.members:,} members). Results: {results}",
           flush=True)
 
@@ -767,7 +842,7 @@ def main() -> None:
             data["wall_seconds_last_run"] = time.perf_counter() - t_all
             publish(data, results)
     print(f"done in {(time.perf_counter() - t_all) / 60:.1f} min (estimated {est / 60:.0f}); "
-          f"table {results / (NAME + '.md')}", flush=True)
+          f"table {results / (name + '.md')}", flush=True)
 
 
 _BANKS: dict[int, Any] = {}
