@@ -26,9 +26,13 @@ def attack_accuracy(run: dict) -> float:
     return max(a["balanced_accuracy"] for a in run["attacks"].values() if a.get("balanced_accuracy") is not None)
 
 
-def strongest_tpr(run: dict) -> float:
-    """TPR at 0.1% FPR of the attack that reaches the highest one."""
-    return max(a["tpr_at_0.1pct_fpr"] for a in run["attacks"].values())
+def strongest_tpr(run: dict, adaptive: bool = False) -> float:
+    """TPR at 0.1% FPR of the attack that reaches the highest one; with ``adaptive``, the adaptive attacker's
+    attacks count too (where the row was audited by one: its references trained with the row's defense)."""
+    attacks = list(run["attacks"].values())
+    if adaptive and run.get("adaptive"):
+        attacks += list(run["adaptive"]["attacks"].values())
+    return max(a["tpr_at_0.1pct_fpr"] for a in attacks)
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:

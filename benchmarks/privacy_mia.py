@@ -14,7 +14,9 @@ members and non-members.
 Shadow and LiRA/RMIA reference models depend only on the split and the undefended recipe (the
 attacker is non-adaptive), not on the defended weights: they are trained once per seed into a
 reference bank (``benchmarks/.cache/privacy_mia/bank-*``, reused on later runs when it was built
-for the same split, recipe and counts) and shared by every row of that seed.
+for the same split, recipe and counts) and shared by every row of that seed. The rows in
+ADAPTIVE_ROWS get a second audit by the adaptive attacker, whose LiRA/RMIA references each run the
+row's own defense (``prunus audit --adaptive``); the goal is judged for both attackers.
 
     python benchmarks/privacy_mia.py [--target KEY] [--seeds 0 1 2] [--rows ROW ...] [--continue] [--render]
     python benchmarks/privacy_mia.py --smoke [--out DIR]   # tiny end-to-end check, not into results/
@@ -116,6 +118,11 @@ DP_TARGET_CLIP = 1.0
 RELAX_ALPHAS = (0.3, 0.5)
 PRV_MAX_EPSILON = 64.0  # above it opacus' PRV accountant needs tens of GiB (its grid grows with epsilon): RDP there
 SEEDS = (0, 1, 2)
+# The adaptive attacker (issue 22): for these rows a second audit whose LiRA/RMIA reference models each run the
+# row's defense on their half of the audited examples (prunus audit --adaptive); fewer models than the bank's,
+# since each one costs a dense training plus the defense. Shadow-model attacks stay non-adaptive
+ADAPTIVE_ROWS = ("prune-slr-10x", "mcmia", "mcmia-8x", "relaxloss-a0.5")
+ADAPTIVE_REFERENCE_MODELS, ADAPTIVE_ATTACKS = 8, ("lira", "rmia")
 # issue 22: MCMIA at most 1 point of test accuracy lost, with at most half the undefended target's TPR at 0.1% FPR
 GOAL_MAX_DROP, GOAL_LEAK_FRACTION = 1.0, 0.5
 
@@ -224,11 +231,22 @@ def defense_config(row: Row, seed: int, b: Budget):
     return DefenseConfig(**{**base, **row.options}).validate()
 
 
-def audit_config(seed: int, b: Budget):
+def audit_config(seed: int, b: Budget, adaptive: bool = False):
     from prunus.privacy.audit_config import AuditConfig
 
+    if adaptive:
+        return AuditConfig(attacks=ADAPTIVE_ATTACKS, reference_models=adaptive_reference_models(b), adaptive=True,
+                           seed=seed).validate()
     return AuditConfig(attacks=ATTACKS, reference_models=b.reference_models, shadow_models=b.shadow_models,
                        seed=seed).validate()
+
+
+def adaptive_rows(b: Budget) -> list[Row]:
+    return [r for r in rows(b) if r.name in ADAPTIVE_ROWS]
+
+
+def adaptive_reference_models(b: Budget) -> int:
+    return min(ADAPTIVE_REFERENCE_MODELS, b.reference_models)
 
 
 def setup(b: Budget) -> dict[str, Any]:
@@ -254,6 +272,8 @@ def setup(b: Budget) -> dict[str, Any]:
         "relax": {"alphas": list(RELAX_ALPHAS)},
         "dp_target": {"epsilons": list(DP_TARGET_EPSILONS), "delta": DP_DELTA, "max_grad_norm": DP_TARGET_CLIP,
                       "accountant": f"prv up to epsilon {PRV_MAX_EPSILON:g}, rdp above"},
+        "adaptive": {"rows": [r.name for r in adaptive_rows(b)], "attacks": list(ADAPTIVE_ATTACKS),
+                     "reference_models": adaptive_reference_models(b)},
         "rows": [r.name for r in rows(b)],
     }
 
@@ -262,7 +282,8 @@ def setup(b: Budget) -> dict[str, Any]:
 ROW_LISTS = {"compressions", "mcmia_compressions", "epsilons", "methods", "alphas"}
 SECTIONS = {"none": (), "prune": ("prune",), "advreg": ("game",), "mcmia": ("prune", "game"), "dpsgd": ("dp",),
             "relaxloss": ("relax",)}
-RECIPE_SECTIONS = {"prune", "game", "dp", "dp_target", "relax"}  # setup keys that only some rows depend on
+# setup keys that only some rows depend on ("adaptive": the second audit's, checked per run in needs_adaptive)
+RECIPE_SECTIONS = {"prune", "game", "dp", "dp_target", "relax", "adaptive"}
 
 
 def still_valid(data: dict, b: Budget) -> list[dict] | None:
@@ -314,14 +335,19 @@ def seconds_per_step(t: Target, steps: int = 30) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def estimate(b: Budget, todo: list[tuple[int, Row]], banks_needed: int, step_s: float) -> float:
-    """Seconds the runs in ``todo`` and ``banks_needed`` reference banks take, from the cost model above."""
+def estimate(b: Budget, todo: list[tuple[int, Row]], banks_needed: int, step_s: float,
+             adaptive: list[Row] = ()) -> float:
+    """Seconds the runs in ``todo``, ``banks_needed`` reference banks and the adaptive audits of the rows in
+    ``adaptive`` (one per seed and row) take, from the cost model above."""
     epoch = math.ceil(b.members / b.target.batch) * step_s * EPOCH_OVERHEAD  # a plain epoch over the members
     total = banks_needed * (b.reference_models + b.shadow_models) * b.target_epochs * epoch
     total += len({seed for seed, _ in todo}) * SHADOW_FIT_S
     for _, row in todo:
         epochs = row.options.get("epochs", b.prune_epochs + b.retrain_epochs if row.from_target else b.target_epochs)
         total += epochs * epoch * COST[row.kind] + ROW_OVERHEAD_S + (DP_SETUP_S if row.defense == "dpsgd" else 0)
+    for row in adaptive:  # every reference model runs the row's defense (pruning: after a dense training)
+        own = (b.prune_epochs + b.retrain_epochs) * COST[row.kind] + (b.target_epochs if row.from_target else 0)
+        total += adaptive_reference_models(b) * (own if row.from_target else b.target_epochs * COST[row.kind]) * epoch
     return total
 
 
@@ -445,6 +471,33 @@ def audit_row(row: Row, seed: int, b: Budget, cache: Path, res: dict[str, Any], 
     return out
 
 
+def needs_adaptive(record: dict, b: Budget) -> bool:
+    """The row is one the adaptive attacker audits, and its record has no adaptive audit of the current setup."""
+    want = {"attacks_run": list(ADAPTIVE_ATTACKS), "reference_models": adaptive_reference_models(b)}
+    done = record.get("adaptive")
+    return record["row"] in ADAPTIVE_ROWS and (done is None or {k: done.get(k) for k in want} != want)
+
+
+def adaptive_audit(row: Row, seed: int, b: Budget, cache: Path) -> dict[str, Any]:
+    """The row's model audited by the adaptive attacker (its references run the row's defense). The references
+    are kept in a bank of their own beside the row, so an interrupted audit keeps the models it finished."""
+    from rich.console import Console
+
+    from prunus.privacy.audit import run_audit
+
+    seed_dir = cache / f"seed{seed}"
+    audit_dir = seed_dir / f"{row.name}-audit-adaptive"
+    shutil.rmtree(audit_dir, ignore_errors=True)
+    config = audit_config(seed, b, adaptive=True)
+    t0 = time.perf_counter()
+    report = run_audit(seed_dir / row.name / "final", config, audit_dir,
+                       reference_bank=seed_dir / f"{row.name}-bank-adaptive", console=Console(quiet=True))
+    keep = ("auc", "balanced_accuracy", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "members", "nonmembers")
+    return {"attacks": {a["attack"]: {k: a[k] for k in keep} for a in report["attacks"]},
+            "attacks_run": list(ADAPTIVE_ATTACKS), "reference_models": config.reference_models,
+            "seconds": time.perf_counter() - t0}
+
+
 # -- the table -------------------------------------------------------------------------------------------
 
 ATTACK_COLUMNS = (("loss", "loss"), ("confidence", "confidence"), ("entropy", "entropy"), ("mentr", "m-entropy"),
@@ -475,36 +528,40 @@ def _groups(data: dict) -> dict[str, list[dict]]:
     return groups
 
 
-def leakage(run: dict) -> float:
-    """The strongest attack's TPR at 0.1% FPR, in % (what issue 22's goal is judged on)."""
-    return 100 * strongest_tpr(run)
+def leakage(run: dict, adaptive: bool = False) -> float:
+    """The strongest attack's TPR at 0.1% FPR, in % (what issue 22's goal is judged on); with ``adaptive`` the
+    adaptive attacker's attacks count too."""
+    return 100 * strongest_tpr(run, adaptive)
 
 
-def goal(data: dict) -> dict[str, Any]:
+def goal(data: dict, adaptive: bool = False) -> dict[str, Any]:
     """The issue's goal, from the means over seeds: an MCMIA row within GOAL_MAX_DROP points of the undefended
     test accuracy, with at most GOAL_LEAK_FRACTION of the undefended target's TPR at 0.1% FPR, and less of it than
-    DP-SGD at equal test accuracy. Every MCMIA row is judged; the goal is met when one row meets all three."""
+    DP-SGD at equal test accuracy. Every MCMIA row is judged; the goal is met when one row meets all three.
+    ``adaptive``: judged on the stronger of both attackers, for the MCMIA rows the adaptive one audited on every
+    seed (the undefended target's references already train like it; DP-SGD rows keep the non-adaptive attacker)."""
     groups = _groups(data)
-    mcmia = [name for name in groups if name.startswith("mcmia")]
+    mcmia = [name for name in groups if name.startswith("mcmia")
+             and (not adaptive or all(r.get("adaptive") for r in groups[name]))]
     if "undefended" not in groups or not mcmia:
         return {"status": "not measured", "parts": [], "text": "the undefended and MCMIA rows are needed"}
     mean = statistics.mean
     base = mean(r["test_accuracy"] for r in groups["undefended"])
-    base_leak = mean(leakage(r) for r in groups["undefended"])
-    dp = dp_front([(mean(r["test_accuracy"] for r in g), mean(leakage(r) for r in g), name,
-                    standard_error([leakage(r) for r in g])) for name, g in groups.items() if name.startswith("dpsgd")])
+    base_leak = mean(leakage(r, adaptive) for r in groups["undefended"])
+    dp = dp_front([(mean(r["test_accuracy"] for r in g), mean(leakage(r, adaptive) for r in g), name,
+                    standard_error([leakage(r, adaptive) for r in g])) for name, g in groups.items() if name.startswith("dpsgd")])
     labels = data.get("labels", {})
     parts, verdicts = [], []
     for name in mcmia:
         acc = mean(r["test_accuracy"] for r in groups[name])
-        leak = mean(leakage(r) for r in groups[name])
+        leak = mean(leakage(r, adaptive) for r in groups[name])
         drop = base - acc
         row = [
             {"what": f"test-accuracy loss <= {GOAL_MAX_DROP:g} pt", "value": f"{drop:.2f} pt "
              f"({acc:.2f}% vs undefended {base:.2f}%)", "met": drop <= GOAL_MAX_DROP},
             {"what": f"TPR@0.1%FPR <= {GOAL_LEAK_FRACTION:g} x the undefended target's", "value": f"{leak:.2f}% vs "
              f"{base_leak:.2f}%", "met": leak <= GOAL_LEAK_FRACTION * base_leak},
-            compare_with_dp(acc, leak, standard_error([leakage(r) for r in groups[name]]), dp),
+            compare_with_dp(acc, leak, standard_error([leakage(r, adaptive) for r in groups[name]]), dp),
         ]
         for p in row:
             p["row"] = labels.get(name, name)
@@ -514,6 +571,29 @@ def goal(data: dict) -> dict[str, Any]:
         parts += row
     status = "met" if "met" in verdicts else "undetermined" if "undetermined" in verdicts else "not met"
     return {"status": status, "parts": parts, "undefended_test_accuracy": base}
+
+
+def adaptive_lines(groups: dict[str, list[dict]], labels: dict[str, str], setup_: dict | None) -> list[str]:
+    """The adaptive attacker beside the non-adaptive one, for the rows it audited (means over seeds)."""
+    rows_ = {name: g for name, g in groups.items() if any(r.get("adaptive") for r in g)}
+    if not rows_:
+        return []
+    n = setup_["reference_models"] if setup_ else "?"
+    lines = [f"**Adaptive attacker**: LiRA/RMIA with {n} reference models that each run the row's own defense on "
+             "their half of the audited examples (pruned rows: a dense training, then the same pruning), beside the "
+             "non-adaptive attacker of the tables below (references trained like the undefended target). AUC and "
+             "TPR at 0.1% FPR (%), mean over the seeds audited by both:", "",
+             "| defense | seeds | LiRA online AUC | adaptive | RMIA online AUC | adaptive | LiRA TPR | adaptive | "
+             "RMIA TPR | adaptive |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, g in rows_.items():
+        runs = [r for r in g if r.get("adaptive")]
+        cells = []
+        for metric, digits, scale in (("auc", 3, 1.0), ("tpr_at_0.1pct_fpr", 2, 100.0)):
+            for attack in ("lira-online", "rmia-online"):
+                cells += [_ms([r["attacks"][attack][metric] for r in runs], digits, scale),
+                          _ms([r["adaptive"]["attacks"][attack][metric] for r in runs], digits, scale)]
+        lines.append(f"| {labels.get(name, name)} | {len(runs)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def standard_error(values: list[float]) -> float:
@@ -683,16 +763,21 @@ def summarize(data: dict) -> str:
         "attacks given the shared reference models.",
         "",
     ]
-    g = goal(data)
-    lines.append(f"**Goal** (issue 22): an MCMIA row at ≤ {GOAL_MAX_DROP:g} pt test-accuracy loss has at most "
-                 f"{GOAL_LEAK_FRACTION:g}x the undefended target's TPR at 0.1% FPR and less than DP-SGD at equal test "
-                 f"accuracy: **{g['status']}** (means over "
-                 "seeds; the TPR of the attack that reaches the highest one).")
-    if g["parts"]:
-        lines += ["", "| MCMIA row | condition | measured | |", "|---|---|---|---|"]
-        for p in g["parts"]:
-            verdict = {True: "met", False: "not met", None: "undetermined"}[p["met"]]
-            lines.append(f"| {p['row']} | {p['what']} | {p['value']} | {verdict} |")
+    for adaptive, attacker in ((False, "the non-adaptive attacker"),
+                               (True, "the adaptive attacker (the stronger of both per MCMIA row)")):
+        g = goal(data, adaptive)
+        lines.append(f"**Goal** (issue 22), {attacker}: an MCMIA row at ≤ {GOAL_MAX_DROP:g} pt test-accuracy loss "
+                     f"has at most {GOAL_LEAK_FRACTION:g}x the undefended target's TPR at 0.1% FPR and less than "
+                     f"DP-SGD at equal test accuracy: **{g['status']}** (means over seeds; the TPR of the attack that "
+                     "reaches the highest one).")
+        if g["parts"]:
+            lines += ["", "| MCMIA row | condition | measured | |", "|---|---|---|---|"]
+            for p in g["parts"]:
+                verdict = {True: "met", False: "not met", None: "undetermined"}[p["met"]]
+                lines.append(f"| {p['row']} | {p['what']} | {p['value']} | {verdict} |")
+        lines.append("")
+    lines += adaptive_lines(groups, data.get("labels", {}), s.get("adaptive"))
+    if any(name.startswith("mcmia") for name in groups):
         lines += ["", "LiRA's reference models train like the undefended target, so LiRA is calibrated for models "
                   "that train like it (DP-SGD at a large ε is the target's recipe plus clipping and a little noise) "
                   "and less for pruned, game or RelaxLoss models, whose outputs it was not shown: an adaptive "
@@ -806,9 +891,13 @@ def main() -> None:
     banks_needed = sum(1 for seed in budget.seeds if any(s == seed for s, _ in todo)
                        and not (cache / f"bank-seed{seed}" / "bank.json").is_file())
     step_s = seconds_per_step(target)
-    est = estimate(budget, todo, banks_needed, step_s)
+    recorded = {(r["row"], r["seed"]): r for r in data["runs"]}
+    adaptive = [row for seed in budget.seeds for row in adaptive_rows(budget) if row in chosen
+                and ((seed, row) in todo or ((row.name, seed) in recorded
+                                            and needs_adaptive(recorded[(row.name, seed)], budget)))]
+    est = estimate(budget, todo, banks_needed, step_s, adaptive)
     print(f"{len(todo)} runs to do ({len(budget.seeds)} seed(s) x {len(chosen)} rows, {len(done)} already in the "
-          f"JSON), {banks_needed} reference bank(s) of {budget.reference_models} LiRA + {budget.shadow_models} shadow "
+          f"JSON, {len(adaptive)} adaptive audit(s)), {banks_needed} reference bank(s) of {budget.reference_models} LiRA + {budget.shadow_models} shadow "
           f"models to train; estimated {est / 60:.0f} min ({1000 * step_s:.1f} ms per training step of batch {target.batch} "
           f"measured now, {budget.target_epochs} target epochs of {budget.members:,} members). Results: {results}",
           flush=True)
@@ -817,7 +906,7 @@ def main() -> None:
     undefended = all_rows[0]
     for seed in budget.seeds:
         seed_todo = [row for s, row in todo if s == seed]
-        if not seed_todo:
+        if not seed_todo and not adaptive_todo(data, seed, chosen, budget):
             continue
         # the undefended target: its own row, the init of every other row, and what the bank is keyed on
         target = cache / f"seed{seed}" / undefended.name / "final"
@@ -841,8 +930,25 @@ def main() -> None:
                   f"{a['lira-online']['auc']:.4f}, {record['wall_seconds']:.0f} s", flush=True)
             data["wall_seconds_last_run"] = time.perf_counter() - t_all
             publish(data, results)
+        for row, record in adaptive_todo(data, seed, chosen, budget):
+            if not (cache / f"seed{seed}" / row.name / "final" / "meta.json").is_file():
+                print(f"seed {seed} {row.name}: no model in the cache for the adaptive audit; skipped", flush=True)
+                continue
+            record["adaptive"] = adaptive_audit(row, seed, budget, cache)
+            a = record["adaptive"]["attacks"]
+            print(f"seed {seed} {row.name}, adaptive attacker: LiRA online AUC {a['lira-online']['auc']:.4f}, RMIA "
+                  f"online {a['rmia-online']['auc']:.4f}, {record['adaptive']['seconds']:.0f} s", flush=True)
+            data["wall_seconds_last_run"] = time.perf_counter() - t_all
+            publish(data, results)
     print(f"done in {(time.perf_counter() - t_all) / 60:.1f} min (estimated {est / 60:.0f}); "
           f"table {results / (name + '.md')}", flush=True)
+
+
+def adaptive_todo(data: dict, seed: int, chosen: list[Row], b: Budget) -> list[tuple[Row, dict]]:
+    """The seed's rows (among ``chosen``) whose record still needs the adaptive attacker's audit."""
+    latest = {r["row"]: r for r in data["runs"] if r["seed"] == seed}
+    return [(row, latest[row.name]) for row in adaptive_rows(b)
+            if row in chosen and row.name in latest and needs_adaptive(latest[row.name], b)]
 
 
 _BANKS: dict[int, Any] = {}
