@@ -75,7 +75,10 @@ def claim_lines(groups: dict[str, list[dict]], labels: dict[str, str]) -> list[s
 
 
 def pareto_png(groups: dict[str, list[dict]], labels: dict[str, str], path: Path) -> None:
-    """Test accuracy against the strongest attack's TPR at 0.1% FPR for every row, as a PNG."""
+    """Test accuracy against the strongest attack's TPR at 0.1% FPR for every row, as a PNG.
+
+    Rows sit close together, so each point carries a number (nudged off the other numbers) and the
+    key beside the axes names it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,8 +86,9 @@ def pareto_png(groups: dict[str, list[dict]], labels: dict[str, str], path: Path
 
     families = {"undefended": ("black", "o"), "prune": ("tab:blue", "s"), "advreg": ("tab:orange", "^"),
                 "mcmia": ("tab:red", "D"), "dpsgd": ("tab:green", "v"), "relaxloss": ("tab:purple", "P")}
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for name, runs in groups.items():
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    key, points = [], []
+    for number, (name, runs) in enumerate(groups.items(), start=1):
         family = next((f for f in families if name.startswith(f)), "undefended")
         color, marker = families[family]
         x = [r["test_accuracy"] for r in runs]
@@ -92,15 +96,35 @@ def pareto_png(groups: dict[str, list[dict]], labels: dict[str, str], path: Path
         sx = statistics.stdev(x) if len(x) > 1 else 0.0
         sy = statistics.stdev(y) if len(y) > 1 else 0.0
         ax.errorbar(statistics.mean(x), statistics.mean(y), xerr=sx, yerr=sy, color=color, marker=marker,
-                    capsize=2, linestyle="none")
-        ax.annotate(labels.get(name, name), (statistics.mean(x), statistics.mean(y)), fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")
+                    capsize=2, linestyle="none", alpha=0.85)
+        points.append((statistics.mean(x), statistics.mean(y), str(number), color))
+        key.append(f"{number:>2}  {labels.get(name, name)}")
+    _numbers_without_overlap(ax, points)
     ax.set_xlabel("test accuracy (%)")
     ax.set_ylabel("TPR at 0.1% FPR, strongest attack (%)")
     ax.set_title("accuracy against leakage (lower right is better)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.text(0.70, 0.93, "\n".join(key), va="top", ha="left", fontsize=7.5, family="monospace")
+    fig.subplots_adjust(left=0.07, right=0.68, bottom=0.1, top=0.92)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=130)
     plt.close(fig)
     tmp.replace(path)
+
+
+def _numbers_without_overlap(ax, points: list[tuple[float, float, str, str]]) -> None:
+    """Put each point's number at the first of a few offsets where it overlaps no number placed before."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    offsets = [(4, 4), (4, -10), (-12, 4), (-12, -10), (4, 14), (4, -20), (-12, 14), (-12, -20), (14, -3), (-22, -3)]
+    for x, y, text, color in points:
+        for dx, dy in offsets:
+            label = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7,
+                                color=color, fontweight="bold")
+            box = label.get_window_extent(renderer).expanded(1.1, 1.1)
+            if not any(box.overlaps(other) for other in placed) or (dx, dy) == offsets[-1]:
+                placed.append(box)
+                break
+            label.remove()
