@@ -18,7 +18,6 @@ variant that does not train (NaN, or no progress) is worth nothing however fast.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time

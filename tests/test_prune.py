@@ -41,6 +41,25 @@ def test_prune_cli_end_to_end(capsys, tmp_path, dense_digits):
     assert json.loads(stdout)["accuracy"] == pytest.approx(results["retrain_accuracy"][-1], abs=1e-6)
 
 
+def test_prune_precision_bf16_reaches_the_pruning_and_retraining_phases(capsys, tmp_path, dense_digits):
+    """--precision bf16 autocasts every phase's forward pass: the run records it and its weights differ from the
+    same seed's float32 run (which is deterministic), while the zeros are the same count."""
+    def prune(precision: str, name: str):
+        out = tmp_path / name
+        code, _, _ = run_cli(capsys, "prune", "--method", "slr", "--init", str(dense_digits), "--compression", "10",
+                             "--epochs", "1", "--update-every", "10", "--retrain-epochs", "1", "--batch-size", "32",
+                             "--precision", precision, "--out", str(out))
+        assert code == 0
+        return json.loads((out / "results.json").read_text()), load_model(out / "retrain")[0]
+
+    (r32, m32), (r32b, m32b), (r16, m16) = prune("fp32", "a"), prune("fp32", "b"), prune("bf16", "c")
+    assert r32["config"]["precision"] == "fp32" and r16["config"]["precision"] == "bf16"
+    w32, w32b, w16 = (dict(m.named_parameters())["fc1.weight"] for m in (m32, m32b, m16))
+    assert torch.equal(w32, w32b)
+    assert not torch.equal(w32, w16)
+    assert int((w16 == 0).sum()) == int((w32 == 0).sum()) == 43200
+
+
 def test_slr_keeps_accuracy_on_fashion_mnist(tmp_path):
     """Real data floor: SLR at 10x on a 3-epoch dense LeNet-5 loses little without retraining."""
     dense = train(TrainConfig(model="lenet5", dataset="fashion-mnist", epochs=3), tmp_path / "dense")
@@ -65,6 +84,7 @@ def test_slr_keeps_accuracy_on_fashion_mnist(tmp_path):
         (["--ratio", "0.5", "--model", "vgg11"], ["--model vgg11 does not match"]),
         (["--ratio", "0.5", "--rho", "-1"], ["rho"]),
         (["--ratio", "0.5", "--round-to", "8"], ["round-to applies to filter and channel"]),
+        (["--ratio", "0.5", "--precision", "fp16"], ["--precision", "fp16"]),
     ],
 )
 def test_prune_user_errors(capsys, tmp_path, dense_digits, args, fragments):

@@ -12,6 +12,7 @@ from test_methods import Denoiser, _data
 
 from prunus.constraints.levels import QuantScheme, nearest_codes, quantize
 from prunus.deploy.compressed import dense_fp32_bytes, export_compressed, load_compressed, round_rest
+from prunus.jobs.quantize import QuantizeConfig
 from prunus.deploy.entropy import StreamReader, StreamWriter
 from prunus.errors import CheckpointError, ConfigError
 from prunus.harden.keepers import MaskKeeper, QuantKeeper
@@ -264,3 +265,11 @@ def test_export_refuses_off_level_weights_and_corrupt_files(tmp_path):
     (tmp_path / "old.pcz").write_bytes(b"\xfd7zXZ\x00" + bytes(40))
     with pytest.raises(CheckpointError, match="old.pcz: .*prunus 0.1's LZMA format; export it again"):
         load_compressed(tmp_path / "old.pcz")
+
+
+def test_quantize_precision_reaches_the_method_and_fine_tuning_recipes():
+    config = QuantizeConfig(precision="bf16").validate()
+    method = config.method_config()
+    assert method.precision == "bf16"
+    assert method.train_config(2, 1e-4, "constant").precision == "bf16"  # the fine-tuning's recipe is built from it
+    assert QuantizeConfig().method_config().train_config(2, 1e-4, "constant").precision == "fp32"

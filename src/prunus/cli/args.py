@@ -14,7 +14,7 @@ from prunus.errors import ConfigError
 from prunus.io import ensure_parent_dir
 from prunus.jobs.common import Resources
 from prunus.methods.registry import all_option_fields
-from prunus.train.config import OPTIMIZERS, SCHEDULES
+from prunus.train.config import OPTIMIZERS, PRECISIONS, SCHEDULES
 
 
 class Parser(argparse.ArgumentParser):
@@ -116,6 +116,13 @@ def config_from_args(cls: type, args: argparse.Namespace, **given: Any) -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     values = {name: getattr(args, name) for name in fields if hasattr(args, name)}
     return cls(**{**values, **given})
+
+
+def add_precision_arg(parser, default: str = "fp32") -> None:
+    """--precision: the training forward pass in float32 or autocast to bfloat16."""
+    parser.add_argument("--precision", choices=PRECISIONS, default=default,
+                        help="bf16: autocast the forward pass to bfloat16 (faster on CPUs with AVX-512 BF16 and on "
+                             "GPUs; weights, optimizer and the method's state stay float32)")
 
 
 def add_recipe_args(parser, defaults: Any) -> None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 
 from prunus.bcnn.models import BCNN_MODELS
-from prunus.cli.args import add_data_args, positive_int, print_summary, resources_of
+from prunus.cli.args import add_data_args, add_precision_arg, positive_int, print_summary, resources_of
 from prunus.errors import ConfigError
 from prunus.jobs.bcnn import prune_bcnn
 from prunus.jobs.prune import PruneConfig
-from prunus.train.config import PRECISIONS, TrainConfig
+from prunus.train.config import TrainConfig
 from prunus.train.run import train
 
 #: short names accepted by ``--model`` -> registry names
@@ -38,8 +38,7 @@ def add_train_parsers(bsub) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="NHWC convolutions (faster on CPU; default on)")
-    t.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="bf16: autocast the forward pass (1.4-2.9x faster steps on AVX-512 BF16 CPUs)")
+    add_precision_arg(t)
     t.add_argument("--out", help="run directory to create")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     add_data_args(t)
@@ -55,6 +54,7 @@ def add_train_parsers(bsub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--update-every", type=positive_int, default=100, help="batches between method rounds")
+    add_precision_arg(p)
     p.add_argument("--out", required=True, help="run directory to create")
     add_data_args(p)
 
@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     config = PruneConfig(method=args.method, epochs=args.epochs, retrain_epochs=args.retrain_epochs, lr=args.lr,
                          retrain_lr=args.retrain_lr, batch_size=args.batch_size, seed=args.seed,
-                         update_every=args.update_every, channels_last=True).validate()
+                         update_every=args.update_every, channels_last=True, precision=args.precision).validate()
     results = prune_bcnn(args.init, args.compression, config, args.out, resources=resources_of(args))
     b = results["bcnn"]
     retrain = ", ".join(f"{a:.2f}%" for a in results["retrain_accuracy"]) or "none"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prunus.cli.args import (
     add_method_options,
+    add_precision_arg,
     add_run_dir_args,
     check_run_flags,
     config_from_args,
@@ -61,6 +62,7 @@ def add_parsers(sub) -> None:
     pr.add_argument("--bn-recalibrate", type=int, default=0, metavar="BATCHES",
                     help="after the hard-prune, also report the accuracy with BatchNorm statistics re-estimated on "
                          "this many training batches (no gradient step; retraining goes on without it)")
+    add_precision_arg(pr, pdefaults.precision)
     add_method_options(pr)
     add_run_dir_args(pr, "prune")
 
@@ -110,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     if args.init:
         init, prune_dir = ckpt.path, out
     else:
-        train(TrainConfig(model=args.model, dataset=args.dataset, epochs=args.dense_epochs, seed=args.seed),
+        train(TrainConfig(model=args.model, dataset=args.dataset, epochs=args.dense_epochs, seed=args.seed,
+                          precision=args.precision),
               out / "dense", data_dir=args.data_dir, download=args.download, device=args.device)
         init, prune_dir = out / "dense", out / "prune"
     return _report(run_pruning(init, plan, config, prune_dir, resources=resources_of(args)))

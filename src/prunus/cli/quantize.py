@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from prunus.cli.args import (
+    add_precision_arg,
     add_run_dir_args,
     check_run_flags,
     config_from_args,
@@ -39,6 +40,7 @@ def add_parsers(sub) -> None:
     q.add_argument("--rho", type=float, help="penalty weight (SLR, ADMM)")
     q.add_argument("--rest", default=qdefaults.rest, choices=REST,
                    help="how biases and other unquantized tensors are rounded and stored (default float16)")
+    add_precision_arg(q, qdefaults.precision)
     add_run_dir_args(q, "quantize")
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from prunus.cli.args import add_recipe_args, add_run_dir_args, check_run_flags, config_from_args, positive_int
-from prunus.train.config import PRECISIONS, TrainConfig
+from prunus.cli.args import add_precision_arg, add_recipe_args, add_run_dir_args, check_run_flags, config_from_args, positive_int
+from prunus.train.config import TrainConfig
 from prunus.train.run import train
 
 
@@ -20,8 +20,7 @@ def add_parsers(sub) -> None:
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random crop + flip")
     t.add_argument("--width", type=float, help="width multiplier (VGG, MobileNetV2)")
     t.add_argument("--stem", choices=("cifar", "imagenet"), help="ResNet-18/50 stem")
-    t.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
-                   help="bf16: autocast the forward pass to bfloat16 (faster on CPUs with AVX-512 BF16)")
+    add_precision_arg(t, defaults.precision)
     add_run_dir_args(t, "train")
 
 

@@ -55,6 +55,7 @@ class PruneConfig:
     #: batches of BatchNorm recalibration after the hard-prune (0: none); reported on its own, on a copy
     bn_recalibrate: int = 0
     channels_last: bool = False  # NHWC training (faster CPU convolutions, see TrainConfig)
+    precision: str = "fp32"  # the forward pass of every phase: fp32 or bf16 autocast (see TrainConfig)
     options: dict[str, Any] = field(default_factory=dict)  # rho, s0, M, r, rho_factor, rho_max, tol (SLR/ADMM); lam, eps (reweighted)
 
     def validate(self) -> PruneConfig:
@@ -101,6 +102,7 @@ class PruneConfig:
         return TrainConfig(
             epochs=max(epochs, 1), batch_size=self.batch_size, optimizer=self.optimizer, lr=lr,
             weight_decay=self.weight_decay, schedule=schedule, seed=self.seed, channels_last=self.channels_last,
+            precision=self.precision,
         ).validate()
 
 

@@ -43,6 +43,7 @@ class QuantizeConfig:
     update_every: int | None = None
     closure_samples: int = 2048
     rest: str = "float16"  # how the tensors that are not quantized are rounded and stored: float32, float16, int8
+    precision: str = "fp32"  # the forward pass of the method epochs and the fine-tuning (see TrainConfig)
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> QuantizeConfig:
@@ -66,7 +67,7 @@ class QuantizeConfig:
         return PruneConfig(method=self.method if self.method != "none" else "slr", epochs=max(self.epochs, 1),
                            batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr, seed=self.seed,
                            update_every=self.update_every if self.update_every is not None else 0,
-                           rho_schedule="fixed", options={"penalize": "all", **self.options})
+                           rho_schedule="fixed", precision=self.precision, options={"penalize": "all", **self.options})
 
 
 def run_quantization(
