@@ -98,6 +98,26 @@ def time_fn(fn, batch: int, repeats: int, warmup: int, max_seconds: float) -> di
             "fps": t.fps}
 
 
+def torch_backend_timing(model: torch.nn.Module, device: str, batch: int, timing: tuple, gen) -> dict:
+    """The engine's PyTorch backend on ``device`` (its CUDA path on a GPU): logits equal to the model's on a batch of
+    37, then frames/s at ``batch`` (synchronised, so the time is the GPU's work, not the launch)."""
+    engine = compile_engine(model, SIZE, backend="torch", device=device)
+    x = torch.randn(37, CIN, SIZE, SIZE, generator=gen)
+    with torch.inference_mode():
+        if not torch.equal(engine(x).cpu(), model(x)):
+            raise SystemExit(f"the engine's {device} path is not bit-exact; refusing to time a wrong engine")
+        xb = torch.randn(batch, CIN, SIZE, SIZE, generator=gen).to(device)
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+        def call():
+            engine(xb)
+            sync()
+
+        row = time_fn(call, batch, *timing)
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+    return {"device": name, "exact_b37": True, **row}
+
+
 def run_model(key: str, args, ceiling: float) -> dict:
     if key in args.checkpoint:
         model, pruning = checkpoint_model(args.checkpoint[key])
@@ -153,7 +173,9 @@ def run_model(key: str, args, ceiling: float) -> dict:
             print(json.dumps({"model": key, **row}), flush=True)
     finally:
         torch.set_num_threads(torch_threads)
-    return {"model": key, "registry_name": LABELS.get(key, MODELS[key]), "pruning": pruning, "exact": exact,
+    gpu = (torch_backend_timing(model, "cuda", max(args.batches), timing, gen) if torch.cuda.is_available()
+           else None)
+    return {"model": key, "cuda": gpu, "registry_name": LABELS.get(key, MODELS[key]), "pruning": pruning, "exact": exact,
             "bit_macs_per_image": engine.bit_macs, "layers": [layer.to_dict() for layer in engine.layers()],
             "single_thread_profile": {"images": 64, "runs": args.profile_runs, "us_per_image": 1e6 * total / 64,
                                       "steps": profile},
@@ -183,12 +205,14 @@ def summarize(data: dict) -> str:
         f"{data['ceiling_bit_macs_per_s'] / 1e9:.0f} Gbit-MAC/s ({data['threads']} thread(s)). "
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, numba {data.get('numba', '?')}. "
         "*target*: the frames/s of the seed paper's FPGA design (Xilinx Alveo U280: 5882 for complex NIN, 4938 for "
-        "complex ResNet-18), quoted from the paper, not measured here; the stretch goal is this project's.",
+        "complex ResNet-18), quoted from the paper, not measured here; the stretch goal is this project's. "
+        "*CUDA engine*: the engine's PyTorch backend on a GPU (bit-exact check first, synchronised timing) at the "
+        "largest batch, where the machine has one.",
         "",
         "| model | live weights (compression) | ratio | bit-MACs/img | batch | engine frames/s "
         "| latency ms (median / p90) | Gbit-MAC/s (of ceiling) | fp32 pruned frames/s | masked frames/s "
-        "| vs fp32 pruned | vs masked | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| vs fp32 pruned | vs masked | target | CUDA engine frames/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in data["models"]:
         pr = m["pruning"]
@@ -202,13 +226,17 @@ def summarize(data: dict) -> str:
                 if stretch:
                     verdict += f"; stretch {stretch:.0f}: {'met' if e['fps'] >= stretch else 'not met'}"
             ratio = f"{pr['ratio']:.3f}" if pr.get("ratio") is not None else "checkpoint"
+            gpu = m.get("cuda")
+            cuda = "-"
+            if row["batch_size"] == max(r["batch_size"] for r in m["timings"]):
+                cuda = f"{gpu['fps']:,.0f} ({gpu['device']})" if gpu else "not measured: no GPU here"
             lines.append(
                 f"| {m['registry_name']} | {pr['live_weights']:,} of {pr['dense_weights']:,} "
                 f"({pr['compression']:.1f}x) | "
                 f"{ratio} | {m['bit_macs_per_image'] / 1e6:.2f} M | {row['batch_size']} | {e['fps']:,.0f} | "
                 f"{e['median_ms']:.3f} / {e['p90_ms']:.3f} | {e['bit_macs_per_s'] / 1e9:.0f} "
                 f"({100 * e['ceiling_fraction']:.1f}%) | {f['fps']:,.0f} | {k['fps']:,.0f} | "
-                f"{e['fps'] / f['fps']:.1f}x | {e['fps'] / k['fps']:.1f}x | {verdict} |"
+                f"{e['fps'] / f['fps']:.1f}x | {e['fps'] / k['fps']:.1f}x | {verdict} | {cuda} |"
             )
     lines += ["", "Where the engine's time goes (one thread, 64 images, best of "
               f"{data['models'][0]['single_thread_profile']['runs'] if data['models'] else 0} runs per step; "
