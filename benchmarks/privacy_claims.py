@@ -6,7 +6,7 @@ difference real only beyond two standard errors (``met`` / ``tie`` / ``not met``
 
 * pruning reduces attack accuracy: every pruning-alone row against the undefended target;
 * pruning + game gives the lowest attack accuracy: every MCMIA row against the undefended target, the
-  game alone (AdvReg) and pruning alone;
+  game alone (AdvReg) and pruning alone at the same compression (SLR, ADMM, magnitude);
 * beats DP-SGD at equal accuracy: privacy_mia's goal table (LiRA AUC against DP-SGD's front).
 
 The plot puts every row at (test accuracy, TPR at 0.1% FPR of its strongest attack), mean ± std over seeds.
@@ -66,12 +66,19 @@ def claim_lines(groups: dict[str, list[dict]], labels: dict[str, str]) -> list[s
 
     for name in (n for n in acc if n.startswith("prune-")):
         lines.append(line("pruning reduces attack accuracy", name, "undefended"))
+    compression = {name: _compression(runs) for name, runs in groups.items()}
     for name in (n for n in acc if n.startswith("mcmia")):
         others = ["undefended"] + [n for n in ("advreg",) if n in acc]
-        others += [n for n in acc if n.startswith("prune-slr")]
+        others += [n for n in acc if n.startswith("prune-") and compression[n] == compression[name]]
         for other in others:
             lines.append(line("pruning + game lowest attack accuracy", name, other))
     return lines
+
+
+def _compression(runs: list[dict]) -> float | None:
+    """A pruned row's compression of its pruned layers (equal for every seed: the plan fixes it), else None."""
+    values = [r["compression"] for r in runs if r.get("compression")]
+    return round(statistics.mean(values), 1) if values else None
 
 
 def pareto_png(groups: dict[str, list[dict]], labels: dict[str, str], path: Path) -> None:
