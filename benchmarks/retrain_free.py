@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -123,11 +124,33 @@ def summarize(data: dict) -> str:
         if a is not None and b is not None:
             lines.append(f"- {slr} - {admm} at 100x, hard-pruned: {a:.2f} vs {b:.2f} ({a - b:+.2f} pt; target >= +3) "
                          f"-> **{'met' if a - b >= 3.0 else 'NOT met'}**")
+    lines += _slr_admm_lines(runs)
     if "repeat" in data:
         rep = data["repeat"]
         lines.append(f"- reproducibility: {rep['row']} run again in the same process: {rep['first']:.2f} then "
                      f"{rep['again']:.2f}, every accuracy {'equal' if rep['equal'] else 'DIFFERENT'}")
     return "\n".join(lines) + "\n"
+
+
+def _slr_admm_lines(runs: list[dict]) -> list[str]:
+    """What was tried for the SLR - ADMM target, each pair judged from its rows: a difference counts only beyond
+    two standard errors of the seed means."""
+    out = []
+    for rate in sorted({r["rate"] for r in runs}):
+        for slr, admm, how in (("slr/fixed", "admm/fixed", "the paper's setting, rho fixed"),
+                               ("slr", "admm", "rho grown by the budget for both")):
+            a = [r["hard_pruned_accuracy"] for r in runs if r["rate"] == rate and r["variant"] == slr]
+            b = [r["hard_pruned_accuracy"] for r in runs if r["rate"] == rate and r["variant"] == admm]
+            if len(a) < 2 or len(b) < 2:
+                continue
+            diff = statistics.mean(a) - statistics.mean(b)
+            se = math.hypot(statistics.stdev(a) / math.sqrt(len(a)), statistics.stdev(b) / math.sqrt(len(b)))
+            verdict = "a tie" if abs(diff) <= 2 * se else ("SLR ahead" if diff > 0 else "ADMM ahead")
+            out.append(f"  - {rate:g}x, {how}: {diff:+.2f} pt (two standard errors {2 * se:.2f}): {verdict}")
+    if not out:
+        return []
+    return ["", "What was tried for SLR - ADMM (hard-pruned, same budget and rounds; the multiplier rule is the only "
+            "difference within a pair; `slr_tuning.py` lists rho, s0, M and round-frequency settings too):", ""] + out
 
 
 def main() -> None:
