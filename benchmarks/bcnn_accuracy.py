@@ -16,7 +16,7 @@ Trainings live in ``.cache/bcnn/<model>-<dataset>-<variant>-s<seed>`` and resume
 with ``--continue`` finished rows are kept. Run it in the background across sessions:
 
     python benchmarks/bcnn_accuracy.py [--models nin resnet18 nin-binstem] [--datasets modulation fashion-mnist]
-        [--seeds 0 1 2] [--epochs 15] [--continue] [--render]
+        [--seeds 0 1 2] [--epochs N] [--continue] [--render]
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ CACHE = HERE / ".cache" / "bcnn"
 MODELS = {"nin": ("cnin", 0.5, {}), "resnet18": ("cresnet18", 0.5, {}), "nin-binstem": ("cnin", 0.5, {"fp_first": False})}
 IMAGE_SIZE = {"modulation": None, "fashion-mnist": 32}
 TOLERANCE = {"modulation": 1.0, "fashion-mnist": 2.0}  # issue 19: BCNN-20x within this many points of the BCNN
+# training epochs per dataset (--epochs overrides): 11,000 modulation frames x 15 = 1,290 steps of 128, 60,000
+# Fashion-MNIST images x 5 = 2,345 steps; a 15-epoch Fashion-MNIST BCNN would take ~5 h per run on this CPU
+EPOCHS = {"modulation": 15, "fashion-mnist": 5}
 COMPRESSION, PRUNE_EPOCHS, RETRAIN_EPOCHS = 20.0, 3, 2
 QUIET = Console(file=io.StringIO())
 
@@ -108,13 +111,21 @@ def row(run: Path, test_set, **fields) -> dict:
             "engine_equal": engine_check(model, test_set) if fields["variant"] != "fp" else None}
 
 
+def _epochs_text(data: dict) -> str:
+    """The training epochs per dataset, from the rows (rows from before they recorded it: the run's one value)."""
+    per = {}
+    for r in data["runs"]:
+        per.setdefault(r["dataset"], set()).add(r.get("epochs", data.get("epochs")))
+    return ", ".join(f"{'/'.join(map(str, sorted(e)))} epochs ({d})" for d, e in per.items()) or "-"
+
+
 def summarize(data: dict) -> str:
     env = data["environment"]
     lines = [f"## BCNN accuracy: full-precision complex, BCNN, BCNN pruned 20x (`benchmarks/{NAME}.py`)", "",
-             f"Trainings: {data['epochs']} epochs, Adam lr 1e-3 cosine, no weight decay or augmentation, batch 128, "
+             f"Trainings: {_epochs_text(data)}, Adam lr 1e-3 cosine, no weight decay or augmentation, batch 128, "
              f"forward pass in {data.get('precision', 'fp32')} (bcnn_training_speed.py); "
              f"bcnn-20x: SLR filter pruning of the bcnn row's model to {COMPRESSION:g}x fewer live weights "
-             f"({PRUNE_EPOCHS} method epochs + {RETRAIN_EPOCHS} masked retraining epochs). Widths reduced for a 2-core "
+             f"({PRUNE_EPOCHS} method epochs + {RETRAIN_EPOCHS} masked retraining epochs, float32 forward). Widths reduced for a 2-core "
              "CPU (parameter counts in the table). *engine == PyTorch*: the bit-packed engine's logits equal the "
              "PyTorch forward on every test image. Test accuracy in %, mean ± std over the seeds. Machine: "
              f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.", "",
@@ -149,7 +160,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--datasets", nargs="+", default=list(IMAGE_SIZE), choices=list(IMAGE_SIZE))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, help="training epochs for every dataset (default: "
+                    + ", ".join(f"{d} {e}" for d, e in EPOCHS.items()) + ")")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
                     help="the trainings' forward pass (bf16 autocast: 1.4-2.9x faster steps on AVX-512 BF16 CPUs)")
     ap.add_argument("--continue", dest="cont", action="store_true", help="keep the rows already in the JSON")
@@ -162,23 +174,24 @@ def main() -> None:
             raise SystemExit(f"{path} does not exist yet; run the benchmark first")
         return write_result(NAME, data, summarize(data))
     if data is None:
-        data = {"benchmark": NAME, "epochs": args.epochs, "precision": args.precision,
+        data = {"benchmark": NAME, "precision": args.precision,
                 "environment": environment_info(), "runs": []}
     done = {(r["model"], r["dataset"], r["variant"], r["seed"]) for r in data["runs"]}
     for dataset in args.datasets:
         test_set = load_dataset(dataset, "test", image_size=IMAGE_SIZE[dataset])
         for seed in args.seeds:
             for model in args.models:
-                common = {"model": model, "dataset": dataset, "seed": seed, "width": MODELS[model][1]}
+                epochs = args.epochs or EPOCHS[dataset]
+                common = {"model": model, "dataset": dataset, "seed": seed, "width": MODELS[model][1], "epochs": epochs}
                 t0 = time.perf_counter()
                 for variant in ("bcnn",) if MODELS[model][2] else ("fp", "bcnn"):
                     if (model, dataset, variant, seed) not in done:
-                        run = trained(model, dataset, variant == "fp", seed, args.epochs, args.precision)
+                        run = trained(model, dataset, variant == "fp", seed, epochs, args.precision)
                         data["runs"].append(row(run, test_set, variant=variant, seconds=time.perf_counter() - t0,
                                                 **common))
                         write_result(NAME, data, summarize(data))
                 if (model, dataset, "bcnn-20x", seed) not in done:
-                    run, results = pruned(trained(model, dataset, False, seed, args.epochs, args.precision), seed)
+                    run, results = pruned(trained(model, dataset, False, seed, epochs, args.precision), seed)
                     data["runs"].append(row(run / "retrain", test_set, variant="bcnn-20x",
                                             hard_pruned_accuracy=results["hard_pruned_accuracy"],
                                             ratio=results["bcnn"]["ratio"], **common))
