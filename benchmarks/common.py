@@ -49,6 +49,33 @@ def check_same_dense(data: dict | None, digest: str, path: Path, model: str | No
                          "dense model")
 
 
+def add_results_flags(ap) -> None:
+    """--continue and --render, as every benchmark script takes them."""
+    ap.add_argument("--continue", dest="cont", action="store_true", help="keep the runs already in the JSON")
+    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
+
+
+def render_only(args, name: str, summarize) -> bool:
+    """With --render: rebuild ``name``'s table from its JSON (nothing trained) and say so."""
+    if not args.render:
+        return False
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"{path} does not exist yet; run the benchmark first")
+    data = json.loads(path.read_text())
+    write_result(name, data, summarize(data))
+    return True
+
+
+def resumed(args, name: str, dense_checkpoint: Path) -> dict | None:
+    """With --continue: ``name``'s JSON, refused when its rows come from another dense file than
+    ``dense_checkpoint`` (:func:`check_same_dense`); None to start afresh."""
+    path = RESULTS / f"{name}.json"
+    data = json.loads(path.read_text()) if args.cont and path.exists() else None
+    check_same_dense(data, dense_sha256(dense_checkpoint), path)
+    return data
+
+
 def dense_fields(checkpoint: Path, model, test_set) -> dict:
     """The dense model a benchmark's rows are compared with, measured in the run: its file, hash and accuracy."""
     from prunus.train.trainer import evaluate

@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, check_same_dense, dense_fields, dense_sentence, dense_sha256, mean_std, write_result
+from common import add_results_flags, dense_fields, dense_sentence, mean_std, render_only, resumed, write_result
 from rich.console import Console
 
 from prunus.environment import environment_info
@@ -161,18 +161,14 @@ def main() -> None:
     ap.add_argument("--prune-epochs", type=int, default=6)
     ap.add_argument("--retrain-epochs", type=int, default=5)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--continue", dest="cont", action="store_true", help="keep the runs already in the JSON")
-    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
+    add_results_flags(ap)
     args = ap.parse_args()
-    path = RESULTS / f"{NAME}.json"
-    if args.render:
-        data = json.loads(path.read_text())
-        return write_result(NAME, data, summarize(data))
+    if render_only(args, NAME, summarize):
+        return
 
     init = dense_checkpoint()
     model, _ = load_model(init)
-    data = json.loads(path.read_text()) if args.cont and path.exists() else None
-    check_same_dense(data, dense_sha256(init), path)
+    data = resumed(args, NAME, init)
     if data is None:
         from prunus.data import load_dataset
 

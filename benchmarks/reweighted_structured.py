@@ -25,7 +25,7 @@ import json
 import shutil
 
 import torch
-from common import HERE, RESULTS, check_same_dense, dense_fields, dense_sentence, dense_sha256, prune_run, write_result
+from common import HERE, add_results_flags, dense_fields, dense_sentence, prune_run, render_only, resumed, write_result
 
 from prunus.environment import environment_info
 from prunus.harden.stats import count_macs
@@ -112,19 +112,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--prune-epochs", type=int, default=3)
     ap.add_argument("--retrain-epochs", type=int, default=1)
-    ap.add_argument("--continue", dest="cont", action="store_true")
-    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
+    add_results_flags(ap)
     args = ap.parse_args()
-    path = RESULTS / f"{NAME}.json"
-    if args.render:
-        data = json.loads(path.read_text())
-        return write_result(NAME, data, summarize(data))
+    if render_only(args, NAME, summarize):
+        return
 
     init = dense_checkpoint()
     model, _ = load_model(init)
     probe = torch.zeros(1, 1, 32, 32)
-    data = json.loads(path.read_text()) if args.cont and path.exists() else None
-    check_same_dense(data, dense_sha256(init), path)
+    data = resumed(args, NAME, init)
     if data is None:
         from prunus.data import load_dataset
 

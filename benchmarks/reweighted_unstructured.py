@@ -23,13 +23,13 @@ import json
 import statistics
 
 from common import (
-    RESULTS,
-    check_same_dense,
+    add_results_flags,
     dense_fields,
     dense_sentence,
-    dense_sha256,
     mean_std,
     prune_run,
+    render_only,
+    resumed,
     write_result,
 )
 from retrain_free import dense_checkpoint, epochs_to_recover
@@ -84,18 +84,14 @@ def main() -> None:
     ap.add_argument("--prune-epochs", type=int, default=6)
     ap.add_argument("--retrain-epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--continue", dest="cont", action="store_true", help="keep the runs already in the JSON")
-    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
+    add_results_flags(ap)
     args = ap.parse_args()
-    path = RESULTS / f"{NAME}.json"
-    if args.render:
-        data = json.loads(path.read_text())
-        return write_result(NAME, data, summarize(data))
+    if render_only(args, NAME, summarize):
+        return
 
     init = dense_checkpoint()
     model, _ = load_model(init)
-    data = json.loads(path.read_text()) if args.cont and path.exists() else None
-    check_same_dense(data, dense_sha256(init), path)
+    data = resumed(args, NAME, init)
     if data is None:
         data = {
             "benchmark": NAME, **dense_fields(init, model, load_dataset("fashion-mnist", "test")),
