@@ -155,6 +155,20 @@ def summarize(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_same_recipe(data: dict, args, path: Path) -> None:
+    """A --continue keeps rows only of the same training recipe: refuse another --precision, or other epochs for a
+    dataset whose rows are there (a group's mean and the BCNN-20x vs BCNN target would mix two recipes)."""
+    if data.get("precision", "fp32") != args.precision:
+        raise SystemExit(f"{path}: its rows were trained with --precision {data.get('precision', 'fp32')}; continue "
+                         "with that, or run without --continue")
+    for dataset in args.datasets:
+        recorded = {r.get("epochs", data.get("epochs")) for r in data["runs"] if r["dataset"] == dataset}
+        epochs = args.epochs or EPOCHS[dataset]
+        if recorded and recorded != {epochs}:
+            raise SystemExit(f"{path}: its {dataset} rows were trained {'/'.join(map(str, sorted(recorded)))} "
+                             f"epochs, not {epochs}; continue with --epochs {min(recorded)} or run without --continue")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -176,6 +190,7 @@ def main() -> None:
     if data is None:
         data = {"benchmark": NAME, "precision": args.precision,
                 "environment": environment_info(), "runs": []}
+    check_same_recipe(data, args, path)
     done = {(r["model"], r["dataset"], r["variant"], r["seed"]) for r in data["runs"]}
     for dataset in args.datasets:
         test_set = load_dataset(dataset, "test", image_size=IMAGE_SIZE[dataset])

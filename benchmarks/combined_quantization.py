@@ -121,7 +121,9 @@ def cached_pruning(pruned_dir, init, config: PruneConfig) -> dict | None:
     if not path.exists() or not (pruned_dir / "retrain").exists():
         return None
     results = json.loads(path.read_text())
-    same = results.get("config") == dataclasses.asdict(config) and results.get("init") == str(init)
+    # a field added to PruneConfig since the run was made (e.g. precision) ran at its default
+    recorded = {**dataclasses.asdict(PruneConfig()), **results.get("config", {})}
+    same = recorded == dataclasses.asdict(config) and results.get("init") == str(init)
     return results if same else None
 
 

@@ -484,18 +484,28 @@ def needs_adaptive(record: dict, b: Budget) -> bool:
 
 def adaptive_audit(row: Row, seed: int, b: Budget, cache: Path) -> dict[str, Any]:
     """The row's model audited by the adaptive attacker (its references run the row's defense). The references
-    are kept in a bank of their own beside the row, so an interrupted audit keeps the models it finished."""
+    are kept in a bank of their own beside the row, so a finished bank is reused by a later audit of the same
+    setup; one built for another setup (the constants changed) is replaced."""
     from rich.console import Console
 
+    from prunus.errors import ConfigError
     from prunus.privacy.audit import run_audit
 
     seed_dir = cache / f"seed{seed}"
-    audit_dir = seed_dir / f"{row.name}-audit-adaptive"
-    shutil.rmtree(audit_dir, ignore_errors=True)
+    audit_dir, bank_dir = seed_dir / f"{row.name}-audit-adaptive", seed_dir / f"{row.name}-bank-adaptive"
     config = audit_config(seed, b, adaptive=True)
     t0 = time.perf_counter()
-    report = run_audit(seed_dir / row.name / "final", config, audit_dir,
-                       reference_bank=seed_dir / f"{row.name}-bank-adaptive", console=Console(quiet=True))
+    for attempt in (1, 2):
+        shutil.rmtree(audit_dir, ignore_errors=True)
+        try:
+            report = run_audit(seed_dir / row.name / "final", config, audit_dir, reference_bank=bank_dir,
+                               console=Console(quiet=True))
+            break
+        except ConfigError as e:
+            if attempt == 2 or not bank_dir.exists():
+                raise
+            print(f"seed {seed} {row.name}: adaptive bank not usable ({e}); rebuilding it", flush=True)
+            shutil.rmtree(bank_dir)
     keep = ("auc", "balanced_accuracy", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "members", "nonmembers", "ci")
     return {"attacks": {a["attack"]: {k: a[k] for k in keep} for a in report["attacks"]},
             "attacks_run": list(ADAPTIVE_ATTACKS), "reference_models": config.reference_models,
@@ -577,12 +587,13 @@ def goal(data: dict, adaptive: bool = False) -> dict[str, Any]:
     return {"status": status, "parts": parts, "undefended_test_accuracy": base}
 
 
-def adaptive_lines(groups: dict[str, list[dict]], labels: dict[str, str], setup_: dict | None) -> list[str]:
+def adaptive_lines(groups: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
     """The adaptive attacker beside the non-adaptive one, for the rows it audited (means over seeds)."""
     rows_ = {name: g for name, g in groups.items() if any(r.get("adaptive") for r in g)}
     if not rows_:
         return []
-    n = setup_["reference_models"] if setup_ else "?"
+    counts = sorted({r["adaptive"]["reference_models"] for g in rows_.values() for r in g if r.get("adaptive")})
+    n = "/".join(map(str, counts))
     lines = [f"**Adaptive attacker**: LiRA/RMIA with {n} reference models that each run the row's own defense on "
              "their half of the audited examples (pruned rows: a dense training, then the same pruning), beside the "
              "non-adaptive attacker of the tables below (references trained like the undefended target). AUC and "
@@ -611,7 +622,7 @@ def interval_lines(groups: dict[str, list[dict]], labels: dict[str, str]) -> lis
     lines = ["", "The strongest attack per row and seed (the highest TPR at 0.1% FPR), with 95% bootstrap intervals "
              "(stratified: members and non-members resampled separately; empty where the row was audited before "
              "intervals were kept):", "",
-             "| defense | seed | attack | attack accuracy % | AUC | TPR at 1% FPR, % | TPR at 0.1% FPR, % |",
+             "| defense | seed | attack | its balanced accuracy % | AUC | TPR at 1% FPR, % | TPR at 0.1% FPR, % |",
              "|---|---|---|---|---|---|---|"]
     for name, runs in groups.items():
         for r in sorted(runs, key=lambda r: r["seed"]):
@@ -727,18 +738,56 @@ def result_name(model: str, dataset: str) -> str:
     return NAME if key == DEFAULT_TARGET else f"{NAME}_{key}"
 
 
+def rows_text(s: dict) -> str:
+    """The table's **Rows.** paragraph: how each kind of row the target runs (``s["rows"]``) was made."""
+    names, t, p, gm, dp = s["rows"], s["target"], s["prune"], s["game"], s["dp"]
+    has = lambda prefix: any(n.startswith(prefix) for n in names)  # noqa: E731
+    parts = []
+    methods = [m for m in p["methods"] if has(f"prune-{m}-")]
+    if methods:
+        parts.append(f"Pruned: {', '.join(METHOD_LABELS.get(m, m) for m in methods)} from the undefended target "
+                     f"({t['optimizer']} lr {p['lr']:g}), {_n(p['epochs'], 'epoch')} with the method"
+                     f"{' (magnitude: pruned at the start, these epochs with the mask)' if 'magnitude' in methods else ''}"
+                     ", hard-prune, "
+                     f"{_n(p['retrain_epochs'], 'masked fine-tuning epoch')}; one sparsity per layer on every "
+                     "conv/linear layer but the first and the last (those two and the biases stay dense, so the whole "
+                     "model's compression, in the first table, is lower).")
+    if "advreg" in names:
+        parts.append(f"AdvReg: Nasr et al.'s min-max game, from scratch with the target's recipe, λ {gm['lambda']:g}, "
+                     f"k = {gm['attack_steps']} inference-model step per classifier step, "
+                     f"{_n(gm['advreg_warmup'], 'warm-up epoch')}.")
+    mcmia = [c for c in gm["mcmia_compressions"]
+             if (f"mcmia-{c}x" if c != gm["mcmia_compressions"][0] else "mcmia") in names]
+    if mcmia:
+        parts.append(f"MCMIA: {gm['mcmia_method'].upper()} {' or '.join(f'{c}x' for c in mcmia)} pruning and the "
+                     f"min-max game (λ {gm['lambda']:g}) in one run from the undefended target ({p['epochs']} + "
+                     f"{p['retrain_epochs']} epochs as above, {_n(gm['mcmia_warmup'], 'warm-up epoch')}).")
+    if has("dpsgd-eps"):
+        momentum = f" momentum {dp['momentum']:g}" if dp.get("momentum") else ""
+        parts.append(f"DP-SGD (opacus, {dp['accountant'].upper()} accountant): from scratch, "
+                     f"{_n(dp['epochs'], 'epoch')}, expected batch {dp['batch_size']} (Poisson sampling), "
+                     f"{dp['optimizer']} lr {dp['lr']:g}{momentum}, {t['schedule']} schedule, clipping norm "
+                     f"{dp['max_grad_norm']:g}, **δ = {dp['delta']:g}**; the ε column is the accountant's ε after "
+                     "training.")
+    if has("dpsgd-target"):
+        parts.append(_dp_target_text(s.get("dp_target"), t).strip())
+    if has("relaxloss"):
+        parts.append("RelaxLoss: from scratch with the target's recipe, the members' training loss held at α (below "
+                     "it, gradient ascent in even epochs and posterior flattening in odd ones).")
+    parts.append("λ and each DP-SGD recipe are set once, not tuned per row.")
+    return "**Rows.** " + " ".join(parts)
+
+
 def summarize(data: dict) -> str:
     s, env = data["setup"], data["environment"]
     groups = _groups(data)
     seeds = sorted({r["seed"] for r in data["runs"]})
     m, r_models, sh = s["members"], s["reference_models"], s["shadow_models"]
-    t, p, gm, dp = s["target"], s["prune"], s["game"], s["dp"]
-    momentum = f" momentum {dp['momentum']:g}" if dp.get("momentum") else ""
+    t = s["target"]
     bank_s = [b["seconds"] for b in data.get("banks", {}).values() if b.get("seconds") is not None]
     variance = ("one global variance per side (fewer than 64 models per side, as Carlini et al. advise)"
                 if r_models // 2 < 64 else "per-example variances")
     smoke = " (SMOKE TEST: tiny budgets, not a result)" if data.get("smoke") else ""
-    methods = ", ".join(METHOD_LABELS.get(x, x) for x in p["methods"])
     spec, params = target_facts(s["model"], s["dataset"])
     result = result_name(s["model"], s["dataset"])
     total = data["runs"][0]["split"]["total"] if data["runs"] else None
@@ -753,23 +802,7 @@ def summarize(data: dict) -> str:
         f"batch {t['batch_size']}, {t['schedule']} schedule, **{_n(t['epochs'], 'epoch')}**, no augmentation, trained "
         "on the members only. Test accuracy: the whole test split.",
         "",
-        f"**Rows.** Pruned: {methods} from the undefended target ({t['optimizer']} lr {p['lr']:g}), "
-        f"{_n(p['epochs'], 'epoch')} with the method (magnitude: pruned at the start, these epochs with the mask), "
-        f"hard-prune, {_n(p['retrain_epochs'], 'masked fine-tuning epoch')}"
-        "; one sparsity per layer on every conv/linear layer but the first and the last (those two and the biases "
-        "stay dense, so the whole model's compression, in the first table, is lower). AdvReg: Nasr et al.'s min-max game, from scratch with the "
-        f"target's recipe, λ {gm['lambda']:g}, k = {gm['attack_steps']} inference-model step per classifier step, "
-        f"{_n(gm['advreg_warmup'], 'warm-up epoch')}. MCMIA: {gm['mcmia_method'].upper()} {' or '.join(f'{c}x' for c in gm['mcmia_compressions'])} "
-        f"pruning and the same game in one run from the undefended target ({p['epochs']} + {p['retrain_epochs']} "
-        f"epochs as above, {_n(gm['mcmia_warmup'], 'warm-up epoch')}). DP-SGD (opacus, "
-        f"{dp['accountant'].upper()} accountant): from scratch, {_n(dp['epochs'], 'epoch')}, expected batch "
-        f"{dp['batch_size']} (Poisson sampling), {dp['optimizer']} lr {dp['lr']:g}{momentum}, "
-        f"{t['schedule']} schedule, clipping norm "
-        f"{dp['max_grad_norm']:g}, **δ = {dp['delta']:g}**; the ε column is the accountant's ε after training. "
-        + _dp_target_text(s.get("dp_target"), t)
-        + ("RelaxLoss: from scratch with the target's recipe, the members' training loss held at α (below it, "
-           "gradient ascent in even epochs and posterior flattening in odd ones). " if s.get("relax") else "")
-        + "λ and each DP-SGD recipe are set once, not tuned per row." + _other_machines(data, groups),
+        rows_text(s) + _other_machines(data, groups),
         "",
         f"**Attacks.** One un-augmented query per example, on all {m:,} members and {m:,} non-members (TPR@0.1%FPR "
         f"allows {_n(m // 1000, 'false positive')}{'' if m >= 1000 else ': with fewer than 1,000 non-members'}). "
@@ -804,7 +837,7 @@ def summarize(data: dict) -> str:
                 verdict = {True: "met", False: "not met", None: "undetermined"}[p["met"]]
                 lines.append(f"| {p['row']} | {p['what']} | {p['value']} | {verdict} |")
         lines.append("")
-    lines += adaptive_lines(groups, data.get("labels", {}), s.get("adaptive"))
+    lines += adaptive_lines(groups, data.get("labels", {}))
     if any(name.startswith("mcmia") for name in groups):
         lines += ["", "LiRA's reference models train like the undefended target, so LiRA is calibrated for models "
                   "that train like it (DP-SGD at a large ε is the target's recipe plus clipping and a little noise) "
@@ -940,31 +973,12 @@ def main() -> None:
         seed_todo = [row for s, row in todo if s == seed]
         if not seed_todo and not adaptive_todo(data, seed, chosen, budget):
             continue
-        # the undefended target: its own row, the init of every other row, and what the bank is keyed on
-        target = cache / f"seed{seed}" / undefended.name / "final"
-        target_res = None
-        if undefended in seed_todo or not (target.parent / "results.json").is_file():
-            t0 = time.perf_counter()
-            target_res = train_row(undefended, seed, budget, cache, None)
-            note = "" if undefended in seed_todo else " (its cache was missing; its recorded row is kept)"
-            how = "taken from the cache" if target_res.get("reused") else "trained"
-            print(f"seed {seed}: undefended target {how} in {time.perf_counter() - t0:.0f} s{note}", flush=True)
-        bank = open_bank(target, seed, budget, cache / f"bank-seed{seed}", data)
-        for row in seed_todo:
-            if row is undefended:
-                record = audit_row(row, seed, budget, cache, target_res, bank)
-            else:
-                record = audit_row(row, seed, budget, cache, train_row(row, seed, budget, cache, target), bank)
-            data["runs"] = [r for r in data["runs"] if (r["row"], r["seed"]) != (row.name, seed)] + [record]
-            a = record["attacks"]
-            print(f"seed {seed} {row.name}: test {record['test_accuracy']:.2f}% (members "
-                  f"{record['member_accuracy']:.2f}%), AUC loss {a['loss']['auc']:.4f}, LiRA online "
-                  f"{a['lira-online']['auc']:.4f}, {record['wall_seconds']:.0f} s", flush=True)
-            data["wall_seconds_last_run"] = time.perf_counter() - t_all
-            publish(data, results)
+        if seed_todo:
+            run_rows(seed, seed_todo, undefended, budget, cache, data, results, t_all)
         for row, record in adaptive_todo(data, seed, chosen, budget):
-            if not (cache / f"seed{seed}" / row.name / "final" / "meta.json").is_file():
-                print(f"seed {seed} {row.name}: no model in the cache for the adaptive audit; skipped", flush=True)
+            if not cached_model_is(record, cache / f"seed{seed}" / row.name):
+                print(f"seed {seed} {row.name}: the cache holds no model, or another one than the row's; its "
+                      "adaptive audit is skipped", flush=True)
                 continue
             record["adaptive"] = adaptive_audit(row, seed, budget, cache)
             a = record["adaptive"]["attacks"]
@@ -974,6 +988,43 @@ def main() -> None:
             publish(data, results)
     print(f"done in {(time.perf_counter() - t_all) / 60:.1f} min (estimated {est / 60:.0f}); "
           f"table {results / (name + '.md')}", flush=True)
+
+
+def run_rows(seed: int, todo: list[Row], undefended: Row, b: Budget, cache: Path, data: dict, results: Path,
+             t_all: float) -> None:
+    """Train and audit the seed's rows in ``todo``, each recorded and published as it finishes."""
+    # the undefended target: its own row, the init of every other row, and what the bank is keyed on
+    target_dir = cache / f"seed{seed}" / undefended.name / "final"
+    target_res = None
+    if undefended in todo or not (target_dir.parent / "results.json").is_file():
+        t0 = time.perf_counter()
+        target_res = train_row(undefended, seed, b, cache, None)
+        note = "" if undefended in todo else " (its cache was missing; its recorded row is kept)"
+        how = "taken from the cache" if target_res.get("reused") else "trained"
+        print(f"seed {seed}: undefended target {how} in {time.perf_counter() - t0:.0f} s{note}", flush=True)
+    bank = open_bank(target_dir, seed, b, cache / f"bank-seed{seed}", data)
+    for row in todo:
+        if row is undefended:
+            record = audit_row(row, seed, b, cache, target_res, bank)
+        else:
+            record = audit_row(row, seed, b, cache, train_row(row, seed, b, cache, target_dir), bank)
+        data["runs"] = [r for r in data["runs"] if (r["row"], r["seed"]) != (row.name, seed)] + [record]
+        a = record["attacks"]
+        print(f"seed {seed} {row.name}: test {record['test_accuracy']:.2f}% (members "
+              f"{record['member_accuracy']:.2f}%), AUC loss {a['loss']['auc']:.4f}, LiRA online "
+              f"{a['lira-online']['auc']:.4f}, {record['wall_seconds']:.0f} s", flush=True)
+        data["wall_seconds_last_run"] = time.perf_counter() - t_all
+        publish(data, results)
+
+
+def cached_model_is(record: dict, run_dir: Path) -> bool:
+    """The cache's run of the row holds the model the record was audited on (same test and member accuracy)."""
+    path = run_dir / "results.json"
+    if not path.is_file() or not (run_dir / "final" / "meta.json").is_file():
+        return False
+    res = json.loads(path.read_text())
+    return (res.get("test_accuracy"), res.get("member_accuracy")) == (record["test_accuracy"],
+                                                                     record["member_accuracy"])
 
 
 def backfill_intervals(data: dict, cache: Path) -> int:
@@ -988,10 +1039,10 @@ def backfill_intervals(data: dict, cache: Path) -> int:
             if not missing or not report.is_file():
                 continue
             saved = {a["attack"]: a for a in json.loads(report.read_text())["attacks"]}
-            for k in missing:
-                if k in saved and saved[k].get("ci") and saved[k]["auc"] == attacks[k]["auc"]:
-                    attacks[k]["ci"] = saved[k]["ci"]
-            done += 1
+            filled = [k for k in missing if k in saved and saved[k].get("ci") and saved[k]["auc"] == attacks[k]["auc"]]
+            for k in filled:
+                attacks[k]["ci"] = saved[k]["ci"]
+            done += bool(filled)
     return done
 
 

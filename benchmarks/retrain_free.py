@@ -124,11 +124,11 @@ def summarize(data: dict) -> str:
         if a is not None and b is not None:
             lines.append(f"- {slr} - {admm} at 100x, hard-pruned: {a:.2f} vs {b:.2f} ({a - b:+.2f} pt; target >= +3) "
                          f"-> **{'met' if a - b >= 3.0 else 'NOT met'}**")
-    lines += _slr_admm_lines(runs)
     if "repeat" in data:
         rep = data["repeat"]
         lines.append(f"- reproducibility: {rep['row']} run again in the same process: {rep['first']:.2f} then "
                      f"{rep['again']:.2f}, every accuracy {'equal' if rep['equal'] else 'DIFFERENT'}")
+    lines += _slr_admm_lines(runs)
     return "\n".join(lines) + "\n"
 
 
