@@ -22,7 +22,7 @@ pooling commutes with ``sign`` and runs on bits).  The channel tables are in ``N
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -245,7 +245,3 @@ def is_bcnn(model: nn.Module) -> bool:
     """True for a complex network of this module (binary or not)."""
     return isinstance(model, ComplexNet)
 
-
-def layer_table(model: ComplexNet) -> Sequence[tuple[str, ComplexConv2d]]:
-    """``(name, conv)`` of every complex convolution, in forward order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, ComplexConv2d)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -150,11 +149,6 @@ def quantize(w: torch.Tensor, scheme: QuantScheme | str | int, mask: torch.Tenso
         scale, codes = best_scale, best_codes
     values = (scale.unsqueeze(1) * levels[codes] * m).to(w.dtype).reshape(w.shape)
     return Quantized(values, codes.reshape(w.shape), scale.to(w.dtype), mask)
-
-
-def bits_needed(scheme: QuantScheme) -> int:
-    """Bits of one stored code: ceil(log2 |L|)."""
-    return max(1, math.ceil(math.log2(len(scheme.levels()))))
 
 
 @dataclass(frozen=True)
