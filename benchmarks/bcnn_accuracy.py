@@ -75,7 +75,7 @@ def pruned(bcnn_run: Path, seed: int) -> tuple[Path, dict]:
     if not (run / "results.json").exists():
         shutil.rmtree(run, ignore_errors=True)
         config = PruneConfig(method="slr", epochs=PRUNE_EPOCHS, retrain_epochs=RETRAIN_EPOCHS, seed=seed,
-                             update_every=100, channels_last=True)
+                             channels_last=True)
         prune_bcnn(bcnn_run, COMPRESSION, config, run, console=QUIET)
     return run, json.loads((run / "results.json").read_text())
 

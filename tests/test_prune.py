@@ -9,6 +9,7 @@ from helpers import assert_user_error, run_cli
 
 from prunus.cli import main
 from prunus.data import load_dataset
+from prunus.jobs.prune import MIN_ROUNDS, PruneConfig
 from prunus.models.loading import load_model
 from prunus.train.config import TrainConfig
 from prunus.train.run import train
@@ -183,3 +184,14 @@ def test_filter_prune_of_a_batchnorm_resnet_is_reproducible_and_reports_its_dist
     conv, bn = hard.layer1[0].conv1, hard.layer1[0].bn1
     dead = conv.weight.flatten(1).abs().sum(1) == 0
     assert int(dead.sum()) == 8 and torch.all(bn.weight[dead] == 0) and torch.all(bn.bias[dead] == 0)
+
+
+def test_default_round_spacing_gives_a_short_run_enough_rounds():
+    """Without --update-every a run makes at least MIN_ROUNDS rounds, so the budget schedule can reach the set:
+    3 epochs of the modulation task (86 batches each) made 2 rounds of 100 batches and hard-pruned a BCNN from a
+    distance of 0.70 to chance accuracy."""
+    short = PruneConfig(method="slr", epochs=3)
+    assert short.rounds_every(86) == 21 and short.planned_rounds(86) == MIN_ROUNDS == 12
+    assert PruneConfig(method="slr", epochs=6).rounds_every(469) == 100  # Fashion-MNIST: the method's spacing
+    assert PruneConfig(method="slr", epochs=3, update_every=100).planned_rounds(86) == 2  # a given spacing is kept
+    assert short.rounds_every() == 100  # no batch count known: the method's spacing

@@ -53,7 +53,8 @@ def add_train_parsers(bsub) -> None:
     p.add_argument("--retrain-lr", type=float, help="default: --lr")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--update-every", type=positive_int, default=100, help="batches between method rounds")
+    p.add_argument("--update-every", type=positive_int,
+                   help="batches between method rounds (default: 100, fewer when the epochs would make under 12)")
     add_precision_arg(p)
     p.add_argument("--out", required=True, help="run directory to create")
     add_data_args(p)

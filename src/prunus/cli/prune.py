@@ -55,7 +55,8 @@ def add_parsers(sub) -> None:
     pr.add_argument("--batch-size", type=positive_int, default=pdefaults.batch_size)
     pr.add_argument("--seed", type=int, default=pdefaults.seed)
     pr.add_argument("--update-every", type=positive_int,
-                    help="batches between method rounds (default: 100 for slr, admm and reweighted)")
+                    help="batches between method rounds (default: 100 for slr, admm and reweighted, fewer when the "
+                         "epochs would make under 12 rounds)")
     pr.add_argument("--rho-schedule", choices=RHO_SCHEDULES, default=pdefaults.rho_schedule,
                     help="SLR/ADMM (rho) and reweighted (lambda): budget = the penalty grows so the weights reach "
                          "the set by the last round; fixed = it stays (SLR/ADMM: or grows by --rho-factor)")

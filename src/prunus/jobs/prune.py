@@ -28,6 +28,8 @@ from prunus.train.config import TrainConfig
 from prunus.train.rundir import check_run_dir, create_run_dir
 
 RHO_SCHEDULES = ("budget", "fixed")
+#: the fewest method rounds a pruning run makes when --update-every is not given (see PruneConfig.rounds_every)
+MIN_ROUNDS = 12
 
 
 @dataclass
@@ -85,15 +87,25 @@ class PruneConfig:
         lr = self.retrain_lr if self.retrain_lr is not None else self.lr
         return self.train_config(self.retrain_epochs, lr, self.retrain_schedule)
 
-    def rounds_every(self) -> int | None:
-        """Batches between the method's rounds (None: one round per epoch)."""
+    def rounds_every(self, batches_per_epoch: int | None = None) -> int | None:
+        """Batches between the method's rounds (None: one round per epoch).
+
+        Without ``--update-every`` the method's spacing (100 batches) is shortened, given ``batches_per_epoch``,
+        until the pruning epochs make at least MIN_ROUNDS rounds: the budget schedule grows the penalty once a
+        round, and a small dataset (the modulation task: 86 batches an epoch, 3 epochs = 2 rounds of 100) would
+        reach the hard-prune still far from the set."""
         if self.update_every == 0:
             return None
-        return self.update_every if self.update_every is not None else METHODS[self.method].update_every
+        if self.update_every is not None:
+            return self.update_every
+        every = METHODS[self.method].update_every
+        if every and batches_per_epoch:
+            every = max(1, min(every, self.epochs * batches_per_epoch // MIN_ROUNDS))
+        return every
 
     def planned_rounds(self, batches_per_epoch: int) -> int:
         """How many method rounds the pruning epochs make (a round per epoch or every rounds_every() batches)."""
-        every = self.rounds_every()
+        every = self.rounds_every(batches_per_epoch)
         if every:
             return max(self.epochs * batches_per_epoch // every, 1)
         return max(self.epochs, 1)
@@ -125,7 +137,8 @@ def make_method(config: PruneConfig, model, plan: Plan, closure, batches_per_epo
             options.setdefault("rho_max", 1.0 / config.lr)
     elif config.method == "gradual":
         rounds = max(config.epochs - 1, 1)  # the ramp ends an epoch before the hard-prune
-    return build_method(config.method, model, plan, options, update_every=config.rounds_every(), rounds=rounds,
+    return build_method(config.method, model, plan, options, update_every=config.rounds_every(batches_per_epoch),
+                        rounds=rounds,
                         closure=closure)
 
 
