@@ -138,8 +138,7 @@ def make_method(config: PruneConfig, model, plan: Plan, closure, batches_per_epo
     elif config.method == "gradual":
         rounds = max(config.epochs - 1, 1)  # the ramp ends an epoch before the hard-prune
     return build_method(config.method, model, plan, options, update_every=config.rounds_every(batches_per_epoch),
-                        rounds=rounds,
-                        closure=closure)
+                        rounds=rounds, closure=closure)
 
 
 def run_pruning(
