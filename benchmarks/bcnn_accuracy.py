@@ -54,6 +54,7 @@ TOLERANCE = {"modulation": 1.0, "fashion-mnist": 2.0}  # issue 19: BCNN-20x with
 # Fashion-MNIST images x 5 = 2,345 steps; a 15-epoch Fashion-MNIST BCNN would take ~5 h per run on this CPU
 EPOCHS = {"modulation": 15, "fashion-mnist": 5}
 COMPRESSION, PRUNE_EPOCHS, RETRAIN_EPOCHS = 20.0, 3, 2
+BN_RECALIBRATE = 100  # batches of BatchNorm recalibration after the hard-prune: its own column, on a copy
 QUIET = Console(file=io.StringIO())
 
 
@@ -69,13 +70,16 @@ def trained(model: str, dataset: str, fp: bool, seed: int, epochs: int, precisio
     return run
 
 
-def pruned(bcnn_run: Path, seed: int) -> tuple[Path, dict]:
-    """The BCNN of ``bcnn_run`` pruned 20x (live weights); a run killed half-way is started again."""
-    run = bcnn_run.with_name(bcnn_run.name + f"-slr{COMPRESSION:g}x-e{PRUNE_EPOCHS}r{RETRAIN_EPOCHS}")
+def pruned(bcnn_run: Path, seed: int, precision: str) -> tuple[Path, dict]:
+    """The BCNN of ``bcnn_run`` pruned 20x (live weights); a run killed half-way is started again.
+
+    prune_bcnn's defaults: SLR's penalty as a proximal step, BatchNorm's beta left free on pruned channels.
+    """
+    run = bcnn_run.with_name(bcnn_run.name + f"-slr{COMPRESSION:g}x-e{PRUNE_EPOCHS}r{RETRAIN_EPOCHS}-prox")
     if not (run / "results.json").exists():
         shutil.rmtree(run, ignore_errors=True)
         config = PruneConfig(method="slr", epochs=PRUNE_EPOCHS, retrain_epochs=RETRAIN_EPOCHS, seed=seed,
-                             channels_last=True)
+                             channels_last=True, precision=precision, bn_recalibrate=BN_RECALIBRATE)
         prune_bcnn(bcnn_run, COMPRESSION, config, run, console=QUIET)
     return run, json.loads((run / "results.json").read_text())
 
@@ -125,7 +129,8 @@ def summarize(data: dict) -> str:
              f"Trainings: {_epochs_text(data)}, Adam lr 1e-3 cosine, no weight decay or augmentation, batch 128, "
              f"forward pass in {data.get('precision', 'fp32')} (bcnn_training_speed.py); "
              f"bcnn-20x: SLR filter pruning of the bcnn row's model to {COMPRESSION:g}x fewer live weights "
-             f"({PRUNE_EPOCHS} method epochs + {RETRAIN_EPOCHS} masked retraining epochs, float32 forward). Widths reduced for a 2-core "
+             f"({PRUNE_EPOCHS} method epochs + {RETRAIN_EPOCHS} masked retraining epochs, same forward precision; the penalty "
+             "as a proximal step, BatchNorm's beta free on pruned channels: prunus.jobs.bcnn). Widths reduced for a 2-core "
              "CPU (parameter counts in the table). *engine == PyTorch*: the bit-packed engine's logits equal the "
              "PyTorch forward on every test image. Test accuracy in %, mean ± std over the seeds. Machine: "
              f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.", "",
@@ -206,9 +211,13 @@ def main() -> None:
                                                 **common))
                         write_result(NAME, data, summarize(data))
                 if (model, dataset, "bcnn-20x", seed) not in done:
-                    run, results = pruned(trained(model, dataset, False, seed, epochs, args.precision), seed)
+                    run, results = pruned(trained(model, dataset, False, seed, epochs, args.precision), seed,
+                                          args.precision)
                     data["runs"].append(row(run / "retrain", test_set, variant="bcnn-20x",
                                             hard_pruned_accuracy=results["hard_pruned_accuracy"],
+                                            bn_recalibrated_accuracy=results.get("bn_recalibrated_accuracy"),
+                                            retrain_accuracy=results["retrain_accuracy"],
+                                            final_distance=(results.get("method_history") or [{}])[-1].get("distance"),
                                             ratio=results["bcnn"]["ratio"], **common))
                     write_result(NAME, data, summarize(data))
                 print(json.dumps(data["runs"][-1]), flush=True)

@@ -293,6 +293,9 @@ def test_filter_plan_prunes_real_and_imaginary_rows_together():
     coupled = couple_plan(model, plan, x).coupled  # the residual adds: conv2 and the projection of a stage
     residual = [c for c in coupled if "body.1.conv2.conv.weight" in c.params]
     assert len(residual) == 1 and "body.1.shortcut_conv.conv.weight" in residual[0].params
+    bn_names = [f"body.1.bn2.bn_{part}.{leaf}" for part in ("real", "imag") for leaf in ("weight", "bias")]
+    assert [n for n in bn_names if n in residual[0].params] == bn_names[0::2]  # gamma goes with the filter, beta stays
+    beta = {part: getattr(model.body[1].bn2, f"bn_{part}").bias.detach().clone() for part in ("real", "imag")}
     masks = project_coupled(model, plan, x)
     conv = model.body[1].conv2
     dead = (conv.conv.weight.flatten(1) == 0).all(1)
@@ -301,9 +304,10 @@ def test_filter_plan_prunes_real_and_imaginary_rows_together():
     assert torch.all(conv.weight_real[~dead].flatten(1).abs().sum(1) > 0)
     shortcut = model.body[1].shortcut_conv.conv.weight
     assert torch.equal((shortcut.flatten(1) == 0).all(1), dead)  # the same residual channels
-    for bn in (model.body[1].bn2.bn_real, model.body[1].bn2.bn_imag):
-        assert torch.all(bn.weight[dead] == 0) and torch.all(bn.bias[dead] == 0)
-    assert "body.1.bn2.bn_imag.weight" in masks
+    for part in ("real", "imag"):  # a pruned channel emits its beta: a constant bit plane the engine folds
+        bn = getattr(model.body[1].bn2, f"bn_{part}")
+        assert torch.all(bn.weight[dead] == 0) and torch.equal(bn.bias.detach(), beta[part])
+    assert "body.1.bn2.bn_imag.weight" in masks and "body.1.bn2.bn_imag.bias" not in masks
 
 
 def test_prune_to_live_compression_takes_the_smallest_grid_ratio_that_reaches_the_target():

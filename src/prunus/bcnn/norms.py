@@ -18,7 +18,13 @@ class _FoldedBatchNorm2d(nn.BatchNorm2d):
     Two separate elementwise float32 operations (a multiply, then an add) with per-channel
     constants: an exact, documented function of each input value, which the inference
     engine can reproduce bit for bit (ATen's fused kernel is free to use FMA).
+
+    A filter pruned before it keeps its beta (``keeps_pruned_constant``): with gamma 0 the
+    channel emits the constant beta, a constant bit after ``sign`` that the engine folds.
     """
+
+    #: filter pruning zeroes gamma with the filter but leaves beta (see prunus.plan.coupling._constant_kept)
+    keeps_pruned_constant = True
 
     @torch.no_grad()
     def fold(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,16 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunus.cli.args import (
-    add_method_options,
-    add_recipe_args,
-    add_run_dir_args,
-    check_run_flags,
-    config_from_args,
-    given_method_options,
-    positive_int,
-    print_summary,
-)
+from prunus.cli import args as flags
 from prunus.methods.registry import METHODS
 from prunus.privacy.defenses import DEFENSES, DefenseConfig, load_defended, run_defense
 from prunus.train.rundir import check_run_dir
@@ -30,17 +21,17 @@ def add_parsers(sub) -> None:
                                    "its weights, the other defenses train from scratch")
     de.add_argument("--model", help=f"model name (default {d.model}; with --init: the checkpoint's)")
     de.add_argument("--dataset", help=f"dataset name (default {d.dataset}; with --init: the checkpoint's)")
-    de.add_argument("--members", type=positive_int, default=d.members,
+    de.add_argument("--members", type=flags.positive_int, default=d.members,
                     help="training members drawn from the train split; as many non-members are held out")
     de.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the member/non-member/pool split")
-    add_recipe_args(de, d)  # the dense/undefended recipe, also what audits train reference models with
-    de.add_argument("--eval-examples", type=positive_int, help="per-epoch test accuracy on the first N test images")
+    flags.add_recipe_args(de, d)  # the dense/undefended recipe, also what audits train reference models with
+    de.add_argument("--eval-examples", type=flags.positive_int, help="per-epoch test accuracy on the first N test images")
     g = de.add_argument_group("min-max game (advreg, mcmia)")
     g.add_argument("--adv-lambda", type=float, default=d.adv_lambda, help="weight of the inference model's gain")
-    g.add_argument("--attack-steps", type=positive_int, default=d.attack_steps, help="k: inference-model steps per classifier step")
+    g.add_argument("--attack-steps", type=flags.positive_int, default=d.attack_steps, help="k: inference-model steps per classifier step")
     g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="epochs without the game first")
     g.add_argument("--adv-lr", type=float, default=d.adv_lr)
-    g.add_argument("--adv-reference", type=positive_int, help="pool examples used as reference non-members (default: as many as members)")
+    g.add_argument("--adv-reference", type=flags.positive_int, help="pool examples used as reference non-members (default: as many as members)")
     p = de.add_argument_group("pruning (prune, mcmia)")
     p.add_argument("--method", choices=list(METHODS), default=d.method)
     what = p.add_mutually_exclusive_group()
@@ -51,8 +42,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--prune-epochs", type=int, default=d.prune_epochs, help="epochs with the pruning method active")
     p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs, help="masked fine-tuning epochs")
     p.add_argument("--retrain-lr", type=float)
-    p.add_argument("--update-every", type=positive_int, help="batches between method rounds (default: once per epoch)")
-    add_method_options(de)
+    p.add_argument("--update-every", type=flags.positive_int, help="batches between method rounds (default: once per epoch)")
+    flags.add_method_options(de)
     dp = de.add_argument_group("DP-SGD (dpsgd)")
     dp.add_argument("--epsilon", type=float, default=d.epsilon, help="target epsilon")
     dp.add_argument("--delta", type=float, default=d.delta, help="target delta (must be below 1/members)")
@@ -61,11 +52,11 @@ def add_parsers(sub) -> None:
     rl = de.add_argument_group("RelaxLoss (relaxloss)")
     rl.add_argument("--relax-alpha", type=float, default=d.relax_alpha,
                     help="the training-loss level kept instead of zero (below it: ascent or posterior flattening)")
-    add_run_dir_args(de, "defend")
+    flags.add_run_dir_args(de, "defend")
 
 
 def run(args: argparse.Namespace) -> int:
-    check_run_flags(args, "defend", needed=("--defense", "--out"), settings=("--defense", "--init", "--out"))
+    flags.check_run_flags(args, "defend", needed=("--defense", "--out"), settings=("--defense", "--init", "--out"))
     if args.resume:
         results = run_defense(None, args.resume, resume=True, data_dir=args.data_dir, download=args.download,
                               device=args.device)
@@ -77,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
         _, ckpt = load_defended(args.init)
         model = model or ckpt.meta["model"]["name"]
         dataset = dataset or ckpt.meta.get("dataset", {}).get("name")
-    config = config_from_args(DefenseConfig, args, model=model or DefenseConfig.model,
-                              dataset=dataset or DefenseConfig.dataset, method_options=given_method_options(args)).validate()
+    config = flags.config_from_args(DefenseConfig, args, model=model or DefenseConfig.model,
+                                    dataset=dataset or DefenseConfig.dataset,
+                                    method_options=flags.given_method_options(args)).validate()
     results = run_defense(config, out, init=args.init, data_dir=args.data_dir, download=args.download, device=args.device)
     return _report(out, results)
 
@@ -91,7 +83,7 @@ def _report(out: str | Path, results: dict) -> int:
         line += f"; (epsilon, delta) = ({results['dp']['epsilon']:.3f}, {results['dp']['delta']:g})"
     if "report" in results:
         line += f"; compression {results['report']['compression']:.1f}x"
-    print_summary(f"{line}; checkpoint {Path(out) / 'final'}")
+    flags.print_summary(f"{line}; checkpoint {Path(out) / 'final'}")
     return 0
 
 

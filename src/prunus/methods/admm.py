@@ -26,7 +26,7 @@ from prunus.methods.schedule import GrowingRho
 class ADMM(GrowingRho):
     """ADMM pruning; its options are those of :class:`~prunus.methods.schedule.GrowingRho` (rho and its schedule)."""
 
-    scalars = ("rounds", "rho", "schedule_first")
+    scalars = ("rounds", "rho", "schedule_first", "prox_steps", "prox_lr_sum")
 
     def init_state(self) -> None:
         for name, (z, keep) in self.project(self.weights()).items():

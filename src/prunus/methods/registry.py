@@ -39,6 +39,10 @@ class RhoOptions:
     max_growth: float = _option(10.0, "budget schedule: the most rho grows in one round")
     penalize: str = _option("removed", "'removed': the penalty acts on the entries the Z-step removed (kept weights "
                                        "train freely); 'all': the textbook W-step", choices=("removed", "all"))
+    penalty_step: str = _option("loss", "'loss': the penalty is a loss term the optimizer steps on; 'proximal': its "
+                                        "exact proximal map after each optimizer step (pulls at rate lr*rho even "
+                                        "under Adam, which moves a penalised weight ~lr per step)",
+                                choices=("loss", "proximal"))
 
 
 @dataclass(frozen=True)

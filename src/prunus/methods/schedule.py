@@ -20,6 +20,7 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from prunus.methods.base import Closure, PruningMethod
@@ -55,6 +56,21 @@ class BudgetSchedule:
             return 1.0
         return min(distance / target, self.max_growth)
 
+    def proximal_rho(self, k: int, distance: float, rho: float, steps: int, lr: float) -> float:
+        """rho for the round after round ``k`` when the penalty is applied as its proximal step.
+
+        ``steps`` proximal steps of learning rate ``lr`` shrink the penalised entries by
+        ``(1 + lr rho)^-steps``; the rho whose shrinking alone takes ``distance`` onto the path
+        at the next round is ``((distance / d*_{k+1})^(1/steps) - 1) / lr`` (the loss pulls back a
+        little, so it never shrinks below the current rho; the next round corrects a shortfall).
+        """
+        if self.first is None:
+            self.first = distance
+        target = self.planned(k + 1)
+        if not distance > target or steps < 1 or not lr > 0:
+            return rho
+        return max(rho, ((distance / target) ** (1.0 / steps) - 1.0) / lr)
+
     def state(self) -> dict[str, float | int | None]:
         return {"rounds": self.rounds, "tol": self.tol, "max_growth": self.max_growth, "first": self.first}
 
@@ -79,6 +95,9 @@ class Budgeted:
 
 
 PENALIZE = ("removed", "all")
+#: how the penalty acts: "loss" adds it to the training loss (the textbook W-step, through the user's optimizer);
+#: "proximal" applies its exact proximal map after each optimizer step (see GrowingRho)
+PENALTY_STEPS = ("loss", "proximal")
 
 
 class GrowingRho(Budgeted, PruningMethod):
@@ -93,9 +112,21 @@ class GrowingRho(Budgeted, PruningMethod):
     weights are held near their value at the last round by a spring of stiffness rho, so a
     rho that grows to reach the set also freezes the weights that should adapt to the pruning.
 
+    ``penalty_step`` says how the penalty acts. ``"loss"`` adds it to the loss, so the user's
+    optimizer takes its gradient. Under Adam that gradient is normalised per entry like any
+    other: a penalised weight moves by about lr per step however large rho grows, so a short
+    budget cannot bring large weights (BatchNorm's gamma near 1) to the set, and growing rho
+    only drowns the loss. ``"proximal"`` leaves the loss alone and, after each optimizer
+    step, applies the penalty's exact proximal map with the optimizer's learning rate,
+    ``W <- (W + lr rho A) / (1 + lr rho)`` on the penalised entries (A the anchor): the
+    pull grows with rho whatever the optimizer (the decoupling AdamW makes for weight
+    decay). Under the budget schedule rho is then solved for from the path
+    (:meth:`BudgetSchedule.proximal_rho`). In your own loop call :meth:`proximal_step` after
+    ``optimizer.step()``; the reference Trainer does it for you.
+
     A subclass sets up its per-tensor state in :meth:`init_state` and calls :meth:`next_rho` at the
-    end of each round. ``schedule_first`` is listed in the method's scalars so a resumed run keeps
-    its path.
+    end of each round. ``schedule_first`` (and the proximal steps of the current round) are listed
+    in the method's scalars so a resumed run keeps its path.
     """
 
     def __init__(
@@ -110,10 +141,16 @@ class GrowingRho(Budgeted, PruningMethod):
         tol: float = 1e-3,
         max_growth: float = 10.0,
         penalize: str = "removed",
+        penalty_step: str = "loss",
         update_every: int | None = None,
         closure: Closure | None = None,
     ):
         super().__init__(model, plan, update_every=update_every, closure=closure)
+        if penalty_step not in PENALTY_STEPS:
+            raise ValueError(f"penalty_step must be one of {', '.join(PENALTY_STEPS)}, got {penalty_step!r}")
+        self.penalty_step = penalty_step
+        self.prox_steps, self.prox_lr_sum = 0, 0.0  # proximal steps (and their summed lr) since the last round
+        self._optimizer: torch.optim.Optimizer | None = None
         self.init_rho(rho, rho_factor, rho_max, rounds, tol, max_growth, penalize)
         self.init_state()
         self.refresh_anchors()
@@ -141,6 +178,39 @@ class GrowingRho(Budgeted, PruningMethod):
 
     def next_rho(self, distance: float) -> float:
         """rho for the next round, after round ``self.rounds`` ended ``distance`` from the set."""
-        factor = self.schedule.factor(self.rounds, distance) if self.schedule else self.rho_factor
-        new = self.rho * factor
+        if self.schedule and self.penalty_step == "proximal":
+            steps = self.prox_steps
+            new = self.schedule.proximal_rho(self.rounds, distance, self.rho, steps, self.prox_lr_sum / max(steps, 1))
+        else:
+            new = self.rho * (self.schedule.factor(self.rounds, distance) if self.schedule else self.rho_factor)
+        self.prox_steps, self.prox_lr_sum = 0, 0.0
         return new if self.rho_max is None else min(new, self.rho_max)
+
+    # -- the proximal penalty step -----------------------------------------------------------
+    def penalty(self) -> torch.Tensor | None:
+        return None if self.penalty_step == "proximal" else super().penalty()
+
+    @torch.no_grad()
+    def proximal_step(self, lr: float) -> None:
+        """``W <- argmin_V rho/2 ||V - A||^2 + ||V - W||^2 / (2 lr)`` on the penalised entries (penalty_step="proximal")."""
+        anchors = getattr(self, "_anchors", None)
+        if not anchors or next(iter(anchors.values())) is None:
+            return
+        shrink = lr * self.rho / (1.0 + lr * self.rho)
+        for n, p in self.params.items():
+            mask = self._masks.get(n)
+            gap = (p * mask if mask is not None else p) - anchors[n]  # 0 on entries the penalty leaves alone
+            p.sub_(gap, alpha=shrink)
+        self.prox_steps += 1
+        self.prox_lr_sum += lr
+
+    def setup(self, trainer: Any) -> None:
+        self._optimizer = trainer.optimizer
+
+    def after_optimizer_step(self) -> None:
+        if self.penalty_step == "proximal":
+            if self._optimizer is None:
+                raise RuntimeError("penalty_step='proximal' outside the Trainer: call proximal_step(lr) after each "
+                                   "optimizer.step() instead of after_optimizer_step()")
+            self.proximal_step(self._optimizer.param_groups[0]["lr"])
+        super().after_optimizer_step()

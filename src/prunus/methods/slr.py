@@ -56,7 +56,7 @@ class SLR(GrowingRho):
     """SLR pruning: ``s0``, ``M``, ``r`` set the multiplier steps; ``penalty`` takes the options of
     :class:`~prunus.methods.schedule.GrowingRho` (rho and its schedule, ``update_every``, ``closure``)."""
 
-    scalars = ("rounds", "rho", "s", "j", "prev_residual", "schedule_first")
+    scalars = ("rounds", "rho", "s", "j", "prev_residual", "schedule_first", "prox_steps", "prox_lr_sum")
 
     def __init__(self, model: nn.Module, plan: Plan, *, s0: float = 0.01, M: float = 300.0, r: float = 0.1,
                  **penalty: Any):

@@ -197,13 +197,25 @@ def couple_plan(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> Pl
     sets = []
     for g in groups:
         if id(g) in ratio_of:
-            names = tuple(n for n in g.parameters if n in params)
+            names = tuple(n for n in g.parameters if n in params and not _constant_kept(model, n))
             clash = sorted(claimed.intersection(names))
             if clash:
                 raise ConfigError(f"{plan.source}: {clash[0]} has another structure in the plan, but its output channels "
                                   f"are pruned with {ratio_of[id(g)][1]}'s filters; leave it out or prune it by filter")
             sets.append(ChannelSet(names, ratio_of[id(g)][0]))
     return dataclasses.replace(plan, coupled=sets)
+
+
+def _constant_kept(model: nn.Module, name: str) -> bool:
+    """True for the bias of a norm whose pruned channel keeps emitting its bias (``keeps_pruned_constant``).
+
+    In a binary network a pruned channel is a constant bit plane after ``sign`` that the BCNN
+    engine folds into the next layer, so it costs nothing; its BatchNorm's beta then stays free
+    (it sets which constant) and only gamma is driven to zero with the filter. Shrinking gamma
+    and beta together would change nothing that ``sign`` sees until both reach exactly zero.
+    """
+    module, _, leaf = name.rpartition(".")
+    return leaf == "bias" and getattr(model.get_submodule(module), "keeps_pruned_constant", False)
 
 
 @torch.no_grad()

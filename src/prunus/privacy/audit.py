@@ -113,9 +113,7 @@ def run_audit(
     target = Target.of(model, split, train_set, dev)
     results, info, lira_extra = _attack(config, bank, target, out)
     info["bank"] = _bank_info(bank, trained, info, bank_seconds)
-    accuracy = {part: evaluate(model, data, device=dev)["accuracy"] for part, data in (
-        ("test", test_set), ("members", subset(train_set, split.members)),
-        ("nonmembers", subset(train_set, split.nonmembers)))}
+    accuracy = _accuracies(model, split, train_set, test_set, dev)
     report = {
         "checkpoint": str(ckpt.path), "defense": (ckpt.meta.get("privacy") or {}).get("defense"),
         "split": split.summary(), "accuracy": accuracy, "models": info,
@@ -123,11 +121,17 @@ def run_audit(
                     "non-adaptive: reference models trained like the undefended target",
         "queries": "one un-augmented query per example, eval mode",
         "attacks": [r.to_dict(roc_points=400) for r in results], "seconds": time.perf_counter() - t_start,
-        "attack_seconds": time.perf_counter() - t_start - bank_seconds,
-    }
+        "attack_seconds": time.perf_counter() - t_start - bank_seconds}
     _write_report(out, report, results, target, lira_extra, "/".join(ckpt.path.parts[-2:]))
     console.print(summary_table(results, accuracy))
     return report
+
+
+def _accuracies(model, split: MembershipSplit, train_set, test_set, device) -> dict[str, float]:
+    """The target's accuracy on the test set, its members and its non-members."""
+    parts = (("test", test_set), ("members", subset(train_set, split.members)),
+             ("nonmembers", subset(train_set, split.nonmembers)))
+    return {part: evaluate(model, data, device=device)["accuracy"] for part, data in parts}
 
 
 @dataclass(frozen=True)
