@@ -12,6 +12,8 @@ Variants:
                          the penalty on the entries the Z-step removed (kept weights train freely)
   slr/fixed, admm/fixed  the textbook setting: rho fixed at 0.1, the penalty on every entry, a round
                          every 100 batches (the earlier benchmark's best rows, slr/100 and admm/100)
+  slr/prox, admm/prox    the defaults with the penalty as a proximal step after each Adam step
+                         (penalty_step="proximal"): its pull grows with rho, not bounded by Adam's ~lr per step
   magnitude              one-shot magnitude pruning at the start, masked training after
   gradual                gradual magnitude pruning, cubic ramp (Zhu & Gupta 2017)
 
@@ -55,6 +57,8 @@ VARIANTS = {  # method, PruneConfig fields
     "admm": ("admm", {}),
     "slr/fixed": ("slr", FIXED),
     "admm/fixed": ("admm", FIXED),
+    "slr/prox": ("slr", {"options": {"penalty_step": "proximal"}}),
+    "admm/prox": ("admm", {"options": {"penalty_step": "proximal"}}),
     "magnitude": ("magnitude", {}),
     "gradual": ("gradual", {}),
 }
@@ -87,7 +91,8 @@ def summarize(data: dict) -> str:
         f"(lr {data['lr']}, cosine), then masked retraining with Adam at a constant lr {data['lr']}. "
         "slr/admm: prunus' defaults (a round every 100 batches, rho grown by the budget to a distance of 1e-3 from "
         "the set by the last round, the penalty on the removed entries); slr/fixed, admm/fixed: rho 0.1 fixed, the "
-        f"penalty on every entry, a round every 100 batches. {dense_sentence(data)} "
+        f"penalty on every entry, a round every 100 batches; slr/prox, admm/prox: the defaults with the penalty as a "
+        f"proximal step after each Adam step. {dense_sentence(data)} "
         f"Seeds {', '.join(map(str, data['seeds']))}; mean ± std of test accuracy (%). "
         f"Machine: {data['environment']['cpu']}, {data['environment']['cpu_count']} cores, torch {data['environment']['torch']}.",
         "",
@@ -138,7 +143,8 @@ def _slr_admm_lines(runs: list[dict]) -> list[str]:
     out = []
     for rate in sorted({r["rate"] for r in runs}):
         for slr, admm, how in (("slr/fixed", "admm/fixed", "the paper's setting, rho fixed"),
-                               ("slr", "admm", "rho grown by the budget for both")):
+                               ("slr", "admm", "rho grown by the budget for both"),
+                               ("slr/prox", "admm/prox", "the penalty as a proximal step for both")):
             a = [r["hard_pruned_accuracy"] for r in runs if r["rate"] == rate and r["variant"] == slr]
             b = [r["hard_pruned_accuracy"] for r in runs if r["rate"] == rate and r["variant"] == admm]
             if len(a) < 2 or len(b) < 2:
