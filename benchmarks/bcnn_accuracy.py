@@ -37,7 +37,7 @@ from prunus.bcnn.engine import compile_engine
 from prunus.bcnn.pruning import weight_counts
 from prunus.data import load_dataset
 from prunus.environment import environment_info
-from prunus.jobs.bcnn import prune_bcnn
+from prunus.jobs.bcnn import BCNN_RETRAIN_SCHEDULE, prune_bcnn
 from prunus.jobs.prune import PruneConfig
 from prunus.models.loading import load_model
 from prunus.train.config import TrainConfig
@@ -53,7 +53,7 @@ TOLERANCE = {"modulation": 1.0, "fashion-mnist": 2.0}  # issue 19: BCNN-20x with
 # training epochs per dataset (--epochs overrides): 11,000 modulation frames x 15 = 1,290 steps of 128, 60,000
 # Fashion-MNIST images x 5 = 2,345 steps; a 15-epoch Fashion-MNIST BCNN would take ~5 h per run on this CPU
 EPOCHS = {"modulation": 15, "fashion-mnist": 5}
-COMPRESSION, PRUNE_EPOCHS, RETRAIN_EPOCHS = 20.0, 3, 2
+COMPRESSION, PRUNE_EPOCHS, RETRAIN_EPOCHS = 20.0, 3, 5
 BN_RECALIBRATE = 100  # batches of BatchNorm recalibration after the hard-prune: its own column, on a copy
 QUIET = Console(file=io.StringIO())
 
@@ -79,7 +79,8 @@ def pruned(bcnn_run: Path, seed: int, precision: str) -> tuple[Path, dict]:
     if not (run / "results.json").exists():
         shutil.rmtree(run, ignore_errors=True)
         config = PruneConfig(method="slr", epochs=PRUNE_EPOCHS, retrain_epochs=RETRAIN_EPOCHS, seed=seed,
-                             channels_last=True, precision=precision, bn_recalibrate=BN_RECALIBRATE)
+                             channels_last=True, precision=precision, bn_recalibrate=BN_RECALIBRATE,
+                             retrain_schedule=BCNN_RETRAIN_SCHEDULE)
         prune_bcnn(bcnn_run, COMPRESSION, config, run, console=QUIET)
     return run, json.loads((run / "results.json").read_text())
 
@@ -129,7 +130,7 @@ def summarize(data: dict) -> str:
              f"Trainings: {_epochs_text(data)}, Adam lr 1e-3 cosine, no weight decay or augmentation, batch 128, "
              f"forward pass in {data.get('precision', 'fp32')} (bcnn_training_speed.py); "
              f"bcnn-20x: SLR filter pruning of the bcnn row's model to {COMPRESSION:g}x fewer live weights "
-             f"({PRUNE_EPOCHS} method epochs + {RETRAIN_EPOCHS} masked retraining epochs, same forward precision; the penalty "
+             f"({PRUNE_EPOCHS} method epochs + {RETRAIN_EPOCHS} masked retraining epochs on a cosine lr, same forward precision; the penalty "
              "as a proximal step, BatchNorm's beta free on pruned channels: prunus.jobs.bcnn). Widths reduced for a 2-core "
              "CPU (parameter counts in the table). *engine == PyTorch*: the bit-packed engine's logits equal the "
              "PyTorch forward on every test image. Test accuracy in %, mean ± std over the seeds. Machine: "

@@ -82,10 +82,12 @@ def pruned_model(key: str, seed: int) -> tuple[torch.nn.Module, dict]:
 
 
 def checkpoint_model(path: str) -> tuple[torch.nn.Module, dict]:
+    """A trained, pruned BCNN as it was saved; its own input channels (2 for the modulation frames)."""
     model, ckpt = load_model(path)
     model.eval()
     engine = compile_engine(model, SIZE, backend="fp32")
-    return model, {**weight_counts(model, engine), "ratio": None, "source": f"checkpoint {ckpt.path}"}
+    return model, {**weight_counts(model, engine), "ratio": None, "source": f"checkpoint {ckpt.path}",
+                   "in_channels": ckpt.meta["model"]["in_channels"], "dataset": (ckpt.meta.get("dataset") or {}).get("name")}
 
 
 # -- timing ----------------------------------------------------------------------------------------------------------
@@ -98,17 +100,17 @@ def time_fn(fn, batch: int, repeats: int, warmup: int, max_seconds: float) -> di
             "fps": t.fps}
 
 
-def torch_backend_timing(model: torch.nn.Module, device: str, batch: int, timing: tuple, gen) -> dict:
+def torch_backend_timing(model: torch.nn.Module, device: str, batch: int, timing: tuple, gen, cin: int = CIN) -> dict:
     """The engine's PyTorch backend on ``device`` (its CUDA path on a GPU): logits equal to the model's on a batch of
     37, then frames/s at ``batch`` (synchronised, so the time is the GPU's work, not the launch; the input starts
     on the host, as a caller's would). A path that is not bit-exact is recorded as such and not timed."""
     engine = compile_engine(model, SIZE, backend="torch", device=device)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
-    x = torch.randn(37, CIN, SIZE, SIZE, generator=gen)
+    x = torch.randn(37, cin, SIZE, SIZE, generator=gen)
     with torch.inference_mode():
         if not torch.equal(engine(x).cpu(), model(x)):
             return {"device": name, "exact_b37": False, "fps": None}
-        xb = torch.randn(batch, CIN, SIZE, SIZE, generator=gen)
+        xb = torch.randn(batch, cin, SIZE, SIZE, generator=gen)
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
         def call():
@@ -124,12 +126,13 @@ def run_model(key: str, args, ceiling: float) -> dict:
         model, pruning = checkpoint_model(args.checkpoint[key])
     else:
         model, pruning = pruned_model(key, args.seed)
+    cin = pruning.get("in_channels", CIN)
     engine = compile_engine(model, SIZE, threads=args.threads, chunk=args.chunk)
     baseline = compile_engine(model, SIZE, backend="fp32")
     gen = torch.Generator().manual_seed(args.seed + 2)
     exact = {}
     for b in (1, 37):
-        x = torch.randn(b, CIN, SIZE, SIZE, generator=gen)
+        x = torch.randn(b, cin, SIZE, SIZE, generator=gen)
         with torch.no_grad():
             ref = model(x)
             exact[f"engine_b{b}"] = bool(torch.equal(engine(x), ref))
@@ -138,7 +141,7 @@ def run_model(key: str, args, ceiling: float) -> dict:
         raise SystemExit(f"{key}: not bit-exact ({exact}); refusing to time a wrong engine")
     chunked = {b: engine.runner.supports(b) for b in args.batches}
 
-    x64 = torch.randn(64, CIN, SIZE, SIZE, generator=gen)
+    x64 = torch.randn(64, cin, SIZE, SIZE, generator=gen)
     engine.profile(x64)  # warm
     best: dict[str, float] = {}
     for _ in range(args.profile_runs):
@@ -154,7 +157,7 @@ def run_model(key: str, args, ceiling: float) -> dict:
     timing = (args.repeats, args.warmup, args.max_seconds)
     try:
         for b in args.batches:
-            x = torch.randn(b, CIN, SIZE, SIZE, generator=gen)
+            x = torch.randn(b, cin, SIZE, SIZE, generator=gen)
             row = {"batch_size": b, "chunked": chunked[b]}
             with torch.inference_mode():
                 torch.set_num_threads(args.threads)
@@ -174,7 +177,7 @@ def run_model(key: str, args, ceiling: float) -> dict:
             print(json.dumps({"model": key, **row}), flush=True)
     finally:
         torch.set_num_threads(torch_threads)
-    gpu = (torch_backend_timing(model, "cuda", max(args.batches), timing, gen) if torch.cuda.is_available()
+    gpu = (torch_backend_timing(model, "cuda", max(args.batches), timing, gen, cin) if torch.cuda.is_available()
            else None)
     return {"model": key, "cuda": gpu, "registry_name": LABELS.get(key, MODELS[key]), "pruning": pruning, "exact": exact,
             "bit_macs_per_image": engine.bit_macs, "layers": [layer.to_dict() for layer in engine.layers()],
@@ -197,12 +200,23 @@ def _cuda_cell(m: dict) -> str:
     return f"{gpu['fps']:,.0f} ({gpu['device']})"
 
 
+def _inputs_text(data: dict) -> str:
+    """The inputs timed: the random models' 3x32x32 with 10 classes, or a trained checkpoint's own."""
+    trained = [m for m in data["models"] if "in_channels" in m["pruning"]]
+    if not trained:
+        return "3x32x32 inputs, 10 classes."
+    return " ".join(f"{m['registry_name']}: a trained checkpoint, {m['pruning']['in_channels']}x32x32 inputs "
+                    f"({m['pruning'].get('dataset') or 'its dataset'}), {m['pruning']['dense_weights']:,} dense weights "
+                    "(the FPGA figure is for the full-width model, so its 'target' is a reference, not a like-for-like "
+                    "comparison)." for m in trained)
+
+
 def summarize(data: dict) -> str:
     env = data["environment"]
     lines = [
         f"## BCNN engine throughput, 20x structurally pruned complex NIN and ResNet-18 (`benchmarks/{NAME}.py`)",
         "",
-        f"3x32x32 inputs, 10 classes. Whole complex filters pruned (real and imaginary rows together) by "
+        f"{_inputs_text(data)} Whole complex filters pruned (real and imaginary rows together) by "
         "`Plan.uniform(..., 'filter')` + `project_coupled` (NIN: the full-precision first layer too) at the smallest "
         "ratio (0.005 grid) that keeps at most 1/20 of the conv/linear weights, counted as **live weights**: "
         "weights of live filters reading live input channels, in every conv and linear layer including the first "

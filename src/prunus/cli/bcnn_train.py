@@ -14,7 +14,7 @@ import argparse
 from prunus.bcnn.models import BCNN_MODELS
 from prunus.cli.args import add_data_args, add_precision_arg, positive_int, print_summary, resources_of
 from prunus.errors import ConfigError
-from prunus.jobs.bcnn import prune_bcnn
+from prunus.jobs.bcnn import BCNN_RETRAIN_SCHEDULE, prune_bcnn
 from prunus.jobs.prune import PruneConfig
 from prunus.train.config import TrainConfig
 from prunus.train.run import train
@@ -97,7 +97,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     config = PruneConfig(method=args.method, epochs=args.epochs, retrain_epochs=args.retrain_epochs, lr=args.lr,
                          retrain_lr=args.retrain_lr, batch_size=args.batch_size, seed=args.seed,
-                         update_every=args.update_every, channels_last=True, precision=args.precision).validate()
+                         update_every=args.update_every, channels_last=True, precision=args.precision,
+                         retrain_schedule=BCNN_RETRAIN_SCHEDULE).validate()
     results = prune_bcnn(args.init, args.compression, config, args.out, resources=resources_of(args))
     b = results["bcnn"]
     retrain = ", ".join(f"{a:.2f}%" for a in results["retrain_accuracy"]) or "none"

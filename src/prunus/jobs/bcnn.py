@@ -35,6 +35,13 @@ from prunus.models.loading import load_model
 from prunus.train.rundir import check_run_dir
 
 
+#: a BCNN's retraining ends on a decaying learning rate: at a constant lr its binary weights keep flipping, the
+#: BatchNorm running statistics trail the network, and eval-mode accuracy swings (the trained NIN's test accuracy
+#: went 33 -> 20 -> 39 -> 31% across epochs 4-8 of its cosine schedule; a 20x model retrained 2 epochs at a
+#: constant 1e-3 fell from 17.6% to chance)
+BCNN_RETRAIN_SCHEDULE = "cosine"
+
+
 def prune_bcnn(init: str | Path, compression: float, config: PruneConfig, run_dir: str | Path, *,
                resources: Resources | None = None, console: Console | None = None) -> dict[str, Any]:
     """Prune the BCNN of ``init`` to ``compression`` x fewer live weights; ``results.json`` gains ``bcnn``."""
