@@ -148,8 +148,12 @@ def test_bcnn_train_prune_evaluate_end_to_end(capsys, tmp_path):
     code, out, err = run_cli(capsys, "bcnn", "prune", "--init", dense, "--compression", "6", "--epochs", "1",
                              "--retrain-epochs", "1", "--batch-size", "64", "--update-every", "10", "--out", pruned)
     assert code == 0, err
-    b = json.loads((pruned / "results.json").read_text())["bcnn"]
+    results = json.loads((pruned / "results.json").read_text())
+    b = results["bcnn"]
     assert b["live_compression"] >= 6 and f"{b['live_compression']:.1f}x fewer live weights" in out
+    # a BCNN's recipe: SLR's penalty as a proximal step (Adam), retraining on a decaying lr
+    assert results["config"]["options"] == {"penalty_step": "proximal"}
+    assert results["config"]["retrain_schedule"] == "cosine"
 
     from prunus.bcnn.engine import compile_engine
     from prunus.bcnn.pruning import RATIO_GRID, filter_plan, prune_to_live_compression
