@@ -22,6 +22,7 @@ with ``--continue`` finished rows are kept. Run it in the background across sess
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import shutil
@@ -37,6 +38,7 @@ from prunus.bcnn.engine import compile_engine
 from prunus.bcnn.pruning import weight_counts
 from prunus.data import load_dataset
 from prunus.environment import environment_info
+from prunus.harden.batchnorm import recalibrate_batchnorm
 from prunus.jobs.bcnn import BCNN_RETRAIN_SCHEDULE, prune_bcnn
 from prunus.jobs.prune import PruneConfig
 from prunus.models.loading import load_model
@@ -55,6 +57,7 @@ TOLERANCE = {"modulation": 1.0, "fashion-mnist": 2.0}  # issue 19: BCNN-20x with
 EPOCHS = {"modulation": 15, "fashion-mnist": 5}
 COMPRESSION, PRUNE_EPOCHS, RETRAIN_EPOCHS = 20.0, 3, 5
 BN_RECALIBRATE = 100  # batches of BatchNorm recalibration after the hard-prune: its own column, on a copy
+RECAL_FRAMES = 4096  # training frames each row's BatchNorm statistics are re-estimated on (the 'BN re-est.' column)
 QUIET = Console(file=io.StringIO())
 
 
@@ -100,16 +103,31 @@ def _relative(path: Path) -> str:
     return str(path.relative_to(HERE)) if path.is_relative_to(HERE) else str(path)
 
 
-def row(run: Path, test_set, **fields) -> dict:
-    model, ckpt = load_model(run)
+@torch.no_grad()
+def test_accuracy(model, test_set) -> float:
     model.eval()
-    with torch.no_grad():
-        correct = sum(int((model(test_set.images[s:s + 500]).argmax(1) == test_set.labels[s:s + 500]).sum())
-                      for s in range(0, len(test_set), 500))
+    correct = sum(int((model(test_set.images[s:s + 500]).argmax(1) == test_set.labels[s:s + 500]).sum())
+                  for s in range(0, len(test_set), 500))
+    return 100.0 * correct / len(test_set)
+
+
+def reestimated(model, train_set, test_set, binary: bool) -> dict:
+    """Accuracy with BatchNorm statistics re-estimated for inference (sequentially, on RECAL_FRAMES training frames;
+    no gradient step), and the engine on that model: the same deployment step for every row."""
+    model = copy.deepcopy(model)
+    recalibrate_batchnorm(model, train_set, batches=RECAL_FRAMES // 512, batch_size=512, sequential=True)
+    return {"bn_reestimated_accuracy": test_accuracy(model, test_set),
+            "bn_reestimated_engine_equal": engine_check(model.eval(), test_set) if binary else None}
+
+
+def row(run: Path, test_set, train_set, **fields) -> dict:
+    model, ckpt = load_model(run)
+    accuracy = test_accuracy(model, test_set)
     counts = weight_counts(model, compile_engine(model, test_set.image_size, backend="fp32")) \
         if fields["variant"] != "fp" else None
     dense_weights = counts["dense_weights"] if counts else None
-    return {**fields, "accuracy": 100.0 * correct / len(test_set), "checkpoint": _relative(ckpt.path),
+    return {**fields, "accuracy": accuracy, **reestimated(model, train_set, test_set, fields["variant"] != "fp"),
+            "checkpoint": _relative(ckpt.path),
             "parameters": sum(p.numel() for p in model.parameters()),
             "live_compression": counts["compression"] if counts else 1.0,
             "nonzero_compression": dense_weights / counts["nonzero_weights"] if counts else 1.0,
@@ -132,18 +150,23 @@ def summarize(data: dict) -> str:
              f"bcnn-20x: SLR filter pruning of the bcnn row's model to {COMPRESSION:g}x fewer live weights "
              f"({PRUNE_EPOCHS} method epochs + {RETRAIN_EPOCHS} masked retraining epochs on a cosine lr, same forward precision; the penalty "
              "as a proximal step, BatchNorm's beta free on pruned channels: prunus.jobs.bcnn). Widths reduced for a 2-core "
-             "CPU (parameter counts in the table). *engine == PyTorch*: the bit-packed engine's logits equal the "
-             "PyTorch forward on every test image. Test accuracy in %, mean ± std over the seeds. Machine: "
+             "CPU (parameter counts in the table). *BN re-est.*: the same weights with BatchNorm statistics re-estimated "
+             f"for inference on {RECAL_FRAMES:,} training frames, one BatchNorm at a time (no gradient step; "
+             "prunus.harden.batchnorm). *engine == PyTorch*: the bit-packed engine's logits equal the "
+             "PyTorch forward on every test image (both models). Test accuracy in %, mean ± std over the seeds. Machine: "
              f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.", "",
-             "| model | dataset | variant | parameters | seeds | accuracy % | live compression | nonzero compression "
-             "| engine == PyTorch |", "|---|---|---|---|---|---|---|---|---|"]
+             "| model | dataset | variant | parameters | seeds | accuracy % | BN re-est. % | live compression "
+             "| nonzero compression | engine == PyTorch |", "|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[dict]] = {}
     for r in data["runs"]:
         groups.setdefault((r["model"], r["dataset"], r["variant"]), []).append(r)
     for (model, dataset, variant), rows in groups.items():
-        eq = {r["engine_equal"] for r in rows}
+        eq = {r["engine_equal"] for r in rows} | {r.get("bn_reestimated_engine_equal") for r in rows}
+        if eq != {None}:
+            eq.discard(None)  # fp rows have no engine; rows from before the re-estimate have no second check
+        reest = [r["bn_reestimated_accuracy"] for r in rows if "bn_reestimated_accuracy" in r]
         lines.append(f"| {model} (width {rows[0]['width']:g}) | {dataset} | {variant} | {rows[0]['parameters']:,} | "
-                     f"{len(rows)} | {mean_std([r['accuracy'] for r in rows])} | "
+                     f"{len(rows)} | {mean_std([r['accuracy'] for r in rows])} | {mean_std(reest) if reest else '-'} | "
                      f"{statistics.mean(r['live_compression'] for r in rows):.1f}x | "
                      f"{statistics.mean(r['nonzero_compression'] for r in rows):.1f}x | "
                      f"{'n/a' if eq == {None} else ('yes' if eq == {True} else 'NO')} |")
@@ -151,14 +174,24 @@ def summarize(data: dict) -> str:
     for (model, dataset, variant), rows in groups.items():
         if variant != "bcnn-20x":
             continue
-        base = {r["seed"]: r["accuracy"] for r in groups.get((model, dataset, "bcnn"), [])}
-        deltas = [r["accuracy"] - base[r["seed"]] for r in rows if r["seed"] in base]
-        if deltas:
-            d = statistics.mean(deltas)
-            ok = "met" if d >= -TOLERANCE[dataset] else "NOT met"
-            lines.append(f"- {model} on {dataset}: {d:+.2f} pt over {len(deltas)} seed(s) (within "
-                         f"{TOLERANCE[dataset]:g} pt) -> **{ok}**" + (" (fewer than 3 seeds)" if len(deltas) < 3 else ""))
+        for key, how in (("accuracy", "as trained"), ("bn_reestimated_accuracy", "both with BN re-estimated")):
+            base = {r["seed"]: r[key] for r in groups.get((model, dataset, "bcnn"), []) if key in r}
+            deltas = [r[key] - base[r["seed"]] for r in rows if r["seed"] in base and key in r]
+            if deltas:
+                d = statistics.mean(deltas)
+                ok = "met" if d >= -TOLERANCE[dataset] else "NOT met"
+                lines.append(f"- {model} on {dataset}, {how}: {d:+.2f} pt over {len(deltas)} seed(s) (within "
+                             f"{TOLERANCE[dataset]:g} pt) -> **{ok}**" + (" (fewer than 3 seeds)" if len(deltas) < 3 else ""))
     return "\n".join(lines) + "\n"
+
+
+def backfill_reestimated(data: dict, dataset: str, train_set, test_set) -> None:
+    """Rows recorded before the 'BN re-est.' column get it from their checkpoint (weights unchanged)."""
+    for r in data["runs"]:
+        if r["dataset"] == dataset and "bn_reestimated_accuracy" not in r:
+            model, _ = load_model(HERE / r["checkpoint"])
+            r.update(reestimated(model, train_set, test_set, r["variant"] != "fp"))
+            write_result(NAME, data, summarize(data))
 
 
 def check_same_recipe(data: dict, args, path: Path) -> None:
@@ -200,6 +233,8 @@ def main() -> None:
     done = {(r["model"], r["dataset"], r["variant"], r["seed"]) for r in data["runs"]}
     for dataset in args.datasets:
         test_set = load_dataset(dataset, "test", image_size=IMAGE_SIZE[dataset])
+        train_set = load_dataset(dataset, "train", image_size=IMAGE_SIZE[dataset])
+        backfill_reestimated(data, dataset, train_set, test_set)
         for seed in args.seeds:
             for model in args.models:
                 epochs = args.epochs or EPOCHS[dataset]
@@ -208,13 +243,13 @@ def main() -> None:
                 for variant in ("bcnn",) if MODELS[model][2] else ("fp", "bcnn"):
                     if (model, dataset, variant, seed) not in done:
                         run = trained(model, dataset, variant == "fp", seed, epochs, args.precision)
-                        data["runs"].append(row(run, test_set, variant=variant, seconds=time.perf_counter() - t0,
+                        data["runs"].append(row(run, test_set, train_set, variant=variant, seconds=time.perf_counter() - t0,
                                                 **common))
                         write_result(NAME, data, summarize(data))
                 if (model, dataset, "bcnn-20x", seed) not in done:
                     run, results = pruned(trained(model, dataset, False, seed, epochs, args.precision), seed,
                                           args.precision)
-                    data["runs"].append(row(run / "retrain", test_set, variant="bcnn-20x",
+                    data["runs"].append(row(run / "retrain", test_set, train_set, variant="bcnn-20x",
                                             hard_pruned_accuracy=results["hard_pruned_accuracy"],
                                             bn_recalibrated_accuracy=results.get("bn_recalibrated_accuracy"),
                                             retrain_accuracy=results["retrain_accuracy"],

@@ -349,3 +349,31 @@ def test_recalibrated_batchnorm_holds_the_exact_average_of_the_batches():
     assert torch.allclose(model[1].running_var, var, atol=1e-5)
     assert torch.allclose(model[1].running_mean, out.mean((0, 2, 3)), atol=1e-5)  # equal batches: the full mean
     assert recalibrate_batchnorm(nn.Linear(3, 2), data) == 0
+
+
+def test_sequential_recalibration_gives_each_batchnorm_its_inference_inputs():
+    """Sequentially, BN 2's statistics are those of what it receives in eval mode (BN 1 with its new statistics);
+    re-estimated at once, BN 2 saw inputs normalised by each batch's own statistics, then binarized."""
+    from types import SimpleNamespace
+
+    from prunus.bcnn.binarize import sign
+    from prunus.harden.batchnorm import recalibrate_batchnorm
+
+    class Sign(nn.Module):
+        def forward(self, x):
+            return sign(x)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), Sign(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    images = torch.randn(96, 1, 8, 8) + 2 * torch.randn(96, 1, 1, 1)  # small batches differ in mean
+    data = SimpleNamespace(images=images, labels=torch.zeros(96, dtype=torch.long))
+    at_once = copy.deepcopy(model)
+    assert recalibrate_batchnorm(model, data, batches=12, batch_size=8, sequential=True) == 2
+    recalibrate_batchnorm(at_once, data, batches=12, batch_size=8)
+    model.eval()
+    with torch.no_grad():
+        seen = model[3](model[2](model[1](model[0](images))))  # BN 2's input at inference
+    assert torch.allclose(model[4].running_mean, seen.mean((0, 2, 3)), atol=1e-5)
+    assert torch.equal(model[1].running_mean, at_once[1].running_mean)  # the first BN: the same either way
+    assert (at_once[4].running_mean - seen.mean((0, 2, 3))).abs().max() > 1e-3  # 100x the sequential one's error
+    assert not model.training and model[4].momentum == 0.1

@@ -17,8 +17,16 @@ from prunus.data.loader import epoch_generator
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, dataset, *, batches: int = 200, batch_size: int = 128, seed: int = 0,
-                          device: torch.device | str = "cpu") -> int:
+                          device: torch.device | str = "cpu", sequential: bool = False) -> int:
     """Re-estimate every BatchNorm's running statistics on ``batches`` random training batches.
+
+    ``sequential``: one BatchNorm at a time, in module order, every earlier one already in eval
+    mode with its new statistics, so each layer's statistics are those of the inputs it gets at
+    inference. Estimated all at once, a layer sees inputs normalised by each batch's own
+    statistics; in a binary network ``sign`` turns those batch-to-batch differences into
+    flipped bits, and the estimate misses what inference feeds it (a 20x-pruned BCNN after its
+    retraining: 29.2% test accuracy with the training's running statistics, 38.8% re-estimated
+    at once, 39.6% sequentially). It costs one pass over the batches per BatchNorm.
 
     Returns the number of BatchNorm layers recalibrated (0: the model has none, nothing ran).
     The batches are a pure function of ``seed``; the model is left in the mode it was in.
@@ -29,15 +37,19 @@ def recalibrate_batchnorm(model: nn.Module, dataset, *, batches: int = 200, batc
     if not norms:
         return 0
     momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches, not an exponential one
     order = torch.randperm(len(dataset.labels), generator=epoch_generator(seed, -2))[: batches * batch_size]
     was_training = model.training
-    model.train()
     try:
-        for idx in order.split(batch_size):
-            model(dataset.images[idx].to(device))
+        for group in ([[m] for m in norms] if sequential else [norms]):
+            model.eval()
+            for m in group:
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average over the batches, not an exponential one
+                m.train()
+            for idx in order.split(batch_size):
+                model(dataset.images[idx].to(device))
+            for m in group:
+                m.eval()
     finally:
         model.train(was_training)
         for m, momentum in zip(norms, momenta):
