@@ -49,6 +49,7 @@ from prunus.models import build_model
 from prunus.models.loading import load_model
 
 NAME = "bcnn_throughput"
+TRAINED = "bcnn_throughput_trained"  # the same table for trained checkpoints (--checkpoint), beside the random-weight one
 MODELS = {"nin": "cnin", "resnet18": "cresnet18", "nin-binstem": "cnin"}
 #: model options per key: NIN with a binary first layer too (issue 19: the full-precision stem is half the time)
 OPTIONS = {"nin-binstem": {"fp_first": False}}
@@ -200,6 +201,12 @@ def _cuda_cell(m: dict) -> str:
     return f"{gpu['fps']:,.0f} ({gpu['device']})"
 
 
+def _subject(data: dict) -> str:
+    if any("in_channels" in m["pruning"] for m in data["models"]):
+        return "trained 20x-pruned checkpoints (`--checkpoint`)"
+    return "20x structurally pruned complex NIN and ResNet-18"
+
+
 def _inputs_text(data: dict) -> str:
     """The inputs timed: the random models' 3x32x32 with 10 classes, or a trained checkpoint's own."""
     trained = [m for m in data["models"] if "in_channels" in m["pruning"]]
@@ -214,7 +221,7 @@ def _inputs_text(data: dict) -> str:
 def summarize(data: dict) -> str:
     env = data["environment"]
     lines = [
-        f"## BCNN engine throughput, 20x structurally pruned complex NIN and ResNet-18 (`benchmarks/{NAME}.py`)",
+        f"## BCNN engine throughput, {_subject(data)} (`benchmarks/{NAME}.py`)",
         "",
         f"{_inputs_text(data)} Whole complex filters pruned (real and imaginary rows together) by "
         "`Plan.uniform(..., 'filter')` + `project_coupled` (NIN: the full-precision first layer too) at the smallest "
@@ -305,8 +312,11 @@ def main() -> None:
     ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
     if args.render:
-        data = json.loads((RESULTS / f"{NAME}.json").read_text())
-        return write_result(NAME, data, summarize(data))
+        for name in (NAME, TRAINED):
+            if (RESULTS / f"{name}.json").exists():
+                data = json.loads((RESULTS / f"{name}.json").read_text())
+                write_result(name, data, summarize(data))
+        return
     if args.smoke:
         args.batches, args.repeats, args.warmup, args.max_seconds, args.profile_runs = [1, 8], 2, 1, 1.0, 1
     args.checkpoint = _checkpoints(args.checkpoint)
@@ -327,7 +337,7 @@ def main() -> None:
         out.with_suffix(".md").write_text(summarize(data))
         print(summarize(data))
         return
-    write_result(NAME, data, summarize(data))
+    write_result(TRAINED if args.checkpoint else NAME, data, summarize(data))
     print(summarize(data))
 
 

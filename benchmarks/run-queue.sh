@@ -19,6 +19,8 @@ step() {
     echo "== $(date -u +%FT%TZ) exit $? ($1)"
 }
 
+# SLR/ADMM with the penalty as a proximal step on LeNet-5 (issue 18: does it beat the loss-term penalty under Adam?)
+step retrain_free.py --variants slr/prox admm/prox --continue
 # Retrain-free structured pruning on ResNet-20 (issue 18), then the trained BCNNs on the modulation task (issue 19)
 step structured_retrain_free.py --models resnet20 --targets 2.0 4.0 --seeds 0 1 2 --continue
 step bcnn_accuracy.py --models nin nin-binstem --datasets modulation --seeds 0 1 2 --continue
