@@ -106,3 +106,17 @@ def test_a_resumed_run_keeps_the_rounds_proximal_steps():
     other = SLR(_linear(), Plan.from_dict(PLAN), rho=1.0, penalty_step="proximal", rounds=4)
     other.load_state_dict(state)
     assert (other.prox_steps, other.prox_lr_sum) == (2, pytest.approx(0.03))
+
+
+def test_the_trainer_hook_uses_the_base_lr_not_the_scheduled_one():
+    """A cosine schedule's last rounds have lr near 0: the pull must not fade with it."""
+    model = _linear()
+    pruner = SLR(model, Plan.from_dict(PLAN), rho=1.0, penalty_step="proximal")
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.01)  # lr now 0.005, initial_lr 0.5
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.005) and schedule.base_lrs == [0.5]
+    pruner.setup(SimpleNamespace(optimizer=opt))
+    w = model[0].weight.detach().clone()
+    pruner.after_optimizer_step()
+    removed = w.abs() <= 6
+    assert torch.allclose(model[0].weight.detach()[removed], w[removed] / 1.5, rtol=1e-6, atol=0)
