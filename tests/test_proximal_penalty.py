@@ -120,3 +120,15 @@ def test_the_trainer_hook_uses_the_base_lr_not_the_scheduled_one():
     pruner.after_optimizer_step()
     removed = w.abs() <= 6
     assert torch.allclose(model[0].weight.detach()[removed], w[removed] / 1.5, rtol=1e-6, atol=0)
+
+
+def test_budget_rho_for_the_proximal_step_by_hand():
+    from prunus.methods.schedule import BudgetSchedule
+
+    s = BudgetSchedule(rounds=3, tol=0.01, max_growth=10.0)
+    # round 1 measured 1.0: the path is 1.0 -> 0.1 -> 0.01; behind it by 5x at round 1 (0.5 vs d*_2 = 0.1)
+    s.first = 1.0
+    shrink = (5.0 ** (1 / 10) - 1) / 0.01  # 10 steps of lr 0.01 must shrink by 5x: 17.46
+    assert s.proximal_rho(1, 0.5, 2.0, steps=10, lr=0.01) == pytest.approx(shrink)
+    assert s.proximal_rho(1, 0.5, 20.0, steps=10, lr=0.01) == pytest.approx(20.0 * 5)  # pushed back: rho x 5
+    assert s.proximal_rho(1, 0.05, 20.0, steps=10, lr=0.01) == 20.0  # ahead of the path: unchanged

@@ -59,17 +59,21 @@ class BudgetSchedule:
     def proximal_rho(self, k: int, distance: float, rho: float, steps: int, lr: float) -> float:
         """rho for the round after round ``k`` when the penalty is applied as its proximal step.
 
-        ``steps`` proximal steps of learning rate ``lr`` shrink the penalised entries by
-        ``(1 + lr rho)^-steps``; the rho whose shrinking alone takes ``distance`` onto the path
-        at the next round is ``((distance / d*_{k+1})^(1/steps) - 1) / lr`` (the loss pulls back a
-        little, so it never shrinks below the current rho; the next round corrects a shortfall).
+        Two things keep the weights from the set. The shrinking is too slow: ``steps`` proximal
+        steps of learning rate ``lr`` shrink the penalised entries by ``(1 + lr rho)^-steps``, so
+        reaching the path at the next round needs ``((distance / d*_{k+1})^(1/steps) - 1) / lr``.
+        Or the optimizer pushes back: Adam moves even a tiny loss gradient's entry by about lr
+        per step, which the proximal step undoes only down to about ``1 / rho``; a distance that
+        falls like ``1 / rho`` needs rho times ``distance / d*_{k+1}`` (at most ``max_growth``),
+        as under the loss-term penalty. rho takes the larger and never shrinks.
         """
         if self.first is None:
             self.first = distance
         target = self.planned(k + 1)
         if not distance > target or steps < 1 or not lr > 0:
             return rho
-        return max(rho, ((distance / target) ** (1.0 / steps) - 1.0) / lr)
+        shrink = ((distance / target) ** (1.0 / steps) - 1.0) / lr
+        return max(rho * min(distance / target, self.max_growth), shrink)
 
     def state(self) -> dict[str, float | int | None]:
         return {"rounds": self.rounds, "tol": self.tol, "max_growth": self.max_growth, "first": self.first}
