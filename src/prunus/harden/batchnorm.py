@@ -24,9 +24,9 @@ def recalibrate_batchnorm(model: nn.Module, dataset, *, batches: int = 200, batc
     mode with its new statistics, so each layer's statistics are those of the inputs it gets at
     inference. Estimated all at once, a layer sees inputs normalised by each batch's own
     statistics; in a binary network ``sign`` turns those batch-to-batch differences into
-    flipped bits, and the estimate misses what inference feeds it (a 20x-pruned BCNN after its
-    retraining: 29.2% test accuracy with the training's running statistics, 38.8% re-estimated
-    at once, 39.6% sequentially). It costs one pass over the batches per BatchNorm.
+    flipped bits, and the estimate misses what inference feeds it (tests/test_methods.py; the
+    'BN re-est.' column of benchmarks/bcnn_accuracy.py). It costs one pass over the batches per
+    BatchNorm, the rest of the model in eval mode.
 
     Returns the number of BatchNorm layers recalibrated (0: the model has none, nothing ran).
     The batches are a pure function of ``seed``; the model is left in the mode it was in.
@@ -41,7 +41,7 @@ def recalibrate_batchnorm(model: nn.Module, dataset, *, batches: int = 200, batc
     was_training = model.training
     try:
         for group in ([[m] for m in norms] if sequential else [norms]):
-            model.eval()
+            model.train(not sequential)  # all at once: the whole model in train mode, as it always was
             for m in group:
                 m.reset_running_stats()
                 m.momentum = None  # a cumulative average over the batches, not an exponential one

@@ -9,9 +9,8 @@ ratio reaches the same compression. Then a normal pruning run (:func:`prunus.job
 
 SLR and ADMM apply their penalty as a proximal step here (``penalty_step="proximal"`` unless the
 config says otherwise): a BCNN is trained with Adam, which moves a penalised weight by about lr
-per step whatever rho is, and BatchNorm's gamma (near 1) must reach 0 with its filter. On the
-NIN of the modulation task (seed 0, 120 steps) the loss-term penalty left the weights 0.82 from
-the set with rho grown to 3,900; the proximal step brought them to 0.001.
+per step whatever rho is, and BatchNorm's gamma (near 1) must reach 0 with its filter in a few
+hundred steps (see :class:`prunus.methods.schedule.GrowingRho`).
 """
 
 from __future__ import annotations
@@ -36,9 +35,7 @@ from prunus.train.rundir import check_run_dir
 
 
 #: a BCNN's retraining ends on a decaying learning rate: at a constant lr its binary weights keep flipping, the
-#: BatchNorm running statistics trail the network, and eval-mode accuracy swings (the trained NIN's test accuracy
-#: went 33 -> 20 -> 39 -> 31% across epochs 4-8 of its cosine schedule; a 20x model retrained 2 epochs at a
-#: constant 1e-3 fell from 17.6% to chance)
+#: BatchNorm running statistics trail the network, and eval-mode accuracy swings from epoch to epoch
 BCNN_RETRAIN_SCHEDULE = "cosine"
 
 

@@ -129,9 +129,13 @@ class PruningMethod(TrainingHook, ABC):
         self._constant = self.penalty_constant()
 
     # -- the interface ---------------------------------------------------------------
+    def has_anchors(self) -> bool:
+        """True once the method pulls its tensors toward anchors (after refresh_anchors, for a method with a penalty)."""
+        return bool(getattr(self, "_anchors", None)) and next(iter(self._anchors.values())) is not None
+
     def penalty(self) -> torch.Tensor | None:
         """rho/2 sum_i ||W_i - A_i||^2 + c: one fused kernel per tensor, cheap beside a training step."""
-        if not getattr(self, "_anchors", None) or next(iter(self._anchors.values())) is None:
+        if not self.has_anchors():
             return None
         total = sum(F.mse_loss(p * self._masks[n] if n in self._masks else p, self._anchors[n], reduction="sum")
                     for n, p in self.params.items())
