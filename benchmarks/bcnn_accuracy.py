@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import HERE, RESULTS, mean_std, write_result
+from common import HERE, RESULTS, mean_std, pin, pinned, write_result
 from rich.console import Console
 
 from prunus.bcnn.engine import compile_engine
@@ -69,7 +69,9 @@ def trained(model: str, dataset: str, fp: bool, seed: int, epochs: int, precisio
                          lr=1e-3, weight_decay=0.0, schedule="cosine", seed=seed, image_size=IMAGE_SIZE[dataset],
                          augment=False, model_options={"width": width, **options}, channels_last=True,
                          precision=precision)
+    pinned(run)
     train(config, run, resume=(run / "config.json").exists(), console=QUIET)
+    pin(run)
     return run
 
 
@@ -79,12 +81,13 @@ def pruned(bcnn_run: Path, seed: int, precision: str) -> tuple[Path, dict]:
     prune_bcnn's defaults: SLR's penalty as a proximal step, BatchNorm's beta left free on pruned channels.
     """
     run = bcnn_run.with_name(bcnn_run.name + f"-slr{COMPRESSION:g}x-e{PRUNE_EPOCHS}r{RETRAIN_EPOCHS}-prox")
-    if not (run / "results.json").exists():
+    if not (pinned(run) / "results.json").exists():
         shutil.rmtree(run, ignore_errors=True)
         config = PruneConfig(method="slr", epochs=PRUNE_EPOCHS, retrain_epochs=RETRAIN_EPOCHS, seed=seed,
                              channels_last=True, precision=precision, bn_recalibrate=BN_RECALIBRATE,
                              retrain_schedule=BCNN_RETRAIN_SCHEDULE)
         prune_bcnn(bcnn_run, COMPRESSION, config, run, console=QUIET)
+        pin(run)
     return run, json.loads((run / "results.json").read_text())
 
 
@@ -194,6 +197,14 @@ def backfill_reestimated(data: dict, dataset: str, train_set, test_set) -> None:
             write_result(NAME, data, summarize(data))
 
 
+def add_trained(data: dict, model: str, dataset: str, variant: str, seed: int, precision: str, test_set, train_set,
+                t0: float, common: dict) -> None:
+    """Train (or resume, or restore) the fp or bcnn model of one seed and add its row."""
+    run = trained(model, dataset, variant == "fp", seed, common["epochs"], precision)
+    data["runs"].append(row(run, test_set, train_set, variant=variant, seconds=time.perf_counter() - t0, **common))
+    write_result(NAME, data, summarize(data))
+
+
 def check_same_recipe(data: dict, args, path: Path) -> None:
     """A --continue keeps rows only of the same training recipe: refuse another --precision, or other epochs for a
     dataset whose rows are there (a group's mean and the BCNN-20x vs BCNN target would mix two recipes)."""
@@ -240,12 +251,9 @@ def main() -> None:
                 epochs = args.epochs or EPOCHS[dataset]
                 common = {"model": model, "dataset": dataset, "seed": seed, "width": MODELS[model][1], "epochs": epochs}
                 t0 = time.perf_counter()
-                for variant in ("bcnn",) if MODELS[model][2] else ("fp", "bcnn"):
-                    if (model, dataset, variant, seed) not in done:
-                        run = trained(model, dataset, variant == "fp", seed, epochs, args.precision)
-                        data["runs"].append(row(run, test_set, train_set, variant=variant, seconds=time.perf_counter() - t0,
-                                                **common))
-                        write_result(NAME, data, summarize(data))
+                # the BCNN and its 20x pruning first: they are what the targets compare; the fp twin last
+                if (model, dataset, "bcnn", seed) not in done:
+                    add_trained(data, model, dataset, "bcnn", seed, args.precision, test_set, train_set, t0, common)
                 if (model, dataset, "bcnn-20x", seed) not in done:
                     run, results = pruned(trained(model, dataset, False, seed, epochs, args.precision), seed,
                                           args.precision)
@@ -256,6 +264,9 @@ def main() -> None:
                                             final_distance=(results.get("method_history") or [{}])[-1].get("distance"),
                                             ratio=results["bcnn"]["ratio"], **common))
                     write_result(NAME, data, summarize(data))
+                if not MODELS[model][2] and (model, dataset, "fp", seed) not in done:
+                    add_trained(data, model, dataset, "fp", seed, args.precision, test_set, train_set,
+                                time.perf_counter(), common)
                 print(json.dumps(data["runs"][-1]), flush=True)
 
 

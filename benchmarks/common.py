@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import statistics
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+PINNED = HERE / "checkpoints"  # committed final checkpoints of the trainings the results build on (see pinned)
 BENCHMARKS_MD = HERE.parent / "BENCHMARKS.md"
 
 HEADER = """# prunus benchmarks
@@ -29,6 +31,36 @@ this file). Machine, library versions, seeds and wall times are in each JSON fil
 def dense_sha256(checkpoint: Path) -> str:
     """SHA-256 of a checkpoint's ``model.safetensors``: which dense file a benchmark's rows were pruned from."""
     return hashlib.sha256((Path(checkpoint) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def pinned(run: Path) -> Path:
+    """``run`` (a cached run directory), restored from its committed copy in ``benchmarks/checkpoints/`` if the cache
+    lost it.  Sessions run on different machines and lose ``.cache/``; a model trained again elsewhere is another
+    file (float sums differ between CPUs), so rows already in a JSON could no longer be continued or compared.
+    Training code calls this first: a restored run is complete, and training it again resumes at its last epoch."""
+    copy = PINNED / run.name
+    if copy.is_dir() and not run.is_dir():
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(copy, run)
+    return run
+
+
+def pin(run: Path) -> None:
+    """Copy a finished run to ``benchmarks/checkpoints/<run name>`` (to commit): its files, with only the last
+    checkpoint of each ``checkpoints/`` folder in it (a pruning run's retraining is a run of its own inside it)."""
+
+    def older_checkpoints(folder: str, names: list[str]) -> list[str]:
+        if Path(folder).name != "checkpoints":
+            return []
+        epochs = sorted(n for n in names if n.startswith("epoch-"))
+        return [n for n in names if n not in epochs[-1:]]
+
+    copy = PINNED / run.name
+    tmp = copy.with_name(f".{copy.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(run, tmp, ignore=older_checkpoints)
+    shutil.rmtree(copy, ignore_errors=True)
+    tmp.rename(copy)
 
 
 def check_same_dense(data: dict | None, digest: str, path: Path, model: str | None = None) -> None:

@@ -39,7 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import add_results_flags, dense_fields, dense_sentence, mean_std, render_only, resumed, write_result
+from common import (add_results_flags, dense_fields, dense_sentence, mean_std, pin, pinned, render_only, resumed,
+                    write_result)
 from rich.console import Console
 
 from prunus.environment import environment_info
@@ -66,12 +67,13 @@ NAME = "retrain_free"
 
 
 def dense_checkpoint() -> Path:
-    done = latest_checkpoint(DENSE)
+    done = latest_checkpoint(pinned(DENSE))
     if done is None or not done.name.endswith("0015"):
         import shutil
 
         shutil.rmtree(DENSE, ignore_errors=True)
         train(TrainConfig(model="lenet5", dataset="fashion-mnist", epochs=15, seed=0), DENSE)
+        pin(DENSE)
     return latest_checkpoint(DENSE)
 
 

@@ -377,3 +377,34 @@ def test_sequential_recalibration_gives_each_batchnorm_its_inference_inputs():
     assert torch.equal(model[1].running_mean, at_once[1].running_mean)  # the first BN: the same either way
     assert (at_once[4].running_mean - seen.mean((0, 2, 3))).abs().max() > 1e-3  # 100x the sequential one's error
     assert not model.training and model[4].momentum == 0.1
+
+
+def test_sequential_recalibration_estimates_a_complex_batchnorms_parts_in_one_pass(monkeypatch):
+    """bn_real and bn_imag of one ComplexBatchNorm2d share a pass: the statistics equal those of one pass per
+    BatchNorm, in half the forward passes."""
+    from types import SimpleNamespace
+
+    from prunus.bcnn.layers import ComplexConv2d
+    from prunus.bcnn.norms import ComplexBatchNorm2d
+    from prunus.harden.batchnorm import recalibrate_batchnorm
+
+    class Pair(nn.Module):  # a real (B, 2, H, W) batch as a complex pair, so the model takes dataset.images
+        def forward(self, x):
+            return x[:, :1], x[:, 1:]
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Pair(), ComplexConv2d(1, 4, 3, binary=True), ComplexBatchNorm2d(4),
+                          ComplexConv2d(4, 4, 3, binary=True), ComplexBatchNorm2d(4))
+    data = SimpleNamespace(images=torch.randn(64, 2, 8, 8) + torch.randn(64, 1, 1, 1),
+                           labels=torch.zeros(64, dtype=torch.long))
+    passes = []
+    model[0].register_forward_hook(lambda *_: passes.append(1))
+    one_each = copy.deepcopy(model)
+    assert recalibrate_batchnorm(model, data, batches=4, batch_size=16, sequential=True) == 4
+    assert len(passes) == 2 * 4  # two groups (one per complex BatchNorm) of 4 batches
+    monkeypatch.setattr(ComplexBatchNorm2d, "independent_norms", False)
+    passes.clear()
+    recalibrate_batchnorm(one_each, data, batches=4, batch_size=16, sequential=True)
+    assert len(passes) == 4 * 4
+    for name, buffer in model.state_dict().items():
+        assert torch.equal(buffer, one_each.state_dict()[name]), name

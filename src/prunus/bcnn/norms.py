@@ -132,6 +132,10 @@ class ComplexBatchNorm2d(nn.Module):
     In eval mode both are fixed affine maps evaluated as explicit float32 ops.
     """
 
+    # bn_real and bn_imag see separate parts of one input, neither the other's output: a sequential
+    # BatchNorm re-estimate (prunus.harden.batchnorm) can estimate them in one pass
+    independent_norms = True
+
     def __init__(self, num_features: int, mode: str = "naive", eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         if mode not in NORMS:

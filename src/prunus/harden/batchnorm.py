@@ -26,7 +26,9 @@ def recalibrate_batchnorm(model: nn.Module, dataset, *, batches: int = 200, batc
     statistics; in a binary network ``sign`` turns those batch-to-batch differences into
     flipped bits, and the estimate misses what inference feeds it (tests/test_methods.py; the
     'BN re-est.' column of benchmarks/bcnn_accuracy.py). It costs one pass over the batches per
-    BatchNorm, the rest of the model in eval mode.
+    BatchNorm, the rest of the model in eval mode; the BatchNorms of a module that declares
+    ``independent_norms`` (none sees another's output: a complex BatchNorm's real and imaginary
+    parts) share one pass.
 
     Returns the number of BatchNorm layers recalibrated (0: the model has none, nothing ran).
     The batches are a pure function of ``seed``; the model is left in the mode it was in.
@@ -40,7 +42,7 @@ def recalibrate_batchnorm(model: nn.Module, dataset, *, batches: int = 200, batc
     order = torch.randperm(len(dataset.labels), generator=epoch_generator(seed, -2))[: batches * batch_size]
     was_training = model.training
     try:
-        for group in ([[m] for m in norms] if sequential else [norms]):
+        for group in (_independent_groups(model, norms) if sequential else [norms]):
             model.train(not sequential)  # all at once: the whole model in train mode, as it always was
             for m in group:
                 m.reset_running_stats()
@@ -55,3 +57,18 @@ def recalibrate_batchnorm(model: nn.Module, dataset, *, batches: int = 200, batc
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
     return len(norms)
+
+
+def _independent_groups(model: nn.Module, norms: list[nn.Module]) -> list[list[nn.Module]]:
+    """``norms`` in module order, one per group, except that the BatchNorms inside one module with
+    ``independent_norms = True`` form one group (estimated in the same pass)."""
+    group_of = {}
+    for parent in model.modules():
+        if getattr(parent, "independent_norms", False):
+            members = [m for m in parent.modules() if m is not parent]
+            for m in members:
+                group_of.setdefault(id(m), id(parent))
+    groups: dict[int, list[nn.Module]] = {}
+    for m in norms:
+        groups.setdefault(group_of.get(id(m), id(m)), []).append(m)
+    return list(groups.values())

@@ -1,0 +1,46 @@
+"""benchmarks/common.py's committed checkpoints: a finished run is pinned with only its last checkpoints, and a
+lost cache is restored from the pin (sessions run on other machines, where a retrained model is another file)."""
+
+import importlib
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _common(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("common", None)
+    common = importlib.import_module("common")
+    monkeypatch.setattr(common, "PINNED", tmp_path / "pinned")
+    return common
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_pin_keeps_the_last_checkpoint_of_each_run_and_pinned_restores_a_lost_cache(monkeypatch, tmp_path):
+    common = _common(monkeypatch, tmp_path)
+    run = tmp_path / "cache" / "bcnn-s0-slr20x"
+    for epoch in (1, 2, 3):
+        _write(run / "checkpoints" / f"epoch-000{epoch}" / "model.safetensors", f"method {epoch}")
+    for epoch in (4, 5):
+        _write(run / "retrain" / "checkpoints" / f"epoch-000{epoch}" / "model.safetensors", f"retrain {epoch}")
+    _write(run / "results.json", "{}")
+    common.pin(run)
+    pinned = sorted(str(p.relative_to(tmp_path / "pinned")) for p in (tmp_path / "pinned").rglob("*") if p.is_file())
+    assert pinned == ["bcnn-s0-slr20x/checkpoints/epoch-0003/model.safetensors", "bcnn-s0-slr20x/results.json",
+                      "bcnn-s0-slr20x/retrain/checkpoints/epoch-0005/model.safetensors"]
+
+    _write(run / "results.json", "newer")
+    assert common.pinned(run) == run and (run / "results.json").read_text() == "newer"  # a cache is never replaced
+    for f in sorted(run.rglob("*"), reverse=True):
+        f.unlink() if f.is_file() else f.rmdir()
+    run.rmdir()
+    common.pinned(run)
+    assert (run / "retrain/checkpoints/epoch-0005/model.safetensors").read_text() == "retrain 5"
+    assert not (run / "checkpoints/epoch-0001").exists() and (run / "results.json").read_text() == "{}"
+    assert common.pinned(tmp_path / "cache" / "never-pinned") == tmp_path / "cache" / "never-pinned"
+    assert not (tmp_path / "cache" / "never-pinned").exists()
