@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import HERE, RESULTS, mean_std, pin, pinned, write_result
+from common import HERE, RESULTS, mean_std, pin, pinned, train_cached, write_result
 from rich.console import Console
 
 from prunus.bcnn.engine import compile_engine
@@ -43,7 +43,6 @@ from prunus.jobs.bcnn import BCNN_RETRAIN_SCHEDULE, prune_bcnn
 from prunus.jobs.prune import PruneConfig
 from prunus.models.loading import load_model
 from prunus.train.config import TrainConfig
-from prunus.train.run import train
 
 NAME = "bcnn_accuracy"
 CACHE = HERE / ".cache" / "bcnn"
@@ -69,9 +68,7 @@ def trained(model: str, dataset: str, fp: bool, seed: int, epochs: int, precisio
                          lr=1e-3, weight_decay=0.0, schedule="cosine", seed=seed, image_size=IMAGE_SIZE[dataset],
                          augment=False, model_options={"width": width, **options}, channels_last=True,
                          precision=precision)
-    pinned(run)
-    train(config, run, resume=(run / "config.json").exists(), console=QUIET)
-    pin(run)
+    train_cached(config, run, console=QUIET)
     return run
 
 

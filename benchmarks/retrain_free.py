@@ -39,17 +39,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (add_results_flags, dense_fields, dense_sentence, mean_std, pin, pinned, render_only, resumed,
+from common import (add_results_flags, dense_fields, dense_sentence, mean_std, render_only, resumed, train_cached,
                     write_result)
 from rich.console import Console
 
 from prunus.environment import environment_info
-from prunus.io import latest_checkpoint
 from prunus.jobs.prune import PruneConfig, run_pruning
 from prunus.models.loading import load_model
 from prunus.plan.recipe import Plan, ratio_for_compression
 from prunus.train.config import TrainConfig
-from prunus.train.run import train
 
 DENSE = Path(__file__).resolve().parent / ".cache" / "dense-lenet5"
 FIXED = {"rho_schedule": "fixed", "options": {"penalize": "all"}, "update_every": 100}
@@ -67,14 +65,7 @@ NAME = "retrain_free"
 
 
 def dense_checkpoint() -> Path:
-    done = latest_checkpoint(pinned(DENSE))
-    if done is None or not done.name.endswith("0015"):
-        import shutil
-
-        shutil.rmtree(DENSE, ignore_errors=True)
-        train(TrainConfig(model="lenet5", dataset="fashion-mnist", epochs=15, seed=0), DENSE)
-        pin(DENSE)
-    return latest_checkpoint(DENSE)
+    return train_cached(TrainConfig(model="lenet5", dataset="fashion-mnist", epochs=15, seed=0), DENSE)
 
 
 def epochs_to_recover(run: dict, dense: float) -> int | None:

@@ -22,20 +22,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shutil
 
 import torch
-from common import HERE, add_results_flags, dense_fields, dense_sentence, prune_run, render_only, resumed, write_result
+from common import (HERE, add_results_flags, dense_fields, dense_sentence, prune_run, render_only, resumed,
+                   train_cached, write_result)
 
 from prunus.environment import environment_info
 from prunus.harden.stats import count_macs
-from prunus.io import latest_checkpoint
 from prunus.jobs.prune import PruneConfig
 from prunus.models.loading import load_model
 from prunus.plan.projection import hard_prune
 from prunus.plan.recipe import Plan
 from prunus.train.config import TrainConfig
-from prunus.train.run import train
 
 NAME = "reweighted_structured"
 DENSE = HERE / ".cache" / "dense-vgg11-w025"
@@ -46,12 +44,8 @@ TARGETS = (2.0, 4.0)
 
 
 def dense_checkpoint():
-    done = latest_checkpoint(DENSE)
-    if done is None or not done.name.endswith(f"{DENSE_EPOCHS:04d}"):
-        shutil.rmtree(DENSE, ignore_errors=True)
-        train(TrainConfig(model="vgg11", dataset="fashion-mnist", epochs=DENSE_EPOCHS, image_size=32, augment=False,
-                          model_options={"width": 0.25}), DENSE)
-    return latest_checkpoint(DENSE)
+    return train_cached(TrainConfig(model="vgg11", dataset="fashion-mnist", epochs=DENSE_EPOCHS, image_size=32,
+                                    augment=False, model_options={"width": 0.25}), DENSE)
 
 
 def macs_after(model, structure: str, ratio: float, probe: torch.Tensor) -> int:

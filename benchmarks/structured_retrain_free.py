@@ -42,7 +42,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from common import HERE, RESULTS, check_same_dense, dense_hash_note, dense_sha256, mean_std, prune_run, write_result
+from common import (HERE, RESULTS, check_same_dense, dense_hash_note, dense_sha256, mean_std, prune_run, train_cached,
+                   write_result)
 from rich.console import Console
 
 from prunus.constraints.structures import num_pruned
@@ -54,14 +55,12 @@ from prunus.environment import environment_info
 from prunus.harden.batchnorm import recalibrate_batchnorm
 from prunus.harden.stats import count_macs
 from prunus.hooks import TrainingHook
-from prunus.io import latest_checkpoint
 from prunus.jobs.prune import PruneConfig
 from prunus.models import build_model
 from prunus.models.loading import load_model
 from prunus.models.shapes import apply_layer_shapes, layer_shapes
 from prunus.plan.recipe import Plan
 from prunus.train.config import TrainConfig
-from prunus.train.run import train
 from prunus.train.trainer import Trainer, evaluate
 
 NAME = "structured_retrain_free"
@@ -85,11 +84,8 @@ def dense_checkpoint(name: str) -> Path:
     """The dense model every row of ``name`` starts from (trained once, resumable)."""
     tag = "".join(f"-{k[0]}{v:g}" for k, v in sorted(MODELS[name].items()))
     path = HERE / ".cache" / f"dense-{name}{tag}-e{DENSE_EPOCHS}-32"
-    done = latest_checkpoint(path)
-    if done is None or not done.name.endswith(f"{DENSE_EPOCHS:04d}"):
-        train(TrainConfig(model=name, dataset="fashion-mnist", epochs=DENSE_EPOCHS, image_size=32, augment=False,
-                          model_options=MODELS[name], channels_last=True), path, resume=(path / "config.json").exists())
-    return latest_checkpoint(path)
+    return train_cached(TrainConfig(model=name, dataset="fashion-mnist", epochs=DENSE_EPOCHS, image_size=32,
+                                    augment=False, model_options=MODELS[name], channels_last=True), path)
 
 
 def small_model_stats(small: nn.Module) -> dict:

@@ -44,11 +44,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 
 import torch
-from common import HERE, RESULTS, check_same_dense, dense_hash_note, dense_sha256, prune_run, write_result
+from common import HERE, RESULTS, check_same_dense, dense_hash_note, dense_sha256, prune_run, train_cached, write_result
 
 from prunus.deploy.allocation import latency_aware_plan, plan_for_macs, plan_from_widths, pruned_copy, shrink_to_widths
 from prunus.deploy.footprint import weights_bytes
@@ -56,13 +55,11 @@ from prunus.deploy.latency import compare_latency, for_inference
 from prunus.deploy.surgery import remove_pruned_channels
 from prunus.environment import environment_info
 from prunus.harden.stats import count_macs
-from prunus.io import latest_checkpoint
 from prunus.jobs.prune import PruneConfig
 from prunus.models import build_model
 from prunus.models.loading import load_model
 from prunus.plan.recipe import Plan
 from prunus.train.config import TrainConfig
-from prunus.train.run import train
 from prunus.train.trainer import evaluate
 
 NAME = "surgery_speedup"
@@ -107,12 +104,8 @@ REPEATS = 100  # timed forward passes per model and batch size (interleaved), af
 def dense_checkpoint(name: str):
     tag = "".join(f"-{k[0]}{v:g}" for k, v in sorted(MODELS[name].items()))  # e.g. dense-vgg16-w0.5-32
     path = HERE / ".cache" / f"dense-{name}{tag}-32"
-    done = latest_checkpoint(path)
-    if done is None or not done.name.endswith(f"{DENSE_EPOCHS:04d}"):
-        shutil.rmtree(path, ignore_errors=True)
-        train(TrainConfig(model=name, dataset="fashion-mnist", epochs=DENSE_EPOCHS, image_size=32, augment=False,
-                          model_options=MODELS[name]), path)
-    return latest_checkpoint(path)
+    return train_cached(TrainConfig(model=name, dataset="fashion-mnist", epochs=DENSE_EPOCHS, image_size=32,
+                                    augment=False, model_options=MODELS[name]), path)
 
 
 def timings(dense, small) -> dict[str, float]:
