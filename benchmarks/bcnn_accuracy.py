@@ -1,10 +1,12 @@
 """BCNN accuracy: full-precision complex vs BCNN vs BCNN pruned 20x (live weights), engine == PyTorch (issue 19).
 
-For each model x dataset x seed, three rows from one script run:
+For each model x dataset x seed, four rows from one script run:
   fp        the full-precision complex model (CReLU), ``prunus bcnn train --fp``
   bcnn      the binarized complex model (binary hidden layers, full-precision first and last layer)
   bcnn-20x  that BCNN pruned by SLR filter pruning to 20x fewer live weights (``prunus bcnn prune``:
             E method epochs + R masked retraining epochs, starting from the bcnn row's weights)
+  bcnn-small the BCNN narrowed to the same 20x fewer live weights, trained from scratch (the baseline pruning
+            must beat: "Rethinking the Value of Network Pruning", Liu et al., ICLR 2019)
 ``nin-binstem`` (a NIN whose first layer is binary too, the engine's faster variant) gets the bcnn and
 bcnn-20x rows; its full-precision twin is nin's fp row. The two trainings share the recipe (Adam lr 1e-3, cosine, no weight decay, no augmentation,
 channels-last, batch 128). Widths are reduced where the 2-core CPU forces it and every row
@@ -41,6 +43,7 @@ from prunus.environment import environment_info
 from prunus.harden.batchnorm import recalibrate_batchnorm
 from prunus.jobs.bcnn import BCNN_RETRAIN_SCHEDULE, prune_bcnn
 from prunus.jobs.prune import PruneConfig
+from prunus.models import build_model
 from prunus.models.loading import load_model
 from prunus.train.config import TrainConfig
 
@@ -60,9 +63,11 @@ RECAL_FRAMES = 4096  # training frames each row's BatchNorm statistics are re-es
 QUIET = Console(file=io.StringIO())
 
 
-def trained(model: str, dataset: str, fp: bool, seed: int, epochs: int, precision: str) -> Path:
-    """The run directory of one training, trained (or resumed) to ``epochs``."""
-    name, width, options = MODELS[model]
+def trained(model: str, dataset: str, fp: bool, seed: int, epochs: int, precision: str,
+            width: float | None = None) -> Path:
+    """The run directory of one training, trained (or resumed) to ``epochs`` (``width``: other than MODELS')."""
+    name, default_width, options = MODELS[model]
+    width = width or default_width
     run = CACHE / f"{model}-w{width:g}-{dataset}-{'fp' if fp else 'bcnn'}-e{epochs}-{precision}-s{seed}"
     config = TrainConfig(model=f"{name}_fp" if fp else name, dataset=dataset, epochs=epochs, optimizer="adam",
                          lr=1e-3, weight_decay=0.0, schedule="cosine", seed=seed, image_size=IMAGE_SIZE[dataset],
@@ -86,6 +91,28 @@ def pruned(bcnn_run: Path, seed: int, precision: str) -> tuple[Path, dict]:
         prune_bcnn(bcnn_run, COMPRESSION, config, run, console=QUIET)
         pin(run)
     return run, json.loads((run / "results.json").read_text())
+
+
+def small_width(model: str, test_set) -> tuple[float, int]:
+    """The widest width at which the unpruned BCNN has at least COMPRESSION times fewer live weights than the
+    bcnn row's model (the 'bcnn-small' row: the 20x model's weight budget, trained from scratch), and the bcnn row's
+    prunable weight count (what both compressions are counted against)."""
+    name, width, options = MODELS[model]
+
+    def counts(w: float) -> dict:
+        m = build_model(name, in_channels=test_set.in_channels, num_classes=test_set.num_classes, width=w,
+                        **options).eval()
+        return weight_counts(m, compile_engine(m, test_set.image_size, backend="fp32"))
+
+    reference = counts(width)["dense_weights"]
+    lo, hi = 0, 400  # widths in steps of 1/400 of the bcnn row's; bisect for the fewest steps that reach COMPRESSION
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if reference / counts(width * (1 - mid / 400))["live_weights"] >= COMPRESSION:
+            hi = mid
+        else:
+            lo = mid
+    return round(width * (1 - hi / 400), 6), reference
 
 
 @torch.no_grad()
@@ -120,16 +147,17 @@ def reestimated(model, train_set, test_set, binary: bool) -> dict:
             "bn_reestimated_engine_equal": engine_check(model.eval(), test_set) if binary else None}
 
 
-def row(run: Path, test_set, train_set, **fields) -> dict:
+def row(run: Path, test_set, train_set, reference_weights: int | None = None, **fields) -> dict:
+    """One row; compressions against the model's own prunable weights, or ``reference_weights`` (bcnn-small)."""
     model, ckpt = load_model(run)
     accuracy = test_accuracy(model, test_set)
     counts = weight_counts(model, compile_engine(model, test_set.image_size, backend="fp32")) \
         if fields["variant"] != "fp" else None
-    dense_weights = counts["dense_weights"] if counts else None
+    dense_weights = (reference_weights or counts["dense_weights"]) if counts else None
     return {**fields, "accuracy": accuracy, **reestimated(model, train_set, test_set, fields["variant"] != "fp"),
             "checkpoint": _relative(ckpt.path),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "live_compression": counts["compression"] if counts else 1.0,
+            "live_compression": dense_weights / counts["live_weights"] if counts else 1.0,
             "nonzero_compression": dense_weights / counts["nonzero_weights"] if counts else 1.0,
             "engine_equal": engine_check(model, test_set) if fields["variant"] != "fp" else None}
 
@@ -149,7 +177,9 @@ def summarize(data: dict) -> str:
              f"forward pass in {data.get('precision', 'fp32')} (bcnn_training_speed.py); "
              f"bcnn-20x: SLR filter pruning of the bcnn row's model to {COMPRESSION:g}x fewer live weights "
              f"({PRUNE_EPOCHS} method epochs + {RETRAIN_EPOCHS} masked retraining epochs on a cosine lr, same forward precision; the penalty "
-             "as a proximal step, BatchNorm's beta free on pruned channels: prunus.jobs.bcnn). Widths reduced for a 2-core "
+             "as a proximal step, BatchNorm's beta free on pruned channels: prunus.jobs.bcnn). bcnn-small: the BCNN at the "
+             f"widest width with {COMPRESSION:g}x fewer live weights than the bcnn row's, trained from scratch with the same "
+             "recipe (does pruning beat training the small model?). Widths reduced for a 2-core "
              "CPU (parameter counts in the table). *BN re-est.*: the same weights with BatchNorm statistics re-estimated "
              f"for inference on {RECAL_FRAMES:,} training frames, one BatchNorm at a time (no gradient step; "
              "prunus.harden.batchnorm). *engine == PyTorch*: the bit-packed engine's logits equal the "
@@ -182,6 +212,11 @@ def summarize(data: dict) -> str:
                 ok = "met" if d >= -TOLERANCE[dataset] else "NOT met"
                 lines.append(f"- {model} on {dataset}, {how}: {d:+.2f} pt over {len(deltas)} seed(s) (within "
                              f"{TOLERANCE[dataset]:g} pt) -> **{ok}**" + (" (fewer than 3 seeds)" if len(deltas) < 3 else ""))
+        small = {r["seed"]: r["bn_reestimated_accuracy"] for r in groups.get((model, dataset, "bcnn-small"), [])}
+        deltas = [r["bn_reestimated_accuracy"] - small[r["seed"]] for r in rows if r["seed"] in small]
+        if deltas:
+            lines.append(f"- pruning against training small ({model} on {dataset}, BN re-estimated): bcnn-20x - "
+                         f"bcnn-small {statistics.mean(deltas):+.2f} pt over {len(deltas)} seed(s)")
     return "\n".join(lines) + "\n"
 
 
@@ -260,6 +295,13 @@ def main() -> None:
                                             retrain_accuracy=results["retrain_accuracy"],
                                             final_distance=(results.get("method_history") or [{}])[-1].get("distance"),
                                             ratio=results["bcnn"]["ratio"], **common))
+                    write_result(NAME, data, summarize(data))
+                if (model, dataset, "bcnn-small", seed) not in done:
+                    width, reference = small_width(model, test_set)
+                    t0 = time.perf_counter()
+                    run = trained(model, dataset, False, seed, epochs, args.precision, width=width)
+                    data["runs"].append(row(run, test_set, train_set, reference_weights=reference, variant="bcnn-small",
+                                            seconds=time.perf_counter() - t0, **{**common, "width": width}))
                     write_result(NAME, data, summarize(data))
                 if not MODELS[model][2] and (model, dataset, "fp", seed) not in done:
                     add_trained(data, model, dataset, "fp", seed, args.precision, test_set, train_set,
