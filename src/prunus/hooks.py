@@ -32,6 +32,10 @@ class TrainingHook:
         """Extra term added to the loss of every batch."""
         return None
 
+    def output_loss(self, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor | None:
+        """Extra loss term of one batch that needs its inputs and the model's outputs (e.g. distillation)."""
+        return None
+
     def before_optimizer_step(self) -> None:
         """Called after ``backward()``, before ``optimizer.step()`` (e.g. to add a regularizer to the gradients)."""
 

@@ -125,6 +125,15 @@ def add_precision_arg(parser, default: str = "fp32") -> None:
                              "GPUs; weights, optimizer and the method's state stay float32)")
 
 
+def add_distill_args(parser) -> None:
+    """--distill, --distill-temperature: masked retraining also learns the unpruned model's soft outputs."""
+    parser.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
+                        help="retraining adds ALPHA * T^2 * KL(unpruned model || pruned model) at temperature T "
+                             "(knowledge distillation; 0, the default: off)")
+    parser.add_argument("--distill-temperature", type=float, default=4.0, metavar="T",
+                        help="softmax temperature of --distill (default 4)")
+
+
 def add_recipe_args(parser, defaults: Any) -> None:
     """--epochs, --batch-size, --optimizer, --lr, --weight-decay, --schedule, --seed with ``defaults``' values."""
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, help="training epochs")

@@ -12,7 +12,14 @@ from __future__ import annotations
 import argparse
 
 from prunus.bcnn.models import BCNN_MODELS
-from prunus.cli.args import add_data_args, add_precision_arg, positive_int, print_summary, resources_of
+from prunus.cli.args import (
+    add_data_args,
+    add_distill_args,
+    add_precision_arg,
+    positive_int,
+    print_summary,
+    resources_of,
+)
 from prunus.errors import ConfigError
 from prunus.jobs.bcnn import BCNN_RETRAIN_SCHEDULE, prune_bcnn
 from prunus.jobs.prune import PruneConfig
@@ -55,6 +62,7 @@ def add_train_parsers(bsub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--update-every", type=positive_int,
                    help="batches between method rounds (default: 100, fewer when the epochs would make under 12)")
+    add_distill_args(p)
     add_precision_arg(p)
     p.add_argument("--out", required=True, help="run directory to create")
     add_data_args(p)
@@ -98,7 +106,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     config = PruneConfig(method=args.method, epochs=args.epochs, retrain_epochs=args.retrain_epochs, lr=args.lr,
                          retrain_lr=args.retrain_lr, batch_size=args.batch_size, seed=args.seed,
                          update_every=args.update_every, channels_last=True, precision=args.precision,
-                         retrain_schedule=BCNN_RETRAIN_SCHEDULE).validate()
+                         retrain_schedule=BCNN_RETRAIN_SCHEDULE, distill=args.distill,
+                         distill_temperature=args.distill_temperature).validate()
     results = prune_bcnn(args.init, args.compression, config, args.out, resources=resources_of(args))
     b = results["bcnn"]
     retrain = ", ".join(f"{a:.2f}%" for a in results["retrain_accuracy"]) or "none"

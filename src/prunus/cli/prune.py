@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from prunus.cli.args import (
+    add_distill_args,
     add_method_options,
     add_precision_arg,
     add_run_dir_args,
@@ -63,6 +64,7 @@ def add_parsers(sub) -> None:
     pr.add_argument("--bn-recalibrate", type=int, default=0, metavar="BATCHES",
                     help="after the hard-prune, also report the accuracy with BatchNorm statistics re-estimated on "
                          "this many training batches (no gradient step; retraining goes on without it)")
+    add_distill_args(pr)
     add_precision_arg(pr, pdefaults.precision)
     add_method_options(pr)
     add_run_dir_args(pr, "prune")

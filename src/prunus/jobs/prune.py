@@ -21,10 +21,11 @@ from prunus.io import load_checkpoint, save_checkpoint, write_json_atomic
 from prunus.jobs.common import JOB_FILE, JobInput, Resources, couple_if_possible, distance_table, read_job, write_job
 from prunus.methods.base import PruningMethod
 from prunus.methods.registry import METHODS, build_method, method_options
-from prunus.models.loading import load_weights
+from prunus.models.loading import load_model, load_weights
 from prunus.plan.projection import Masks
 from prunus.plan.recipe import Plan
 from prunus.train.config import TrainConfig
+from prunus.train.distill import Distillation
 from prunus.train.rundir import check_run_dir, create_run_dir
 
 RHO_SCHEDULES = ("budget", "fixed")
@@ -56,6 +57,9 @@ class PruneConfig:
     rho_schedule: str = "budget"
     #: batches of BatchNorm recalibration after the hard-prune (0: none); reported on its own, on a copy
     bn_recalibrate: int = 0
+    #: masked retraining also distils from the unpruned model (weight alpha of the KL term; 0: off)
+    distill: float = 0.0
+    distill_temperature: float = 4.0
     channels_last: bool = False  # NHWC training (faster CPU convolutions, see TrainConfig)
     precision: str = "fp32"  # the forward pass of every phase: fp32 or bf16 autocast (see TrainConfig)
     options: dict[str, Any] = field(default_factory=dict)  # rho, s0, M, r, rho_factor, rho_max, tol (SLR/ADMM); lam, eps (reweighted)
@@ -76,6 +80,10 @@ class PruneConfig:
             raise ConfigError("--rho-factor grows rho by a fixed factor; use it with --rho-schedule fixed")
         if self.bn_recalibrate < 0:
             raise ConfigError(f"--bn-recalibrate must be a number of batches >= 0, got {self.bn_recalibrate}")
+        if not (math.isfinite(self.distill) and self.distill >= 0):
+            raise ConfigError(f"--distill must be a weight >= 0 (0: no distillation), got {self.distill}")
+        if not (math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
+            raise ConfigError(f"--distill-temperature must be a positive number, got {self.distill_temperature}")
         if self.retrain_lr is not None and not (math.isfinite(self.retrain_lr) and self.retrain_lr > 0):
             raise ConfigError(f"--retrain-lr must be a positive number, got {self.retrain_lr}")
         self.train_config(self.epochs, self.lr, self.schedule)  # lr, batch size, schedule: checked before any writing
@@ -242,13 +250,17 @@ def _measure_hardened(job: JobInput, config: PruneConfig, results: dict, console
 
 def _retrain(job: JobInput, masks: Masks, config: PruneConfig, run_dir: Path, results: dict, console: Console,
              resume: bool) -> None:
-    """Masked retraining: pruned weights stay exactly zero."""
+    """Masked retraining: pruned weights stay exactly zero; with ``config.distill`` the unpruned model teaches."""
     keeper = MaskKeeper(job.model, masks)
+    hooks = [keeper]
+    if config.distill > 0:
+        teacher, _ = load_model(job.path)
+        hooks.append(Distillation(teacher, config.distill, config.distill_temperature))
     torch.manual_seed(config.seed)  # the same random state whether or not the run was resumed after the hard-prune
     results["retrain_accuracy"] = []
     t0 = time.perf_counter()
     if config.retrain_epochs > 0:
-        history = job.trainer(config.retrain_config(), run_dir / "retrain", [keeper], console).fit(resume=resume)
+        history = job.trainer(config.retrain_config(), run_dir / "retrain", hooks, console).fit(resume=resume)
         results["retrain_accuracy"] = [h["test_accuracy"] for h in history]
     results["retrain_seconds"] = time.perf_counter() - t0
     keeper.remove()

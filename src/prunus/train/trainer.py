@@ -191,7 +191,12 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
                 out = self.net(x)
                 loss = self.loss_fn(out, y)
-            scaled = loss * global_mean_scale(len(y), global_size, self.dist.world_size)
+                total = loss
+                for h in self.hooks:
+                    extra = h.output_loss(x, out)
+                    if extra is not None:
+                        total = total + extra
+            scaled = total * global_mean_scale(len(y), global_size, self.dist.world_size)
             for h in self.hooks:
                 p = h.penalty()
                 if p is not None:
