@@ -1,15 +1,16 @@
 """BCNN accuracy: full-precision complex vs BCNN vs BCNN pruned 20x (live weights), engine == PyTorch (issue 19).
 
-For each model x dataset x seed, four rows from one script run:
-  fp        the full-precision complex model (CReLU), ``prunus bcnn train --fp``
-  bcnn      the binarized complex model (binary hidden layers, full-precision first and last layer)
-  bcnn-20x  that BCNN pruned by SLR filter pruning to 20x fewer live weights (``prunus bcnn prune``:
-            E method epochs + R masked retraining epochs, starting from the bcnn row's weights)
-  bcnn-small the BCNN narrowed to the same 20x fewer live weights, trained from scratch (the baseline pruning
-            must beat: "Rethinking the Value of Network Pruning", Liu et al., ICLR 2019)
-``nin-binstem`` (a NIN whose first layer is binary too, the engine's faster variant) gets the bcnn and
-bcnn-20x rows; its full-precision twin is nin's fp row. The two trainings share the recipe (Adam lr 1e-3, cosine, no weight decay, no augmentation,
-channels-last, batch 128). Widths are reduced where the 2-core CPU forces it and every row
+For each model x dataset x seed, five rows from one script run:
+  fp           the full-precision complex model (CReLU), ``prunus bcnn train --fp``
+  bcnn         the binarized complex model (binary hidden layers, full-precision first and last layer)
+  bcnn-20x     that BCNN pruned by SLR filter pruning to 20x fewer live weights (``prunus bcnn prune``:
+               E method epochs + R masked retraining epochs, starting from the bcnn row's weights)
+  bcnn-20x-kd  the same, its retraining distilled from the unpruned BCNN (``--distill``)
+  bcnn-small   the BCNN narrowed to the same 20x fewer live weights, trained from scratch (the baseline
+               pruning must beat: "Rethinking the Value of Network Pruning", Liu et al., ICLR 2019)
+``nin-binstem`` (a NIN whose first layer is binary too, the engine's faster variant) gets every row but fp;
+its full-precision twin is nin's fp row. The trainings share the recipe (Adam lr 1e-3, cosine, no weight
+decay, no augmentation, channels-last, batch 128). Widths are reduced where the 2-core CPU forces it and every row
 carries its parameter count. Each pruned model runs on the engine over the whole test set:
 ``engine_equal`` says its logits equal PyTorch's on every image (``torch.equal`` per row).
 The unpruned BCNN is checked the same way; the fp model has no engine.
@@ -58,6 +59,8 @@ TOLERANCE = {"modulation": 1.0, "fashion-mnist": 2.0}  # issue 19: BCNN-20x with
 # Fashion-MNIST images x 5 = 2,345 steps; a 15-epoch Fashion-MNIST BCNN would take ~5 h per run on this CPU
 EPOCHS = {"modulation": 15, "fashion-mnist": 5}
 COMPRESSION, PRUNE_EPOCHS, RETRAIN_EPOCHS = 20.0, 3, 5
+#: the bcnn-20x-kd row: the same pruning, its retraining distilled from the unpruned BCNN (prunus.train.distill)
+DISTILL, DISTILL_TEMPERATURE = 1.0, 4.0
 BN_RECALIBRATE = 100  # batches of BatchNorm recalibration after the hard-prune: its own column, on a copy
 RECAL_FRAMES = 4096  # training frames each row's BatchNorm statistics are re-estimated on (the 'BN re-est.' column)
 QUIET = Console(file=io.StringIO())
@@ -77,17 +80,20 @@ def trained(model: str, dataset: str, fp: bool, seed: int, epochs: int, precisio
     return run
 
 
-def pruned(bcnn_run: Path, seed: int, precision: str) -> tuple[Path, dict]:
+def pruned(bcnn_run: Path, seed: int, precision: str, distill: float = 0.0) -> tuple[Path, dict]:
     """The BCNN of ``bcnn_run`` pruned 20x (live weights); a run killed half-way is started again.
 
     prune_bcnn's defaults: SLR's penalty as a proximal step, BatchNorm's beta left free on pruned channels.
+    ``distill``: the retraining also distils from the unpruned BCNN (weight, at DISTILL_TEMPERATURE).
     """
-    run = bcnn_run.with_name(bcnn_run.name + f"-slr{COMPRESSION:g}x-e{PRUNE_EPOCHS}r{RETRAIN_EPOCHS}-prox")
+    kd = f"-kd{distill:g}t{DISTILL_TEMPERATURE:g}" if distill else ""
+    run = bcnn_run.with_name(bcnn_run.name + f"-slr{COMPRESSION:g}x-e{PRUNE_EPOCHS}r{RETRAIN_EPOCHS}-prox{kd}")
     if not (pinned(run) / "results.json").exists():
         shutil.rmtree(run, ignore_errors=True)
         config = PruneConfig(method="slr", epochs=PRUNE_EPOCHS, retrain_epochs=RETRAIN_EPOCHS, seed=seed,
                              channels_last=True, precision=precision, bn_recalibrate=BN_RECALIBRATE,
-                             retrain_schedule=BCNN_RETRAIN_SCHEDULE)
+                             retrain_schedule=BCNN_RETRAIN_SCHEDULE, distill=distill,
+                             distill_temperature=DISTILL_TEMPERATURE)
         prune_bcnn(bcnn_run, COMPRESSION, config, run, console=QUIET)
         pin(run)
     return run, json.loads((run / "results.json").read_text())
@@ -179,7 +185,8 @@ def summarize(data: dict) -> str:
              f"({PRUNE_EPOCHS} method epochs + {RETRAIN_EPOCHS} masked retraining epochs on a cosine lr, same forward precision; the penalty "
              "as a proximal step, BatchNorm's beta free on pruned channels: prunus.jobs.bcnn). bcnn-small: the BCNN at the "
              f"widest width with {COMPRESSION:g}x fewer live weights than the bcnn row's, trained from scratch with the same "
-             "recipe (does pruning beat training the small model?). Widths reduced for a 2-core "
+             "recipe (does pruning beat training the small model?). bcnn-20x-kd: bcnn-20x with its retraining distilled from "
+             f"the unpruned BCNN (--distill {DISTILL:g}, temperature {DISTILL_TEMPERATURE:g}). Widths reduced for a 2-core "
              "CPU (parameter counts in the table). *BN re-est.*: the same weights with BatchNorm statistics re-estimated "
              f"for inference on {RECAL_FRAMES:,} training frames, one BatchNorm at a time (no gradient step; "
              "prunus.harden.batchnorm). *engine == PyTorch*: the bit-packed engine's logits equal the "
@@ -202,7 +209,7 @@ def summarize(data: dict) -> str:
                      f"{'n/a' if eq == {None} else ('yes' if eq == {True} else 'NO')} |")
     lines += ["", "Targets (issue 19), BCNN-20x against the unpruned BCNN on the same seeds:", ""]
     for (model, dataset, variant), rows in groups.items():
-        if variant != "bcnn-20x":
+        if not variant.startswith("bcnn-20x"):
             continue
         for key, how in (("accuracy", "as trained"), ("bn_reestimated_accuracy", "both with BN re-estimated")):
             base = {r["seed"]: r[key] for r in groups.get((model, dataset, "bcnn"), []) if key in r}
@@ -210,12 +217,12 @@ def summarize(data: dict) -> str:
             if deltas:
                 d = statistics.mean(deltas)
                 ok = "met" if d >= -TOLERANCE[dataset] else "NOT met"
-                lines.append(f"- {model} on {dataset}, {how}: {d:+.2f} pt over {len(deltas)} seed(s) (within "
+                lines.append(f"- {model} {variant} on {dataset}, {how}: {d:+.2f} pt over {len(deltas)} seed(s) (within "
                              f"{TOLERANCE[dataset]:g} pt) -> **{ok}**" + (" (fewer than 3 seeds)" if len(deltas) < 3 else ""))
         small = {r["seed"]: r["bn_reestimated_accuracy"] for r in groups.get((model, dataset, "bcnn-small"), [])}
         deltas = [r["bn_reestimated_accuracy"] - small[r["seed"]] for r in rows if r["seed"] in small]
         if deltas:
-            lines.append(f"- pruning against training small ({model} on {dataset}, BN re-estimated): bcnn-20x - "
+            lines.append(f"- pruning against training small ({model} on {dataset}, BN re-estimated): {variant} - "
                          f"bcnn-small {statistics.mean(deltas):+.2f} pt over {len(deltas)} seed(s)")
     return "\n".join(lines) + "\n"
 
@@ -234,6 +241,19 @@ def add_trained(data: dict, model: str, dataset: str, variant: str, seed: int, p
     """Train (or resume, or restore) the fp or bcnn model of one seed and add its row."""
     run = trained(model, dataset, variant == "fp", seed, common["epochs"], precision)
     data["runs"].append(row(run, test_set, train_set, variant=variant, seconds=time.perf_counter() - t0, **common))
+    write_result(NAME, data, summarize(data))
+
+
+def add_pruned(data: dict, model: str, dataset: str, variant: str, seed: int, precision: str, distill: float, test_set,
+               train_set, common: dict) -> None:
+    """Prune the seed's BCNN 20x (retraining distilled or not) and add its row."""
+    run, results = pruned(trained(model, dataset, False, seed, common["epochs"], precision), seed, precision, distill)
+    data["runs"].append(row(run / "retrain", test_set, train_set, variant=variant,
+                            hard_pruned_accuracy=results["hard_pruned_accuracy"],
+                            bn_recalibrated_accuracy=results.get("bn_recalibrated_accuracy"),
+                            retrain_accuracy=results["retrain_accuracy"],
+                            final_distance=(results.get("method_history") or [{}])[-1].get("distance"),
+                            ratio=results["bcnn"]["ratio"], **common))
     write_result(NAME, data, summarize(data))
 
 
@@ -286,16 +306,10 @@ def main() -> None:
                 # the BCNN and its 20x pruning first: they are what the targets compare; the fp twin last
                 if (model, dataset, "bcnn", seed) not in done:
                     add_trained(data, model, dataset, "bcnn", seed, args.precision, test_set, train_set, t0, common)
-                if (model, dataset, "bcnn-20x", seed) not in done:
-                    run, results = pruned(trained(model, dataset, False, seed, epochs, args.precision), seed,
-                                          args.precision)
-                    data["runs"].append(row(run / "retrain", test_set, train_set, variant="bcnn-20x",
-                                            hard_pruned_accuracy=results["hard_pruned_accuracy"],
-                                            bn_recalibrated_accuracy=results.get("bn_recalibrated_accuracy"),
-                                            retrain_accuracy=results["retrain_accuracy"],
-                                            final_distance=(results.get("method_history") or [{}])[-1].get("distance"),
-                                            ratio=results["bcnn"]["ratio"], **common))
-                    write_result(NAME, data, summarize(data))
+                for variant, distill in (("bcnn-20x", 0.0), ("bcnn-20x-kd", DISTILL)):
+                    if (model, dataset, variant, seed) not in done:
+                        add_pruned(data, model, dataset, variant, seed, args.precision, distill, test_set, train_set,
+                                   common)
                 if (model, dataset, "bcnn-small", seed) not in done:
                     width, reference = small_width(model, test_set)
                     t0 = time.perf_counter()
