@@ -95,7 +95,7 @@ def pruned(bcnn_run: Path, seed: int, precision: str, distill: float = 0.0) -> t
                              retrain_schedule=BCNN_RETRAIN_SCHEDULE, distill=distill,
                              distill_temperature=DISTILL_TEMPERATURE)
         prune_bcnn(bcnn_run, COMPRESSION, config, run, console=QUIET)
-        pin(run)
+        pin(run, skip=("prune", "hard-pruned"))  # the rows read results.json and the retrained model
     return run, json.loads((run / "results.json").read_text())
 
 

@@ -50,11 +50,14 @@ def pinned(run: Path) -> Path:
     return run
 
 
-def pin(run: Path) -> None:
+def pin(run: Path, skip: tuple[str, ...] = ()) -> None:
     """Copy a finished run to ``benchmarks/checkpoints/<run name>`` (to commit): its files, with only the last
-    checkpoint of each ``checkpoints/`` folder in it (a pruning run's retraining is a run of its own inside it)."""
+    checkpoint of each ``checkpoints/`` folder in it (a pruning run's retraining is a run of its own inside it),
+    and without the top-level folders named in ``skip`` (a pruning run's method phase, which no row reads)."""
 
     def older_checkpoints(folder: str, names: list[str]) -> list[str]:
+        if Path(folder) == run:
+            return [n for n in names if n in skip]
         if Path(folder).name != "checkpoints":
             return []
         epochs = sorted(n for n in names if n.startswith("epoch-"))

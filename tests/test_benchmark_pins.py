@@ -29,7 +29,8 @@ def test_pin_keeps_the_last_checkpoint_of_each_run_and_pinned_restores_a_lost_ca
     for epoch in (4, 5):
         _write(run / "retrain" / "checkpoints" / f"epoch-000{epoch}" / "model.safetensors", f"retrain {epoch}")
     _write(run / "results.json", "{}")
-    common.pin(run)
+    _write(run / "hard-pruned" / "model.safetensors", "hard")
+    common.pin(run, skip=("hard-pruned",))
     pinned = sorted(str(p.relative_to(tmp_path / "pinned")) for p in (tmp_path / "pinned").rglob("*") if p.is_file())
     assert pinned == ["bcnn-s0-slr20x/checkpoints/epoch-0003/model.safetensors", "bcnn-s0-slr20x/results.json",
                       "bcnn-s0-slr20x/retrain/checkpoints/epoch-0005/model.safetensors"]
