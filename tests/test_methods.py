@@ -408,3 +408,18 @@ def test_sequential_recalibration_estimates_a_complex_batchnorms_parts_in_one_pa
     assert len(passes) == 4 * 4
     for name, buffer in model.state_dict().items():
         assert torch.equal(buffer, one_each.state_dict()[name]), name
+
+
+def test_batch_closure_in_chunks_gives_the_one_pass_loss_and_leaves_batchnorm_alone():
+    """The fixed batch runs in chunks of CLOSURE_CHUNK (faster on a CPU); in eval mode that is the one-pass loss."""
+    from prunus.methods.base import CLOSURE_CHUNK
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)).train()
+    x, y = torch.randn(2 * CLOSURE_CHUNK + 7, 1, 8, 8), torch.randint(0, 3, (2 * CLOSURE_CHUNK + 7,))
+    stats = model[1].running_mean.clone()
+    loss = batch_closure(model, x, y, F.cross_entropy)()
+    with torch.no_grad():
+        one_pass = F.cross_entropy(model.eval()(x), y)
+    assert float(loss) == pytest.approx(float(one_pass), rel=1e-6)
+    assert torch.equal(model[1].running_mean, stats)
