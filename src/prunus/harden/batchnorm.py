@@ -65,8 +65,7 @@ def _independent_groups(model: nn.Module, norms: list[nn.Module]) -> list[list[n
     group_of = {}
     for parent in model.modules():
         if getattr(parent, "independent_norms", False):
-            members = [m for m in parent.modules() if m is not parent]
-            for m in members:
+            for m in parent.modules():
                 group_of.setdefault(id(m), id(parent))
     groups: dict[int, list[nn.Module]] = {}
     for m in norms:
