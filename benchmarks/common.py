@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 import statistics
+import sys
 from pathlib import Path
 
 from prunus.io import latest_checkpoint
@@ -19,6 +20,7 @@ from prunus.train.run import train
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+OTHER_DENSE_EXIT = 3  # exit status of a --continue refused because the JSON's rows come from another dense file
 PINNED = HERE / "checkpoints"  # committed final checkpoints of the trainings the results build on (see pinned)
 BENCHMARKS_MD = HERE.parent / "BENCHMARKS.md"
 
@@ -87,7 +89,8 @@ def check_same_dense(data: dict | None, digest: str, path: Path, model: str | No
 
     The hash is ``data["dense_sha256"]``, or with ``model`` ``data["dense"][model]["sha256"]`` (a JSON with no
     entry for ``model`` has no rows of it yet). A recorded hash that differs, or none at all (rows from before
-    hashes were kept), means the rows already there may come from another dense model: exit with one line.
+    hashes were kept), means the rows already there may come from another dense model: exit with one line and
+    status OTHER_DENSE_EXIT (run-queue.sh then starts that script over).
     """
     if data is None or (model is not None and model not in data.get("dense", {})):
         return
@@ -96,8 +99,9 @@ def check_same_dense(data: dict | None, digest: str, path: Path, model: str | No
         rows = f"its {model} rows" if model else "its rows"
         why = (f"were pruned from another dense model (sha256 {recorded[:12]}, this one {digest[:12]})" if recorded
                else f"record no dense file hash: nothing shows they were pruned from this one (sha256 {digest[:12]})")
-        raise SystemExit(f"{path}: {rows} {why}; run without --continue so every row is judged against its own "
-                         "dense model")
+        print(f"{path}: {rows} {why}; run without --continue so every row is judged against its own dense model",
+              file=sys.stderr)
+        raise SystemExit(OTHER_DENSE_EXIT)
 
 
 def add_results_flags(ap) -> None:

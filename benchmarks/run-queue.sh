@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The training benchmarks in the order the open work needs them, each resumable: run this in the background,
 # stop it at any time, run it again later and every script picks up where it stopped (--continue keeps the rows
-# already in its JSON; trainings resume from their cached checkpoints).  A script whose JSON holds rows of another
-# dense model refuses --continue with one line and the queue goes on with the next script: the dense model changed
-# (retrained on another machine or thread count), so run that line again without --continue.
+# already in its JSON; trainings resume from their cached checkpoints, and the finished trainings the rows build on
+# are committed in benchmarks/checkpoints/ and restored from there on another machine).
 #
 #   nohup bash benchmarks/run-queue.sh > benchmarks/.cache/queue.log 2>&1 &
 #
@@ -19,17 +18,33 @@ step() {
     echo "== $(date -u +%FT%TZ) exit $? ($1)"
 }
 
-# SLR/ADMM with the penalty as a proximal step on LeNet-5 (issue 18: does it beat the loss-term penalty under Adam?)
-step retrain_free.py --variants slr/prox admm/prox --continue
-# Retrain-free structured pruning on ResNet-20 (issue 18), then the trained BCNNs on the modulation task (issue 19)
-step structured_retrain_free.py --models resnet20 --targets 2.0 4.0 --seeds 0 1 2 --continue
-step bcnn_accuracy.py --models nin nin-binstem --datasets modulation --seeds 0 1 2 --continue
-# Membership inference in the leaking regime, both attackers (issue 22); then the second target
-step privacy_mia.py --seeds 0 1 2 --continue
+# A script whose JSON holds rows of another dense file (one trained on a machine whose files are gone) refuses
+# --continue with status 3: then it starts over on the committed dense model, and later runs continue that.
+continue_or_restart() {
+    echo "== $(date -u +%FT%TZ) $* --continue"
+    "$PY" "$@" --continue
+    code=$?
+    if [ "$code" -eq 3 ]; then
+        echo "== $(date -u +%FT%TZ) rows of another dense file: starting $1 over"
+        "$PY" "$@"
+        code=$?
+    fi
+    echo "== $(date -u +%FT%TZ) exit $code ($1)"
+}
+
+# The trained BCNNs on the modulation task (issue 19): bcnn, its 20x pruning (plain and distilled), the small model
+# from scratch, the fp twin; seeds 1-2 of NIN, then the NIN with a binary first layer
+step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 1 2 --continue
+step bcnn_accuracy.py --models nin-binstem --datasets modulation --seeds 0 1 2 --continue
+# Retrain-free structured pruning on ResNet-20 (issue 18)
+continue_or_restart structured_retrain_free.py --models resnet20 --targets 2.0 4.0 --seeds 0 1 2
+# Membership inference, the second target (issue 22)
 step privacy_mia.py --target resnet20-modulation --seeds 0 1 2 --continue
-# Pruning + quantization against its own dense model (issue 20)
-step combined_quantization.py --continue
+# LeNet-5 unstructured with every variant (the proximal penalty included) and pruning + quantization (issues 18, 20),
+# on the committed dense LeNet-5
+continue_or_restart retrain_free.py
+continue_or_restart combined_quantization.py
 # The rest of the BCNN grid, and VGG-16 (the costliest rows)
 step bcnn_accuracy.py --models resnet18 --datasets modulation --seeds 0 1 2 --continue
 step bcnn_accuracy.py --models nin resnet18 --datasets fashion-mnist --seeds 0 --continue
-step structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 1 2 --continue
+continue_or_restart structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 1 2

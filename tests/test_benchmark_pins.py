@@ -45,3 +45,17 @@ def test_pin_keeps_the_last_checkpoint_of_each_run_and_pinned_restores_a_lost_ca
     assert not (run / "checkpoints/epoch-0001").exists() and (run / "results.json").read_text() == "{}"
     assert common.pinned(tmp_path / "cache" / "never-pinned") == tmp_path / "cache" / "never-pinned"
     assert not (tmp_path / "cache" / "never-pinned").exists()
+
+
+def test_continue_on_rows_of_another_dense_file_exits_with_its_own_status(monkeypatch, tmp_path, capsys):
+    """run-queue.sh starts a script over only on this status; the line says which file and both hashes."""
+    common = _common(monkeypatch, tmp_path)
+    common.check_same_dense({"dense_sha256": "a" * 64}, "a" * 64, tmp_path / "x.json")  # same file: goes on
+    try:
+        common.check_same_dense({"dense_sha256": "a" * 64}, "b" * 64, tmp_path / "x.json")
+    except SystemExit as e:
+        assert e.code == common.OTHER_DENSE_EXIT == 3
+    else:
+        raise AssertionError("rows of another dense file were continued")
+    err = capsys.readouterr().err
+    assert "x.json" in err and "aaaaaaaaaaaa" in err and "bbbbbbbbbbbb" in err and "without --continue" in err
