@@ -1,11 +1,11 @@
 """BCNN accuracy: full-precision complex vs BCNN vs BCNN pruned 20x (live weights), engine == PyTorch (issue 19).
 
-For each model x dataset x seed, five rows from one script run:
+For each model x dataset x seed, these rows from one script run:
   fp           the full-precision complex model (CReLU), ``prunus bcnn train --fp``
   bcnn         the binarized complex model (binary hidden layers, full-precision first and last layer)
   bcnn-20x     that BCNN pruned by SLR filter pruning to 20x fewer live weights (``prunus bcnn prune``:
                E method epochs + R masked retraining epochs, starting from the bcnn row's weights)
-  bcnn-20x-kd  the same, its retraining distilled from the unpruned BCNN (``--distill``)
+  bcnn-20x-kd  the same, its retraining distilled from the unpruned BCNN (``--distill``; with --distill-row)
   bcnn-small   the BCNN narrowed to the same 20x fewer live weights, trained from scratch (the baseline
                pruning must beat: "Rethinking the Value of Network Pruning", Liu et al., ICLR 2019)
 ``nin-binstem`` (a NIN whose first layer is binary too, the engine's faster variant) gets every row but fp;
@@ -19,7 +19,7 @@ Trainings live in ``.cache/bcnn/<model>-<dataset>-<variant>-s<seed>`` and resume
 with ``--continue`` finished rows are kept. Run it in the background across sessions:
 
     python benchmarks/bcnn_accuracy.py [--models nin resnet18 nin-binstem] [--datasets modulation fashion-mnist]
-        [--seeds 0 1 2] [--epochs N] [--continue] [--render]
+        [--seeds 0 1 2] [--epochs N] [--distill-row] [--continue] [--render]
 """
 
 from __future__ import annotations
@@ -280,6 +280,8 @@ def main() -> None:
                     + ", ".join(f"{d} {e}" for d, e in EPOCHS.items()) + ")")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
                     help="the trainings' forward pass (bf16 autocast: 1.4-2.9x faster steps on AVX-512 BF16 CPUs)")
+    ap.add_argument("--distill-row", action="store_true", help="also the bcnn-20x-kd row (off by default: it "
+                    "costs ~25 min a seed and distillation did not help on the seed measured, see the table)")
     ap.add_argument("--continue", dest="cont", action="store_true", help="keep the rows already in the JSON")
     ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
@@ -306,7 +308,7 @@ def main() -> None:
                 # the BCNN and its 20x pruning first: they are what the targets compare; the fp twin last
                 if (model, dataset, "bcnn", seed) not in done:
                     add_trained(data, model, dataset, "bcnn", seed, args.precision, test_set, train_set, t0, common)
-                for variant, distill in (("bcnn-20x", 0.0), ("bcnn-20x-kd", DISTILL)):
+                for variant, distill in (("bcnn-20x", 0.0), ("bcnn-20x-kd", DISTILL))[:2 if args.distill_row else 1]:
                     if (model, dataset, variant, seed) not in done:
                         add_pruned(data, model, dataset, variant, seed, args.precision, distill, test_set, train_set,
                                    common)
