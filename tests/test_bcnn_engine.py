@@ -382,8 +382,9 @@ def test_popcount_compiles_to_the_cpus_instruction():
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     counts = popcount_instructions("ceiling")
-    if " avx512_vpopcntdq" in flags:
-        assert counts["vpopcntq"] > 0 and counts["zmm_vpopcnt"] > 0, counts
+    if " avx512_vpopcntdq" in flags:  # on 512-bit registers where LLVM's tuning for the CPU prefers them (AMD Zen 4;
+        # Intel Xeons that prefer 256-bit vectors get the same instruction on ymm registers)
+        assert counts["vpopcntq"] > 0, counts
     elif " popcnt" in flags:  # scalar popcnt, and on AVX2 LLVM's vector popcount by nibble look-ups
         assert counts["popcnt"] > 0 and counts["vpopcntq"] == counts["zmm_vpopcnt"] == 0, counts
         if " avx2" in flags:
