@@ -237,10 +237,12 @@ def backfill_reestimated(data: dict, dataset: str, train_set, test_set) -> None:
 
 
 def add_trained(data: dict, model: str, dataset: str, variant: str, seed: int, precision: str, test_set, train_set,
-                t0: float, common: dict) -> None:
-    """Train (or resume, or restore) the fp or bcnn model of one seed and add its row."""
-    run = trained(model, dataset, variant == "fp", seed, common["epochs"], precision)
-    data["runs"].append(row(run, test_set, train_set, variant=variant, seconds=time.perf_counter() - t0, **common))
+                common: dict, width: float | None = None, reference_weights: int | None = None) -> None:
+    """Train (or resume, or restore) the fp, bcnn or bcnn-small model of one seed and add its row."""
+    t0 = time.perf_counter()
+    run = trained(model, dataset, variant == "fp", seed, common["epochs"], precision, width=width)
+    data["runs"].append(row(run, test_set, train_set, reference_weights=reference_weights, variant=variant,
+                            seconds=time.perf_counter() - t0, **{**common, "width": width or common["width"]}))
     write_result(NAME, data, summarize(data))
 
 
@@ -304,24 +306,19 @@ def main() -> None:
             for model in args.models:
                 epochs = args.epochs or EPOCHS[dataset]
                 common = {"model": model, "dataset": dataset, "seed": seed, "width": MODELS[model][1], "epochs": epochs}
-                t0 = time.perf_counter()
                 # the BCNN and its 20x pruning first: they are what the targets compare; the fp twin last
                 if (model, dataset, "bcnn", seed) not in done:
-                    add_trained(data, model, dataset, "bcnn", seed, args.precision, test_set, train_set, t0, common)
+                    add_trained(data, model, dataset, "bcnn", seed, args.precision, test_set, train_set, common)
                 for variant, distill in (("bcnn-20x", 0.0), ("bcnn-20x-kd", DISTILL))[:2 if args.distill_row else 1]:
                     if (model, dataset, variant, seed) not in done:
                         add_pruned(data, model, dataset, variant, seed, args.precision, distill, test_set, train_set,
                                    common)
                 if (model, dataset, "bcnn-small", seed) not in done:
                     width, reference = small_width(model, test_set)
-                    t0 = time.perf_counter()
-                    run = trained(model, dataset, False, seed, epochs, args.precision, width=width)
-                    data["runs"].append(row(run, test_set, train_set, reference_weights=reference, variant="bcnn-small",
-                                            seconds=time.perf_counter() - t0, **{**common, "width": width}))
-                    write_result(NAME, data, summarize(data))
+                    add_trained(data, model, dataset, "bcnn-small", seed, args.precision, test_set, train_set, common,
+                                width=width, reference_weights=reference)
                 if not MODELS[model][2] and (model, dataset, "fp", seed) not in done:
-                    add_trained(data, model, dataset, "fp", seed, args.precision, test_set, train_set,
-                                time.perf_counter(), common)
+                    add_trained(data, model, dataset, "fp", seed, args.precision, test_set, train_set, common)
                 print(json.dumps(data["runs"][-1]), flush=True)
 
 

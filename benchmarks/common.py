@@ -47,7 +47,6 @@ def pinned(run: Path) -> Path:
     Training code calls this first: a restored run is complete, and training it again resumes at its last epoch."""
     copy = PINNED / run.name
     if copy.is_dir() and not run.is_dir():
-        shutil.rmtree(run, ignore_errors=True)
         shutil.copytree(copy, run)
     return run
 
@@ -57,7 +56,7 @@ def pin(run: Path, skip: tuple[str, ...] = ()) -> None:
     checkpoint of each ``checkpoints/`` folder in it (a pruning run's retraining is a run of its own inside it),
     and without the top-level folders named in ``skip`` (a pruning run's method phase, which no row reads)."""
 
-    def older_checkpoints(folder: str, names: list[str]) -> list[str]:
+    def left_out(folder: str, names: list[str]) -> list[str]:
         if Path(folder) == run:
             return [n for n in names if n in skip]
         if Path(folder).name != "checkpoints":
@@ -68,7 +67,7 @@ def pin(run: Path, skip: tuple[str, ...] = ()) -> None:
     copy = PINNED / run.name
     tmp = copy.with_name(f".{copy.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(run, tmp, ignore=older_checkpoints)
+    shutil.copytree(run, tmp, ignore=left_out)
     shutil.rmtree(copy, ignore_errors=True)
     tmp.rename(copy)
 

@@ -37,8 +37,8 @@ Closure = Callable[[], torch.Tensor]
 LARGE_JUMP = 0.1
 
 
-#: examples per forward pass of a closure: the fixed batch (2,048 by default) in one pass is up to 2x slower than
-#: in chunks on a CPU (a BCNN's activations stop fitting in cache); eval mode makes the outputs the same either way
+#: examples per forward pass of a closure: the fixed batch (2,048 by default) in one pass was slower than in chunks
+#: on a 2-core CPU (a BCNN's activations stop fitting in cache); eval mode makes the outputs the same either way
 CLOSURE_CHUNK = 256
 
 
