@@ -32,12 +32,12 @@ continue_or_restart() {
     echo "== $(date -u +%FT%TZ) exit $code ($1)"
 }
 
+# Retrain-free structured pruning on ResNet-20 (issue 18, the project's core): 4x first (never measured), then 2x
+continue_or_restart structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2
 # The trained BCNNs on the modulation task (issue 19): bcnn, its 20x pruning (plain and distilled), the small model
 # from scratch, the fp twin; seeds 1-2 of NIN, then the NIN with a binary first layer
 step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 1 2 --continue
 step bcnn_accuracy.py --models nin-binstem --datasets modulation --seeds 0 1 2 --continue
-# Retrain-free structured pruning on ResNet-20 (issue 18)
-continue_or_restart structured_retrain_free.py --models resnet20 --targets 2.0 4.0 --seeds 0 1 2
 # Membership inference, the second target (issue 22)
 step privacy_mia.py --target resnet20-modulation --seeds 0 1 2 --continue
 # LeNet-5 unstructured with every variant (the proximal penalty included) and pruning + quantization (issues 18, 20),
