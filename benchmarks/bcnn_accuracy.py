@@ -52,7 +52,8 @@ NAME = "bcnn_accuracy"
 CACHE = HERE / ".cache" / "bcnn"
 #: key -> (registry name, width that fits 2 CPU cores, model options); nin-binstem: NIN with a binary first layer
 #: too (the engine's faster variant, bcnn_throughput.py), trained as a BCNN only (its fp twin is nin's)
-MODELS = {"nin": ("cnin", 0.5, {}), "resnet18": ("cresnet18", 0.5, {}), "nin-binstem": ("cnin", 0.5, {"fp_first": False})}
+MODELS = {"nin": ("cnin", 0.5, {}), "resnet18": ("cresnet18", 0.5, {}),
+          "nin-binstem": ("cnin", 0.5, {"fp_first": False})}
 IMAGE_SIZE = {"modulation": None, "fashion-mnist": 32}
 TOLERANCE = {"modulation": 1.0, "fashion-mnist": 2.0}  # issue 19: BCNN-20x within this many points of the BCNN
 # training epochs per dataset (--epochs overrides): 11,000 modulation frames x 15 = 1,290 steps of 128, 60,000
@@ -182,15 +183,17 @@ def summarize(data: dict) -> str:
              f"Trainings: {_epochs_text(data)}, Adam lr 1e-3 cosine, no weight decay or augmentation, batch 128, "
              f"forward pass in {data.get('precision', 'fp32')} (bcnn_training_speed.py); "
              f"bcnn-20x: SLR filter pruning of the bcnn row's model to {COMPRESSION:g}x fewer live weights "
-             f"({PRUNE_EPOCHS} method epochs + {RETRAIN_EPOCHS} masked retraining epochs on a cosine lr, same forward precision; the penalty "
-             "as a proximal step, BatchNorm's beta free on pruned channels: prunus.jobs.bcnn). bcnn-small: the BCNN at the "
-             f"widest width with {COMPRESSION:g}x fewer live weights than the bcnn row's, trained from scratch with the same "
-             "recipe (does pruning beat training the small model?). bcnn-20x-kd: bcnn-20x with its retraining distilled from "
-             f"the unpruned BCNN (--distill {DISTILL:g}, temperature {DISTILL_TEMPERATURE:g}). Widths reduced for a 2-core "
-             "CPU (parameter counts in the table). *BN re-est.*: the same weights with BatchNorm statistics re-estimated "
+             f"({PRUNE_EPOCHS} method epochs + {RETRAIN_EPOCHS} masked retraining epochs on a cosine "
+             "lr, same forward precision; the penalty as a proximal step, BatchNorm's beta free on pruned channels: "
+             f"prunus.jobs.bcnn). bcnn-small: the BCNN at the widest width with {COMPRESSION:g}x fewer live weights "
+             "than the bcnn row's, trained from scratch with the same recipe (does pruning beat training the "
+             "small model?). bcnn-20x-kd: bcnn-20x with its retraining distilled from the unpruned BCNN (--distill "
+             f"{DISTILL:g}, temperature {DISTILL_TEMPERATURE:g}). Widths reduced for a 2-core CPU (parameter "
+             "counts in the table). *BN re-est.*: the same weights with BatchNorm statistics re-estimated "
              f"for inference on {RECAL_FRAMES:,} training frames, one BatchNorm at a time (no gradient step; "
              "prunus.harden.batchnorm). *engine == PyTorch*: the bit-packed engine's logits equal the "
-             "PyTorch forward on every test image (both models). Test accuracy in %, mean ± std over the seeds. Machine: "
+             "PyTorch forward on every test image (both models). "
+             "Test accuracy in %, mean ± std over the seeds. Machine: "
              f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.", "",
              "| model | dataset | variant | parameters | seeds | accuracy % | BN re-est. % | live compression "
              "| nonzero compression | engine == PyTorch |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -218,7 +221,8 @@ def summarize(data: dict) -> str:
                 d = statistics.mean(deltas)
                 ok = "met" if d >= -TOLERANCE[dataset] else "NOT met"
                 lines.append(f"- {model} {variant} on {dataset}, {how}: {d:+.2f} pt over {len(deltas)} seed(s) (within "
-                             f"{TOLERANCE[dataset]:g} pt) -> **{ok}**" + (" (fewer than 3 seeds)" if len(deltas) < 3 else ""))
+                             f"{TOLERANCE[dataset]:g} pt) -> **{ok}**"
+                             + (" (fewer than 3 seeds)" if len(deltas) < 3 else ""))
         small = {r["seed"]: r["bn_reestimated_accuracy"] for r in groups.get((model, dataset, "bcnn-small"), [])}
         deltas = [r["bn_reestimated_accuracy"] - small[r["seed"]] for r in rows if r["seed"] in small]
         if deltas:

@@ -49,7 +49,8 @@ from prunus.models import build_model
 from prunus.models.loading import load_model
 
 NAME = "bcnn_throughput"
-TRAINED = "bcnn_throughput_trained"  # the same table for trained checkpoints (--checkpoint), beside the random-weight one
+# the same table for trained checkpoints (--checkpoint), beside the random-weight one
+TRAINED = "bcnn_throughput_trained"
 MODELS = {"nin": "cnin", "resnet18": "cresnet18", "nin-binstem": "cnin"}
 #: model options per key: NIN with a binary first layer too (issue 19: the full-precision stem is half the time)
 OPTIONS = {"nin-binstem": {"fp_first": False}}
@@ -79,7 +80,8 @@ def pruned_model(key: str, seed: int) -> tuple[torch.nn.Module, dict]:
     example = torch.randn(2, CIN, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
     model, counts = prune_to_live_compression(dense, lambda ratio: filter_plan(dense, ratio), COMPRESSION,
                                               example, prepare=lambda m: calibrate_bn(m, seed))
-    return model, {**counts, "source": "random weights (seeded), BN statistics from noise", "stem_pruned": MODELS[key] == "cnin"}
+    return model, {**counts, "source": "random weights (seeded), BN statistics from noise",
+                   "stem_pruned": MODELS[key] == "cnin"}
 
 
 def checkpoint_model(path: str) -> tuple[torch.nn.Module, dict]:
@@ -88,7 +90,8 @@ def checkpoint_model(path: str) -> tuple[torch.nn.Module, dict]:
     model.eval()
     engine = compile_engine(model, SIZE, backend="fp32")
     return model, {**weight_counts(model, engine), "ratio": None, "source": f"checkpoint {ckpt.path}",
-                   "in_channels": ckpt.meta["model"]["in_channels"], "dataset": (ckpt.meta.get("dataset") or {}).get("name")}
+                   "in_channels": ckpt.meta["model"]["in_channels"],
+                   "dataset": (ckpt.meta.get("dataset") or {}).get("name")}
 
 
 # -- timing ----------------------------------------------------------------------------------------------------------
@@ -180,7 +183,8 @@ def run_model(key: str, args, ceiling: float) -> dict:
         torch.set_num_threads(torch_threads)
     gpu = (torch_backend_timing(model, "cuda", max(args.batches), timing, gen, cin) if torch.cuda.is_available()
            else None)
-    return {"model": key, "cuda": gpu, "registry_name": LABELS.get(key, MODELS[key]), "pruning": pruning, "exact": exact,
+    return {"model": key, "cuda": gpu, "registry_name": LABELS.get(key, MODELS[key]), "pruning": pruning,
+            "exact": exact,
             "bit_macs_per_image": engine.bit_macs, "layers": [layer.to_dict() for layer in engine.layers()],
             "single_thread_profile": {"images": 64, "runs": args.profile_runs, "us_per_image": 1e6 * total / 64,
                                       "steps": profile},
@@ -213,7 +217,8 @@ def _inputs_text(data: dict) -> str:
     if not trained:
         return "3x32x32 inputs, 10 classes."
     return " ".join(f"{m['registry_name']}: a trained checkpoint, {m['pruning']['in_channels']}x32x32 inputs "
-                    f"({m['pruning'].get('dataset') or 'its dataset'}), {m['pruning']['dense_weights']:,} dense weights "
+                    f"({m['pruning'].get('dataset') or 'its dataset'}), "
+                    f"{m['pruning']['dense_weights']:,} dense weights "
                     "(the FPGA figure is for the full-width model, so its 'target' is a reference, not a like-for-like "
                     "comparison)." for m in trained)
 

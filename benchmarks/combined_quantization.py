@@ -149,7 +149,8 @@ def summarize(data: dict) -> str:
         f"Seeds {', '.join(map(str, sorted({r['seed'] for r in data['runs']})))} (the 'seeds' column: how many a row "
         f"has); mean ± std. Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.",
         "",
-        "| sparsity | quantization | method | budget | seeds | pruned (fp32) % | hard-quantized % | after fine-tuning % "
+        "| sparsity | quantization | method | budget | seeds | "
+        "pruned (fp32) % | hard-quantized % | after fine-tuning % "
         "| positions + codes: coded / entropy bytes | file bytes | smaller than dense fp32 | target |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -212,7 +213,8 @@ def main() -> None:
             if all((sparsity, s, m, seed) in done for s in sp.schemes for m in sp.methods):
                 continue
             retrain = {} if sp.retrain_lr is None else {"retrain_lr": sp.retrain_lr, "retrain_schedule": "cosine"}
-            config = PruneConfig(method="reweighted", epochs=sp.epochs, retrain_epochs=sp.retrain_epochs, seed=seed, **retrain)
+            config = PruneConfig(method="reweighted", epochs=sp.epochs, retrain_epochs=sp.retrain_epochs, seed=seed,
+                                 **retrain)
             pruned = cached_pruning(pruned_dir, init, config)
             if pruned is None:
                 shutil.rmtree(pruned_dir, ignore_errors=True)
@@ -224,11 +226,13 @@ def main() -> None:
                 for method in sp.methods:
                     if (sparsity, scheme, method, seed) in done:
                         continue
-                    qdir = CACHE / f"q-{sp.tag}-{scheme}-{method}-f{sp.finetune_epochs}{sp.finetune_schedule}-seed{seed}"
+                    qdir = CACHE / (f"q-{sp.tag}-{scheme}-{method}-f{sp.finetune_epochs}"
+                                    f"{sp.finetune_schedule}-seed{seed}")
                     shutil.rmtree(qdir, ignore_errors=True)
                     q = run_quantization(pruned_dir / "retrain", QuantizeConfig(scheme=scheme, method=method, seed=seed,
                                                                                 finetune_epochs=sp.finetune_epochs,
-                                                                                finetune_schedule=sp.finetune_schedule, rest=REST),
+                                                                                finetune_schedule=sp.finetune_schedule,
+                                                                                rest=REST),
                                          qdir, console=quiet)
                     if data is None:
                         data = {"benchmark": NAME, "dense_accuracy": pruned["dense_accuracy"],
@@ -239,11 +243,14 @@ def main() -> None:
                     run = {"sparsity": sparsity, "scheme": scheme, "method": method, "seed": seed,
                            "budget": [sp.epochs, sp.retrain_epochs, sp.finetune_epochs], "rest": REST,
                            "finetune_schedule": sp.finetune_schedule,
-                           "compression": pruned["report"]["compression"], "pruned_accuracy": pruned["retrain_accuracy"][-1],
+                           "compression": pruned["report"]["compression"],
+                           "pruned_accuracy": pruned["retrain_accuracy"][-1],
                            "hard_pruned_accuracy": pruned["hard_pruned_accuracy"],
-                           "hard_quantized_accuracy": q["hard_quantized_accuracy"], "finetune_accuracy": q["finetune_accuracy"],
+                           "hard_quantized_accuracy": q["hard_quantized_accuracy"],
+                           "finetune_accuracy": q["finetune_accuracy"],
                            "final_accuracy": q["final_accuracy"], "reloaded_accuracy": q["reloaded_accuracy"],
-                           "file_bytes": q["size"]["file_bytes"], "ratio": q["size"]["ratio"], "raw_bytes": q["size"]["raw_bytes"],
+                           "file_bytes": q["size"]["file_bytes"], "ratio": q["size"]["ratio"],
+                           "raw_bytes": q["size"]["raw_bytes"],
                            "entropy_bytes": information_bytes(quantized),
                            "quantized_weights": q["quantized_weights"], "method_seconds": q["method_seconds"]}
                     data["runs"].append(run)

@@ -72,7 +72,8 @@ def step_overhead(name: str, options: dict, shape: tuple, batch: int, repeats: i
     p, s, r = statistics.median(plain_t), statistics.median(slr_t), statistics.median(round_t)
     return {
         "model": name, "options": options, "batch": batch, "input": list(shape),
-        "params": sum(q.numel() for q in model.parameters()), "planned_weights": sum(q.numel() for _, q in plan_weights(model, plan)),
+        "params": sum(q.numel() for q in model.parameters()),
+        "planned_weights": sum(q.numel() for _, q in plan_weights(model, plan)),
         "plain_step_s": p, "slr_step_s": s, "ratio": s / p, "slr_round_s": r,
         "ratio_with_round_every_100": (s + r / 100) / p, "ratio_with_round_every_469": (s + r / 469) / p,
         "plain_all": plain_t, "slr_all": slr_t,
@@ -126,20 +127,25 @@ def main() -> None:
         "## SLR overhead (`benchmarks/overhead.py`)",
         "",
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']} ({env['torch_threads']} threads). "
-        f"Median of {args.repeats} interleaved steps (alternating which runs first); SGD with momentum; plan: global unstructured 95% of all but first and last layer.",
+        f"Median of {args.repeats} interleaved steps (alternating which runs first); SGD "
+        "with momentum; plan: global unstructured 95% of all but first and last layer.",
         "",
-        "| model | batch | plain SGD step, ms | SLR step (with penalty), ms | ratio | SLR round, ms | ratio incl. a round every 100 batches | ... every 469 batches |",
+        ("| model | batch | plain SGD step, ms | SLR step (with penalty), ms | ratio | "
+         "SLR round, ms | ratio incl. a round every 100 batches | ... every 469 batches |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in steps:
         label = s["model"] + (f" (width {s['options']['width']})" if "width" in s["options"] else "")
         lines.append(
-            f"| {label} | {s['batch']} | {1e3 * s['plain_step_s']:.2f} | {1e3 * s['slr_step_s']:.2f} | {s['ratio']:.3f}x | "
-            f"{1e3 * s['slr_round_s']:.0f} | {s['ratio_with_round_every_100']:.3f}x | {s['ratio_with_round_every_469']:.3f}x |"
+            f"| {label} | {s['batch']} | {1e3 * s['plain_step_s']:.2f} | "
+            f"{1e3 * s['slr_step_s']:.2f} | {s['ratio']:.3f}x | {1e3 * s['slr_round_s']:.0f} | "
+            f"{s['ratio_with_round_every_100']:.3f}x | {s['ratio_with_round_every_469']:.3f}x |"
         )
     worst = max(s["ratio"] for s in steps)
-    lines += ["", f"Target: SLR step at most 1.15x a plain step: worst case {worst:.3f}x -> **{'met' if worst <= 1.15 else 'NOT met'}**.", ""]
-    lines += [f"Projection of all {proj['weights']:,} conv/linear weights of a ResNet-50 (median of 3):", "", "| set | seconds |", "|---|---|"]
+    lines += ["", (f"Target: SLR step at most 1.15x a plain step: worst case {worst:.3f}x -> "
+                   f"**{'met' if worst <= 1.15 else 'NOT met'}**."), ""]
+    lines += [f"Projection of all {proj['weights']:,} conv/linear weights of a ResNet-50 (median of 3):", "",
+              "| set | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in proj.items() if isinstance(v, float)]
     write_result("overhead", data, "\n".join(lines))
     print("\n".join(lines))

@@ -3,7 +3,8 @@
 A target (``--target``, :data:`TARGETS`) is a model, a dataset and the recipe that makes it memorise:
 LeNet-5 on Fashion-MNIST (the default, ``results/privacy_mia.json``) or ResNet-20 on the generated
 radio-modulation frames (``results/privacy_mia_resnet20-modulation.json``). Per seed s: a membership
-split of the dataset's training split drawn with seed s (the target's members, as many non-members that no model of the row ever trains on, the rest the
+split of the dataset's training split drawn with seed s (the target's members, as many non-members that no model of the
+row ever trains on, the rest the
 attacker's pool). The undefended target trains on the members only, then every defense
 (``prunus.privacy.defenses.run.run_defense``; pruning and MCMIA start from the target's weights,
 AdvReg and DP-SGD train from scratch on the same members) and every row is audited with
@@ -271,7 +272,8 @@ def setup(b: Budget) -> dict[str, Any]:
                  "mcmia_warmup": min(MCMIA_WARMUP, b.prune_epochs - 1), "mcmia_method": MCMIA_METHOD,
                  "mcmia_compressions": list(MCMIA_COMPRESSIONS)},
         "dp": {"epsilons": list(DP_EPSILONS), "delta": DP_DELTA, "epochs": b.dp_epochs, "batch_size": DP_BATCH,
-               "optimizer": DP_OPTIMIZER, "lr": DP_LR, "momentum": TrainConfig.momentum if DP_OPTIMIZER == "sgd" else None,
+               "optimizer": DP_OPTIMIZER, "lr": DP_LR,
+               "momentum": TrainConfig.momentum if DP_OPTIMIZER == "sgd" else None,
                "max_grad_norm": DP_CLIP, "accountant": "prv"},
         "relax": {"alphas": list(RELAX_ALPHAS)},
         "dp_target": {"epsilons": list(DP_TARGET_EPSILONS), "delta": DP_DELTA, "max_grad_norm": DP_TARGET_CLIP,
@@ -563,7 +565,8 @@ def goal(data: dict, adaptive: bool = False) -> dict[str, Any]:
     base = mean(r["test_accuracy"] for r in groups["undefended"])
     base_leak = mean(leakage(r, adaptive) for r in groups["undefended"])
     dp = dp_front([(mean(r["test_accuracy"] for r in g), mean(leakage(r, adaptive) for r in g), name,
-                    standard_error([leakage(r, adaptive) for r in g])) for name, g in groups.items() if name.startswith("dpsgd")])
+                    standard_error([leakage(r, adaptive) for r in g]))
+                   for name, g in groups.items() if name.startswith("dpsgd")])
     labels = data.get("labels", {})
     parts, verdicts = [], []
     for name in mcmia:
@@ -698,7 +701,8 @@ def _dp_target_text(dpt: dict | None, t: dict) -> str:
     """The DP-SGD rows that train with the target's recipe."""
     if not dpt:
         return ""
-    return (f"DP-SGD, target's recipe: the target's {t['optimizer']} lr {t['lr']:g}, batch {t['batch_size']} (expected, "
+    return (f"DP-SGD, target's recipe: the target's {t['optimizer']} "
+            f"lr {t['lr']:g}, batch {t['batch_size']} (expected, "
             f"Poisson), {_n(t['epochs'], 'epoch')}, plus clipping norm {dpt['max_grad_norm']:g} and the noise for ε; "
             f"{dpt['accountant']} (PRV's grid needs tens of GiB at a large ε; RDP's ε is an upper bound). Its "
             "ε ≥ 1,000 rows promise nothing as privacy: they locate DP-SGD's leakage at MCMIA's accuracy. ")
@@ -747,7 +751,7 @@ def rows_text(s: dict) -> str:
     if methods:
         parts.append(f"Pruned: {', '.join(METHOD_LABELS.get(m, m) for m in methods)} from the undefended target "
                      f"({t['optimizer']} lr {p['lr']:g}), {_n(p['epochs'], 'epoch')} with the method"
-                     f"{' (magnitude: pruned at the start, these epochs with the mask)' if 'magnitude' in methods else ''}"
+                     f"{' (magnitude: pruned at the start, these epochs with the mask)' if 'magnitude' in methods else ''}"  # noqa: E501
                      ", hard-prune, "
                      f"{_n(p['retrain_epochs'], 'masked fine-tuning epoch')}; one sparsity per layer on every "
                      "conv/linear layer but the first and the last (those two and the biases stay dense, so the whole "
@@ -962,8 +966,9 @@ def main() -> None:
                                             and needs_adaptive(recorded[(row.name, seed)], budget)))]
     est = estimate(budget, todo, banks_needed, step_s, adaptive)
     print(f"{len(todo)} runs to do ({len(budget.seeds)} seed(s) x {len(chosen)} rows, {len(done)} already in the "
-          f"JSON, {len(adaptive)} adaptive audit(s)), {banks_needed} reference bank(s) of {budget.reference_models} LiRA + {budget.shadow_models} shadow "
-          f"models to train; estimated {est / 60:.0f} min ({1000 * step_s:.1f} ms per training step of batch {target.batch} "
+          f"JSON, {len(adaptive)} adaptive audit(s)), {banks_needed} reference bank(s) of "
+          f"{budget.reference_models} LiRA + {budget.shadow_models} shadow models to train; estimated "
+          f"{est / 60:.0f} min ({1000 * step_s:.1f} ms per training step of batch {target.batch} "
           f"measured now, {budget.target_epochs} target epochs of {budget.members:,} members). Results: {results}",
           flush=True)
 

@@ -87,9 +87,11 @@ def summarize(data: dict) -> str:
         f"penalty on every entry, a round every 100 batches; slr/prox, admm/prox: the defaults with the penalty as a "
         f"proximal step after each Adam step. {dense_sentence(data)} "
         f"Seeds {', '.join(map(str, data['seeds']))}; mean ± std of test accuracy (%). "
-        f"Machine: {data['environment']['cpu']}, {data['environment']['cpu_count']} cores, torch {data['environment']['torch']}.",
+        f"Machine: {data['environment']['cpu']}, {data['environment']['cpu_count']} cores, torch "
+        f"{data['environment']['torch']}.",
         "",
-        "| compression | method | hard-pruned, 0 retraining | +1 epoch | +3 epochs | retraining epochs to within 1 pt of dense (per seed) | pruning wall s |",
+        ("| compression | method | hard-pruned, 0 retraining | +1 epoch | +3 epochs "
+         "| retraining epochs to within 1 pt of dense (per seed) | pruning wall s |"),
         "|---|---|---|---|---|---|---|",
     ]
     by_key: dict[tuple, list] = {}
@@ -101,7 +103,8 @@ def summarize(data: dict) -> str:
         three = [g["retrain_accuracy"][2] for g in group]
         rec = ", ".join(str(e) if (e := epochs_to_recover(g, dense)) is not None else f">{R}" for g in group)
         wall = statistics.mean(g["prune_seconds"] for g in group)
-        lines.append(f"| {rate:g}x | {variant} | {mean_std(hard)} | {mean_std(one)} | {mean_std(three)} | {rec} | {wall:.0f} |")
+        lines.append(f"| {rate:g}x | {variant} | {mean_std(hard)} | {mean_std(one)} | {mean_std(three)} | {rec} | "
+                     f"{wall:.0f} |")
 
     def mean_of(rate, variant, key="hard_pruned_accuracy"):
         vals = [r[key] for r in runs if r["rate"] == rate and r["variant"] == variant]
@@ -110,7 +113,8 @@ def summarize(data: dict) -> str:
     lines += ["", "Targets (issue 18), from the rows above:", ""]
     s20 = mean_of(20, "slr")
     if s20 is not None:
-        lines.append(f"- slr hard-pruned at 20x within 0.5 pt of dense: {s20:.2f} vs {dense:.2f} ({s20 - dense:+.2f}) -> "
+        lines.append("- slr hard-pruned at 20x within 0.5 pt of dense: "
+                     f"{s20:.2f} vs {dense:.2f} ({s20 - dense:+.2f}) -> "
                      f"**{'met' if s20 >= dense - 0.5 else 'NOT met'}**")
     for rate in (50, 100):
         a, b = mean_of(rate, "slr"), mean_of(rate, "magnitude")
@@ -189,7 +193,8 @@ def main() -> None:
                 write_result(NAME, data, summarize(data))
     if "repeat" not in data and (100, "slr", 1) in {(r["rate"], r["variant"], r["seed"]) for r in data["runs"]}:
         # the same command and seed again in the same process: equal bits or a nondeterminism to explain
-        again = one_run(init, Plan.uniform(model, ratio_for_compression(100), global_unstructured=True), 100, "slr", 1, args)
+        again = one_run(init, Plan.uniform(model, ratio_for_compression(100), global_unstructured=True), 100, "slr", 1,
+                        args)
         first = next(r for r in data["runs"] if (r["rate"], r["variant"], r["seed"]) == (100, "slr", 1))
         data["repeat"] = {"row": "100x slr seed 1", "first": first["hard_pruned_accuracy"],
                           "again": again["hard_pruned_accuracy"],

@@ -88,11 +88,13 @@ def summarize(data: dict) -> str:
         f"retraining epochs. Seed {', '.join(map(str, data['seeds']))}. Machine: {data['environment']['cpu']}, "
         f"{data['environment']['cpu_count']} cores, torch {data['environment']['torch']}.",
         "",
-        "| structure | MACs | ratio | method | hard-pruned % | " + " | ".join(f"+{e + 1} epoch %" for e in range(data["retrain_epochs"]))
+        "| structure | MACs | ratio | method | hard-pruned % | "
+        + " | ".join(f"+{e + 1} epoch %" for e in range(data["retrain_epochs"]))
         + " | pruning wall s |",
         "|---|---|---|---|---|" + "---|" * data["retrain_epochs"] + "---|",
     ]
-    for r in sorted(data["runs"], key=lambda r: (STRUCTURES.index(r["structure"]), r["target"], METHODS.index(r["variant"]))):
+    for r in sorted(data["runs"],
+                    key=lambda r: (STRUCTURES.index(r["structure"]), r["target"], METHODS.index(r["variant"]))):
         retrain = " | ".join(f"{a:.2f}" for a in r["retrain_accuracy"])
         lines.append(
             f"| {r['structure']} | {data['dense_macs'] / r['macs']:.2f}x fewer | {r['ratio']:.3f} | {r['variant']} | "
@@ -131,7 +133,8 @@ def main() -> None:
                 for method in METHODS:
                     if (structure, target, method, seed) in done:
                         continue
-                    config = PruneConfig(method=method, epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs, seed=seed)
+                    config = PruneConfig(method=method, epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs,
+                                         seed=seed)
                     run = prune_run(init, plan, config, structure=structure, target=target, ratio=ratio, variant=method)
                     run["macs"] = run["macs_structural"] if structure == "filter" else run["macs_nonzero"]
                     data["runs"].append(run)

@@ -56,10 +56,12 @@ def summarize(data: dict) -> str:
         f"(Adam, lr {data['lr']}, cosine), hard-prune, then {R} masked retraining epochs (Adam, constant lr). "
         f"Defaults: reweighted lam 1e-2, eps 0.01; SLR rho 0.1, s0 0.01, M 300, r 0.1; ADMM rho 0.1. "
         f"'/100' = a method round every 100 batches, else one per epoch. Seeds {', '.join(map(str, data['seeds']))}; "
-        f"mean ± std of test accuracy (%). Machine: {data['environment']['cpu']}, {data['environment']['cpu_count']} cores, "
+        "mean ± std of test accuracy (%). Machine: "
+        f"{data['environment']['cpu']}, {data['environment']['cpu_count']} cores, "
         f"torch {data['environment']['torch']}.",
         "",
-        "| compression | method | hard-pruned, 0 retraining | +1 epoch | +3 epochs | epochs to within 1 pt of dense (per seed) | pruning wall s |",
+        ("| compression | method | hard-pruned, 0 retraining | +1 epoch | +3 epochs "
+         "| epochs to within 1 pt of dense (per seed) | pruning wall s |"),
         "|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple, list] = {}

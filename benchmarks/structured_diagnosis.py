@@ -83,7 +83,8 @@ def run(variant: str, init, base_plan, train_set, test_set) -> dict:
         Trainer(model, train_set, test_set, config.train_config(EPOCHS, config.lr, config.schedule), tmp,
                 hooks=[method], console=Console(file=io.StringIO())).fit()
     before = evaluate(model, test_set)["accuracy"]
-    hard_prune(model, full.layout(model))  # the same hard-prune for every variant: whole channel sets, BatchNorms included
+    # the same hard-prune for every variant: whole channel sets, BatchNorms included
+    hard_prune(model, full.layout(model))
     recal = copy.deepcopy(model)
     recalibrate_batchnorm(recal, train_set, batches=BN_BATCHES, seed=SEED)
     last = method.history[-1]
@@ -107,7 +108,8 @@ def summarize(data: dict) -> str:
         "tensors the method constrains, after the last round. "
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.",
         "",
-        "| variant | before hard-prune % | hard-pruned % | + BN recalibration % | distance | largest (tensor) | final rho |",
+        ("| variant | before hard-prune % | hard-pruned % | + BN recalibration % "
+         "| distance | largest (tensor) | final rho |"),
         "|---|---|---|---|---|---|---|",
     ]
     for r in sorted(data["runs"], key=lambda r: list(VARIANTS).index(r["variant"])):

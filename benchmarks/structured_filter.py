@@ -87,9 +87,11 @@ def summarize(data: dict) -> str:
             group = groups[factor, variant]
             g0 = group[0]
             lines.append(
-                f"| {g0['macs_dense']:,} -> {g0['macs_structural']:,} ({g0['macs_dense'] / g0['macs_structural']:.2f}x) | "
+                f"| {g0['macs_dense']:,} -> {g0['macs_structural']:,} "
+                f"({g0['macs_dense'] / g0['macs_structural']:.2f}x) | "
                 f"{g0['ratio']:.2f} | {variant} | {mean_std([g['hard_pruned_accuracy'] for g in group])} | "
-                f"{mean_std([g['retrain_accuracy'][0] for g in group])} | {mean_std([g['retrain_accuracy'][-1] for g in group])} |"
+                f"{mean_std([g['retrain_accuracy'][0] for g in group])} | "
+                f"{mean_std([g['retrain_accuracy'][-1] for g in group])} |"
             )
     walls = statistics.mean(r["wall_seconds"] for r in runs)
     lines += ["", f"Mean wall time per run (pruning + retraining): {walls:.0f} s."]

@@ -96,7 +96,8 @@ def small_model_stats(small: nn.Module) -> dict:
 # -- prunus' methods -------------------------------------------------------------------------------------------------
 def prunus_row(init: Path, plan, method: str, seed: int) -> dict:
     name, options = PRUNUS_METHODS[method]
-    config = PruneConfig(method=name, epochs=E, retrain_epochs=R, lr=LR, retrain_lr=RETRAIN_LR, retrain_schedule="cosine",
+    config = PruneConfig(method=name, epochs=E, retrain_epochs=R, lr=LR, retrain_lr=RETRAIN_LR,
+                         retrain_schedule="cosine",
                          seed=seed, bn_recalibrate=BN_BATCHES, channels_last=True, options=options,
                          update_every=100 if name in ("slr", "admm") else None)
 
@@ -208,7 +209,8 @@ def time_rows(data: dict, names: list[str]) -> None:
                 shapes.setdefault(json.dumps(r["layers"], sort_keys=True), []).append(r)
         models = {"dense": for_inference(dense)}
         for i, key in enumerate(shapes):
-            small = apply_layer_shapes(build_model(name, in_channels=1, num_classes=10, **MODELS[name]), json.loads(key))
+            small = apply_layer_shapes(build_model(name, in_channels=1, num_classes=10, **MODELS[name]),
+                                       json.loads(key))
             models[f"s{i}"] = for_inference(small.eval())
         lat = compare_latency(models, PROBE.to(memory_format=torch.channels_last), (64,), repeats=50, warmup=5)
         data["dense"][name]["deployed_b64_ms"] = lat["dense"][64].median_ms
@@ -234,7 +236,8 @@ def summarize(data: dict) -> str:
         f"E = {E} method epochs (Adam lr {LR:g}, cosine) + R = {R} retraining epochs (Adam from lr {RETRAIN_LR:g}, "
         "cosine). slr/admm/reweighted: prunus' defaults, no option set (a round every 100 batches, the penalty "
         "(rho; reweighted's lambda) grown by the budget, the penalty on the removed entries; every method constrains "
-        "each filter with its bias and BatchNorm and the convs of its residual stream); l1 / tp-l1: pruned at the start, E epochs with the mask; "
+        "each filter with its bias and BatchNorm and the convs of its residual stream); l1 / tp-l1: pruned at the "
+        "start, E epochs with the mask; "
         "tp-groupnorm (reg 5e-4) / tp-growingreg (reg 1e-4, +1e-4 every 10 batches): Torch-Pruning "
         f"{data.get('torch_pruning', '')}'s regularizer for E epochs, then its `step()`. *hard-pruned*: right after "
         f"the hard-prune at the end of phase 1, no retraining; *+BN*: the same model with BatchNorm statistics "

@@ -9,7 +9,8 @@ at 2x and 4x fewer MACs, two methods get the same epoch budget E + R (``BUDGETS`
 Allocation *uniform*: one filter ratio for every Conv2d/Linear but the last (the classifier),
 found by bisection so that the MACs of the physically pruned model fall 2x or 4x; each
 layer keeps a multiple of ``ROUND_TO`` filters (16 for VGG-16: AVX-512 holds 16 fp32
-channels; 8 for ResNet-20, whose first stage has only 16) and the first convolution is pruned too (at full resolution it carries the most
+channels; 8 for ResNet-20, whose first stage has only 16) and the first convolution is pruned too
+(at full resolution it carries the most
 activation traffic). Allocation *latency*: the widths per coupled group that
 ``prunus.deploy.allocation.latency_aware_plan`` finds by measured, deployed batch-64 latency on this
 machine (greedy, NetAdapt-style; same multiples, each group keeps at least a quarter), searched
@@ -166,10 +167,12 @@ def search_widths(model, target: float, round_to: int) -> dict:
     """The latency allocation's widths for ``target`` times fewer MACs, and how the search went."""
     t0 = time.perf_counter()
     found = latency_aware_plan(model, PROBE, target, round_to=round_to, **SEARCH,
-                               log=lambda s: print(f"  search: {s.group} -> {s.kept} ({s.latency_ms:.2f} ms)", flush=True))
+                               log=lambda s: print(f"  search: {s.group} -> {s.kept} ({s.latency_ms:.2f} ms)",
+                                                   flush=True))
     seconds = time.perf_counter() - t0
     # the same shapes timed as the table times them, beside the uniform allocation at the same target
-    uniform = pruned_copy(model, plan_for(model, "uniform", ratio_for(model, "uniform", target, round_to), round_to), PROBE)
+    uniform = pruned_copy(model, plan_for(model, "uniform", ratio_for(model, "uniform", target, round_to), round_to),
+                          PROBE)
     small = shrink_to_widths(model, PROBE, found.kept)
     models = {"dense": model, "uniform": uniform, "latency": small}
     deployed = {k: for_inference(m) for k, m in models.items()}
@@ -234,7 +237,8 @@ def summarize(data: dict) -> str:
     timing = data.get("timing", {})
     timed = timing.get("environment", env)
     early = (f"; *early*: the convs at the two highest output resolutions keep {EARLY_KEEP:g} of their filters and "
-             "the others one ratio (they cost few MACs but the most activation traffic)") if "early" in allocations else ""
+             "the others one ratio (they cost few MACs but the most "
+             "activation traffic)") if "early" in allocations else ""
     searches = data.get("searches", {})
     latency = ("; *latency*: the widths per coupled group that `prunus.deploy.allocation.latency_aware_plan` found by "
                f"measured deployed batch-{SEARCH['batch_size']} latency (greedy: each step removes one multiple from "
@@ -251,7 +255,8 @@ def summarize(data: dict) -> str:
         f"multiple of {' / '.join(f'{v} ({m})' for m, v in data['round_to'].items())} filters (an AVX-512 register "
         "holds 16 fp32 values, an AVX2 one 8; ResNet-20's first stage has only 16). Allocation *uniform*: one "
         f"ratio everywhere{early}, chosen by bisection so that the MACs of the physically smaller "
-        f"model fall at least 2x or 4x{latency}. Budget E + R (the 'budget' column): slr = E SLR epochs (a round every 100 "
+        f"model fall at least 2x or 4x{latency}. Budget E + R (the "
+        "'budget' column): slr = E SLR epochs (a round every 100 "
         "batches) + hard-prune (per coupled group) + R masked epochs; l1 = L1-norm filter pruning at the start + "
         f"E + R masked epochs; the R retraining epochs start at lr {data.get('retrain_lr', 1e-3):g} (Adam) and decay "
         f"({data.get('retrain_schedule', 'constant')}). Then surgery "
@@ -259,7 +264,8 @@ def summarize(data: dict) -> str:
         f"process, their runs interleaved: median of {timing.get('repeats', REPEATS)} forward passes after "
         f"{timing.get('warmup', 5)} warm-ups, inference mode, in one pass after all training, on models rebuilt from "
         "each row's plan (speed depends on the shapes, not the trained values; the parameter count is checked). "
-        + ("The allocator is held in its steady state (`prunus.deploy.latency.steady_allocator`: freed activation buffers "
+        + ("The allocator is held in its steady state (`prunus.deploy.latency.steady_allocator`: "
+           "freed activation buffers "
            "stay in the process), so no forward page-faults on fresh buffers; without it the same model's time "
            "depended on what the process had allocated before. "
            if timing.get("steady_allocator") else
@@ -277,7 +283,8 @@ def summarize(data: dict) -> str:
         f"{timed['cpu']}, {timed['cpu_count']} cores, torch {timed['torch']}"
         + (f" (training ran on {env['cpu']})." if timed["cpu"] != env["cpu"] else "."),
         "",
-        "| model | dense acc % | target | allocation | method | budget | MACs (fewer) | params (fewer) | file bytes (smaller) | hard-pruned % | final % | Δ vs dense "
+        "| model | dense acc % | target | allocation | method | budget | MACs (fewer) "
+        "| params (fewer) | file bytes (smaller) | hard-pruned % | final % | Δ vs dense "
         "| eager b1 ms (speedup) | eager b64 ms (speedup) | deployed b1 ms (speedup) | deployed b64 ms (speedup) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -286,7 +293,8 @@ def summarize(data: dict) -> str:
         small, dense = r[f"{mode}_small_b{b}_ms"], r[f"{mode}_dense_b{b}_ms"]
         return f"{small:.2f} ({dense / small:.2f}x)"
 
-    order = {(m, t, a): i for i, (m, a, t) in enumerate((m, a, t) for m in MODELS for a in ALLOCATIONS for t in TARGETS)}
+    order = {(m, t, a): i
+             for i, (m, a, t) in enumerate((m, a, t) for m in MODELS for a in ALLOCATIONS for t in TARGETS)}
     for r in sorted(data["runs"], key=lambda r: (order[r["model"], r["target"], r.get("allocation", "uniform")],
                                                   list(METHODS).index(r["variant"]))):
         d = data["dense"][r["model"]]
@@ -294,7 +302,8 @@ def summarize(data: dict) -> str:
         final = r["retrain_accuracy"][-1]
         e, rt = r.get("budget") or BUDGETS[r["model"]][:2]  # rows written before the budget was recorded
         lines.append(
-            f"| {r['model']} | {dense_accuracy:.2f} | {r['target']:g}x | {r.get('allocation', 'uniform')} | {r['variant']} | "
+            f"| {r['model']} | {dense_accuracy:.2f} | {r['target']:g}x "
+            f"| {r.get('allocation', 'uniform')} | {r['variant']} | "
             f"{e} + {rt} | "
             f"{r['macs_after']:,} ({d['macs'] / r['macs_after']:.2f}x) | {r['params_after']:,} "
             f"({d['params'] / r['params_after']:.2f}x) | {r['weights_bytes_after']:,} "
@@ -307,7 +316,8 @@ def summarize(data: dict) -> str:
         ratio = {k: sh["dense"]["deployed_b64_ms"] / sh[k]["deployed_b64_ms"] for k in ("uniform", "latency")}
         lines += ["", f"Latency allocation search, {key} (untrained shapes, deployed batch 64, median of "
                   f"{REPEATS}, timed on {v['environment']['cpu']}; not trained yet): dense "
-                  f"{sh['dense']['deployed_b64_ms']:.2f} ms; uniform {sh['dense']['macs'] / sh['uniform']['macs']:.2f}x "
+                  f"{sh['dense']['deployed_b64_ms']:.2f} ms; uniform "
+                  f"{sh['dense']['macs'] / sh['uniform']['macs']:.2f}x "
                   f"fewer MACs, {ratio['uniform']:.2f}x faster; latency-searched "
                   f"{sh['dense']['macs'] / sh['latency']['macs']:.2f}x fewer MACs, {ratio['latency']:.2f}x faster "
                   f"({v['steps']} steps, {v['seconds']:.0f} s). Widths: "
@@ -315,7 +325,8 @@ def summarize(data: dict) -> str:
                   + "."]
     for earlier in data.get("earlier_timings", []):
         cpu = earlier["environment"]["cpu"]
-        note = "" if "(" in cpu else " (before the vector extension was recorded: the AVX-512 machine of the first runs)"
+        note = ("" if "(" in cpu else
+                " (before the vector extension was recorded: the AVX-512 machine of the first runs)")
         lines += ["", f"An earlier timing pass of these shapes on {cpu}{note}, {earlier['threads']} threads, batch 64, "
                   "speed-up over dense (eager / deployed): "
                   + "; ".join(f"{r['model']} {r['target']:g}x {r['allocation']} {r['variant']} "
@@ -400,7 +411,8 @@ def main() -> None:
         data["dense"][name] = {**data["dense"].get(name, {}), **dense_file,
                                "accuracy": data["dense"].get(name, {}).get("accuracy", accuracy),
                                "macs": count_macs(model, PROBE).dense,
-                               "params": sum(p.numel() for p in model.parameters()), "weights_bytes": weights_bytes(model)}
+                               "params": sum(p.numel() for p in model.parameters()),
+                               "weights_bytes": weights_bytes(model)}
         for target, allocation in [(t, a) for a in args.allocations for t in args.targets]:
             if args.retime_only:
                 break
@@ -416,8 +428,9 @@ def main() -> None:
                 config = PruneConfig(method=method, epochs=epochs, retrain_epochs=retrain, seed=0, options=options,
                                      retrain_lr=RETRAIN_LR, retrain_schedule=RETRAIN_SCHEDULE,
                                      update_every=every if method == "slr" else None)
-                run = prune_run(init, plan, config, inspect=shrink, model=name, target=target, ratio=ratio, variant=variant,
-                                allocation=allocation, budget=[epochs, retrain], **({"widths": widths} if widths else {}))
+                run = prune_run(init, plan, config, inspect=shrink, model=name, target=target, ratio=ratio,
+                                variant=variant, allocation=allocation, budget=[epochs, retrain],
+                                **({"widths": widths} if widths else {}))
                 data["runs"].append(run)
                 print(json.dumps(run), flush=True)
                 path.write_text(json.dumps(data, indent=1) + "\n")  # the table comes after the timing pass

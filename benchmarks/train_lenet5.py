@@ -48,20 +48,23 @@ def main() -> None:
         )
     config = dataclasses.asdict(TrainConfig(model="lenet5", dataset="fashion-mnist", epochs=args.epochs))
     config.pop("seed")
-    data = {"benchmark": "train_lenet5", "config": config, "seeds": args.seeds, "environment": environment_info(), "runs": runs}
+    data = {"benchmark": "train_lenet5", "config": config, "seeds": args.seeds, "environment": environment_info(),
+            "runs": runs}
     final = [r["final_test_accuracy"] for r in runs]
     walls = [r["wall_seconds"] for r in runs]
     env = data["environment"]
     table = f"""## LeNet-5 on Fashion-MNIST, dense (`benchmarks/train_lenet5.py`)
 
 `prunus train --model lenet5 --dataset fashion-mnist --epochs {args.epochs}`: SGD (momentum {config['momentum']},
-weight decay {config['weight_decay']}), lr {config['lr']} with a cosine schedule, batch {config['batch_size']}, no augmentation;
+weight decay {config['weight_decay']}), lr {config['lr']} with a cosine schedule, batch {config['batch_size']}, \
+no augmentation;
 60,000 training and 10,000 test images. Seeds {', '.join(map(str, args.seeds))}.
 Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']} ({env['torch_threads']} threads).
 
 | epochs | test accuracy % (mean ± std) | min over seeds | first epoch >= 90% (per seed) | wall time per run, s |
 |---|---|---|---|---|
-| {args.epochs} | {mean_std(final)} | {min(final):.2f} | {', '.join(str(r['first_epoch_at_90']) for r in runs)} | {statistics.mean(walls):.1f} |
+| {args.epochs} | {mean_std(final)} | {min(final):.2f} | {', '.join(str(r['first_epoch_at_90']) for r in runs)} | \
+{statistics.mean(walls):.1f} |
 
 Target: >= 90.0% in at most 15 epochs: **{'met' if min(final) >= 90.0 else 'NOT met'}** (every seed).
 """

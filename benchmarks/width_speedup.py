@@ -36,7 +36,8 @@ def measure(width: float) -> list[dict]:
     forms = {"eager": ({"dense": dense, **small}, S.PROBE),
              "deployed": ({k: for_inference(m) for k, m in {"dense": dense, **small}.items()},
                           S.PROBE.to(memory_format=torch.channels_last))}
-    rows = [{"width": width, "round_to": r, "macs_fewer": count_macs(dense, S.PROBE).dense / count_macs(m, S.PROBE).dense,
+    rows = [{"width": width, "round_to": r,
+             "macs_fewer": count_macs(dense, S.PROBE).dense / count_macs(m, S.PROBE).dense,
              "channels": [c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d)]}
             for r, m in small.items()]
     for form, (models, probe) in forms.items():
@@ -56,11 +57,14 @@ def summarize(data: dict) -> str:
              f"allocator steady, median of {data['repeats']} after {data['warmup']} warm-ups; deployed = BatchNorm "
              f"folded, channels-last. {data['threads']} threads. Machine: {env['cpu']}, {env['cpu_count']} cores, "
              f"torch {env['torch']}.", "",
-             "| width | multiple of | MACs fewer | kept filters per conv | eager b1 | eager b64 | deployed b1 | deployed b64 |",
+             ("| width | multiple of | MACs fewer | kept filters per conv "
+              "| eager b1 | eager b64 | deployed b1 | deployed b64 |"),
              "|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
-        cells = [f"{r[f'{f}_dense_b{b}_ms'] / r[f'{f}_small_b{b}_ms']:.2f}x" for f in ("eager", "deployed") for b in (1, 64)]
-        lines.append(f"| {r['width']:g} | {r['round_to']} | {r['macs_fewer']:.2f}x | {' '.join(map(str, r['channels']))} | "
+        cells = [f"{r[f'{f}_dense_b{b}_ms'] / r[f'{f}_small_b{b}_ms']:.2f}x"
+                 for f in ("eager", "deployed") for b in (1, 64)]
+        lines.append(f"| {r['width']:g} | {r['round_to']} | {r['macs_fewer']:.2f}x "
+                     f"| {' '.join(map(str, r['channels']))} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

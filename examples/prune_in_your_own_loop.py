@@ -6,7 +6,8 @@ and ``MaskKeeper(...).attach(optimizer)`` keeps pruned weights at exactly zero a
 The data is scikit-learn's bundled digits, so this runs anywhere in seconds.
 
     python examples/prune_in_your_own_loop.py
-    # dense 93.3% -> hard-pruned (no retraining) 92.8% -> after 2 fine-tuning epochs 93.0%; 90.0% of the weights are zero
+    # dense 93.3% -> hard-pruned (no retraining) 92.8% -> after 2 fine-tuning epochs 93.0%;
+      90.0% of the weights are zero
 """
 
 import torch

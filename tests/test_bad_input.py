@@ -29,7 +29,8 @@ def broken(dense_digits, tmp_path_factory) -> Path:
     (root / "afile").write_text("a file, not a directory")
     (root / "r_type.yaml").write_text('prune:\n  conv2.weight: {structure: filter, ratio: "half"}\n')
     (root / "r_list.yaml").write_text("prune:\n  conv2.weight: [1, 2]\n")
-    (root / "r_method.yaml").write_text("method: {name: slr, rho: [1]}\nprune:\n  conv2.weight: {structure: filter, ratio: 0.5}\n")
+    (root / "r_method.yaml").write_text("method: {name: slr, rho: [1]}\nprune:\n"
+                                        "  conv2.weight: {structure: filter, ratio: 0.5}\n")
     (root / "r_key.yaml").write_text("prune:\n  conv2.weight: {structure: filter, ratio: 0.5}\nepochs: 3\n")
     return root
 
@@ -72,10 +73,13 @@ CASES = [
     (["quantize", "--init", "{root}/ck_trunc", "--bits", "4"], ["ck_trunc/model.safetensors is corrupt"]),
     # defend
     (["defend", "--defense", "none", "--dataset", "digits", "--members", "0"], ["--members", "at least 1"]),
-    (["defend", "--defense", "dpsgd", "--dataset", "digits", "--epsilon", "nan"], ["--epsilon must be a positive number"]),
-    (["defend", "--defense", "dpsgd", "--dataset", "digits", "--epsilon", "-1"], ["--epsilon must be a positive number"]),
+    (["defend", "--defense", "dpsgd", "--dataset", "digits", "--epsilon", "nan"],
+     ["--epsilon must be a positive number"]),
+    (["defend", "--defense", "dpsgd", "--dataset", "digits", "--epsilon", "-1"],
+     ["--epsilon must be a positive number"]),
     (["defend", "--defense", "relaxloss", "--dataset", "digits", "--relax-alpha", "0"], ["--relax-alpha"]),
-    (["defend", "--defense", "advreg", "--dataset", "digits", "--adv-lambda", "nan"], ["--adv-lambda must be a finite"]),
+    (["defend", "--defense", "advreg", "--dataset", "digits", "--adv-lambda", "nan"],
+     ["--adv-lambda must be a finite"]),
     (["defend", "--defense", "shield", "--dataset", "digits"], ["--defense", "invalid choice: 'shield'"]),
     # audit, surgery: what they read
     (["audit", "{ck}"], ["records no membership split"]),
@@ -83,7 +87,8 @@ CASES = [
     (["surgery", "{root}/ck_nometa"], ["meta.json is missing"]),
     (["surgery", "{ck}", "--repeats", "0"], ["--repeats", "at least 1"]),
     # an --out that cannot be created
-    (["train", "--model", "lenet5", "--dataset", "digits", "--out", "{root}/afile/run"], ["afile/run cannot be created"]),
+    (["train", "--model", "lenet5", "--dataset", "digits", "--out", "{root}/afile/run"],
+     ["afile/run cannot be created"]),
     (["prune", "--init", "{ck}", "--ratio", "0.5", "--out", "{root}/afile/run"], ["afile/run cannot be created"]),
     (["quantize", "--init", "{ck}", "--bits", "4", "--out", "{root}/afile/run"], ["afile/run cannot be created"]),
 ]
@@ -105,7 +110,8 @@ def test_file_commands_without_out_name_the_damaged_file(capsys, broken):
     for argv, fragment in ((["eval", broken / "bad.pcz"], "bad.pcz: cannot read the compressed model (checksum"),
                            (["eval", broken / "ck_trunc"], "ck_trunc/model.safetensors is corrupt"),
                            (["eval", broken / "ck_badmeta"], "meta.json is not valid JSON"),
-                           (["export", broken / "ck_trunc", "--onnx", broken / "x.onnx"], "model.safetensors is corrupt")):
+                           (["export", broken / "ck_trunc", "--onnx", broken / "x.onnx"],
+                            "model.safetensors is corrupt")):
         code, _, err = run_cli(capsys, *argv)
         assert_user_error(code, err, fragment)
     assert not (broken / "x.onnx").exists()

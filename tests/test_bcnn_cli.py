@@ -136,7 +136,8 @@ def test_train_slr_filter_prune_then_engine(capsys, tmp_path):
 
 
 def test_bcnn_train_prune_evaluate_end_to_end(capsys, tmp_path):
-    """`prunus bcnn train`, `prune --compression 6` (live weights), `evaluate`: the counts hold and the engine agrees."""
+    """`prunus bcnn train`, `prune --compression 6` (live weights), `evaluate`: the counts hold and the engine
+    agrees."""
     dense, pruned = tmp_path / "dense", tmp_path / "pruned"
     code, out, err = run_cli(capsys, "bcnn", "train", "--model", "nin_small", "--width", "0.25", "--dataset", "digits",
                              "--epochs", "2", "--lr", "0.005", "--batch-size", "64", "--out", dense)
@@ -178,6 +179,7 @@ def test_bcnn_train_binary_stem(capsys, tmp_path):
     code, out, err = run_cli(capsys, "bcnn", "train", "--model", "nin_small", "--binary-stem", "--width", "0.25",
                              "--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--out", run)
     assert code == 0, err
-    assert json.loads((run / "config.json").read_text())["config"]["model_options"] == {"width": 0.25, "fp_first": False}
+    assert (json.loads((run / "config.json").read_text())["config"]["model_options"]
+            == {"width": 0.25, "fp_first": False})
     code, out, err = run_cli(capsys, "bcnn", "evaluate", run, "--samples", "100")
     assert code == 0 and "exactly on 100/100" in out

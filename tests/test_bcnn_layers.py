@@ -320,7 +320,8 @@ def test_prune_to_live_compression_takes_the_smallest_grid_ratio_that_reaches_th
         return Plan.uniform(model, ratio, "filter")
 
     pruned, counts = prune_to_live_compression(model, plan_at, 4.0, example, grid=grid)
-    assert counts["compression"] >= 4.0 and counts["live_weights"] < counts["nonzero_weights"] <= counts["dense_weights"]
+    assert (counts["compression"] >= 4.0
+            and counts["live_weights"] < counts["nonzero_weights"] <= counts["dense_weights"])
     before = grid[grid.index(counts["ratio"]) - 1]
     _, smaller = prune_to_live_compression(model, plan_at, 1.0, example, grid=(before,))
     assert smaller["compression"] < 4.0  # the grid ratio below does not reach the target

@@ -29,7 +29,8 @@ def test_help_works_both_ways(argv):
 
 def test_subprocess_error_is_one_line_exit_2(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "prunus", "train", "--model", "alexnet", "--dataset", "digits", "--out", str(tmp_path / "r")],
+        [sys.executable, "-m", "prunus", "train", "--model", "alexnet", "--dataset", "digits", "--out",
+         str(tmp_path / "r")],
         capture_output=True, text=True, cwd=REPO,
     )
     assert r.returncode == 2
@@ -47,7 +48,8 @@ def test_listings(capsys):
 def test_unknown_model_and_dataset(capsys, tmp_path):
     code, _, err = run_cli(capsys, "train", "--model", "alexnet", "--dataset", "digits", "--out", str(tmp_path / "a"))
     assert_user_error(code, err, "alexnet", "lenet5")
-    code, _, err = run_cli(capsys, "train", "--model", "lenet5", "--dataset", "imagenet21k", "--out", str(tmp_path / "b"))
+    code, _, err = run_cli(capsys, "train", "--model", "lenet5", "--dataset", "imagenet21k", "--out",
+                           str(tmp_path / "b"))
     assert_user_error(code, err, "imagenet21k", "fashion-mnist")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -64,7 +66,8 @@ def test_unknown_model_and_dataset(capsys, tmp_path):
     ],
 )
 def test_bad_values(capsys, tmp_path, args, fragment):
-    code, _, err = run_cli(capsys, "train", "--model", "vgg11" if "--width" in args else "lenet5", "--dataset", "digits", "--out", str(tmp_path / "r"), *args)
+    code, _, err = run_cli(capsys, "train", "--model", "vgg11" if "--width" in args else "lenet5", "--dataset",
+                           "digits", "--out", str(tmp_path / "r"), *args)
     assert_user_error(code, err, fragment)
     assert not (tmp_path / "r").exists()
 
@@ -91,7 +94,8 @@ def test_corrupt_data_names_the_file(capsys, tmp_path):
     raw = gzip.decompress((data / "train-images-idx3-ubyte.gz").read_bytes())
     (data / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[: len(raw) - 1000]))
     code, _, err = run_cli(
-        capsys, "train", "--model", "lenet5", "--dataset", "fashion-mnist", "--data-dir", str(data), "--out", str(tmp_path / "r")
+        capsys, "train", "--model", "lenet5", "--dataset", "fashion-mnist", "--data-dir", str(data), "--out",
+        str(tmp_path / "r")
     )
     assert_user_error(code, err, "train-images-idx3-ubyte.gz")
     assert not (tmp_path / "r").exists()
@@ -129,7 +133,8 @@ def test_eval_errors(capsys, tmp_path):
 
 
 def test_train_then_eval_agree(capsys, tmp_path):
-    code, out, _ = run_cli(capsys, "train", "--model", "lenet5", "--dataset", "digits", "--epochs", "2", "--out", str(tmp_path / "r"))
+    code, out, _ = run_cli(capsys, "train", "--model", "lenet5", "--dataset", "digits", "--epochs", "2", "--out",
+                           str(tmp_path / "r"))
     assert code == 0
     trained = float(out.strip().splitlines()[-1].split("test accuracy ")[1].split("%")[0])
     code, out, _ = run_cli(capsys, "eval", str(tmp_path / "r"), "--json")

@@ -50,7 +50,8 @@ def test_prune_distill_pulls_the_retrained_model_toward_the_unpruned_one(capsys,
         assert code == 0
         return json.loads((out / "results.json").read_text()), load_model(out / "retrain")[0].eval()
 
-    (plain_results, plain), (kd_results, kd) = prune("plain"), prune("kd", "--distill", "1", "--distill-temperature", "4")
+    (plain_results, plain), (kd_results, kd) = (prune("plain"),
+                                                prune("kd", "--distill", "1", "--distill-temperature", "4"))
     assert plain_results["config"]["distill"] == 0.0 and kd_results["config"]["distill"] == 1.0
     dense = load_model(dense_digits)[0].eval()
     images = load_dataset("digits", "test").images

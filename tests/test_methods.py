@@ -40,7 +40,8 @@ def _data(n=256, seed=0):
     return clean + 0.1 * torch.randn(n, 1, 8, 8, generator=g), clean
 
 
-PLAN = {"prune": {"mid.weight": {"structure": "filter", "ratio": 0.5}, "dec.weight": {"structure": "unstructured", "ratio": 0.9}}}
+PLAN = {"prune": {"mid.weight": {"structure": "filter", "ratio": 0.5},
+                  "dec.weight": {"structure": "unstructured", "ratio": 0.9}}}
 
 
 def _run(method_cls, train_rounds=4, **kw):
@@ -227,7 +228,8 @@ def test_compression_report_counts_lenet5():
     hard_prune(model, plan.layout(model))
     rep = CompressionReport.of(model, plan, torch.zeros(1, 1, 28, 28))
     assert [(s.name, s.zeros) for s in rep.layers] == [
-        ("conv2.weight", num_pruned(0.95, 2400)), ("fc1.weight", num_pruned(0.95, 48000)), ("fc2.weight", num_pruned(0.95, 10080))
+        ("conv2.weight", num_pruned(0.95, 2400)), ("fc1.weight", num_pruned(0.95, 48000)),
+        ("fc2.weight", num_pruned(0.95, 10080))
     ]
     assert rep.compression == pytest.approx(60480 / (120 + 2400 + 504))
     conv_biases = 6 + 16  # zero-initialised conv biases count as zero parameters too

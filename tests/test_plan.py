@@ -48,7 +48,8 @@ def test_recipe_globs_and_regex(tmp_path):
         ("prune:\n  conv1.weight: {structure: banana, ratio: 0.5}\n", "banana"),
         ("prune:\n  conv1.weight: {structure: filter}\n", "'ratio' is missing"),
         ("prune:\n  conv1.weight: {structure: filter, ratio: 0.5, extra: 1}\n", "unknown field(s) extra"),
-        ("prune:\n  conv*.weight: {structure: filter, ratio: 0.5}\n  conv1.weight: {structure: filter, ratio: 0.2}\n", "matched by both"),
+        (("prune:\n  conv*.weight: {structure: filter, ratio: 0.5}\n"
+          "  conv1.weight: {structure: filter, ratio: 0.2}\n"), "matched by both"),
         ("prune:\n  fc.weight: {structure: 'nm:2:4', ratio: 0.7}\n", "always prunes a ratio of 0.5"),
         ("pruen:\n  fc.weight: {ratio: 0.7}\n", "'prune:' section"),
         ("prune: [unclosed\n", "not valid YAML at line"),
@@ -141,7 +142,8 @@ def test_layout_is_the_plan_resolved_once_and_projects_through_each_constraint()
     params = dict(model.named_parameters())
     projected = layout.project({n: params[n].detach() for n in layout.names})
     assert {n: int((m == 0).sum()) for n, (_, m) in projected.items()} == {
-        "conv2.weight": num_pruned(0.9, 2400), "fc1.weight": num_pruned(0.9, 48000), "fc2.weight": num_pruned(0.9, 10080)}
+        "conv2.weight": num_pruned(0.9, 2400), "fc1.weight": num_pruned(0.9, 48000),
+        "fc2.weight": num_pruned(0.9, 10080)}
     glob = Plan.uniform(model, 0.9, global_unstructured=True).layout(model)
     assert glob.global_ratio == 0.9
     assert sum(int((m == 0).sum()) for _, m in glob.project({n: params[n].detach() for n in glob.names}).values()) \

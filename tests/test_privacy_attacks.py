@@ -38,7 +38,8 @@ def test_split_is_recorded_disjoint_and_balanced(target, capsys):
     split = split_of_checkpoint(ckpt)
     assert (len(split.members), len(split.nonmembers), len(split.pool)) == (MEMBERS, MEMBERS, 60000 - 2 * MEMBERS)
     assert len(np.intersect1d(split.members, split.nonmembers)) == 0
-    assert len(np.intersect1d(split.members, split.pool)) == 0 and len(np.intersect1d(split.nonmembers, split.pool)) == 0
+    assert (len(np.intersect1d(split.members, split.pool)) == 0
+            and len(np.intersect1d(split.nonmembers, split.pool)) == 0)
     # every checkpoint of the run carries the same split, and the target trained on exactly the members
     for epoch_dir in (target / "train" / "checkpoints").glob("epoch-*"):
         assert split_of_checkpoint(load_checkpoint(epoch_dir)).digest == split.digest

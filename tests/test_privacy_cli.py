@@ -1,4 +1,5 @@
-"""`prunus defend` and `prunus audit` end to end on digits, and their user errors (one line, exit 2, nothing written)."""
+"""`prunus defend` and `prunus audit` end to end on digits, and their user errors (one line, exit 2, nothing
+written)."""
 
 import json
 from pathlib import Path
@@ -64,12 +65,14 @@ def test_prune_defense_from_the_target(capsys, target, tmp_path):
         (["audit", "{missing}", "--out", "{out}"], ["does not exist"]),
         (["audit", "{target}", "--attack", "gradient-magic", "--out", "{out}"], ["gradient-magic", "lira"]),
         (["audit", "{target}", "--reference-models", "0", "--out", "{out}"], ["--reference-models", "at least 1"]),
-        (["audit", "{target}", "--attack", "lira", "--reference-models", "1", "--out", "{out}"], ["at least 2 for LiRA"]),
+        (["audit", "{target}", "--attack", "lira", "--reference-models", "1", "--out", "{out}"],
+         ["at least 2 for LiRA"]),
         (["audit", "{plain}", "--out", "{out}"], ["records no membership split", "prunus defend"]),
         (["defend", "--defense", "mcmia", "--dataset", "digits", "--out", "{out}"], ["--compression"]),
         (["defend", "--defense", "dpsgd", "--dataset", "digits", "--members", "300", "--delta", "0.01",
           "--out", "{out}"], ["--delta", "1/members"]),
-        (["defend", "--defense", "none", "--dataset", "digits", "--members", "1000", "--out", "{out}"], ["--members 1000"]),
+        (["defend", "--defense", "none", "--dataset", "digits", "--members", "1000", "--out", "{out}"],
+         ["--members 1000"]),
         (["defend", "--defense", "magic", "--out", "{out}"], ["--defense"]),
     ],
 )

@@ -41,7 +41,8 @@ def test_min_max_game_lowers_the_inference_gain(tmp_path):
     assert game_gain(game) < game_gain(watch) - 0.05, (game_gain(game), game_gain(watch))
     # Not asserted, because it does not hold at this size: with 200 members the game costs ~8 points of test
     # accuracy and the member/non-member accuracy gap stays ~17-20 points (measured: lambda 3 -> 81.0/61.5%,
-    # lambda 0 -> 90.0/73.0%), so a loss attack's AUC does not drop. Whether it does at 10k members is for the benchmark.
+    # lambda 0 -> 90.0/73.0%), so a loss attack's AUC does not drop.
+    # Whether it does at 10k members is for the benchmark.
     # h never saw the evaluation non-members: its reference set is a prefix of the attacker pool
     split = split_of_checkpoint(load_checkpoint(tmp_path / "game" / "final"))
     assert game["split"]["pool"] == len(split.pool) and len(np.intersect1d(split.pool[:200], split.nonmembers)) == 0
@@ -195,7 +196,8 @@ def test_relaxloss_keeps_the_members_loss_near_alpha(digits_target, tmp_path, ca
 
 def test_defense_errors(digits_target, tmp_path):
     with pytest.raises(ConfigError, match="--delta"):
-        run_defense(DefenseConfig(defense="dpsgd", dataset="digits", members=300, delta=0.01), tmp_path / "a", console=QUIET)
+        run_defense(DefenseConfig(defense="dpsgd", dataset="digits", members=300, delta=0.01), tmp_path / "a",
+                    console=QUIET)
     with pytest.raises(ConfigError, match="exactly one of --compression"):
         DefenseConfig(defense="mcmia").validate()
     with pytest.raises(ConfigError, match="--relax-alpha must be a positive number"):
@@ -214,7 +216,8 @@ def test_dpsgd_without_opacus_is_one_clear_error(monkeypatch, tmp_path):
 
 def test_library_imports_without_opacus_and_matplotlib(tmp_path):
     code = ("import sys; sys.modules['opacus'] = None; sys.modules['matplotlib'] = None\n"
-            "import prunus.privacy, prunus.privacy.attacks, prunus.privacy.defenses.run, prunus.privacy.audit, prunus.cli\n"
+            "import prunus.privacy, prunus.privacy.attacks, "
+            "prunus.privacy.defenses.run, prunus.privacy.audit, prunus.cli\n"
             "prunus.cli.build_parser()\n"
             "from prunus.errors import MissingDependencyError\n"
             "from prunus.privacy.defenses import DefenseConfig, run_defense\n"

@@ -53,7 +53,7 @@ def test_prune_precision_bf16_reaches_the_pruning_and_retraining_phases(capsys, 
         assert code == 0
         return json.loads((out / "results.json").read_text()), load_model(out / "retrain")[0]
 
-    (r32, m32), (r32b, m32b), (r16, m16) = prune("fp32", "a"), prune("fp32", "b"), prune("bf16", "c")
+    (r32, m32), (_, m32b), (r16, m16) = prune("fp32", "a"), prune("fp32", "b"), prune("bf16", "c")
     assert r32["config"]["precision"] == "fp32" and r16["config"]["precision"] == "bf16"
     w32, w32b, w16 = (dict(m.named_parameters())["fc1.weight"] for m in (m32, m32b, m16))
     assert torch.equal(w32, w32b)
@@ -105,9 +105,11 @@ def test_prune_bad_recipe_names_entry_and_writes_nothing(capsys, tmp_path, dense
 
 
 def test_reweighted_prune_then_quantize_cli(capsys, tmp_path, dense_digits):
-    """prune --method reweighted, then quantize --bits 4 --method slr: zeros kept, levels, a file that reloads exactly."""
+    """prune --method reweighted, then quantize --bits 4 --method slr: zeros kept, levels, a file that reloads
+    exactly."""
     pruned = tmp_path / "rw"
-    code, stdout, _ = run_cli(capsys, "prune", "--method", "reweighted", "--init", str(dense_digits), "--compression", "10",
+    code, stdout, _ = run_cli(capsys, "prune", "--method", "reweighted", "--init", str(dense_digits),
+                              "--compression", "10",
                               "--epochs", "3", "--retrain-epochs", "1", "--batch-size", "32", "--out", str(pruned))
     assert code == 0 and "hard-pruned (reweighted, no retraining)" in stdout
     results = json.loads((pruned / "results.json").read_text())
@@ -160,7 +162,8 @@ def test_filter_prune_of_a_batchnorm_resnet_is_reproducible_and_reports_its_dist
     for name in ("a", "b"):
         code, stdout, _ = run_cli(
             capsys, "prune", "--method", "slr", "--init", str(tmp_path / "dense"), "--ratio", "0.5", "--structure",
-            "filter", "--epochs", "2", "--update-every", "5", "--retrain-epochs", "1", "--batch-size", "64", "--optimizer", "sgd", "--lr", "0.05",
+            "filter", "--epochs", "2", "--update-every", "5", "--retrain-epochs", "1", "--batch-size", "64",
+            "--optimizer", "sgd", "--lr", "0.05",
             "--bn-recalibrate", "4", "--out", str(tmp_path / name))
         assert code == 0
         runs.append(json.loads((tmp_path / name / "results.json").read_text()))

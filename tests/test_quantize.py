@@ -28,7 +28,8 @@ def test_level_sets_and_parsing():
     assert QuantScheme.parse("int3") == QuantScheme("fixed", 3)
     assert QuantScheme.parse("pow2:3").levels().tolist() == [-1, -0.5, -0.25, 0, 0.25, 0.5, 1]
     assert len(QuantScheme.parse("pow2:4").levels()) == 15
-    for bad, msg in (("fixed:9", "2 to 8 bits"), ("1", "2 to 8 bits"), ("int", "cannot parse"), ("log", "cannot parse")):
+    for bad, msg in (("fixed:9", "2 to 8 bits"), ("1", "2 to 8 bits"), ("int", "cannot parse"),
+                     ("log", "cannot parse")):
         with pytest.raises(ConfigError, match=msg):
             QuantScheme.parse(bad)
 
@@ -209,7 +210,8 @@ def test_export_reloads_bit_exactly_and_is_small(tmp_path, scheme, per_channel, 
     rounded = {n: t.clone() for n, t in model.state_dict().items()}
     round_rest(model, skip=set(keeper.state), rest=rest)  # rounding again changes nothing
     assert all(torch.equal(rounded[n], t) for n, t in model.state_dict().items())
-    meta = {"model": {"name": "lenet5", "in_channels": 1, "num_classes": 10, "options": {}}, "dataset": {"name": "fashion-mnist"}}
+    meta = {"model": {"name": "lenet5", "in_channels": 1, "num_classes": 10, "options": {}},
+            "dataset": {"name": "fashion-mnist"}}
     size = export_compressed(model, keeper, meta, tmp_path / "m.pcz", rest=rest)
     assert size.file_bytes == (tmp_path / "m.pcz").stat().st_size
     assert size.raw["floats"] == {"float32": 4 * 236, "float16": 2 * 236, "int8": 236 + 5}[rest]  # LeNet-5's 5 biases

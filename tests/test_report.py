@@ -40,7 +40,8 @@ def runs(dense_digits, tmp_path_factory) -> dict[str, Path]:
          "--batch-size", "64", "--out", paths["q4"]],
         ["defend", "--defense", "none", "--model", "lenet5", "--dataset", "digits", "--members", "150", "--epochs", "2",
          "--batch-size", "32", "--out", paths["target"]],
-        ["audit", paths["target"], "--attack", "loss", "--shadow-models", "1", "--epochs", "1", "--out", paths["audit"]],
+        ["audit", paths["target"], "--attack", "loss", "--shadow-models", "1", "--epochs", "1",
+         "--out", paths["audit"]],
     ):
         assert main([str(a) for a in argv]) == 0
     return paths
@@ -53,8 +54,8 @@ def report(runs, tmp_path_factory) -> tuple[dict, Path]:
 
     out = tmp_path_factory.mktemp("page") / "report.html"
     capture = tmp_path_factory.mktemp("stdout") / "report.json"
-    argv = [runs["audit"], runs["q4"], runs["slr"], runs["dense"], runs["target"], runs["small"], "--out", out, "--json",
-            "--repeats", "2"]
+    argv = [runs["audit"], runs["q4"], runs["slr"], runs["dense"], runs["target"], runs["small"], "--out", out,
+            "--json", "--repeats", "2"]
     with open(capture, "w") as f:
         saved, sys.stdout = sys.stdout, f
         try:
@@ -257,7 +258,8 @@ def copy_of_dense(runs, target: Path, edit) -> None:
 @pytest.mark.parametrize("case", ["missing", "empty", "foreign-audit", "twice", "out-is-dir", "other-dataset"])
 def test_user_errors_are_one_line_and_write_nothing(capsys, runs, tmp_path, case):
     (tmp_path / "empty").mkdir()
-    copy_of_dense(runs, tmp_path / "mnist", lambda state, meta: meta.update(dataset={"name": "mnist", "image_size": 28}))
+    copy_of_dense(runs, tmp_path / "mnist",
+                  lambda state, meta: meta.update(dataset={"name": "mnist", "image_size": 28}))
     out = tmp_path / "new" / "report.html"
     argv, fragments = {
         "other-dataset": ([runs["dense"], tmp_path / "mnist"], [f"run {tmp_path / 'mnist'} is on mnist (28 px)",

@@ -14,8 +14,8 @@ def _finish(proc) -> None:
 
 
 def test_prune_killed_while_pruning_and_while_retraining_resumes_to_the_same_result(tmp_path, dense_digits):
-    args = ["prune", "--method", "slr", "--init", dense_digits, "--ratio", "0.8", "--epochs", "3", "--update-every", "10",
-            "--retrain-epochs", "3", "--batch-size", "16", "--bn-recalibrate", "2"]
+    args = ["prune", "--method", "slr", "--init", dense_digits, "--ratio", "0.8", "--epochs", "3",
+            "--update-every", "10", "--retrain-epochs", "3", "--batch-size", "16", "--bn-recalibrate", "2"]
     _finish(start_prunus(*args, "--out", tmp_path / "full"))
     run = tmp_path / "killed"
     kill_when_exists(start_prunus(*args, "--out", run), run / "prune" / "checkpoints" / "epoch-0001")
@@ -38,8 +38,8 @@ def test_prune_killed_while_pruning_and_while_retraining_resumes_to_the_same_res
 
 
 def test_quantize_killed_in_each_phase_resumes_to_the_same_result(tmp_path, dense_digits):
-    args = ["quantize", "--init", dense_digits, "--bits", "4", "--method", "slr", "--epochs", "3", "--update-every", "10",
-            "--finetune-epochs", "3", "--batch-size", "16"]
+    args = ["quantize", "--init", dense_digits, "--bits", "4", "--method", "slr", "--epochs", "3",
+            "--update-every", "10", "--finetune-epochs", "3", "--batch-size", "16"]
     _finish(start_prunus(*args, "--out", tmp_path / "full"))
     run = tmp_path / "killed"
     kill_when_exists(start_prunus(*args, "--out", run), run / "method" / "checkpoints" / "epoch-0001")
@@ -60,8 +60,8 @@ def test_quantize_killed_in_each_phase_resumes_to_the_same_result(tmp_path, dens
 
 def test_defend_mcmia_killed_in_each_phase_resumes_to_the_same_result(tmp_path):
     args = ["defend", "--defense", "mcmia", "--model", "lenet5", "--dataset", "digits", "--members", "400",
-            "--epochs", "2", "--compression", "4", "--prune-epochs", "3", "--retrain-epochs", "3", "--warmup-epochs", "1",
-            "--batch-size", "16"]
+            "--epochs", "2", "--compression", "4", "--prune-epochs", "3", "--retrain-epochs", "3",
+            "--warmup-epochs", "1", "--batch-size", "16"]
     _finish(start_prunus(*args, "--out", tmp_path / "full"))
     run = tmp_path / "killed"
     kill_when_exists(start_prunus(*args, "--out", run), run / "prune" / "checkpoints" / "epoch-0001")

@@ -1,4 +1,5 @@
-"""Physical channel removal: same outputs, exact channel and parameter counts, coupled groups, checkpoints, CLI, ONNX."""
+"""Physical channel removal: same outputs, exact channel and parameter counts, coupled groups, checkpoints,
+CLI, ONNX."""
 
 import json
 import sys
@@ -85,7 +86,8 @@ def test_coupled_filter_pruning_is_removed_with_equal_outputs(name):
     masked, pruned = dict(model.named_modules()), dict(small.named_modules())
     for mod_name, m in masked.items():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            rows = torch.cat([m.weight.detach().reshape(m.weight.shape[0], -1)] + ([m.bias.detach()[:, None]] if m.bias is not None else []), 1)
+            rows = torch.cat([m.weight.detach().reshape(m.weight.shape[0], -1)]
+                             + ([m.bias.detach()[:, None]] if m.bias is not None else []), 1)
             out = pruned[mod_name].out_channels if isinstance(m, nn.Conv2d) else pruned[mod_name].out_features
             assert out == kept_rows(rows), mod_name
         elif isinstance(m, nn.BatchNorm2d):
@@ -104,7 +106,8 @@ def test_lenet_and_resnet20_parameter_counts_are_exact():
     # conv1 (first layer, kept) 6; conv2 16->8; fc1 120->60 reading 8*5*5; fc2 84->42; fc3 (last layer) 10
     expected = (6 * 25 + 6) + (8 * 6 * 25 + 8) + (60 * 8 * 25 + 60) + (42 * 60 + 42) + (10 * 42 + 10)
     assert sum(p.numel() for p in small.parameters()) == expected == 16416
-    assert (small.conv2.out_channels, small.fc1.in_features, small.fc1.out_features, small.fc2.out_features) == (8, 200, 60, 42)
+    assert (small.conv2.out_channels, small.fc1.in_features, small.fc1.out_features,
+            small.fc2.out_features) == (8, 200, 60, 42)
 
     model, x = calibrated("resnet20")
     project_coupled(model, Plan.uniform(model, 0.5, "filter"), x)
@@ -299,7 +302,8 @@ def test_project_coupled_zeroes_whole_groups_ranked_by_summed_energy():
         p = model.get_submodule(n).weight
         zero = {i for i in range(16) if not bool((p[i] != 0).any())}
         assert zero == expected_pruned, n  # the stem is pruned with the stage it is added into
-        assert torch.equal(masks[f"{n}.weight"].reshape(16, -1).any(1), torch.tensor([i not in zero for i in range(16)]))
+        assert torch.equal(masks[f"{n}.weight"].reshape(16, -1).any(1),
+                           torch.tensor([i not in zero for i in range(16)]))
     assert all(not bool(model.get_submodule(n).bias[sorted(expected_pruned)].any()) for n in STAGE1_BN)
     # the masks fit MaskKeeper, and everything pruned is physically removable
     MaskKeeper(model, masks)
@@ -319,8 +323,10 @@ def test_project_coupled_rejects_impossible_plans():
     with pytest.raises(ConfigError, match="model's output"):
         project_coupled(model, Plan.from_dict({"prune": {"fc.weight": {"structure": "filter", "ratio": 0.5}}}), x)
     # other structures are projected per tensor, as hard_prune does
-    masks = project_coupled(model, Plan.from_dict({"prune": {"layer1.0.conv1.weight": {"structure": "unstructured", "ratio": 0.5}}}), x)
-    assert int((model.layer1[0].conv1.weight == 0).sum()) == num_pruned(0.5, 16 * 16 * 9) == int((~masks["layer1.0.conv1.weight"]).sum())
+    masks = project_coupled(
+        model, Plan.from_dict({"prune": {"layer1.0.conv1.weight": {"structure": "unstructured", "ratio": 0.5}}}), x)
+    assert (int((model.layer1[0].conv1.weight == 0).sum()) == num_pruned(0.5, 16 * 16 * 9)
+            == int((~masks["layer1.0.conv1.weight"]).sum()))
 
 
 # -- checkpoints record the pruned architecture ----------------------------------------------------------------------
@@ -352,10 +358,12 @@ def test_bad_layer_records_are_one_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="'conv9'"):
         apply_layer_shapes(build_model("lenet5"), {**shapes, "conv9": {"num_features": 3}})
     with pytest.raises(CheckpointError, match="positive integers"):
-        apply_layer_shapes(build_model("lenet5"), {**shapes, "conv2": {"in_channels": 6, "out_channels": 0, "groups": 1}})
+        apply_layer_shapes(build_model("lenet5"),
+                           {**shapes, "conv2": {"in_channels": 6, "out_channels": 0, "groups": 1}})
     # shapes that do not fit the stored tensors are caught by load_state_dict, also as one CheckpointError
     bad = {**shapes, "conv2": {"in_channels": 6, "out_channels": 7, "groups": 1}}
-    save_checkpoint(tmp_path / "ck", model.state_dict(), {}, {"model": {**_record("lenet5"), "layers": bad}, "epoch": 0})
+    save_checkpoint(tmp_path / "ck", model.state_dict(), {},
+                    {"model": {**_record("lenet5"), "layers": bad}, "epoch": 0})
     with pytest.raises(CheckpointError, match="does not fit"):
         load_model(tmp_path / "ck")
 
@@ -387,7 +395,8 @@ def masked_lenet(tmp_path_factory) -> Path:
 
 def test_surgery_cli_writes_a_smaller_checkpoint_that_evaluates_the_same(capsys, tmp_path, masked_lenet):
     out = tmp_path / "small"
-    code, stdout, _ = run_cli(capsys, "surgery", str(masked_lenet), "--out", str(out), "--repeats", "2", "--warmup", "1")
+    code, stdout, _ = run_cli(capsys, "surgery", str(masked_lenet), "--out", str(out), "--repeats", "2",
+                              "--warmup", "1")
     assert code == 0, stdout
     assert "removed 110 channels: parameters 61,706 -> 16,416" in stdout
     assert "latency batch 64" in stdout and "weights file (bytes)" in stdout
@@ -413,7 +422,8 @@ def test_prune_then_surgery_then_eval(capsys, tmp_path):
 
     train(TrainConfig(model="lenet5", dataset="digits", epochs=1, batch_size=32), tmp_path / "dense")
     code, _, _ = run_cli(capsys, "prune", "--method", "magnitude", "--init", str(tmp_path / "dense"), "--ratio", "0.5",
-                         "--structure", "filter", "--epochs", "0", "--retrain-epochs", "0", "--out", str(tmp_path / "p"))
+                         "--structure", "filter", "--epochs", "0", "--retrain-epochs", "0",
+                         "--out", str(tmp_path / "p"))
     assert code == 0
     code, stdout, _ = run_cli(capsys, "surgery", str(tmp_path / "p" / "hard-pruned"), "--out", str(tmp_path / "small"),
                               "--no-latency")

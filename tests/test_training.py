@@ -73,7 +73,8 @@ def test_lr_schedules():
 
 @pytest.mark.parametrize(
     "field,value,match",
-    [("epochs", 0, "--epochs"), ("lr", -1.0, "--lr"), ("optimizer", "rmsprop", "--optimizer"), ("momentum", 1.5, "--momentum")],
+    [("epochs", 0, "--epochs"), ("lr", -1.0, "--lr"), ("optimizer", "rmsprop", "--optimizer"),
+     ("momentum", 1.5, "--momentum")],
 )
 def test_config_validation_names_the_field(field, value, match):
     with pytest.raises(ConfigError, match=match):
@@ -97,7 +98,8 @@ def test_trains_on_digits_and_checkpoint_reloads(tmp_path):
 
 def _prunus(*args, env=None, **kw):
     cmd = [sys.executable, "-m", "prunus", *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=env or os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(cmd, cwd=REPO, env=env or os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)
 
 
 def _final_state(run: Path):
@@ -142,7 +144,8 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     out, err = single.communicate(timeout=300)
     assert single.returncode == 0, err
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "prunus", *args, "--out", str(tmp_path / "ddp")],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "prunus", *args,
+         "--out", str(tmp_path / "ddp")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -196,8 +199,8 @@ def test_divergence_stops_within_one_step_and_keeps_the_last_good_checkpoint(tmp
     run = tmp_path / "run"
     trainer = Trainer(model, train_set, test_set, TrainConfig(epochs=3, batch_size=64), run, hooks=[_NaNAtEpoch(1)],
                       console=Console(file=io.StringIO()))
-    with pytest.raises(TrainingDiverged, match=r"^epoch 2, step 1: the training loss is nan \(diverged\); the last good "
-                                               r"checkpoint is .*epoch-0001; lower the learning rate"):
+    with pytest.raises(TrainingDiverged, match=r"^epoch 2, step 1: the training loss is nan \(diverged\); "
+                                               r"the last good checkpoint is .*epoch-0001; lower the learning rate"):
         trainer.fit()
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["epoch-0001"]
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
@@ -217,7 +220,8 @@ def test_bf16_autocast_trains_with_other_numbers(tmp_path):
     acc32, acc16 = fp32.history[-1]["test_accuracy"], bf16.history[-1]["test_accuracy"]
     assert acc16 >= 85.0 and abs(acc32 - acc16) <= 5.0
     # the forward pass really ran in bfloat16: the trained weights differ from the float32 run's
-    assert any(not torch.equal(a, b) for a, b in zip(fp32.model.state_dict().values(), bf16.model.state_dict().values()))
+    assert any(not torch.equal(a, b)
+               for a, b in zip(fp32.model.state_dict().values(), bf16.model.state_dict().values()))
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["config"]["precision"] == "bf16"
     with pytest.raises(ConfigError, match="--precision must be one of fp32, bf16"):
         TrainConfig(precision="fp16").validate()

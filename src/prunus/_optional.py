@@ -1,7 +1,8 @@
 """Optional dependencies, imported only by the feature that needs them.
 
 prunus imports without torch-pruning, onnx, onnxruntime, opacus, matplotlib or numba; calling
-surgery, export, DP-SGD, the audit's or the report's plots or the BCNN engine without them raises one clear :class:`~prunus.errors.MissingDependencyError`
+surgery, export, DP-SGD, the audit's or the report's plots or the BCNN engine without them raises
+one clear :class:`~prunus.errors.MissingDependencyError`
 naming the package and how to install it, instead of a bare ``ImportError``.
 """
 

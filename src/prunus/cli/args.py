@@ -112,7 +112,8 @@ def given_method_options(args: argparse.Namespace) -> dict:
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **given: Any) -> Any:
-    """Dataclass ``cls`` from the parsed flags of the same names (``given`` wins; fields without a flag keep defaults)."""
+    """Dataclass ``cls`` from the parsed flags of the same names (``given`` wins; fields without a flag keep
+    defaults)."""
     fields = {f.name for f in dataclasses.fields(cls)}
     values = {name: getattr(args, name) for name in fields if hasattr(args, name)}
     return cls(**{**values, **given})

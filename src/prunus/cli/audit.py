@@ -25,7 +25,8 @@ def add_parsers(sub) -> None:
     au.add_argument("--shadow-per-class", action="store_true", help="shadow attack: one attack model per class")
     au.add_argument("--variance", choices=("auto", "global", "per-example"), default="auto",
                     help="LiRA Gaussians: auto = global below 64 models per side")
-    au.add_argument("--epochs", type=positive_int, help="reference/shadow training epochs (default: the target's recipe)")
+    au.add_argument("--epochs", type=positive_int,
+                    help="reference/shadow training epochs (default: the target's recipe)")
     au.add_argument("--seed", type=int, default=a.seed)
     au.add_argument("--adaptive", action="store_true",
                     help="an attacker who knows the defense: LiRA/RMIA reference models are trained with the target's "
@@ -41,7 +42,8 @@ def add_parsers(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     variance = {"auto": None, "global": True, "per-example": False}[args.variance]
     config = AuditConfig(
-        attacks=tuple(args.attack or ("lira",)), reference_models=args.reference_models, shadow_models=args.shadow_models,
+        attacks=tuple(args.attack or ("lira",)), reference_models=args.reference_models,
+        shadow_models=args.shadow_models,
         per_class_thresholds=args.per_class_thresholds, shadow_per_class=args.shadow_per_class,
         global_variance=variance, epochs=args.epochs, seed=args.seed, adaptive=args.adaptive,
     ).validate()
@@ -50,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     report = run_audit(args.checkpoint, config, out, reference_bank=args.reference_bank, data_dir=args.data_dir,
                        download=args.download, device=args.device)
     best = max(report["attacks"], key=lambda r: r["auc"])
-    print(f"strongest attack {best['attack']}: AUC {best['auc']:.4f}, TPR@0.1%FPR {100 * best['tpr_at_0.1pct_fpr']:.2f}% "
+    print(f"strongest attack {best['attack']}: AUC {best['auc']:.4f}, "
+          f"TPR@0.1%FPR {100 * best['tpr_at_0.1pct_fpr']:.2f}% "
           f"({best['members']} members, {best['nonmembers']} non-members); report {out / 'report.md'}, "
           f"ROC {out / 'roc.png'}, {out / 'roc-log.png'}")
     return 0

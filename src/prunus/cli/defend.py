@@ -25,13 +25,16 @@ def add_parsers(sub) -> None:
                     help="training members drawn from the train split; as many non-members are held out")
     de.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the member/non-member/pool split")
     flags.add_recipe_args(de, d)  # the dense/undefended recipe, also what audits train reference models with
-    de.add_argument("--eval-examples", type=flags.positive_int, help="per-epoch test accuracy on the first N test images")
+    de.add_argument("--eval-examples", type=flags.positive_int,
+                    help="per-epoch test accuracy on the first N test images")
     g = de.add_argument_group("min-max game (advreg, mcmia)")
     g.add_argument("--adv-lambda", type=float, default=d.adv_lambda, help="weight of the inference model's gain")
-    g.add_argument("--attack-steps", type=flags.positive_int, default=d.attack_steps, help="k: inference-model steps per classifier step")
+    g.add_argument("--attack-steps", type=flags.positive_int, default=d.attack_steps,
+                   help="k: inference-model steps per classifier step")
     g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="epochs without the game first")
     g.add_argument("--adv-lr", type=float, default=d.adv_lr)
-    g.add_argument("--adv-reference", type=flags.positive_int, help="pool examples used as reference non-members (default: as many as members)")
+    g.add_argument("--adv-reference", type=flags.positive_int,
+                   help="pool examples used as reference non-members (default: as many as members)")
     p = de.add_argument_group("pruning (prune, mcmia)")
     p.add_argument("--method", choices=list(METHODS), default=d.method)
     what = p.add_mutually_exclusive_group()
@@ -42,7 +45,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--prune-epochs", type=int, default=d.prune_epochs, help="epochs with the pruning method active")
     p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs, help="masked fine-tuning epochs")
     p.add_argument("--retrain-lr", type=float)
-    p.add_argument("--update-every", type=flags.positive_int, help="batches between method rounds (default: once per epoch)")
+    p.add_argument("--update-every", type=flags.positive_int,
+                   help="batches between method rounds (default: once per epoch)")
     flags.add_method_options(de)
     dp = de.add_argument_group("DP-SGD (dpsgd)")
     dp.add_argument("--epsilon", type=float, default=d.epsilon, help="target epsilon")
@@ -71,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     config = flags.config_from_args(DefenseConfig, args, model=model or DefenseConfig.model,
                                     dataset=dataset or DefenseConfig.dataset,
                                     method_options=flags.given_method_options(args)).validate()
-    results = run_defense(config, out, init=args.init, data_dir=args.data_dir, download=args.download, device=args.device)
+    results = run_defense(config, out, init=args.init, data_dir=args.data_dir, download=args.download,
+                          device=args.device)
     return _report(out, results)
 
 

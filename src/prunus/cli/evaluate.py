@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     )
     device = pick_device(args.device)
     result = evaluate(model.to(device), test_set, batch_size=args.batch_size, device=device)
-    result.update(checkpoint=str(ckpt.path), dataset=dataset["name"], images=len(test_set.labels), epoch=ckpt.meta.get("epoch", -1) + 1)
+    result.update(checkpoint=str(ckpt.path), dataset=dataset["name"], images=len(test_set.labels),
+                  epoch=ckpt.meta.get("epoch", -1) + 1)
     if args.json:
         print(json.dumps(result))
     else:

@@ -41,9 +41,12 @@ def add_parsers(sub) -> None:
     what.add_argument("--recipe", help="YAML recipe: prune: {tensor name pattern: {structure, ratio}}, optionally "
                                        "method: {name, options}")
     what.add_argument("--ratio", type=float, help="fraction of zeros in every prunable layer (first and last skipped)")
-    what.add_argument("--compression", type=float, help="like --ratio, as a rate: 20 means 20x fewer weights (ratio 0.95)")
-    pr.add_argument("--structure", default="unstructured", help="unstructured, filter, channel, column, pattern, block:4x1, nm:2:4")
-    pr.add_argument("--global", dest="global_", action="store_true", help="one magnitude threshold across layers (unstructured)")
+    what.add_argument("--compression", type=float,
+                      help="like --ratio, as a rate: 20 means 20x fewer weights (ratio 0.95)")
+    pr.add_argument("--structure", default="unstructured",
+                    help="unstructured, filter, channel, column, pattern, block:4x1, nm:2:4")
+    pr.add_argument("--global", dest="global_", action="store_true",
+                    help="one magnitude threshold across layers (unstructured)")
     pr.add_argument("--round-to", type=positive_int, default=1,
                     help="filter/channel: keep a multiple of this many per layer (8 gives faster kernels)")
     pr.add_argument("--prune-first", action="store_true",
@@ -81,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("prunus prune needs --recipe FILE, --ratio R or --compression X")
     recipe = read_recipe(args.recipe) if args.recipe else {}
     method, options = args.method or "slr", given_method_options(args)
-    if isinstance(recipe, dict) and "method" in recipe:  # the recipe names the method; flags may add or override options, not change it
+    # the recipe names the method; flags may add or override options, not change it
+    if isinstance(recipe, dict) and "method" in recipe:
         method, recipe_options = method_from_recipe(recipe["method"], args.recipe)
         if args.method and args.method != method:
             raise ConfigError(f"--method {args.method} contradicts recipe {args.recipe}, whose method is {method}")

@@ -30,7 +30,8 @@ def add_parsers(sub) -> None:
     q.add_argument("--method", choices=QUANT_METHODS, default=qdefaults.method,
                    help="constrained training before hard quantization (none: hard-quantize directly)")
     q.add_argument("--epochs", type=int, default=qdefaults.epochs, help="epochs with the method active")
-    q.add_argument("--finetune-epochs", type=int, default=qdefaults.finetune_epochs, help="straight-through fine-tuning epochs")
+    q.add_argument("--finetune-epochs", type=int, default=qdefaults.finetune_epochs,
+                   help="straight-through fine-tuning epochs")
     q.add_argument("--lr", type=float, default=qdefaults.lr)
     q.add_argument("--finetune-lr", type=float, help="default: lr / 10")
     q.add_argument("--finetune-schedule", choices=SCHEDULES, default=qdefaults.finetune_schedule)

@@ -18,7 +18,8 @@ from prunus.models.shapes import layer_shapes
 
 
 def add_parsers(sub) -> None:
-    su = sub.add_parser("surgery", help="physically remove pruned channels from a checkpoint (outputs checked unchanged)")
+    su = sub.add_parser("surgery",
+                        help="physically remove pruned channels from a checkpoint (outputs checked unchanged)")
     su.add_argument("checkpoint", help="checkpoint directory or run directory of a filter- or channel-pruned model")
     su.add_argument("--out", required=True, help="checkpoint directory to create for the smaller model")
     su.add_argument("--image-size", type=positive_int, help="input size to trace with (default: the checkpoint's data)")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from prunus.cli.args import add_precision_arg, add_recipe_args, add_run_dir_args, check_run_flags, config_from_args, positive_int
+from prunus.cli.args import (add_precision_arg, add_recipe_args, add_run_dir_args, check_run_flags, config_from_args,
+                             positive_int)
 from prunus.train.config import TrainConfig
 from prunus.train.run import train
 

@@ -259,7 +259,8 @@ def project_global(ws: Sequence[torch.Tensor], ratio: float) -> list[tuple[torch
 
 @dataclass(frozen=True)
 class SparsitySet:
-    """"At most k groups of ``structure`` nonzero" at pruning ``ratio``: a :class:`~prunus.constraints.base.Constraint`."""
+    """"At most k groups of ``structure`` nonzero" at pruning ``ratio``: a
+    :class:`~prunus.constraints.base.Constraint`."""
 
     structure: Structure
     ratio: float

@@ -191,7 +191,8 @@ class _WidthSearch:
 
 
 def pruned_copy(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> nn.Module:
-    """The physically smaller copy ``plan`` makes of ``model`` (coupled hard-prune, then surgery); ``model`` is untouched."""
+    """The physically smaller copy ``plan`` makes of ``model`` (coupled hard-prune, then surgery); ``model`` is
+    untouched."""
     work = copy.deepcopy(model)
     project_coupled(work, plan, example_input)
     return remove_pruned_channels(work, example_input).model

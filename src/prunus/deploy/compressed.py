@@ -10,8 +10,8 @@ is as big as the dense one. This format stores what a deployment needs:
   dtype), float16, or 8 bits with a power-of-two scale (``rest="int8"``); the
   exporter rounds those tensors in the model itself first (:func:`round_rest`), so
   the file reloads to exactly the model that was evaluated;
-* a small header (JSON, deflated with the format's vocabulary as a preset dictionary): the model's constructor record (so
-  :func:`load_compressed` rebuilds it, and with it every tensor's name and shape)
+* a small header (JSON, deflated with the format's vocabulary as a preset dictionary): the model's
+  constructor record (so :func:`load_compressed` rebuilds it, and with it every tensor's name and shape)
   and, per tensor in ``state_dict`` order, its scheme or storage.
 
 The position bitmaps and the codes are entropy-coded (:mod:`prunus.deploy.entropy`: a

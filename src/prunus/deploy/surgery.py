@@ -324,7 +324,8 @@ def remove_pruned_channels(
     )
 
 
-def _plan_removal(groups: list, modules: dict[str, nn.Module], live) -> tuple[list[GroupChange], list[tuple[str, list]]]:
+def _plan_removal(groups: list, modules: dict[str, nn.Module],
+                  live) -> tuple[list[GroupChange], list[tuple[str, list]]]:
     """Per coupled group: what changes (for the report), and which channels of which root conv to remove."""
     changes, plans = [], []
     for g in groups:

@@ -1,4 +1,5 @@
-"""Compression statistics: per-layer zeros, MACs (dense, nonzero, with zero channels removed), the compression report."""
+"""Compression statistics: per-layer zeros, MACs (dense, nonzero, with zero channels removed), the compression
+report."""
 
 from __future__ import annotations
 
@@ -156,7 +157,8 @@ class CompressionReport:
         for col in ("layer", "shape", "structure", "asked", "zeros", "achieved"):
             t.add_column(col, justify="left" if col in ("layer", "structure") else "right")
         for s in self.layers:
-            t.add_row(s.name, "x".join(map(str, s.shape)), s.structure, f"{s.ratio:.2%}", f"{s.zeros}/{s.numel}", f"{s.achieved:.2%}")
+            t.add_row(s.name, "x".join(map(str, s.shape)), s.structure, f"{s.ratio:.2%}", f"{s.zeros}/{s.numel}",
+                      f"{s.achieved:.2%}")
         t.caption = (
             f"parameters {self.params_total:,} -> {self.params_nonzero:,} nonzero; "
             f"MACs per input {self.macs_dense:,} -> {self.macs_nonzero:,} nonzero, "

@@ -62,7 +62,8 @@ class PruneConfig:
     distill_temperature: float = 4.0
     channels_last: bool = False  # NHWC training (faster CPU convolutions, see TrainConfig)
     precision: str = "fp32"  # the forward pass of every phase: fp32 or bf16 autocast (see TrainConfig)
-    options: dict[str, Any] = field(default_factory=dict)  # rho, s0, M, r, rho_factor, rho_max, tol (SLR/ADMM); lam, eps (reweighted)
+    # rho, s0, M, r, rho_factor, rho_max, tol (SLR/ADMM); lam, eps (reweighted)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> PruneConfig:
         if self.method not in METHODS:
@@ -71,7 +72,8 @@ class PruneConfig:
         if self.update_every and not METHODS[self.method].batch_rounds:
             raise ConfigError(f"--update-every does not apply to --method {self.method} (it acts once per epoch)")
         if self.epochs < 0 or self.retrain_epochs < 0:
-            raise ConfigError(f"--epochs and --retrain-epochs must be >= 0, got {self.epochs} and {self.retrain_epochs}")
+            raise ConfigError(f"--epochs and --retrain-epochs must be >= 0, got {self.epochs} and "
+                              f"{self.retrain_epochs}")
         if self.method in ("slr", "admm", "reweighted", "gradual") and self.epochs < 1:
             raise ConfigError(f"--method {self.method} needs --epochs >= 1 (its pruning budget)")
         if self.rho_schedule not in RHO_SCHEDULES:
@@ -177,7 +179,8 @@ def run_pruning(
     job = JobInput.load(init, resources)  # under torchrun, joins the process group: every rank has checked run_dir
     console = job.console(console)
     uncoupled = plan.to_dict()
-    plan = couple_if_possible(job.model, plan, job.train_set.images[:2].to(job.device), console)  # validated before anything is written
+    # validated before anything is written
+    plan = couple_if_possible(job.model, plan, job.train_set.images[:2].to(job.device), console)
     results: dict[str, Any] = {"config": dataclasses.asdict(config), "init": str(job.path),
                                "dense_accuracy": job.accuracy()}
     torch.manual_seed(config.seed)

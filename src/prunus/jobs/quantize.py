@@ -51,7 +51,8 @@ class QuantizeConfig:
         if self.method not in QUANT_METHODS:
             raise ConfigError(f"--method must be one of {', '.join(QUANT_METHODS)}, got {self.method!r}")
         if self.epochs < 0 or self.finetune_epochs < 0:
-            raise ConfigError(f"--epochs and --finetune-epochs must be >= 0, got {self.epochs} and {self.finetune_epochs}")
+            raise ConfigError(f"--epochs and --finetune-epochs must be >= 0, got {self.epochs} and "
+                              f"{self.finetune_epochs}")
         if self.method != "none" and self.epochs < 1:
             raise ConfigError(f"--method {self.method} needs --epochs >= 1")
         if self.rest not in REST:
@@ -131,7 +132,8 @@ def _harden_and_finetune(job: JobInput, plan: QuantPlan, config: QuantizeConfig,
     """Hard-quantize (least-squares scales) and fine-tune straight-through; the other tensors rounded as ``rest``."""
     keeper = QuantKeeper(job.model, plan)
     results["hard_quantized_accuracy"] = job.accuracy()
-    console.print(f"hard-quantized ({plan.scheme}, {config.method}): test accuracy {results['hard_quantized_accuracy']:.2f}%")
+    console.print(f"hard-quantized ({plan.scheme}, {config.method}): "
+                  f"test accuracy {results['hard_quantized_accuracy']:.2f}%")
     results["finetune_accuracy"] = []
     if config.finetune_epochs > 0:
         lr = config.finetune_lr if config.finetune_lr is not None else config.lr / 10
@@ -154,12 +156,14 @@ def read_quantize_job(run_dir: Path) -> tuple[str, QuantizeConfig]:
 
 def _export(job: JobInput, keeper: QuantKeeper, plan: QuantPlan, config: QuantizeConfig, run_dir: Path, results: dict,
             console: Console) -> None:
-    """``model.pcz`` (checked: the reloaded file gives the same accuracy) and a normal checkpoint of the same weights."""
+    """``model.pcz`` (checked: the reloaded file gives the same accuracy) and a normal checkpoint of the same
+    weights."""
     size = export_compressed(job.model, keeper, job.meta, run_dir / "model.pcz", rest=config.rest)
     reloaded, _ = load_compressed(run_dir / "model.pcz")
     results["reloaded_accuracy"] = job.accuracy(reloaded)
     if results["reloaded_accuracy"] != results["final_accuracy"]:
-        raise RuntimeError(f"the exported model evaluates to {results['reloaded_accuracy']}%, not {results['final_accuracy']}%")
+        raise RuntimeError(f"the exported model evaluates to {results['reloaded_accuracy']}%, "
+                           f"not {results['final_accuracy']}%")
     save_checkpoint(run_dir / "quantized", job.model.state_dict(), {},
                     {**job.meta, "epoch": -1, "quantization": str(plan.scheme)})
     results["size"] = size.to_dict()

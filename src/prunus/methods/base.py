@@ -64,7 +64,8 @@ class PruningMethod(TrainingHook, ABC):
     #: scalar attributes saved by state_dict (subclasses extend)
     scalars: tuple[str, ...] = ("rounds",)
 
-    def __init__(self, model: nn.Module, plan: Plan, *, update_every: int | None = None, closure: Closure | None = None):
+    def __init__(self, model: nn.Module, plan: Plan, *, update_every: int | None = None,
+                 closure: Closure | None = None):
         if update_every is not None and update_every < 1:
             raise ValueError(f"update_every must be at least 1 batch, got {update_every}")
         self.model = model
@@ -135,7 +136,8 @@ class PruningMethod(TrainingHook, ABC):
 
     # -- the interface ---------------------------------------------------------------
     def has_anchors(self) -> bool:
-        """True once the method pulls its tensors toward anchors (after refresh_anchors, for a method with a penalty)."""
+        """True once the method pulls its tensors toward anchors (after refresh_anchors, for a method with a
+        penalty)."""
         return bool(getattr(self, "_anchors", None)) and next(iter(self._anchors.values())) is not None
 
     def penalty(self) -> torch.Tensor | None:
@@ -188,7 +190,8 @@ class PruningMethod(TrainingHook, ABC):
         device = next(iter(self.params.values())).device
         for n, tensors in state["tensors"].items():
             current = self.state.get(n, {})  # keeps each tensor's dtype (masks stay bool whatever the file holds)
-            self.state[n] = {k: v.to(device, dtype=current[k].dtype if k in current else v.dtype) for k, v in tensors.items()}
+            self.state[n] = {k: v.to(device, dtype=current[k].dtype if k in current else v.dtype)
+                             for k, v in tensors.items()}
         for k, v in state["scalars"].items():
             setattr(self, k, v)
         self.history = list(state["history"])

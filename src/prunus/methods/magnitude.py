@@ -50,7 +50,8 @@ class Magnitude(PruningMethod):
         if norm not in ("l1", "l2"):
             raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
         if norm == "l1" and (gradual or self.layout.global_ratio is not None):
-            raise ValueError("norm='l1' is for one-shot per-tensor pruning (unstructured |w| ranks the same either way)")
+            raise ValueError("norm='l1' is for one-shot per-tensor pruning "
+                             "(unstructured |w| ranks the same either way)")
         self.gradual = gradual
         self.n_rounds = rounds
         self.norm = norm

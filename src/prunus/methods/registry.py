@@ -138,7 +138,8 @@ def method_from_recipe(section: Any, source: str) -> tuple[str, dict[str, Any]]:
     for f in dataclasses.fields(checked):  # YAML gives numbers and strings: check their kinds, not their values
         value = getattr(checked, f.name)
         kind = float if str(f.type).startswith("float") else str
-        if f.name in options and not (value is None or isinstance(value, kind) or kind is float and isinstance(value, int)
+        if f.name in options and not (value is None or isinstance(value, kind)
+                                      or kind is float and isinstance(value, int)
                                       and not isinstance(value, bool)):
             raise ConfigError(f"{source}: method option {f.name} must be a {kind.__name__}, got {value!r}")
         choices = f.metadata.get("choices")

@@ -177,7 +177,8 @@ class GrowingRho(Budgeted, PruningMethod):
         if not rho > 0 or not rho_factor > 0:
             raise ValueError(f"rho and rho_factor must be positive, got rho={rho}, rho_factor={rho_factor}")
         if budget_rounds is not None and rho_factor != 1.0:
-            raise ValueError("give either rounds (rho grows by the budget) or rho_factor (a fixed geometric growth), not both")
+            raise ValueError("give either rounds (rho grows by the budget) or rho_factor (a fixed geometric growth), "
+                             "not both")
         self.rho, self.rho_factor, self.rho_max = rho, rho_factor, rho_max
         self.schedule = BudgetSchedule(budget_rounds, tol, max_growth) if budget_rounds is not None else None
 
@@ -201,7 +202,8 @@ class GrowingRho(Budgeted, PruningMethod):
 
     @torch.no_grad()
     def proximal_step(self, lr: float) -> None:
-        """``W <- argmin_V rho/2 ||V - A||^2 + ||V - W||^2 / (2 lr)`` on the penalised entries (penalty_step="proximal")."""
+        """``W <- argmin_V rho/2 ||V - A||^2 + ||V - W||^2 / (2 lr)`` on the penalised entries
+        (penalty_step="proximal")."""
         if not self.has_anchors():
             return
         shrink = lr * self.rho / (1.0 + lr * self.rho)
@@ -221,5 +223,6 @@ class GrowingRho(Budgeted, PruningMethod):
                 raise RuntimeError("penalty_step='proximal' outside the Trainer: call proximal_step(lr) after each "
                                    "optimizer.step() instead of after_optimizer_step()")
             group = self._optimizer.param_groups[0]
-            self.proximal_step(group.get("initial_lr", group["lr"]))  # the base lr: the pull must not fade with a schedule
+            # the base lr: the pull must not fade with a schedule
+            self.proximal_step(group.get("initial_lr", group["lr"]))
         super().after_optimizer_step()

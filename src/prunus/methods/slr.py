@@ -124,7 +124,8 @@ class SLR(GrowingRho):
     def step(self, closure: Closure | None = None) -> dict[str, Any]:
         closure = closure or self.closure
         if closure is None:
-            raise ValueError("SLR.step needs a closure returning the training loss on a fixed batch (or pass closure= to SLR)")
+            raise ValueError("SLR.step needs a closure returning the training loss on a fixed batch "
+                             "(or pass closure= to SLR)")
         w = {n: p.detach().clone() for n, p in self.params.items()}
         w_prev = {n: s["W_prev"] for n, s in self.state.items()}
         z_prev = {n: s["Z"] for n, s in self.state.items()}

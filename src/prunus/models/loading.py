@@ -26,7 +26,8 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
     if not isinstance(record, dict) or "name" not in record:
         raise CheckpointError(f"checkpoint {ckpt.path} does not record its model architecture")
     model = build_model(
-        record["name"], in_channels=record["in_channels"], num_classes=record["num_classes"], **record.get("options", {})
+        record["name"], in_channels=record["in_channels"], num_classes=record["num_classes"],
+        **record.get("options", {})
     )
     if record.get("norm") == "groupnorm":  # trained with DP-SGD: opacus replaced BatchNorm with GroupNorm
 

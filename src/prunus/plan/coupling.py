@@ -200,7 +200,8 @@ def couple_plan(model: nn.Module, plan: Plan, example_input: torch.Tensor) -> Pl
             names = tuple(n for n in g.parameters if n in params and not _constant_kept(model, n))
             clash = sorted(claimed.intersection(names))
             if clash:
-                raise ConfigError(f"{plan.source}: {clash[0]} has another structure in the plan, but its output channels "
+                raise ConfigError(f"{plan.source}: {clash[0]} has another structure in the plan, "
+                                  "but its output channels "
                                   f"are pruned with {ratio_of[id(g)][1]}'s filters; leave it out or prune it by filter")
             sets.append(ChannelSet(names, ratio_of[id(g)][0]))
     return dataclasses.replace(plan, coupled=sets)

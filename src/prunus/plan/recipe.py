@@ -77,10 +77,12 @@ class Plan:
     @classmethod
     def from_dict(cls, data: Any, source: str = "recipe") -> "Plan":
         if not isinstance(data, dict) or not isinstance(data.get("prune"), dict) or not data["prune"]:
-            raise ConfigError(f"{source}: expected a mapping with a non-empty 'prune:' section of name: {{structure, ratio}}")
+            raise ConfigError(f"{source}: expected a mapping with a non-empty 'prune:' section "
+                              f"of name: {{structure, ratio}}")
         unknown = sorted(set(data) - {"prune", "global", "method"})
         if unknown:
-            raise ConfigError(f"{source}: unknown top-level field(s) {', '.join(unknown)} (allowed: prune, global, method)")
+            raise ConfigError(f"{source}: unknown top-level field(s) {', '.join(unknown)} "
+                              "(allowed: prune, global, method)")
         is_global = data.get("global", False)
         if not isinstance(is_global, bool):
             raise ConfigError(f"{source}: 'global' must be true or false, got {is_global!r}")
@@ -145,7 +147,8 @@ class Plan:
                 continue
         if not names:
             raise ConfigError(f"no layer of the model fits structure {structure} (the skipped first/last layers aside)")
-        rules = [Rule(name, structure, _rounded_ratio(ratio, structure, shapes[name].shape, round_to)) for name in names]
+        rules = [Rule(name, structure, _rounded_ratio(ratio, structure, shapes[name].shape, round_to))
+                 for name in names]
         return cls(rules, global_unstructured, source=f"uniform {structure} {ratio}")
 
     # -- use ----------------------------------------------------------------------------
@@ -158,21 +161,25 @@ class Plan:
             hits = [n for n in params if rule.matches(n)]
             if not hits:
                 close = ", ".join(list(params)[:8])
-                raise ConfigError(f"{self.source}: entry {rule.pattern!r} matches no parameter of the model (some names: {close})")
+                raise ConfigError(f"{self.source}: entry {rule.pattern!r} matches no parameter of the model "
+                                  f"(some names: {close})")
             for name in hits:
                 if name in owner:
-                    raise ConfigError(f"{self.source}: parameter {name} is matched by both {owner[name].pattern!r} and {rule.pattern!r}")
+                    raise ConfigError(f"{self.source}: parameter {name} is matched by both {owner[name].pattern!r} "
+                                      f"and {rule.pattern!r}")
                 owner[name] = rule
                 try:
                     rule.structure.check(params[name].shape)
                     _check_feasible(rule.structure, rule.ratio, params[name].shape)
                 except StructureError as e:
-                    raise ConfigError(f"{self.source}: entry {rule.pattern!r} on {name} {tuple(params[name].shape)}: {e}") from None
+                    raise ConfigError(f"{self.source}: entry {rule.pattern!r} on {name} "
+                                      f"{tuple(params[name].shape)}: {e}") from None
                 targets.append(Target(name, rule.structure, rule.ratio))
         if self.global_unstructured:
             kinds = {(t.structure.name, t.ratio) for t in targets}
             if len(kinds) != 1 or next(iter(kinds))[0] != "unstructured":
-                raise ConfigError(f"{self.source}: 'global: true' needs every entry to be unstructured with the same ratio")
+                raise ConfigError(f"{self.source}: 'global: true' needs every entry to be unstructured "
+                                  "with the same ratio")
         order = {n: i for i, n in enumerate(params)}
         return sorted(targets, key=lambda t: order[t.name])
 

@@ -226,7 +226,8 @@ class ShadowAttack:
         self.models: dict[int | None, object] = {}
 
     def _new(self):
-        return make_pipeline(StandardScaler(), MLPClassifier(self.hidden, max_iter=self.max_iter, random_state=self.seed,
+        return make_pipeline(StandardScaler(), MLPClassifier(self.hidden, max_iter=self.max_iter,
+                                                             random_state=self.seed,
                                                              early_stopping=False))
 
     def fit(self, logits, labels, is_member) -> "ShadowAttack":
@@ -258,7 +259,8 @@ class ShadowAttack:
         scores = self.score(logits, labels)
         return evaluate_attack(
             "shadow" + ("-per-class" if self.per_class else ""), scores, is_member, threshold=0.5,
-            threshold_source="the attack classifier's decision (p >= 0.5), learnt on shadow models' balanced in/out data",
+            threshold_source="the attack classifier's decision (p >= 0.5), "
+                             "learnt on shadow models' balanced in/out data",
         )
 
 
@@ -283,7 +285,8 @@ def _masked_mean_std(phi: np.ndarray, mask: np.ndarray, global_variance: bool) -
     return mean, std
 
 
-def lira_scores(phi_target, phi_ref, inclusion, *, online: bool = True, global_variance: bool | None = None) -> np.ndarray:
+def lira_scores(phi_target, phi_ref, inclusion, *, online: bool = True,
+                global_variance: bool | None = None) -> np.ndarray:
     """LiRA scores (higher = member) of ``phi_target`` (n,) given reference ``phi_ref`` (models, n).
 
     ``inclusion[k, i]`` tells whether reference model ``k`` trained on example ``i``.
@@ -326,7 +329,8 @@ def lira_attack(
     n_models = len(phi_ref)
     scores = lira_scores(phi_target, phi_ref, inc, online=online, global_variance=global_variance)
     if np.isnan(scores).any():
-        raise ValueError(f"{int(np.isnan(scores).sum())} examples have no {'IN or ' if online else ''}OUT reference model; "
+        raise ValueError(f"{int(np.isnan(scores).sum())} examples have no {'IN or ' if online else ''}OUT "
+                         "reference model; "
                          "train more reference models")
     ref_s, ref_m = [], []
     for k in range(min(calibration_models, n_models)):

@@ -79,7 +79,8 @@ def run_audit(
     """Run the attacks of ``config`` against ``checkpoint`` and write the report into ``out``.
 
     ``reference_bank``: None trains the shadow/reference models into ``out``; a directory reuses
-    the bank saved there (or builds and saves it there, see :func:`~prunus.privacy.references.prepare_reference_bank`); a
+    the bank saved there (or builds and saves it there, see
+    :func:`~prunus.privacy.references.prepare_reference_bank`); a
     :class:`ReferenceBank` object is used as it is (it must hold every part the attacks need, and
     keeps Shokri's fitted attack classifier between audits).  A bank built for another split,
     recipe, seed or model count is refused before anything is written.
@@ -193,7 +194,8 @@ def _say_reused(bank: ReferenceBank, trained: dict[str, bool], config: AuditConf
     for part, what, used in (("shadow", "shadow models", config.needs_shadows),
                              ("lira", "LiRA reference models", config.needs_references)):
         if used and not trained[part]:
-            console.print(f"reusing {getattr(bank, part).models} {what} from reference bank {bank.path or '(in memory)'}")
+            console.print(f"reusing {getattr(bank, part).models} {what} from reference bank "
+                          f"{bank.path or '(in memory)'}")
 
 
 def _bank_info(bank: ReferenceBank, trained: dict[str, bool], info: dict[str, Any], seconds: float) -> dict[str, Any]:

@@ -54,7 +54,8 @@ class AuditConfig:
         if self.reference_models < 1:
             raise ConfigError(f"--reference-models must be at least 1, got {self.reference_models}")
         if self.needs_shadows and self.shadow_models < 1:
-            raise ConfigError(f"--shadow-models must be at least 1 for the metric and shadow attacks, got {self.shadow_models}")
+            raise ConfigError(f"--shadow-models must be at least 1 for the metric and shadow attacks, "
+                              f"got {self.shadow_models}")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         return self

@@ -121,7 +121,8 @@ class AttackMetrics:
         return {
             "attack": self.attack, "auc": self.auc, "balanced_accuracy": self.balanced_accuracy,
             "threshold": None if self.threshold is None or not np.isfinite(self.threshold) else self.threshold,
-            "threshold_source": self.threshold_source, "best_balanced_accuracy_on_eval_data": self.best_balanced_accuracy,
+            "threshold_source": self.threshold_source,
+            "best_balanced_accuracy_on_eval_data": self.best_balanced_accuracy,
             "tpr_at_1pct_fpr": self.tpr_at_1pct_fpr, "tpr_at_0.1pct_fpr": self.tpr_at_01pct_fpr,
             "members": self.members, "nonmembers": self.nonmembers, "fpr_resolution": self.fpr_resolution,
             "ci": {k: list(v) for k, v in self.ci.items()},
@@ -156,7 +157,8 @@ def evaluate_attack(
         attack=attack, auc=auc(fpr, tpr), tpr_at_1pct_fpr=tpr_at_fpr(fpr, tpr, 0.01),
         tpr_at_01pct_fpr=tpr_at_fpr(fpr, tpr, 0.001), members=int(m.sum()), nonmembers=int((~m).sum()),
         balanced_accuracy=bal, threshold=threshold, threshold_source=threshold_source,
-        best_balanced_accuracy=float(0.5 * (1 + np.max(tpr - fpr))), fpr=fpr, tpr=tpr, scores=s, extra=dict(extra or {}),
+        best_balanced_accuracy=float(0.5 * (1 + np.max(tpr - fpr))), fpr=fpr, tpr=tpr, scores=s,
+        extra=dict(extra or {}),
         ci=bootstrap_intervals(s, m, threshold if predictions is None else None, resamples=bootstrap),
     )
 

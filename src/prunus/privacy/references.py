@@ -1,4 +1,5 @@
-"""The attacker's models: shadow models on the pool and LiRA reference models, trained like the target and kept in a reference bank."""
+"""The attacker's models: shadow models on the pool and LiRA reference models, trained like the target and kept in a
+reference bank."""
 
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def _train_shadow_outputs(split: MembershipSplit, train_set, ref_test, record, t
     shadow_eval = np.unique(np.concatenate(draws))
     pos = {int(i): j for j, i in enumerate(shadow_eval)}
     console.print(f"training {config.shadow_models} shadow models on {n_in} pool examples each "
-                  f"({'as many as the target' if n_in == len(split.members) else 'the pool is too small for a full-size shadow training set'})")
+                  f"({'as many as the target' if n_in == len(split.members) else 'the pool is too small for a full-size shadow training set'})")  # noqa: E501
     s_logits = train_models("shadow", shadow_in, train_set, ref_test, record, tcfg, out_dir,
                             train_set.images[torch.as_tensor(shadow_eval)], device=device, console=console,
                             seed=config.seed + 500)

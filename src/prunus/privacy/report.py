@@ -24,7 +24,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"# Membership-inference audit of `{report['checkpoint']}`",
         "",
         (f"Defense: {report['defense'] or 'unknown'}. Test accuracy {acc['test']:.2f}%, members {acc['members']:.2f}%, "
-         f"non-members {acc['nonmembers']:.2f}%. {report['queries']}. Attacker: {report.get('attacker', 'non-adaptive')}."),
+         f"non-members {acc['nonmembers']:.2f}%. {report['queries']}. "
+         f"Attacker: {report.get('attacker', 'non-adaptive')}."),
         "",
         "| attack | AUC | balanced acc. | TPR@1%FPR | TPR@0.1%FPR | members | non-members | threshold chosen on |",
         "|---|---|---|---|---|---|---|---|",

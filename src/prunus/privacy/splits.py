@@ -78,7 +78,8 @@ class MembershipSplit:
     # -- checkpoint state ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "total": self.total, "seed": self.seed,
-                "members": torch.from_numpy(self.members.copy()), "nonmembers": torch.from_numpy(self.nonmembers.copy()),
+                "members": torch.from_numpy(self.members.copy()),
+                "nonmembers": torch.from_numpy(self.nonmembers.copy()),
                 "pool": torch.from_numpy(self.pool.copy())}
 
     @classmethod

@@ -57,9 +57,11 @@ def common_dataset(runs: list[RunDir]) -> dict[str, Any]:
     if "name" not in dense.dataset:
         raise ConfigError(f"run {dense.path}: its model ({dense.checkpoint}) does not record its dataset")
     for r in runs[1:]:
-        if (r.dataset.get("name"), r.dataset.get("image_size")) != (dense.dataset["name"], dense.dataset.get("image_size")):
+        if ((r.dataset.get("name"), r.dataset.get("image_size"))
+                != (dense.dataset["name"], dense.dataset.get("image_size"))):
             raise ConfigError(f"run {r.path} is on {r.dataset.get('name')} ({r.dataset.get('image_size')} px) but the "
-                              f"dense run {dense.path} on {dense.dataset['name']} ({dense.dataset.get('image_size')} px); "
+                              f"dense run {dense.path} on {dense.dataset['name']} "
+                              f"({dense.dataset.get('image_size')} px); "
                               "a report compares runs of one dataset")
     return dense.dataset
 

@@ -88,7 +88,8 @@ def _summary(report: Report) -> str:
         rows.append([esc(r["name"]), esc(f"{r['kind']}: {r['detail']}"), f"{r['accuracy']['test']:.2f}%",
                      delta(v["accuracy_delta"]), f"{r['totals']['nonzeros']:,} ({v['compression']:.1f}x)",
                      f"{v['live_compression']:.1f}x",
-                     f"{v['smallest_file_bytes']:,} {esc(plots.FILE_LABELS[v['smallest_file']])} ({v['size_ratio']:.1f}x)",
+                     (f"{v['smallest_file_bytes']:,} {esc(plots.FILE_LABELS[v['smallest_file']])} "
+                      f"({v['size_ratio']:.1f}x)"),
                      *(f"{lat[b]['median_ms']:.3f} ms ({speed[b]:.2f}x)" if lat else "n/a" for b in batches),
                      "n/a" if tpr is None else f"{100 * tpr:.2f}%"])
     d = report.data
@@ -164,7 +165,8 @@ def _latency(report: Report) -> str:
 
 
 def _sparsity(report: Report) -> str:
-    return "".join(img(plots.sparsity_figure(name, grids), f"sparsity of {name}") for name, grids in report.grids.items())
+    return "".join(img(plots.sparsity_figure(name, grids), f"sparsity of {name}")
+                   for name, grids in report.grids.items())
 
 
 def _curves(report: Report) -> str:
@@ -198,7 +200,8 @@ def _privacy(report: Report) -> str:
         acc = a["accuracy"] or {}
         parts_of = {"test": "test", "members": "members", "nonmembers": "non-members"}
         accuracy = ", ".join(f"{label} {acc[k]:.2f}%" for k, label in parts_of.items() if k in acc)
-        parts.append(f"<h3>{esc(r['name'])} (audit {esc(a['path'])})</h3>" + note(f"Accuracy of the audited model: {accuracy}.")
+        parts.append(f"<h3>{esc(r['name'])} (audit {esc(a['path'])})</h3>"
+                     + note(f"Accuracy of the audited model: {accuracy}.")
                      + table(["attack", "AUC", "TPR@1%FPR", "TPR@0.1%FPR", "members/non-members"], rows)
                      + '<div class="row">' + "".join(img(uri, f"ROC of {r['name']}") for uri in plots.roc_uris(r))
                      + "</div>")

@@ -28,7 +28,8 @@ def summary_tables(report: Report) -> list[Table]:
                for b in batches]
         tpr = max((a["tpr_at_0.1pct_fpr"] for a in r["audit"]["attacks"]), default=None) if r["audit"] else None
         speed.add_row(r["name"], f"{r['deployed']['macs']:,}", *lat, "-" if tpr is None else f"{100 * tpr:.2f}%")
-    size.caption = "compression: the dense run's nonzero (live) conv+linear weights / the run's; file: vs dense safetensors"
+    size.caption = ("compression: the dense run's nonzero (live) conv+linear weights / the run's; "
+                    "file: vs dense safetensors")
     speed.caption = "deployed: pruned channels removed; latency: median (speed-up vs dense); strongest audited attack"
     return [size, speed]
 

@@ -24,7 +24,8 @@ from prunus.train.trainer import Trainer
 
 def model_record(config: TrainConfig, in_channels: int, num_classes: int) -> dict[str, Any]:
     """How to rebuild the model of a run: stored in every checkpoint."""
-    return {"name": config.model, "in_channels": in_channels, "num_classes": num_classes, "options": config.model_options}
+    return {"name": config.model, "in_channels": in_channels, "num_classes": num_classes,
+            "options": config.model_options}
 
 
 def train(
@@ -46,10 +47,12 @@ def train(
         saved = json.loads((run_dir / "config.json").read_text())
         config = TrainConfig.from_dict(saved["config"])
     config.validate()
-    train_set = load_dataset(config.dataset, "train", data_dir=data_dir, download=download, image_size=config.image_size)
+    train_set = load_dataset(config.dataset, "train", data_dir=data_dir, download=download,
+                             image_size=config.image_size)
     test_set = load_dataset(config.dataset, "test", data_dir=data_dir, download=download, image_size=config.image_size)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, in_channels=train_set.in_channels, num_classes=train_set.num_classes, **config.model_options)
+    model = build_model(config.model, in_channels=train_set.in_channels, num_classes=train_set.num_classes,
+                        **config.model_options)
     use_aug = config.augment if config.augment is not None else default_augmentation(config.dataset) is not None
     augment = default_augmentation(config.dataset) if use_aug else None
     if use_aug and augment is None:
@@ -59,13 +62,15 @@ def train(
         "dataset": {"name": config.dataset, "image_size": train_set.image_size},
     }
     trainer = Trainer(
-        model, train_set, test_set, config, run_dir, device=pick_device(device), augment=augment, meta=meta, console=console
+        model, train_set, test_set, config, run_dir, device=pick_device(device), augment=augment, meta=meta,
+        console=console
     )
     if trainer.dist.is_main and not resume:
         create_run_dir(run_dir)
         write_json_atomic(
             run_dir / "config.json",
-            {"config": dataclasses.asdict(config), "world_size": trainer.dist.world_size, "environment": environment_info()},
+            {"config": dataclasses.asdict(config), "world_size": trainer.dist.world_size,
+             "environment": environment_info()},
         )
     if trainer.dist.enabled:
         dist.barrier()

@@ -14,7 +14,8 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         if not (run_dir / "config.json").is_file():
             raise CheckpointError(f"--resume {run_dir}: no run there (config.json is missing)")
     elif run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise ConfigError(f"--out {run_dir} already exists and is not empty; pass --resume {run_dir} to continue that run or choose a new --out")
+        raise ConfigError(f"--out {run_dir} already exists and is not empty; pass --resume {run_dir} to continue "
+                          "that run or choose a new --out")
 
 
 def create_run_dir(run_dir: Path) -> None:

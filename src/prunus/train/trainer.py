@@ -148,7 +148,8 @@ class Trainer:
             "metrics": self.history[-1] if self.history else {},
             "history": self.history,
         }
-        path = save_checkpoint(self.run_dir / CHECKPOINT_DIR / f"epoch-{epoch + 1:04d}", self.model.state_dict(), states, meta)
+        path = save_checkpoint(self.run_dir / CHECKPOINT_DIR / f"epoch-{epoch + 1:04d}", self.model.state_dict(),
+                               states, meta)
         old = sorted(p for p in path.parent.glob("epoch-*") if p.is_dir())[: -self.config.keep_checkpoints]
         for p in old:
             shutil.rmtree(p, ignore_errors=True)
@@ -232,7 +233,8 @@ class Trainer:
             last = latest_checkpoint(self.run_dir)
             kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
             raise TrainingDiverged(f"epoch {epoch + 1}, step {step}: the training loss is {float(loss.detach())} "
-                                   f"(diverged); {kept}; lower the learning rate (or the method's penalty) and run again")
+                                   f"(diverged); {kept}; "
+                                   "lower the learning rate (or the method's penalty) and run again")
 
     def _describe(self, epoch: int, loss: float, acc: float) -> str:
         return f"epoch {epoch + 1}/{self.config.epochs} loss {loss:.4f} acc {100 * acc:.2f}%"
@@ -259,7 +261,8 @@ class Trainer:
         total = steps * (self.config.epochs - self.start_epoch)
         started = time.perf_counter()
         with progress if progress is not None else _Null():
-            task = progress.add_task(f"epoch {self.start_epoch + 1}/{self.config.epochs}", total=total) if progress else None
+            task = progress.add_task(f"epoch {self.start_epoch + 1}/{self.config.epochs}",
+                                     total=total) if progress else None
             for epoch in range(self.start_epoch, self.config.epochs):
                 t0 = time.perf_counter()
                 train = self.train_epoch(epoch, progress, task)

@@ -82,7 +82,8 @@ def _col_range(kx, stride, pad, wo, W):
 
 @njit(cache=True, nogil=True, inline="always")
 def _or_tap_bits(pw, r, x, b, iy, first, st, ulo, n, off, C):
-    """Dense packing: OR one tap's ``C`` input bits into bits ``[off, off + C)`` of the patch (it may straddle two words)."""
+    """Dense packing: OR one tap's ``C`` input bits into bits ``[off, off + C)`` of the patch (it may straddle two
+    words)."""
     q = off >> 6
     sh = off & 63
     s = U(sh)

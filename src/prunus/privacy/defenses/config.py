@@ -38,7 +38,8 @@ class DefenseConfig:
     warmup_epochs: int = 2
     adv_lr: float = 1e-3
     adv_batch_size: int = 64
-    adv_reference: int | None = None  # pool examples used as the game's reference non-members (default: as many as members)
+    # pool examples used as the game's reference non-members (default: as many as members)
+    adv_reference: int | None = None
     # pruning (prune, mcmia)
     method: str = "slr"
     compression: float | None = None
@@ -98,7 +99,8 @@ class DefenseConfig:
         return self
 
     def train_config(self, epochs: int | None = None, lr: float | None = None, schedule: str | None = None):
-        return TrainConfig(model=self.model, dataset=self.dataset, epochs=max(epochs if epochs is not None else self.epochs, 1),
+        return TrainConfig(model=self.model, dataset=self.dataset,
+                           epochs=max(epochs if epochs is not None else self.epochs, 1),
                            batch_size=self.batch_size, optimizer=self.optimizer, lr=lr if lr is not None else self.lr,
                            weight_decay=self.weight_decay, schedule=schedule or self.schedule, seed=self.seed,
                            augment=False, model_options=dict(self.model_options))
@@ -106,7 +108,8 @@ class DefenseConfig:
     def prune_config(self):
         # the pruning recipe the privacy benchmark was measured with: SLR/ADMM round once per epoch (0), fixed rho,
         # the textbook penalty on every entry; the retrain-free defaults of prunus prune are not measured here yet
-        options = {"penalize": "all", **self.method_options} if self.method in ("slr", "admm") else dict(self.method_options)
+        options = ({"penalize": "all", **self.method_options} if self.method in ("slr", "admm")
+                   else dict(self.method_options))
         return PruneConfig(method=self.method, epochs=self.prune_epochs, retrain_epochs=self.retrain_epochs,
                            batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr, retrain_lr=self.retrain_lr,
                            seed=self.seed, update_every=self.update_every if self.update_every is not None else 0,

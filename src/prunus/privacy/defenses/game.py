@@ -37,7 +37,8 @@ class InferenceModel(nn.Module):
     def __init__(self, num_classes: int, hidden: int = 64):
         super().__init__()
         self.num_classes = num_classes
-        self.pred = nn.Sequential(nn.Linear(num_classes + 1, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, hidden), nn.ReLU())
+        self.pred = nn.Sequential(nn.Linear(num_classes + 1, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, hidden),
+                                  nn.ReLU())
         self.label = nn.Sequential(nn.Linear(num_classes, hidden), nn.ReLU())
         self.head = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 

@@ -1,4 +1,5 @@
-"""Pruning as a defense, alone (``prune``) or with the min-max game in the same run (``mcmia``, Wang et al., IJCAI 2021)."""
+"""Pruning as a defense, alone (``prune``) or with the min-max game in the same run (``mcmia``, Wang et al.,
+IJCAI 2021)."""
 
 from __future__ import annotations
 

@@ -128,7 +128,8 @@ def _finish(ctx: DefenseContext) -> dict[str, Any]:
     results, dev = ctx.results, ctx.device
     results["test_accuracy"] = evaluate(ctx.model, ctx.test_set, device=dev)["accuracy"]
     results["member_accuracy"] = evaluate(ctx.model, ctx.members, device=dev)["accuracy"]
-    results["nonmember_accuracy"] = evaluate(ctx.model, ctx.split.subset(ctx.train_set, "nonmembers"), device=dev)["accuracy"]
+    results["nonmember_accuracy"] = evaluate(ctx.model, ctx.split.subset(ctx.train_set, "nonmembers"),
+                                             device=dev)["accuracy"]
     privacy = {"defense": ctx.config.defense, "config": dataclasses.asdict(ctx.config), "split": ctx.split.summary(),
                "reference_training": ctx.recipe,
                "results": {k: results[k] for k in ("test_accuracy", "member_accuracy", "nonmember_accuracy")},
@@ -139,6 +140,7 @@ def _finish(ctx: DefenseContext) -> dict[str, Any]:
                         {**ctx.meta, "epoch": -1, "privacy": privacy})
         write_json_atomic(ctx.run_dir / "results.json", results)
     ctx.console.print(
-        f"{ctx.config.defense}: test accuracy {results['test_accuracy']:.2f}%, members {results['member_accuracy']:.2f}%, "
+        f"{ctx.config.defense}: test accuracy {results['test_accuracy']:.2f}%, "
+        f"members {results['member_accuracy']:.2f}%, "
         f"non-members {results['nonmember_accuracy']:.2f}%; checkpoint {ctx.run_dir / 'final'}", soft_wrap=True)
     return results
