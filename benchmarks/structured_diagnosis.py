@@ -33,7 +33,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS, dense_sha256, write_result
+from common import RESULTS, add_results_flags, dense_hash_note, dense_sha256, render_only, write_result
 from rich.console import Console
 from structured_retrain_free import BN_BATCHES, PROBE, ROUND_TO, dense_checkpoint
 
@@ -101,7 +101,8 @@ def summarize(data: dict) -> str:
     lines = [
         f"## Why structured SLR collapsed at hard-prune (`benchmarks/{NAME}.py`)",
         "",
-        f"ResNet-20, Fashion-MNIST 32x32, dense {data['dense_accuracy']:.2f}%; filter pruning at {TARGET:g}x fewer "
+        f"ResNet-20, Fashion-MNIST 32x32, dense {data['dense_accuracy']:.2f}% "
+        f"({dense_hash_note(data.get('sha256'))}); filter pruning at {TARGET:g}x fewer "
         f"MACs (ratio {data['ratio']:.4f}, multiples of {ROUND_TO[MODEL]}), SLR {EPOCHS} epochs (Adam 1e-3 cosine, "
         f"a round every 100 batches), seed {SEED}; every variant hard-prunes whole channel sets (BatchNorm gamma and "
         "beta included). Each row adds one change to the row above. *distance*: ||W - Pi(W)|| / ||W|| of the "
@@ -121,9 +122,11 @@ def summarize(data: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--continue", dest="cont", action="store_true")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    add_results_flags(ap)
     args = ap.parse_args()
+    if render_only(args, NAME, summarize):
+        return
     path = RESULTS / f"{NAME}.json"
     init = dense_checkpoint(MODEL)
     train_set = load_dataset("fashion-mnist", "train", image_size=32)
