@@ -6,6 +6,8 @@ For each model x dataset x seed, these rows from one script run:
   bcnn-20x     that BCNN pruned by SLR filter pruning to 20x fewer live weights (``prunus bcnn prune``:
                E method epochs + R masked retraining epochs, starting from the bcnn row's weights)
   bcnn-20x-kd  the same, its retraining distilled from the unpruned BCNN (``--distill``; with --distill-row)
+  bcnn-20x-long the same pruning with as many retraining epochs as the BCNN's training (with --long-row: does
+               the gap close with retraining, or is it the pruned model's capacity?)
   bcnn-small   the BCNN narrowed to the same 20x fewer live weights, trained from scratch (the baseline
                pruning must beat: "Rethinking the Value of Network Pruning", Liu et al., ICLR 2019)
 ``nin-binstem`` (a NIN whose first layer is binary too, the engine's faster variant) gets every row but fp;
@@ -19,7 +21,7 @@ Trainings live in ``.cache/bcnn/<model>-<dataset>-<variant>-s<seed>`` and resume
 with ``--continue`` finished rows are kept. Run it in the background across sessions:
 
     python benchmarks/bcnn_accuracy.py [--models nin resnet18 nin-binstem] [--datasets modulation fashion-mnist]
-        [--seeds 0 1 2] [--epochs N] [--distill-row] [--continue] [--render]
+        [--seeds 0 1 2] [--epochs N] [--distill-row] [--long-row] [--continue] [--render]
 """
 
 from __future__ import annotations
@@ -81,17 +83,18 @@ def trained(model: str, dataset: str, fp: bool, seed: int, epochs: int, precisio
     return run
 
 
-def pruned(bcnn_run: Path, seed: int, precision: str, distill: float = 0.0) -> tuple[Path, dict]:
+def pruned(bcnn_run: Path, seed: int, precision: str, distill: float = 0.0,
+           retrain_epochs: int = RETRAIN_EPOCHS) -> tuple[Path, dict]:
     """The BCNN of ``bcnn_run`` pruned 20x (live weights); a run killed half-way is started again.
 
     prune_bcnn's defaults: SLR's penalty as a proximal step, BatchNorm's beta left free on pruned channels.
     ``distill``: the retraining also distils from the unpruned BCNN (weight, at DISTILL_TEMPERATURE).
     """
     kd = f"-kd{distill:g}t{DISTILL_TEMPERATURE:g}" if distill else ""
-    run = bcnn_run.with_name(bcnn_run.name + f"-slr{COMPRESSION:g}x-e{PRUNE_EPOCHS}r{RETRAIN_EPOCHS}-prox{kd}")
+    run = bcnn_run.with_name(bcnn_run.name + f"-slr{COMPRESSION:g}x-e{PRUNE_EPOCHS}r{retrain_epochs}-prox{kd}")
     if not (pinned(run) / "results.json").exists():
         shutil.rmtree(run, ignore_errors=True)
-        config = PruneConfig(method="slr", epochs=PRUNE_EPOCHS, retrain_epochs=RETRAIN_EPOCHS, seed=seed,
+        config = PruneConfig(method="slr", epochs=PRUNE_EPOCHS, retrain_epochs=retrain_epochs, seed=seed,
                              channels_last=True, precision=precision, bn_recalibrate=BN_RECALIBRATE,
                              retrain_schedule=BCNN_RETRAIN_SCHEDULE, distill=distill,
                              distill_temperature=DISTILL_TEMPERATURE)
@@ -188,7 +191,9 @@ def summarize(data: dict) -> str:
              f"prunus.jobs.bcnn). bcnn-small: the BCNN at the widest width with {COMPRESSION:g}x fewer live weights "
              "than the bcnn row's, trained from scratch with the same recipe (does pruning beat training the "
              "small model?). bcnn-20x-kd: bcnn-20x with its retraining distilled from the unpruned BCNN (--distill "
-             f"{DISTILL:g}, temperature {DISTILL_TEMPERATURE:g}). Widths reduced for a 2-core CPU (parameter "
+             f"{DISTILL:g}, temperature {DISTILL_TEMPERATURE:g}). bcnn-20x-long: bcnn-20x retrained as many epochs "
+             "as the BCNN was trained (so it has seen more epochs than the unpruned BCNN). "
+             "Widths reduced for a 2-core CPU (parameter "
              "counts in the table). *BN re-est.*: the same weights with BatchNorm statistics re-estimated "
              f"for inference on {RECAL_FRAMES:,} training frames, one BatchNorm at a time (no gradient step; "
              "prunus.harden.batchnorm). *engine == PyTorch*: the bit-packed engine's logits equal the "
@@ -250,11 +255,12 @@ def add_trained(data: dict, model: str, dataset: str, variant: str, seed: int, p
     write_result(NAME, data, summarize(data))
 
 
-def add_pruned(data: dict, model: str, dataset: str, variant: str, seed: int, precision: str, distill: float, test_set,
-               train_set, common: dict) -> None:
-    """Prune the seed's BCNN 20x (retraining distilled or not) and add its row."""
-    run, results = pruned(trained(model, dataset, False, seed, common["epochs"], precision), seed, precision, distill)
-    data["runs"].append(row(run / "retrain", test_set, train_set, variant=variant,
+def add_pruned(data: dict, model: str, dataset: str, variant: str, seed: int, precision: str, distill: float,
+               retrain_epochs: int, test_set, train_set, common: dict) -> None:
+    """Prune the seed's BCNN 20x (retraining distilled or not, ``retrain_epochs`` long) and add its row."""
+    run, results = pruned(trained(model, dataset, False, seed, common["epochs"], precision), seed, precision, distill,
+                          retrain_epochs)
+    data["runs"].append(row(run / "retrain", test_set, train_set, variant=variant, retrain_epochs=retrain_epochs,
                             hard_pruned_accuracy=results["hard_pruned_accuracy"],
                             bn_recalibrated_accuracy=results.get("bn_recalibrated_accuracy"),
                             retrain_accuracy=results["retrain_accuracy"],
@@ -288,6 +294,8 @@ def main() -> None:
                     help="the trainings' forward pass (bf16 autocast: 1.4-2.9x faster steps on AVX-512 BF16 CPUs)")
     ap.add_argument("--distill-row", action="store_true", help="also the bcnn-20x-kd row (off by default: it "
                     "costs ~25 min a seed and distillation did not help on the seed measured, see the table)")
+    ap.add_argument("--long-row", action="store_true", help="also the bcnn-20x-long row: the same pruning, "
+                    "retrained as many epochs as the BCNN was trained (~35 min a seed on 2 cores)")
     ap.add_argument("--continue", dest="cont", action="store_true", help="keep the rows already in the JSON")
     ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
@@ -313,10 +321,13 @@ def main() -> None:
                 # the BCNN and its 20x pruning first: they are what the targets compare; the fp twin last
                 if (model, dataset, "bcnn", seed) not in done:
                     add_trained(data, model, dataset, "bcnn", seed, args.precision, test_set, train_set, common)
-                for variant, distill in (("bcnn-20x", 0.0), ("bcnn-20x-kd", DISTILL))[:2 if args.distill_row else 1]:
+                variants = [("bcnn-20x", 0.0, RETRAIN_EPOCHS)]
+                variants += [("bcnn-20x-kd", DISTILL, RETRAIN_EPOCHS)] if args.distill_row else []
+                variants += [("bcnn-20x-long", 0.0, epochs)] if args.long_row else []
+                for variant, distill, retrain_epochs in variants:
                     if (model, dataset, variant, seed) not in done:
-                        add_pruned(data, model, dataset, variant, seed, args.precision, distill, test_set, train_set,
-                                   common)
+                        add_pruned(data, model, dataset, variant, seed, args.precision, distill, retrain_epochs,
+                                   test_set, train_set, common)
                 if (model, dataset, "bcnn-small", seed) not in done:
                     width, reference = small_width(model, test_set)
                     add_trained(data, model, dataset, "bcnn-small", seed, args.precision, test_set, train_set, common,

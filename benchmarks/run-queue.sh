@@ -36,6 +36,8 @@ continue_or_restart() {
 continue_or_restart structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2
 # The trained BCNNs on the modulation task (issue 19): bcnn, its 20x pruning (plain and distilled), the small model
 # from scratch, the fp twin; seeds 1-2 of NIN, then the NIN with a binary first layer
+# first a probe on seed 0: does retraining as long as the BCNN's training close the 20x gap (-4.4 pt)?
+step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --long-row --continue
 step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 1 2 --continue
 step bcnn_accuracy.py --models nin-binstem --datasets modulation --seeds 0 1 2 --continue
 # Membership inference, the second target (issue 22)
