@@ -32,12 +32,14 @@ continue_or_restart() {
     echo "== $(date -u +%FT%TZ) exit $code ($1)"
 }
 
-# Retrain-free structured pruning on ResNet-20 (issue 18, the project's core): 4x first (never measured), then 2x
-continue_or_restart structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2
+# Retrain-free structured pruning on ResNet-20 (issue 18, the project's core): seed 0, 4x first (never measured),
+# then 2x; seeds 1-2 after the BCNN probe below
+continue_or_restart structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0
+# A probe on seed 0 of the BCNN (issue 19): does retraining as long as the BCNN's training close the 20x gap?
+step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --long-row --continue
+step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2 --continue
 # The trained BCNNs on the modulation task (issue 19): bcnn, its 20x pruning (plain and distilled), the small model
 # from scratch, the fp twin; seeds 1-2 of NIN, then the NIN with a binary first layer
-# first a probe on seed 0: does retraining as long as the BCNN's training close the 20x gap (-4.4 pt)?
-step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --long-row --continue
 step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 1 2 --continue
 step bcnn_accuracy.py --models nin-binstem --datasets modulation --seeds 0 1 2 --continue
 # Membership inference, the second target (issue 22)
