@@ -221,6 +221,18 @@ def time_rows(data: dict, names: list[str]) -> None:
 
 
 # -- the table -------------------------------------------------------------------------------------------------------
+def timing_sentence(data: dict) -> str:
+    """What the latency column measured, and where (the timing pass may run on another machine than the rows)."""
+    t = data.get("timing")
+    if not t:
+        return ""
+    env = t["environment"]
+    return (f" *Deployed b64 ms*: median of {t['repeats']} forward passes of a batch of {t['batch']} through the "
+            "physically pruned model (prunus.deploy.latency.for_inference, channels-last), the dense model and every "
+            f"pruned shape interleaved in one process (`--time`), on {env['cpu']}, {env['torch_threads']} threads; "
+            "the speed-up is the dense model's time over the pruned one's.")
+
+
 def summarize(data: dict) -> str:
     env = data["environment"]
     lines = [
@@ -242,7 +254,8 @@ def summarize(data: dict) -> str:
         f"{data.get('torch_pruning', '')}'s regularizer for E epochs, then its `step()`. *hard-pruned*: right after "
         f"the hard-prune at the end of phase 1, no retraining; *+BN*: the same model with BatchNorm statistics "
         f"re-estimated on {BN_BATCHES} training batches (no gradient step). Mean ± std over seeds (data order; the "
-        f"dense model is shared). Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.",
+        f"dense model is shared). Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}."
+        + timing_sentence(data),
         "",
         "| model | dense % | MACs target | method | seeds | hard-pruned % | Δ vs dense | +BN % | +1 % | +3 % "
         "| MACs (fewer) | params | deployed b64 ms (speed-up) |",
