@@ -199,8 +199,22 @@ def tp_row(init: Path, plan: Plan, method: str, seed: int, train_set, test_set) 
 
 
 # -- the timing pass -------------------------------------------------------------------------------------------------
-def time_rows(data: dict, names: list[str]) -> None:
-    """Deployed batch-64 latency of the dense model and of every distinct pruned shape, in one process."""
+def time_rows(data: dict, names: list[str], threads: int = 1) -> None:
+    """Deployed batch-64 latency of the dense model and of every distinct pruned shape, in one process.
+
+    One thread by default: on the 2-vCPU VM these rows were trained on, with denormals flushed
+    (prunus.deploy.latency), four single-thread passes agreed within 5%, while one two-thread pass
+    in three still timed the 4x model at 4x its usual time (oneDNN's split of narrow convolutions).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _time_rows(data, names)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _time_rows(data: dict, names: list[str]) -> None:
     for name in names:
         dense = build_model(name, in_channels=1, num_classes=10, **MODELS[name]).eval()
         shapes = {}
@@ -229,7 +243,8 @@ def timing_sentence(data: dict) -> str:
     env = t["environment"]
     return (f" *Deployed b64 ms*: median of {t['repeats']} forward passes of a batch of {t['batch']} through the "
             "physically pruned model (prunus.deploy.latency.for_inference, channels-last), the dense model and every "
-            f"pruned shape interleaved in one process (`--time`), on {env['cpu']}, {env['torch_threads']} threads; "
+            f"pruned shape interleaved in one process (`--time`), denormals flushed to zero, on {env['cpu']}, "
+            f"{env['torch_threads']} thread{'s' if env['torch_threads'] > 1 else ''}; "
             "the speed-up is the dense model's time over the pruned one's.")
 
 
@@ -312,6 +327,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--continue", dest="cont", action="store_true", help="keep the rows already in the JSON")
     ap.add_argument("--time", action="store_true", help="only the timing pass over the rows in the JSON")
+    ap.add_argument("--time-threads", type=int, default=1, help="threads of the timing pass (see time_rows)")
     ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
     path = RESULTS / f"{NAME}.json"
@@ -320,7 +336,7 @@ def main() -> None:
         if data is None:
             raise SystemExit(f"{path} does not exist yet; run the benchmark first")
         if args.time:
-            time_rows(data, [m for m in args.models if m in data["dense"]])
+            time_rows(data, [m for m in args.models if m in data["dense"]], args.time_threads)
         return write_result(NAME, data, summarize(data))
     if data is None:
         import torch_pruning

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from prunus.deploy.latency import Latency, _quantile, compare_latency, for_inference, measure_latency
+from prunus.deploy.latency import (Latency, _quantile, compare_latency, denormals_flushed, for_inference,
+                                   measure_latency)
 
 
 def tiny() -> nn.Module:
@@ -49,6 +50,33 @@ def test_compare_latency_times_every_model_at_every_batch_size():
     assert set(result) == {"dense", "small"} and all(list(r) == [1, 2] for r in result.values())
     assert result["dense"][2].repeats == 2 and result["small"][1].batch_size == 1
     assert a.training and not b.training, "each model's train flag must be restored"
+
+
+class SeesDenormals(nn.Module):
+    """Records, on each forward, whether a denormal float32 survives multiplication by one."""
+
+    def __init__(self):
+        super().__init__()
+        self.flushed: list[bool] = []
+
+    def forward(self, x):
+        self.flushed.append(denormals_flushed())
+        return x
+
+
+def test_timing_flushes_denormals_and_restores_the_setting():
+    # a denormal operand costs x86 a microcode assist; the timed runs measure the shape, not the values
+    m = SeesDenormals()
+    assert not denormals_flushed()
+    compare_latency({"m": m}, torch.randn(1, 3), (1,), repeats=2, warmup=1)
+    assert m.flushed == [True, True, True]
+    assert not denormals_flushed(), "the process's setting must be restored"
+    torch.set_flush_denormal(True)
+    try:
+        compare_latency({"m": m}, torch.randn(1, 3), (1,), repeats=1, warmup=0)
+        assert denormals_flushed(), "a process that flushed before still flushes after"
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_for_inference_folds_batchnorm_and_keeps_outputs():
