@@ -33,22 +33,24 @@ continue_or_restart() {
 }
 
 # Retrain-free structured pruning on ResNet-20 (issue 18, the project's core): seed 0, 4x first (never measured),
-# then 2x; seeds 1-2 after the BCNN probe below
+# then 2x; seeds 1-2 after the LeNet-5 table below
 continue_or_restart structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0
 # A probe on seed 0 of the BCNN (issue 19): does retraining as long as the BCNN's training close the 20x gap?
 step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --long-row --continue
+# LeNet-5 unstructured on the committed dense LeNet-5 (issue 18): the variants its targets name first (gradual and
+# the proximal pair, not targets, come later), then pruning + quantization on the same dense file (issue 20)
+continue_or_restart retrain_free.py --variants slr admm magnitude
+step retrain_free.py --continue --rates 100 --variants slr/fixed admm/fixed
 step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2 --continue
+continue_or_restart combined_quantization.py
 # The trained BCNNs on the modulation task (issue 19): bcnn, its 20x pruning (plain and distilled), the small model
 # from scratch, the fp twin; seeds 1-2 of NIN, then the NIN with a binary first layer
 step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 1 2 --continue
 step bcnn_accuracy.py --models nin-binstem --datasets modulation --seeds 0 1 2 --continue
 # Membership inference, the second target (issue 22)
 step privacy_mia.py --target resnet20-modulation --seeds 0 1 2 --continue
-# LeNet-5 unstructured with every variant (the proximal penalty included) and pruning + quantization (issues 18, 20),
-# on the committed dense LeNet-5
-continue_or_restart retrain_free.py
-continue_or_restart combined_quantization.py
-# The rest of the BCNN grid, and VGG-16 (the costliest rows)
+# The LeNet-5 variants that are not targets, the rest of the BCNN grid, and VGG-16 (the costliest rows)
+step retrain_free.py --continue --variants gradual slr/prox admm/prox
 step bcnn_accuracy.py --models resnet18 --datasets modulation --seeds 0 1 2 --continue
 step bcnn_accuracy.py --models nin resnet18 --datasets fashion-mnist --seeds 0 --continue
 continue_or_restart structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 1 2
