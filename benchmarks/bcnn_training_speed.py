@@ -24,7 +24,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS, write_result
+from common import render_only, write_result
 
 from prunus.data import load_dataset
 from prunus.environment import environment_info
@@ -99,9 +99,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
-    if args.render:
-        data = json.loads((RESULTS / f"{NAME}.json").read_text())
-        return write_result(NAME, data, summarize(data))
+    if render_only(args, NAME, summarize):
+        return
     train = load_dataset("modulation", "train")
     x, y = train.images[:BATCH], train.labels[:BATCH]
     data = {"benchmark": NAME, "steps": args.steps, "environment": environment_info(), "rows": []}

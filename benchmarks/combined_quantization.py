@@ -37,7 +37,8 @@ import statistics
 from dataclasses import dataclass
 
 import numpy as np
-from common import HERE, RESULTS, check_same_dense, dense_hash_note, dense_sha256, mean_std, write_result
+from common import (HERE, RESULTS, add_results_flags, check_same_dense, dense_hash_note, dense_sha256, mean_std,
+                    render_only, write_result)
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
@@ -191,12 +192,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--sparsities", nargs="+", default=list(SPARSITIES), choices=list(SPARSITIES))
-    ap.add_argument("--continue", dest="cont", action="store_true")
-    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
+    add_results_flags(ap)
     args = ap.parse_args()
-    if args.render:
-        data = json.loads((RESULTS / f"{NAME}.json").read_text())
-        return write_result(NAME, data, summarize(data))
+    if render_only(args, NAME, summarize):
+        return
 
     init = dense_checkpoint()
     model, _ = load_model(init)

@@ -20,7 +20,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import FROM_METADATA, RESULTS, dense_fields, dense_sentence, write_result
+from common import FROM_METADATA, dense_fields, dense_sentence, render_only, write_result
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
@@ -71,9 +71,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
-    if args.render:
-        data = json.loads((RESULTS / f"{NAME}.json").read_text())
-        return write_result(NAME, data, summarize(data))
+    if render_only(args, NAME, summarize):
+        return
     init = dense_checkpoint()
     model, _ = load_model(init)
     dense = dense_fields(init, model, load_dataset("fashion-mnist", "test"))

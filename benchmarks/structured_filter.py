@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import FROM_METADATA, RESULTS, dense_fields, dense_sentence, mean_std, write_result
+from common import FROM_METADATA, dense_fields, dense_sentence, mean_std, render_only, write_result
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
@@ -106,9 +106,8 @@ def main() -> None:
     ap.add_argument("--retrain-epochs", type=int, default=3)
     ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
-    if args.render:
-        data = json.loads((RESULTS / f"{NAME}.json").read_text())
-        return write_result(NAME, data, summarize(data))
+    if render_only(args, NAME, summarize):
+        return
 
     init = dense_checkpoint()
     model, _ = load_model(init)

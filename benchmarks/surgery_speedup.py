@@ -48,7 +48,8 @@ import json
 import time
 
 import torch
-from common import HERE, RESULTS, check_same_dense, dense_hash_note, dense_sha256, prune_run, train_cached, write_result
+from common import (HERE, RESULTS, add_results_flags, check_same_dense, dense_hash_note, dense_sha256, prune_run,
+                    render_only, train_cached, write_result)
 
 from prunus.deploy.allocation import latency_aware_plan, plan_for_macs, plan_from_widths, pruned_copy, shrink_to_widths
 from prunus.deploy.footprint import weights_bytes
@@ -342,20 +343,18 @@ def summarize(data: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--continue", dest="cont", action="store_true")
     ap.add_argument("--targets", type=float, nargs="+", default=list(TARGETS), choices=list(TARGETS))
     ap.add_argument("--allocations", nargs="+", default=list(DEFAULT_ALLOCATIONS), choices=list(ALLOCATIONS))
     ap.add_argument("--retime-only", action="store_true",
                     help="no training: re-time the rows in the JSON (run on a quiet machine)")
     ap.add_argument("--plans-only", action="store_true",
                     help="only run the latency allocation's searches and record them (run on a quiet machine)")
-    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
+    add_results_flags(ap)
     args = ap.parse_args()
     args.cont |= args.retime_only | args.plans_only
     path = RESULTS / f"{NAME}.json"
-    if args.render:
-        data = json.loads(path.read_text())
-        return write_result(NAME, data, summarize(data))
+    if render_only(args, NAME, summarize):
+        return
     data = json.loads(path.read_text()) if args.cont and path.exists() else None
     if data is None:
         data = {"benchmark": NAME, "dense_epochs": DENSE_EPOCHS, "threads": torch.get_num_threads(),
