@@ -8,6 +8,8 @@ For each model x dataset x seed, these rows from one script run:
   bcnn-20x-kd  the same, its retraining distilled from the unpruned BCNN (``--distill``; with --distill-row)
   bcnn-20x-long the same pruning with as many retraining epochs as the BCNN's training (with --long-row: does
                the gap close with retraining, or is it the pruned model's capacity?)
+  bcnn-long    its fair control (with --long-control): the unpruned BCNN trained from scratch for as many
+               epochs as bcnn-20x-long has seen in all (training + method + retraining epochs)
   bcnn-small   the BCNN narrowed to the same 20x fewer live weights, trained from scratch (the baseline
                pruning must beat: "Rethinking the Value of Network Pruning", Liu et al., ICLR 2019)
 ``nin-binstem`` (a NIN whose first layer is binary too, the engine's faster variant) gets every row but fp;
@@ -21,7 +23,7 @@ Trainings live in ``.cache/bcnn/<model>-<dataset>-<variant>-s<seed>`` and resume
 with ``--continue`` finished rows are kept. Run it in the background across sessions:
 
     python benchmarks/bcnn_accuracy.py [--models nin resnet18 nin-binstem] [--datasets modulation fashion-mnist]
-        [--seeds 0 1 2] [--epochs N] [--distill-row] [--long-row] [--continue] [--render]
+        [--seeds 0 1 2] [--epochs N] [--distill-row] [--long-row] [--long-control] [--continue] [--render]
 """
 
 from __future__ import annotations
@@ -192,7 +194,9 @@ def summarize(data: dict) -> str:
              "than the bcnn row's, trained from scratch with the same recipe (does pruning beat training the "
              "small model?). bcnn-20x-kd: bcnn-20x with its retraining distilled from the unpruned BCNN (--distill "
              f"{DISTILL:g}, temperature {DISTILL_TEMPERATURE:g}). bcnn-20x-long: bcnn-20x retrained as many epochs "
-             "as the BCNN was trained (so it has seen more epochs than the unpruned BCNN). "
+             "as the BCNN was trained (so it has seen more epochs than the unpruned BCNN); bcnn-long: the unpruned "
+             f"BCNN trained from scratch as many epochs as bcnn-20x-long has seen (2 x training + {PRUNE_EPOCHS}), "
+             "its fair control. "
              "Widths reduced for a 2-core CPU (parameter "
              "counts in the table). *BN re-est.*: the same weights with BatchNorm statistics re-estimated "
              f"for inference on {RECAL_FRAMES:,} training frames, one BatchNorm at a time (no gradient step; "
@@ -233,7 +237,23 @@ def summarize(data: dict) -> str:
         if deltas:
             lines.append(f"- pruning against training small ({model} on {dataset}, BN re-estimated): {variant} - "
                          f"bcnn-small {statistics.mean(deltas):+.2f} pt over {len(deltas)} seed(s)")
+        if variant == "bcnn-20x-long":
+            lines += _long_control_lines(model, dataset, rows, groups.get((model, dataset, "bcnn-long"), []))
     return "\n".join(lines) + "\n"
+
+
+def _long_control_lines(model: str, dataset: str, pruned_rows: list[dict], control_rows: list[dict]) -> list[str]:
+    """bcnn-20x-long against its fair control, the unpruned BCNN given as many epochs in all (bcnn-long)."""
+    out = []
+    for key, how in (("accuracy", "as trained"), ("bn_reestimated_accuracy", "both with BN re-estimated")):
+        base = {r["seed"]: r[key] for r in control_rows if key in r}
+        deltas = [r[key] - base[r["seed"]] for r in pruned_rows if r["seed"] in base and key in r]
+        if deltas:
+            ok = "met" if statistics.mean(deltas) >= -TOLERANCE[dataset] else "NOT met"
+            out.append(f"- {model} bcnn-20x-long against bcnn-long (the unpruned BCNN given as many epochs) on "
+                       f"{dataset}, {how}: {statistics.mean(deltas):+.2f} pt over {len(deltas)} seed(s) (within "
+                       f"{TOLERANCE[dataset]:g} pt) -> **{ok}**" + (" (fewer than 3 seeds)" if len(deltas) < 3 else ""))
+    return out
 
 
 def backfill_reestimated(data: dict, dataset: str, train_set, test_set) -> None:
@@ -246,12 +266,16 @@ def backfill_reestimated(data: dict, dataset: str, train_set, test_set) -> None:
 
 
 def add_trained(data: dict, model: str, dataset: str, variant: str, seed: int, precision: str, test_set, train_set,
-                common: dict, width: float | None = None, reference_weights: int | None = None) -> None:
-    """Train (or resume, or restore) the fp, bcnn or bcnn-small model of one seed and add its row."""
+                common: dict, width: float | None = None, reference_weights: int | None = None,
+                training_epochs: int | None = None) -> None:
+    """Train (or resume, or restore) the fp, bcnn, bcnn-small or bcnn-long model of one seed and add its row
+    (``training_epochs``: other than the dataset's recipe, recorded in the row)."""
     t0 = time.perf_counter()
-    run = trained(model, dataset, variant == "fp", seed, common["epochs"], precision, width=width)
+    run = trained(model, dataset, variant == "fp", seed, training_epochs or common["epochs"], precision, width=width)
+    extra = {"training_epochs": training_epochs} if training_epochs else {}
     data["runs"].append(row(run, test_set, train_set, reference_weights=reference_weights, variant=variant,
-                            seconds=time.perf_counter() - t0, **{**common, "width": width or common["width"]}))
+                            seconds=time.perf_counter() - t0, **{**common, "width": width or common["width"]},
+                            **extra))
     write_result(NAME, data, summarize(data))
 
 
@@ -296,6 +320,8 @@ def main() -> None:
                     "costs ~25 min a seed and distillation did not help on the seed measured, see the table)")
     ap.add_argument("--long-row", action="store_true", help="also the bcnn-20x-long row: the same pruning, "
                     "retrained as many epochs as the BCNN was trained (~35 min a seed on 2 cores)")
+    ap.add_argument("--long-control", action="store_true", help="also the bcnn-long row: the unpruned BCNN trained "
+                    "as many epochs as bcnn-20x-long has seen (~65 min a seed on 2 cores)")
     ap.add_argument("--continue", dest="cont", action="store_true", help="keep the rows already in the JSON")
     ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
@@ -328,6 +354,9 @@ def main() -> None:
                     if (model, dataset, variant, seed) not in done:
                         add_pruned(data, model, dataset, variant, seed, args.precision, distill, retrain_epochs,
                                    test_set, train_set, common)
+                if args.long_control and (model, dataset, "bcnn-long", seed) not in done:
+                    add_trained(data, model, dataset, "bcnn-long", seed, args.precision, test_set, train_set, common,
+                                training_epochs=2 * epochs + PRUNE_EPOCHS)
                 if (model, dataset, "bcnn-small", seed) not in done:
                     width, reference = small_width(model, test_set)
                     add_trained(data, model, dataset, "bcnn-small", seed, args.precision, test_set, train_set, common,
