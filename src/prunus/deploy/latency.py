@@ -19,7 +19,7 @@ from 1.36x to 1.95x, with the process history.
 serving process reaches (:func:`steady_allocator`), where the ratio was stable.
 
 Values matter too.  An x86 core takes a slow microcode path for every denormal float, and the
-narrow layers of a randomly initialised pruned ResNet-20 produce them: the same shape timed from
+narrow layers of a randomly initialised pruned ResNet-20 produce them: the same shape timed (one thread) from
 17 to 104 ms at batch 64 with the initial weights alone changed, while the dense model held at
 44 ms.  Latency is a property of the shape, so on CPU the timed runs flush denormals to zero (a
 setting CPU inference runtimes commonly enable), and the process's setting is restored after.
