@@ -41,16 +41,19 @@ step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --long-row --
 # the proximal pair, not targets, come later), then pruning + quantization on the same dense file (issue 20)
 continue_or_restart retrain_free.py --variants slr admm magnitude
 step retrain_free.py --continue --rates 100 --variants slr/fixed admm/fixed
+# The probe closed most of the gap on seed 0 (-4.4 -> -1.2 pt): its fair control, the unpruned BCNN given as many
+# epochs in all, before any claim
+step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --long-row --long-control --continue
 step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2 --continue
 continue_or_restart combined_quantization.py
-# The trained BCNNs on the modulation task (issue 19): bcnn, its 20x pruning (plain and distilled), the small model
-# from scratch, the fp twin; seeds 1-2 of NIN, then the NIN with a binary first layer
-step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 1 2 --continue
-step bcnn_accuracy.py --models nin-binstem --datasets modulation --seeds 0 1 2 --continue
+# The trained BCNNs on the modulation task (issue 19): bcnn, its 20x pruning (plain, long-retrained and its
+# control), the small model from scratch, the fp twin; seeds 1-2 of NIN, then the NIN with a binary first layer
+step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 1 2 --long-row --long-control --continue
+step bcnn_accuracy.py --models nin-binstem --datasets modulation --seeds 0 1 2 --long-row --continue
 # Membership inference, the second target (issue 22)
 step privacy_mia.py --target resnet20-modulation --seeds 0 1 2 --continue
 # The LeNet-5 variants that are not targets, the rest of the BCNN grid, and VGG-16 (the costliest rows)
 step retrain_free.py --continue --variants gradual slr/prox admm/prox
-step bcnn_accuracy.py --models resnet18 --datasets modulation --seeds 0 1 2 --continue
-step bcnn_accuracy.py --models nin resnet18 --datasets fashion-mnist --seeds 0 --continue
+step bcnn_accuracy.py --models resnet18 --datasets modulation --seeds 0 1 2 --long-row --continue
+step bcnn_accuracy.py --models nin resnet18 --datasets fashion-mnist --seeds 0 --long-row --continue
 continue_or_restart structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 1 2
