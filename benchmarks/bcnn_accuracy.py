@@ -100,7 +100,7 @@ def pruned(bcnn_run: Path, seed: int, precision: str, distill: float = 0.0,
                              channels_last=True, precision=precision, bn_recalibrate=BN_RECALIBRATE,
                              retrain_schedule=BCNN_RETRAIN_SCHEDULE, distill=distill,
                              distill_temperature=DISTILL_TEMPERATURE)
-        prune_bcnn(bcnn_run, COMPRESSION, config, run, console=QUIET)
+        prune_bcnn(bcnn_run, COMPRESSION, config, run, console=QUIET, reestimate_frames=0)  # reestimated(): every row
         pin(run, skip=("prune", "hard-pruned"))  # the rows read results.json and the retrained model
     return run, json.loads((run / "results.json").read_text())
 

@@ -89,6 +89,8 @@ def test_bench_random_model_without_checkpoint(capsys):
      ["--compression must be above 1"]),
     ("cnin_small", ["bcnn", "prune", "--init", "{tmp}/ckpt", "--compression", "500", "--out", "{tmp}/x"],
      ["500x fewer live weights is out of reach", "would remove all"]),
+    ("cnin_small", ["bcnn", "prune", "--init", "{tmp}/ckpt", "--bn-reestimate", "-1", "--out", "{tmp}/x"],
+     ["--bn-reestimate must be a whole number of training frames >= 0, got -1"]),
 ])
 def test_user_errors_are_one_line_exit_2(capsys, tmp_path, make, args, fragments):
     if make == "lenet5":
@@ -146,12 +148,13 @@ def test_bcnn_train_prune_evaluate_end_to_end(capsys, tmp_path):
     config = json.loads((dense / "config.json").read_text())["config"]
     assert (config["optimizer"], config["weight_decay"], config["augment"], config["channels_last"]) == \
         ("adam", 0.0, False, True)
-    code, out, err = run_cli(capsys, "bcnn", "prune", "--init", dense, "--compression", "6", "--epochs", "1",
-                             "--retrain-epochs", "1", "--batch-size", "64", "--update-every", "10", "--out", pruned)
+    code, out_prune, err = run_cli(capsys, "bcnn", "prune", "--init", dense, "--compression", "6", "--epochs", "1",
+                                   "--retrain-epochs", "1", "--batch-size", "64", "--update-every", "10",
+                                   "--out", pruned)
     assert code == 0, err
     results = json.loads((pruned / "results.json").read_text())
     b = results["bcnn"]
-    assert b["live_compression"] >= 6 and f"{b['live_compression']:.1f}x fewer live weights" in out
+    assert b["live_compression"] >= 6 and f"{b['live_compression']:.1f}x fewer live weights" in out_prune
     # a BCNN's recipe: SLR's penalty as a proximal step (Adam), retraining on a decaying lr
     assert results["config"]["options"] == {"penalty_step": "proximal"}
     assert results["config"]["retrain_schedule"] == "cosine"
@@ -170,6 +173,25 @@ def test_bcnn_train_prune_evaluate_end_to_end(capsys, tmp_path):
         prune_to_live_compression(dense_model.eval(), lambda r: filter_plan(dense_model, r), 6,
                                   torch.zeros(2, 1, 28, 28), grid=(lower,))
     code, out, err = run_cli(capsys, "bcnn", "evaluate", pruned / "retrain")
+    assert code == 0, err
+    assert "engine logits equal PyTorch's exactly on 359/359" in out
+
+    # OUT/deployed: the same weights, BatchNorm statistics re-estimated one at a time, its accuracy as recorded
+    from prunus.data import load_dataset
+    from prunus.harden.batchnorm import recalibrate_batchnorm
+    from prunus.train.trainer import evaluate
+
+    deployed, ckpt = load_model(pruned / "deployed")
+    assert ckpt.meta["bn_reestimated"] == {"from": "retrain", "frames": 4096, "seed": 0}
+    weights = {k: v for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    assert all(torch.equal(deployed.state_dict()[k], v) for k, v in weights.items())
+    train_set, test_set = (load_dataset("digits", split) for split in ("train", "test"))
+    assert b["as_trained_accuracy"] == evaluate(model, test_set)["accuracy"] == results["retrain_accuracy"][-1]
+    assert b["bn_reestimated_accuracy"] == evaluate(deployed, test_set)["accuracy"]
+    recalibrate_batchnorm(model, train_set, batches=8, batch_size=512, seed=0, sequential=True)
+    assert all(torch.equal(deployed.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert f"deployed (BatchNorm re-estimated) {b['bn_reestimated_accuracy']:.2f}%" in out_prune
+    code, out, err = run_cli(capsys, "bcnn", "evaluate", pruned / "deployed")
     assert code == 0, err
     assert "engine logits equal PyTorch's exactly on 359/359" in out
 

@@ -4,7 +4,8 @@
   (``--fp``: its full-precision twin) with the recipe binary nets want (Adam, cosine, no weight decay,
   no augmentation, channels-last), resumable with ``--resume``.
 * ``prunus bcnn prune --init runs/nin --compression 20 --out runs/nin-20x``: SLR (or ADMM) filter
-  pruning to 20x fewer *live* weights (:mod:`prunus.jobs.bcnn`), masked retraining, and both counts.
+  pruning to 20x fewer *live* weights (:mod:`prunus.jobs.bcnn`), masked retraining, both counts, and
+  ``OUT/deployed``: the final model with its BatchNorm statistics re-estimated for inference.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from prunus.cli.args import (
     resources_of,
 )
 from prunus.errors import ConfigError
-from prunus.jobs.bcnn import BCNN_RETRAIN_SCHEDULE, prune_bcnn
+from prunus.jobs.bcnn import BCNN_RETRAIN_SCHEDULE, REESTIMATE_FRAMES, prune_bcnn
 from prunus.jobs.prune import PruneConfig
 from prunus.train.config import TrainConfig
 from prunus.train.run import train
@@ -62,6 +63,9 @@ def add_train_parsers(bsub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--update-every", type=positive_int,
                    help="batches between method rounds (default: 100, fewer when the epochs would make under 12)")
+    p.add_argument("--bn-reestimate", type=int, default=REESTIMATE_FRAMES, metavar="FRAMES",
+                   help="re-estimate the final model's BatchNorm statistics for inference on FRAMES training frames, "
+                   f"saved as OUT/deployed (default {REESTIMATE_FRAMES}; 0: off)")
     add_distill_args(p)
     add_precision_arg(p)
     p.add_argument("--out", required=True, help="run directory to create")
@@ -108,10 +112,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
                          update_every=args.update_every, channels_last=True, precision=args.precision,
                          retrain_schedule=BCNN_RETRAIN_SCHEDULE, distill=args.distill,
                          distill_temperature=args.distill_temperature).validate()
-    results = prune_bcnn(args.init, args.compression, config, args.out, resources=resources_of(args))
+    results = prune_bcnn(args.init, args.compression, config, args.out, resources=resources_of(args),
+                         reestimate_frames=args.bn_reestimate)
     b = results["bcnn"]
     retrain = ", ".join(f"{a:.2f}%" for a in results["retrain_accuracy"]) or "none"
+    deployed = (f" | deployed (BatchNorm re-estimated) {b['bn_reestimated_accuracy']:.2f}% in {args.out}/deployed"
+                if "deployed" in b else "")
     print_summary(f"dense {results['dense_accuracy']:.2f}% | hard-pruned {results['hard_pruned_accuracy']:.2f}% | "
-                  f"after retraining epochs: {retrain} | {b['live_compression']:.1f}x fewer live weights "
+                  f"after retraining epochs: {retrain}{deployed} | {b['live_compression']:.1f}x fewer live weights "
                   f"({b['nonzero_compression']:.1f}x by nonzero count), filter ratio {b['ratio']:.3f}")
     return 0
