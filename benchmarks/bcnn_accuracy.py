@@ -45,7 +45,7 @@ from prunus.bcnn.engine import compile_engine
 from prunus.bcnn.pruning import weight_counts
 from prunus.data import load_dataset
 from prunus.environment import environment_info
-from prunus.harden.batchnorm import recalibrate_batchnorm
+from prunus.harden.batchnorm import reestimate_batchnorm
 from prunus.jobs.bcnn import BCNN_RETRAIN_SCHEDULE, prune_bcnn
 from prunus.jobs.prune import PruneConfig
 from prunus.models import build_model
@@ -154,7 +154,7 @@ def reestimated(model, train_set, test_set, binary: bool) -> dict:
     """Accuracy with BatchNorm statistics re-estimated for inference (sequentially, on RECAL_FRAMES training frames;
     no gradient step), and the engine on that model: the same deployment step for every row."""
     model = copy.deepcopy(model)
-    recalibrate_batchnorm(model, train_set, batches=RECAL_FRAMES // 512, batch_size=512, sequential=True)
+    reestimate_batchnorm(model, train_set, frames=RECAL_FRAMES)  # seed 0 for every row: one deployment step
     return {"bn_reestimated_accuracy": test_accuracy(model, test_set),
             "bn_reestimated_engine_equal": engine_check(model.eval(), test_set) if binary else None}
 
@@ -223,36 +223,32 @@ def summarize(data: dict) -> str:
     for (model, dataset, variant), rows in groups.items():
         if not variant.startswith("bcnn-20x"):
             continue
-        for key, how in (("accuracy", "as trained"), ("bn_reestimated_accuracy", "both with BN re-estimated")):
-            base = {r["seed"]: r[key] for r in groups.get((model, dataset, "bcnn"), []) if key in r}
-            deltas = [r[key] - base[r["seed"]] for r in rows if r["seed"] in base and key in r]
-            if deltas:
-                d = statistics.mean(deltas)
-                ok = "met" if d >= -TOLERANCE[dataset] else "NOT met"
-                lines.append(f"- {model} {variant} on {dataset}, {how}: {d:+.2f} pt over {len(deltas)} seed(s) (within "
-                             f"{TOLERANCE[dataset]:g} pt) -> **{ok}**"
-                             + (" (fewer than 3 seeds)" if len(deltas) < 3 else ""))
+        lines += _target_lines(f"{model} {variant} on {dataset}", rows, groups.get((model, dataset, "bcnn"), []),
+                               TOLERANCE[dataset])
         small = {r["seed"]: r["bn_reestimated_accuracy"] for r in groups.get((model, dataset, "bcnn-small"), [])}
         deltas = [r["bn_reestimated_accuracy"] - small[r["seed"]] for r in rows if r["seed"] in small]
         if deltas:
             lines.append(f"- pruning against training small ({model} on {dataset}, BN re-estimated): {variant} - "
                          f"bcnn-small {statistics.mean(deltas):+.2f} pt over {len(deltas)} seed(s)")
-        if variant == "bcnn-20x-long":
-            lines += _long_control_lines(model, dataset, rows, groups.get((model, dataset, "bcnn-long"), []))
+        if variant == "bcnn-20x-long":  # against its fair control, the unpruned BCNN given as many epochs in all
+            lines += _target_lines(f"{model} bcnn-20x-long against bcnn-long (the unpruned BCNN given as many "
+                                   f"epochs) on {dataset}", rows, groups.get((model, dataset, "bcnn-long"), []),
+                                   TOLERANCE[dataset])
     return "\n".join(lines) + "\n"
 
 
-def _long_control_lines(model: str, dataset: str, pruned_rows: list[dict], control_rows: list[dict]) -> list[str]:
-    """bcnn-20x-long against its fair control, the unpruned BCNN given as many epochs in all (bcnn-long)."""
+def _target_lines(label: str, rows: list[dict], base_rows: list[dict], tolerance: float) -> list[str]:
+    """``rows`` against ``base_rows`` on the same seeds, as trained and both with BN re-estimated: within
+    ``tolerance`` pt (mean of the per-seed differences)?"""
     out = []
     for key, how in (("accuracy", "as trained"), ("bn_reestimated_accuracy", "both with BN re-estimated")):
-        base = {r["seed"]: r[key] for r in control_rows if key in r}
-        deltas = [r[key] - base[r["seed"]] for r in pruned_rows if r["seed"] in base and key in r]
+        base = {r["seed"]: r[key] for r in base_rows if key in r}
+        deltas = [r[key] - base[r["seed"]] for r in rows if r["seed"] in base and key in r]
         if deltas:
-            ok = "met" if statistics.mean(deltas) >= -TOLERANCE[dataset] else "NOT met"
-            out.append(f"- {model} bcnn-20x-long against bcnn-long (the unpruned BCNN given as many epochs) on "
-                       f"{dataset}, {how}: {statistics.mean(deltas):+.2f} pt over {len(deltas)} seed(s) (within "
-                       f"{TOLERANCE[dataset]:g} pt) -> **{ok}**" + (" (fewer than 3 seeds)" if len(deltas) < 3 else ""))
+            d = statistics.mean(deltas)
+            out.append(f"- {label}, {how}: {d:+.2f} pt over {len(deltas)} seed(s) (within {tolerance:g} pt) -> "
+                       f"**{'met' if d >= -tolerance else 'NOT met'}**"
+                       + (" (fewer than 3 seeds)" if len(deltas) < 3 else ""))
     return out
 
 
@@ -349,7 +345,8 @@ def main() -> None:
                     add_trained(data, model, dataset, "bcnn", seed, args.precision, test_set, train_set, common)
                 variants = [("bcnn-20x", 0.0, RETRAIN_EPOCHS)]
                 variants += [("bcnn-20x-kd", DISTILL, RETRAIN_EPOCHS)] if args.distill_row else []
-                variants += [("bcnn-20x-long", 0.0, epochs)] if args.long_row else []
+                # (where the training is as short as the retraining, the long row would be bcnn-20x again)
+                variants += [("bcnn-20x-long", 0.0, epochs)] if args.long_row and epochs > RETRAIN_EPOCHS else []
                 for variant, distill, retrain_epochs in variants:
                     if (model, dataset, variant, seed) not in done:
                         add_pruned(data, model, dataset, variant, seed, args.precision, distill, retrain_epochs,

@@ -49,11 +49,11 @@ continue_or_restart combined_quantization.py
 # The trained BCNNs on the modulation task (issue 19): bcnn, its 20x pruning (plain, long-retrained and its
 # control), the small model from scratch, the fp twin; seeds 1-2 of NIN, then the NIN with a binary first layer
 step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 1 2 --long-row --long-control --continue
-step bcnn_accuracy.py --models nin-binstem --datasets modulation --seeds 0 1 2 --long-row --continue
+step bcnn_accuracy.py --models nin-binstem --datasets modulation --seeds 0 1 2 --long-row --long-control --continue
 # Membership inference, the second target (issue 22)
 step privacy_mia.py --target resnet20-modulation --seeds 0 1 2 --continue
 # The LeNet-5 variants that are not targets, the rest of the BCNN grid, and VGG-16 (the costliest rows)
 step retrain_free.py --continue --variants gradual slr/prox admm/prox
-step bcnn_accuracy.py --models resnet18 --datasets modulation --seeds 0 1 2 --long-row --continue
-step bcnn_accuracy.py --models nin resnet18 --datasets fashion-mnist --seeds 0 --long-row --continue
+step bcnn_accuracy.py --models resnet18 --datasets modulation --seeds 0 1 2 --long-row --long-control --continue
+step bcnn_accuracy.py --models nin resnet18 --datasets fashion-mnist --seeds 0 --continue
 continue_or_restart structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 1 2

@@ -199,15 +199,16 @@ def tp_row(init: Path, plan: Plan, method: str, seed: int, train_set, test_set) 
 
 
 # -- the timing pass -------------------------------------------------------------------------------------------------
-def time_rows(data: dict, names: list[str], threads: int = 1) -> None:
-    """Deployed batch-64 latency of the dense model and of every distinct pruned shape, in one process.
+def time_rows(data: dict, names: list[str]) -> None:
+    """Deployed batch-64 latency of the dense model and of a randomly initialised model of every distinct pruned
+    shape, in one process, on one thread.
 
-    One thread by default: on the 2-vCPU VM these rows were trained on, with denormals flushed
-    (prunus.deploy.latency), four single-thread passes agreed within 5%, while one two-thread pass
-    in three still timed the 4x model at 4x its usual time (oneDNN's split of narrow convolutions).
+    One thread, because the timing flushes denormals (which random weights produce) only on the calling thread
+    (prunus.deploy.latency): on the 2-vCPU VM these rows were trained on, single-thread passes agreed, while one
+    two-thread pass in three timed the 4x shape at 4x its usual time.
     """
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     try:
         _time_rows(data, names)
     finally:
@@ -231,7 +232,8 @@ def _time_rows(data: dict, names: list[str]) -> None:
         for i, rows in enumerate(shapes.values()):
             for r in rows:
                 r["deployed_b64_ms"] = lat[f"s{i}"][64].median_ms
-    data["timing"] = {"environment": environment_info(), "repeats": 50, "batch": 64}
+    data["timing"] = {"environment": environment_info(), "repeats": 50, "batch": 64,
+                      "denormals_flushed": all(v[64].denormals_flushed for v in lat.values())}
 
 
 # -- the table -------------------------------------------------------------------------------------------------------
@@ -241,9 +243,11 @@ def timing_sentence(data: dict) -> str:
     if not t:
         return ""
     env = t["environment"]
-    return (f" *Deployed b64 ms*: median of {t['repeats']} forward passes of a batch of {t['batch']} through the "
-            "physically pruned model (prunus.deploy.latency.for_inference, channels-last), the dense model and every "
-            f"pruned shape interleaved in one process (`--time`), denormals flushed to zero, on {env['cpu']}, "
+    flushed = ", denormals flushed to zero" if t.get("denormals_flushed") else ""
+    return (f" *Deployed b64 ms*: median of {t['repeats']} forward passes of a batch of {t['batch']} through a "
+            "randomly initialised model of the pruned shape, physically pruned (prunus.deploy.latency.for_inference, "
+            "channels-last), the dense model and every pruned shape interleaved in one process (`--time`)"
+            f"{flushed}, on {env['cpu']}, "
             f"{env['torch_threads']} thread{'s' if env['torch_threads'] > 1 else ''}; "
             "the speed-up is the dense model's time over the pruned one's.")
 
@@ -327,7 +331,6 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--continue", dest="cont", action="store_true", help="keep the rows already in the JSON")
     ap.add_argument("--time", action="store_true", help="only the timing pass over the rows in the JSON")
-    ap.add_argument("--time-threads", type=int, default=1, help="threads of the timing pass (see time_rows)")
     ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
     path = RESULTS / f"{NAME}.json"
@@ -336,7 +339,7 @@ def main() -> None:
         if data is None:
             raise SystemExit(f"{path} does not exist yet; run the benchmark first")
         if args.time:
-            time_rows(data, [m for m in args.models if m in data["dense"]], args.time_threads)
+            time_rows(data, [m for m in args.models if m in data["dense"]])
         return write_result(NAME, data, summarize(data))
     if data is None:
         import torch_pruning

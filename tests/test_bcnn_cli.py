@@ -178,17 +178,19 @@ def test_bcnn_train_prune_evaluate_end_to_end(capsys, tmp_path):
 
     # OUT/deployed: the same weights, BatchNorm statistics re-estimated one at a time, its accuracy as recorded
     from prunus.data import load_dataset
-    from prunus.harden.batchnorm import recalibrate_batchnorm
+    from prunus.harden.batchnorm import reestimate_batchnorm
     from prunus.train.trainer import evaluate
 
     deployed, ckpt = load_model(pruned / "deployed")
-    assert ckpt.meta["bn_reestimated"] == {"from": "retrain", "frames": 4096, "seed": 0}
+    train_set, test_set = (load_dataset("digits", split) for split in ("train", "test"))
+    assert len(train_set) < 4096  # the record says how many frames it really used
+    assert ckpt.meta["bn_reestimated"] == {"from": "retrain", "frames": len(train_set), "seed": 0}
+    assert b["bn_reestimate_frames"] == len(train_set)
     weights = {k: v for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
     assert all(torch.equal(deployed.state_dict()[k], v) for k, v in weights.items())
-    train_set, test_set = (load_dataset("digits", split) for split in ("train", "test"))
     assert b["as_trained_accuracy"] == evaluate(model, test_set)["accuracy"] == results["retrain_accuracy"][-1]
     assert b["bn_reestimated_accuracy"] == evaluate(deployed, test_set)["accuracy"]
-    recalibrate_batchnorm(model, train_set, batches=8, batch_size=512, seed=0, sequential=True)
+    assert reestimate_batchnorm(model, train_set, frames=4096, seed=0) == len(train_set)
     assert all(torch.equal(deployed.state_dict()[k], v) for k, v in model.state_dict().items())
     assert f"deployed (BatchNorm re-estimated) {b['bn_reestimated_accuracy']:.2f}%" in out_prune
     code, out, err = run_cli(capsys, "bcnn", "evaluate", pruned / "deployed")

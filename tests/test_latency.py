@@ -24,7 +24,7 @@ def test_latency_structure_and_ordering():
         assert 0 < lat.min_ms <= lat.median_ms <= lat.p90_ms <= lat.max_ms
         assert lat.per_sample_ms == pytest.approx(lat.median_ms / b)
         assert set(lat.to_dict()) == {"batch_size", "median_ms", "min_ms", "p90_ms", "max_ms", "repeats", "warmup",
-                                      "threads", "device"}
+                                      "threads", "device", "denormals_flushed"}
     assert model.training, "the train flag must be restored"
     assert all(p.grad is None for p in model.parameters())
     assert int(model[1].num_batches_tracked) == 0, "timing runs must not update BatchNorm statistics"
@@ -61,6 +61,8 @@ class SeesDenormals(nn.Module):
 
     def forward(self, x):
         self.flushed.append(denormals_flushed())
+        if getattr(self, "fail", False):
+            raise ValueError("forward failed")
         return x
 
 
@@ -77,6 +79,22 @@ def test_timing_flushes_denormals_and_restores_the_setting():
         assert denormals_flushed(), "a process that flushed before still flushes after"
     finally:
         torch.set_flush_denormal(False)
+    m.fail = True
+    with pytest.raises(ValueError, match="forward failed"):  # a failure half-way restores the setting too
+        compare_latency({"m": m}, torch.randn(1, 3), (1,), repeats=1, warmup=0)
+    assert m.flushed[-1] and not denormals_flushed()
+
+
+def test_the_flush_is_claimed_only_where_every_computing_thread_has_it():
+    # torch.set_flush_denormal reaches the calling thread, not PyTorch's intra-op workers
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert measure_latency(tiny(), torch.randn(1, 1, 6, 6), (1,), repeats=1, warmup=0)[1].denormals_flushed
+        torch.set_num_threads(2)
+        assert not measure_latency(tiny(), torch.randn(1, 1, 6, 6), (1,), repeats=1, warmup=0)[1].denormals_flushed
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_for_inference_folds_batchnorm_and_keeps_outputs():

@@ -353,6 +353,25 @@ def test_recalibrated_batchnorm_holds_the_exact_average_of_the_batches():
     assert recalibrate_batchnorm(nn.Linear(3, 2), data) == 0
 
 
+def test_reestimate_batchnorm_counts_the_frames_it_used():
+    """The deployment re-estimate: batches of at most 512 that cover exactly the frames asked for (or the whole set),
+    and the count it reports is the count it used (what OUT/deployed records)."""
+    from types import SimpleNamespace
+
+    from prunus.harden import batchnorm
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    data = SimpleNamespace(images=torch.randn(3000, 1, 6, 6), labels=torch.zeros(3000, dtype=torch.long))
+    seen = []
+    model[0].register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    assert batchnorm.reestimate_batchnorm(model, data, frames=1000) == 1000 and seen == [500, 500]
+    seen.clear()
+    assert batchnorm.reestimate_batchnorm(model, data, frames=5000) == 3000 and sum(seen) == 3000
+    assert max(seen) <= 512
+    with pytest.raises(ValueError, match="frames >= 1"):
+        batchnorm.reestimate_batchnorm(model, data, frames=0)
+
+
 def test_sequential_recalibration_gives_each_batchnorm_its_inference_inputs():
     """Sequentially, BN 2's statistics are those of what it receives in eval mode (BN 1 with its new statistics);
     re-estimated at once, BN 2 saw inputs normalised by each batch's own statistics, then binarized."""

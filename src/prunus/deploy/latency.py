@@ -19,10 +19,13 @@ from 1.36x to 1.95x, with the process history.
 serving process reaches (:func:`steady_allocator`), where the ratio was stable.
 
 Values matter too.  An x86 core takes a slow microcode path for every denormal float, and the
-narrow layers of a randomly initialised pruned ResNet-20 produce them: the same shape timed (one thread) from
-17 to 104 ms at batch 64 with the initial weights alone changed, while the dense model held at
-44 ms.  Latency is a property of the shape, so on CPU the timed runs flush denormals to zero (a
-setting CPU inference runtimes commonly enable), and the process's setting is restored after.
+narrow layers of a randomly initialised pruned ResNet-20 produce them: on one thread, the same
+pruned shape timed several times slower or not depending on its random initial weights alone,
+while the dense model held steady.  Latency is a property of the shape, so on CPU the timed runs
+flush denormals to zero (a setting CPU inference runtimes commonly enable) and restore the
+setting after.  ``torch.set_flush_denormal`` reaches only the calling thread, not PyTorch's
+intra-op workers, so with more than one thread the workers' share still pays for denormals:
+time on one thread where values may be denormal (``Latency.denormals_flushed`` says which).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class Latency:
     warmup: int
     threads: int
     device: str
+    denormals_flushed: bool = False  # on every thread that computed (CPU, one thread)
 
     @property
     def per_sample_ms(self) -> float:
@@ -126,8 +130,8 @@ def compare_latency(
 
     Each round runs every model once, in turn, so a slow spell of a shared machine (another
     process, a frequency drop) falls on all of them alike and their ratio stays honest.  On CPU
-    the allocator is first put in its steady state (:func:`steady_allocator`) and denormals are
-    flushed to zero while timing (see the module docstring).
+    the allocator is first put in its steady state (:func:`steady_allocator`) and the calling
+    thread flushes denormals to zero while timing (see the module docstring).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
@@ -135,14 +139,15 @@ def compare_latency(
         raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     device = example_input.device
     restore_denormals = False
-    if device.type == "cpu":
-        steady_allocator()
-        restore_denormals = not denormals_flushed() and torch.set_flush_denormal(True)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     gen = torch.Generator().manual_seed(seed)
     was_training = {name: m.training for name, m in models.items()}
     results: dict[str, dict[int, Latency]] = {name: {} for name in models}
     try:
+        if device.type == "cpu":
+            steady_allocator()
+            restore_denormals = not denormals_flushed() and torch.set_flush_denormal(True)
+        flushed = device.type == "cpu" and denormals_flushed() and torch.get_num_threads() == 1
         for m in models.values():
             m.eval()
         with torch.inference_mode():
@@ -165,7 +170,7 @@ def compare_latency(
                     results[name][int(b)] = Latency(
                         batch_size=int(b), median_ms=statistics.median(ts), min_ms=ts[0], p90_ms=_quantile(ts, 0.9),
                         max_ms=ts[-1], repeats=repeats, warmup=warmup, threads=torch.get_num_threads(),
-                        device=str(device))
+                        device=str(device), denormals_flushed=flushed)
     finally:
         if restore_denormals:
             torch.set_flush_denormal(False)
@@ -175,7 +180,8 @@ def compare_latency(
 
 
 def denormals_flushed() -> bool:
-    """Whether this thread's float32 arithmetic flushes denormals to zero (torch.set_flush_denormal)."""
+    """Whether the calling thread's float32 arithmetic flushes denormals to zero (torch.set_flush_denormal sets it
+    for the calling thread only)."""
     return (torch.tensor(1e-39, dtype=torch.float32) * 1.0).item() == 0.0
 
 

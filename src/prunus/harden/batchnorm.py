@@ -59,6 +59,25 @@ def recalibrate_batchnorm(model: nn.Module, dataset, *, batches: int = 200, batc
     return len(norms)
 
 
+def reestimate_batchnorm(model: nn.Module, dataset, *, frames: int = 4096, seed: int = 0,
+                         device: torch.device | str = "cpu") -> int:
+    """BatchNorm statistics for inference: :func:`recalibrate_batchnorm`, ``sequential``, on ``frames`` training
+    frames (the whole set if it is smaller) in batches of at most 512. Returns the frames it used.
+
+    The deployment step of a pruned binary network (:mod:`prunus.jobs.bcnn`, the 'BN re-est.' column of
+    benchmarks/bcnn_accuracy.py): its running statistics, gathered while every other layer normalised with its
+    batch's own statistics, misread what inference feeds it.
+    """
+    if frames < 1:
+        raise ValueError(f"re-estimating BatchNorm statistics needs frames >= 1, got {frames}")
+    available = len(dataset.labels)
+    n = min(frames, available)
+    batches = -(-n // 512)
+    batch = -(-n // batches)
+    recalibrate_batchnorm(model, dataset, batches=batches, batch_size=batch, seed=seed, device=device, sequential=True)
+    return min(batches * batch, available)
+
+
 def _independent_groups(model: nn.Module, norms: list[nn.Module]) -> list[list[nn.Module]]:
     """``norms`` in module order, one per group, except that the BatchNorms inside one module with
     ``independent_norms = True`` form one group (estimated in the same pass)."""

@@ -8,7 +8,7 @@ the live count depends only on how many filters each layer keeps, so SLR's hard-
 ratio reaches the same compression. Then a normal pruning run (:func:`prunus.jobs.prune.run_pruning`).
 
 The run ends with the step that deploys a pruned BCNN: its BatchNorm statistics re-estimated one
-BatchNorm at a time (``RUN_DIR/deployed``, :func:`reestimate_for_inference`).
+BatchNorm at a time (``RUN_DIR/deployed``, :func:`save_deployed`).
 
 SLR and ADMM apply their penalty as a proximal step here (``penalty_step="proximal"`` unless the
 config says otherwise): a BCNN is trained with Adam, which moves a penalised weight by about lr
@@ -31,7 +31,7 @@ from prunus.bcnn.models import is_bcnn
 from prunus.bcnn.pruning import filter_plan, prune_to_live_compression, weight_counts
 from prunus.data import load_dataset
 from prunus.errors import ConfigError
-from prunus.harden.batchnorm import recalibrate_batchnorm
+from prunus.harden.batchnorm import reestimate_batchnorm
 from prunus.io import save_checkpoint, write_json_atomic
 from prunus.jobs.common import Resources
 from prunus.jobs.prune import PruneConfig, run_pruning
@@ -78,48 +78,47 @@ def prune_bcnn(init: str | Path, compression: float, config: PruneConfig, run_di
     results = run_pruning(ckpt.path, filter_plan(model, target["ratio"]), config, run_dir, resources=resources,
                           console=console)
     source = "retrain" if config.retrain_epochs > 0 else "hard-pruned"
-    final, _ = load_model(run_dir / source)
+    final, final_ckpt = load_model(run_dir / source)
     counts = weight_counts(final, compile_engine(final.eval(), size, backend="fp32"))
     results["bcnn"] = {"target_compression": compression, "ratio": target["ratio"],
                        "live_compression": counts["compression"],
                        "nonzero_compression": counts["dense_weights"] / counts["nonzero_weights"],
                        **{k: counts[k] for k in ("dense_weights", "nonzero_weights", "live_weights")}}
+    _write_results(run_dir, results)  # complete before the deployment step, should that be interrupted
     if reestimate_frames:
         b = results["bcnn"]
-        b.update(reestimate_for_inference(run_dir, source, reestimate_frames, config.seed, resources))
-        console.print(f"BatchNorm re-estimated for inference on {reestimate_frames:,} training frames: "
+        b.update(save_deployed(run_dir, final, final_ckpt.meta, source, reestimate_frames, config.seed, resources))
+        console.print(f"BatchNorm re-estimated for inference on {b['bn_reestimate_frames']:,} training frames: "
                       f"test accuracy {b['as_trained_accuracy']:.2f}% -> {b['bn_reestimated_accuracy']:.2f}% "
                       f"({run_dir / 'deployed'})")
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 writes
-        write_json_atomic(run_dir / "results.json", results)
+        _write_results(run_dir, results)
     return results
 
 
-def reestimate_for_inference(run_dir: Path, source: str, frames: int, seed: int,
-                             resources: Resources | None = None) -> dict[str, Any]:
-    """``RUN_DIR/source``'s model with its BatchNorm statistics re-estimated one BatchNorm at a time on ``frames``
+def _write_results(run_dir: Path, results: dict[str, Any]) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 writes
+        write_json_atomic(run_dir / "results.json", results)
+
+
+def save_deployed(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any], source: str, frames: int, seed: int,
+                  resources: Resources | None = None) -> dict[str, Any]:
+    """``model`` (``RUN_DIR/source``'s) with its BatchNorm statistics re-estimated for inference on ``frames``
     training frames, saved as ``RUN_DIR/deployed``; its test accuracy before and after.
 
-    A BatchNorm's running statistics are gathered while every other layer normalises with its batch's own
-    statistics; at inference those layers use their running ones, and a binary network's ``sign`` turns the
-    difference into flipped bits. A pruned BCNN, a few channels a layer, suffers most: the 20x NIN of
-    ``benchmarks/bcnn_accuracy.py`` (seed 0, 15 retraining epochs) reads 31.9% as trained and 48.0% re-estimated
-    (:func:`prunus.harden.batchnorm.recalibrate_batchnorm`, ``sequential``). No weight changes.
+    The 20x NIN of ``benchmarks/bcnn_accuracy.py`` (seed 0, 15 retraining epochs) reads 31.9% as trained and 48.0%
+    re-estimated (:func:`prunus.harden.batchnorm.reestimate_batchnorm`). No weight changes.
     """
     res = resources or Resources()
-    model, ckpt = load_model(run_dir / source)
-    dataset = ckpt.meta["dataset"]
+    dataset = meta["dataset"]
     train_set, test_set = (load_dataset(dataset["name"], split, data_dir=res.data_dir, download=res.download,
                                         image_size=dataset.get("image_size")) for split in ("train", "test"))
     device = pick_device(res.device)
     model.to(device)
     before = evaluate(model, test_set, device=device)["accuracy"]
-    batch = min(frames, 512)
-    recalibrate_batchnorm(model, train_set, batches=-(-frames // batch), batch_size=batch, seed=seed, device=device,
-                          sequential=True)
+    used = reestimate_batchnorm(model, train_set, frames=frames, seed=seed, device=device)
     after = evaluate(model, test_set, device=device)["accuracy"]
     if int(os.environ.get("RANK", "0")) == 0:
         save_checkpoint(run_dir / "deployed", model.state_dict(), None,
-                        {**ckpt.meta, "bn_reestimated": {"from": source, "frames": frames, "seed": seed}})
-    return {"as_trained_accuracy": before, "bn_reestimated_accuracy": after, "bn_reestimate_frames": frames,
+                        {**meta, "bn_reestimated": {"from": source, "frames": used, "seed": seed}})
+    return {"as_trained_accuracy": before, "bn_reestimated_accuracy": after, "bn_reestimate_frames": used,
             "deployed": "deployed"}
