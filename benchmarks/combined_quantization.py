@@ -37,8 +37,8 @@ import statistics
 from dataclasses import dataclass
 
 import numpy as np
-from common import (HERE, RESULTS, add_results_flags, check_same_dense, dense_hash_note, dense_sha256, mean_std,
-                    render_only, write_result)
+from common import (HERE, add_results_flags, dense_hash_note, dense_sha256, mean_std, render_only, resumed,
+                    write_result)
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
@@ -200,9 +200,7 @@ def main() -> None:
     init = dense_checkpoint()
     model, _ = load_model(init)
     digest = dense_sha256(init)
-    path = RESULTS / f"{NAME}.json"
-    data = json.loads(path.read_text()) if args.cont and path.exists() else None
-    check_same_dense(data, digest, path)
+    data = resumed(args, NAME, init)
     quiet = Console(file=io.StringIO())
     for seed in args.seeds:
         for sparsity in args.sparsities:
