@@ -82,10 +82,7 @@ def summarize(data: dict) -> str:
         f"Dense LeNet-5 (15 epochs, seed 0): **{dense:.2f}%**. Global unstructured pruning of conv2, fc1, fc2 "
         f"(first and last layer dense). Every method: {data['prune_epochs']} pruning epochs of Adam "
         f"(lr {data['lr']}, cosine), then masked retraining with Adam at a constant lr {data['lr']}. "
-        "slr/admm: prunus' defaults (a round every 100 batches, rho grown by the budget to a distance of 1e-3 from "
-        "the set by the last round, the penalty on the removed entries); slr/fixed, admm/fixed: rho 0.1 fixed, the "
-        f"penalty on every entry, a round every 100 batches; slr/prox, admm/prox: the defaults with the penalty as a "
-        f"proximal step after each Adam step. {dense_sentence(data)} "
+        f"{_variants_sentence({r['variant'] for r in runs})} {dense_sentence(data)} "
         f"Seeds {', '.join(map(str, data['seeds']))}; mean ± std of test accuracy (%). "
         f"Machine: {data['environment']['cpu']}, {data['environment']['cpu_count']} cores, torch "
         f"{data['environment']['torch']}.",
@@ -132,6 +129,23 @@ def summarize(data: dict) -> str:
                      f"{rep['again']:.2f}, every accuracy {'equal' if rep['equal'] else 'DIFFERENT'}")
     lines += _slr_admm_lines(runs)
     return "\n".join(lines) + "\n"
+
+
+VARIANT_TEXT = {  # what each variant of the table is, said once per pair
+    ("slr", "admm"): "prunus' defaults (a round every 100 batches, rho grown by the budget to a distance of 1e-3 from "
+                     "the set by the last round, the penalty on the removed entries)",
+    ("slr/fixed", "admm/fixed"): "rho 0.1 fixed, the penalty on every entry, a round every 100 batches",
+    ("slr/prox", "admm/prox"): "the defaults with the penalty as a proximal step after each Adam step",
+    ("magnitude",): "pruned at the start, the pruning epochs with the mask",
+    ("gradual",): "gradual magnitude pruning, cubic ramp (Zhu & Gupta 2017)",
+}
+
+
+def _variants_sentence(present: set[str]) -> str:
+    """The variants the table holds, and what they are (only those: rows still to run are not described)."""
+    parts = [f"{', '.join(v for v in names if v in present)}: {text}"
+             for names, text in VARIANT_TEXT.items() if any(v in present for v in names)]
+    return "; ".join(parts) + "." if parts else ""
 
 
 def _slr_admm_lines(runs: list[dict]) -> list[str]:
