@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import HERE, RESULTS, mean_std, pin, pinned, train_cached, write_result
+from common import HERE, RESULTS, add_results_flags, mean_std, pin, pinned, render_only, train_cached, write_result
 from rich.console import Console
 
 from prunus.bcnn.engine import compile_engine
@@ -318,15 +318,12 @@ def main() -> None:
                     "retrained as many epochs as the BCNN was trained (~35 min a seed on 2 cores)")
     ap.add_argument("--long-control", action="store_true", help="also the bcnn-long row: the unpruned BCNN trained "
                     "as many epochs as bcnn-20x-long has seen (~65 min a seed on 2 cores)")
-    ap.add_argument("--continue", dest="cont", action="store_true", help="keep the rows already in the JSON")
-    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
+    add_results_flags(ap)
     args = ap.parse_args()
+    if render_only(args, NAME, summarize):
+        return
     path = RESULTS / f"{NAME}.json"
-    data = json.loads(path.read_text()) if (args.cont or args.render) and path.exists() else None
-    if args.render:
-        if data is None:
-            raise SystemExit(f"{path} does not exist yet; run the benchmark first")
-        return write_result(NAME, data, summarize(data))
+    data = json.loads(path.read_text()) if args.cont and path.exists() else None
     if data is None:
         data = {"benchmark": NAME, "precision": args.precision,
                 "environment": environment_info(), "runs": []}
