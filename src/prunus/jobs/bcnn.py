@@ -87,7 +87,9 @@ def prune_bcnn(init: str | Path, compression: float, config: PruneConfig, run_di
     _write_results(run_dir, results)  # complete before the deployment step, should that be interrupted
     if reestimate_frames:
         b = results["bcnn"]
-        b.update(save_deployed(run_dir, final, final_ckpt.meta, source, reestimate_frames, config.seed, resources))
+        as_trained = results["retrain_accuracy"][-1] if config.retrain_epochs > 0 else results["hard_pruned_accuracy"]
+        b.update(save_deployed(run_dir, final, final_ckpt.meta, source, as_trained, reestimate_frames, config.seed,
+                               resources))
         console.print(f"BatchNorm re-estimated for inference on {b['bn_reestimate_frames']:,} training frames: "
                       f"test accuracy {b['as_trained_accuracy']:.2f}% -> {b['bn_reestimated_accuracy']:.2f}% "
                       f"({run_dir / 'deployed'})")
@@ -95,15 +97,19 @@ def prune_bcnn(init: str | Path, compression: float, config: PruneConfig, run_di
     return results
 
 
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 writes
+
+
 def _write_results(run_dir: Path, results: dict[str, Any]) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 writes
+    if _is_main():
         write_json_atomic(run_dir / "results.json", results)
 
 
-def save_deployed(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any], source: str, frames: int, seed: int,
-                  resources: Resources | None = None) -> dict[str, Any]:
-    """``model`` (``RUN_DIR/source``'s) with its BatchNorm statistics re-estimated for inference on ``frames``
-    training frames, saved as ``RUN_DIR/deployed``; its test accuracy before and after.
+def save_deployed(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any], source: str, as_trained: float,
+                  frames: int, seed: int, resources: Resources | None = None) -> dict[str, Any]:
+    """``model`` (``RUN_DIR/source``'s, test accuracy ``as_trained``) with its BatchNorm statistics re-estimated for
+    inference on ``frames`` training frames, saved as ``RUN_DIR/deployed``; its test accuracy before and after.
 
     The 20x NIN of ``benchmarks/bcnn_accuracy.py`` (seed 0, 15 retraining epochs) reads 31.9% as trained and 48.0%
     re-estimated (:func:`prunus.harden.batchnorm.reestimate_batchnorm`). No weight changes.
@@ -114,11 +120,10 @@ def save_deployed(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any], s
                                         image_size=dataset.get("image_size")) for split in ("train", "test"))
     device = pick_device(res.device)
     model.to(device)
-    before = evaluate(model, test_set, device=device)["accuracy"]
     used = reestimate_batchnorm(model, train_set, frames=frames, seed=seed, device=device)
     after = evaluate(model, test_set, device=device)["accuracy"]
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _is_main():
         save_checkpoint(run_dir / "deployed", model.state_dict(), None,
                         {**meta, "bn_reestimated": {"from": source, "frames": used, "seed": seed}})
-    return {"as_trained_accuracy": before, "bn_reestimated_accuracy": after, "bn_reestimate_frames": used,
+    return {"as_trained_accuracy": as_trained, "bn_reestimated_accuracy": after, "bn_reestimate_frames": used,
             "deployed": "deployed"}
