@@ -44,8 +44,13 @@ step retrain_free.py --continue --rates 100 --variants slr/fixed admm/fixed
 # The probe closed most of the gap on seed 0 (-4.4 -> -1.2 pt): its fair control, the unpruned BCNN given as many
 # epochs in all, before any claim
 step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --long-row --long-control --continue
-step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2 --continue
+# The LeNet-5 tables whose rows predate dense-file hashes (issue 20), re-run on the committed dense file: short
+# (about 3 h together), so every LeNet-5 verdict compares rows with the file they were pruned from
 continue_or_restart combined_quantization.py
+step structured_filter.py
+step slr_tuning.py
+continue_or_restart reweighted_unstructured.py
+step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2 --continue
 # The trained BCNNs on the modulation task (issue 19): bcnn, its 20x pruning (plain, long-retrained and its
 # control), the small model from scratch, the fp twin; seeds 1-2 of NIN, then the NIN with a binary first layer
 step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 1 2 --long-row --long-control --continue
