@@ -10,6 +10,9 @@ For each model x dataset x seed, these rows from one script run:
                the gap close with retraining, or is it the pruned model's capacity?)
   bcnn-long    its fair control (with --long-control): the unpruned BCNN trained from scratch for as many
                epochs as bcnn-20x-long has seen in all (training + method + retraining epochs)
+  bcnn-long-Cx bcnn-long, a converged BCNN, pruned to C x fewer live weights by the bcnn-20x recipe (with
+               --from-long C ...: the usual protocol, pruning a converged model; a sweep over C shows where the
+               loss against bcnn-long passes the tolerance)
   bcnn-small   the BCNN narrowed to the same 20x fewer live weights, trained from scratch (the baseline
                pruning must beat: "Rethinking the Value of Network Pruning", Liu et al., ICLR 2019)
 ``nin-binstem`` (a NIN whose first layer is binary too, the engine's faster variant) gets every row but fp;
@@ -23,7 +26,8 @@ Trainings live in ``.cache/bcnn/<model>-<dataset>-<variant>-s<seed>`` and resume
 with ``--continue`` finished rows are kept. Run it in the background across sessions:
 
     python benchmarks/bcnn_accuracy.py [--models nin resnet18 nin-binstem] [--datasets modulation fashion-mnist]
-        [--seeds 0 1 2] [--epochs N] [--distill-row] [--long-row] [--long-control] [--continue] [--render]
+        [--seeds 0 1 2] [--epochs N] [--distill-row] [--long-row] [--long-control] [--from-long C ...]
+        [--continue] [--render]
 """
 
 from __future__ import annotations
@@ -85,22 +89,23 @@ def trained(model: str, dataset: str, fp: bool, seed: int, epochs: int, precisio
     return run
 
 
-def pruned(bcnn_run: Path, seed: int, precision: str, distill: float = 0.0,
-           retrain_epochs: int = RETRAIN_EPOCHS) -> tuple[Path, dict]:
-    """The BCNN of ``bcnn_run`` pruned 20x (live weights); a run killed half-way is started again.
+def pruned(bcnn_run: Path, seed: int, precision: str, distill: float = 0.0, retrain_epochs: int = RETRAIN_EPOCHS,
+           compression: float = COMPRESSION) -> tuple[Path, dict]:
+    """The BCNN of ``bcnn_run`` pruned to ``compression`` x fewer live weights; a run killed half-way is started
+    again.
 
     prune_bcnn's defaults: SLR's penalty as a proximal step, BatchNorm's beta left free on pruned channels.
     ``distill``: the retraining also distils from the unpruned BCNN (weight, at DISTILL_TEMPERATURE).
     """
     kd = f"-kd{distill:g}t{DISTILL_TEMPERATURE:g}" if distill else ""
-    run = bcnn_run.with_name(bcnn_run.name + f"-slr{COMPRESSION:g}x-e{PRUNE_EPOCHS}r{retrain_epochs}-prox{kd}")
+    run = bcnn_run.with_name(bcnn_run.name + f"-slr{compression:g}x-e{PRUNE_EPOCHS}r{retrain_epochs}-prox{kd}")
     if not (pinned(run) / "results.json").exists():
         shutil.rmtree(run, ignore_errors=True)
         config = PruneConfig(method="slr", epochs=PRUNE_EPOCHS, retrain_epochs=retrain_epochs, seed=seed,
                              channels_last=True, precision=precision, bn_recalibrate=BN_RECALIBRATE,
                              retrain_schedule=BCNN_RETRAIN_SCHEDULE, distill=distill,
                              distill_temperature=DISTILL_TEMPERATURE)
-        prune_bcnn(bcnn_run, COMPRESSION, config, run, console=QUIET, reestimate_frames=0)  # reestimated(): every row
+        prune_bcnn(bcnn_run, compression, config, run, console=QUIET, reestimate_frames=0)  # reestimated(): every row
         pin(run, skip=("prune", "hard-pruned"))  # the rows read results.json and the retrained model
     return run, json.loads((run / "results.json").read_text())
 
@@ -197,7 +202,10 @@ def summarize(data: dict) -> str:
              "as the BCNN was trained (so it has seen more epochs than the unpruned BCNN); bcnn-long: the unpruned "
              f"BCNN trained from scratch as many epochs as bcnn-20x-long has seen (2 x training + {PRUNE_EPOCHS}), "
              "its fair control. "
-             "Widths reduced for a 2-core CPU (parameter "
+             + ("bcnn-long-Cx: the converged bcnn-long model pruned to C x fewer live weights by the bcnn-20x recipe "
+                f"({PRUNE_EPOCHS} + {RETRAIN_EPOCHS} epochs), compared with bcnn-long: the usual protocol of pruning "
+                "a converged model. " if any(r["variant"].startswith("bcnn-long-") for r in data["runs"]) else "")
+             + "Widths reduced for a 2-core CPU (parameter "
              "counts in the table). *BN re-est.*: the same weights with BatchNorm statistics re-estimated "
              f"for inference on {RECAL_FRAMES:,} training frames, one BatchNorm at a time (no gradient step; "
              "prunus.harden.batchnorm). *engine == PyTorch*: the bit-packed engine's logits equal the "
@@ -234,6 +242,15 @@ def summarize(data: dict) -> str:
             lines += _target_lines(f"{model} bcnn-20x-long against bcnn-long (the unpruned BCNN given as many "
                                    f"epochs) on {dataset}", rows, groups.get((model, dataset, "bcnn-long"), []),
                                    TOLERANCE[dataset])
+    sweep = sorted(((k, rows) for k, rows in groups.items() if k[2].startswith("bcnn-long-")),
+                   key=lambda kv: (kv[0][0], kv[0][1], kv[1][0]["target_compression"]))
+    if sweep:
+        lines += ["", ("Pruning the converged BCNN (bcnn-long-Cx against bcnn-long, the model it was pruned from; "
+                       f"the target is the {COMPRESSION:g}x row):"), ""]
+    for (model, dataset, variant), rows in sweep:
+        lines += _target_lines(f"{model} {variant} ({statistics.mean(r['live_compression'] for r in rows):.1f}x "
+                               f"live) against bcnn-long on {dataset}", rows,
+                               groups.get((model, dataset, "bcnn-long"), []), TOLERANCE[dataset])
     return "\n".join(lines) + "\n"
 
 
@@ -276,16 +293,19 @@ def add_trained(data: dict, model: str, dataset: str, variant: str, seed: int, p
 
 
 def add_pruned(data: dict, model: str, dataset: str, variant: str, seed: int, precision: str, distill: float,
-               retrain_epochs: int, test_set, train_set, common: dict) -> None:
-    """Prune the seed's BCNN 20x (retraining distilled or not, ``retrain_epochs`` long) and add its row."""
-    run, results = pruned(trained(model, dataset, False, seed, common["epochs"], precision), seed, precision, distill,
-                          retrain_epochs)
+               retrain_epochs: int, test_set, train_set, common: dict, compression: float = COMPRESSION,
+               source_epochs: int | None = None) -> None:
+    """Prune the seed's BCNN (trained ``source_epochs``, default the recipe's) to ``compression`` x fewer live
+    weights (retraining distilled or not, ``retrain_epochs`` long) and add its row."""
+    source = trained(model, dataset, False, seed, source_epochs or common["epochs"], precision)
+    run, results = pruned(source, seed, precision, distill, retrain_epochs, compression)
+    extra = {"target_compression": compression, "source_epochs": source_epochs} if source_epochs else {}
     data["runs"].append(row(run / "retrain", test_set, train_set, variant=variant, retrain_epochs=retrain_epochs,
                             hard_pruned_accuracy=results["hard_pruned_accuracy"],
                             bn_recalibrated_accuracy=results.get("bn_recalibrated_accuracy"),
                             retrain_accuracy=results["retrain_accuracy"],
                             final_distance=(results.get("method_history") or [{}])[-1].get("distance"),
-                            ratio=results["bcnn"]["ratio"], **common))
+                            ratio=results["bcnn"]["ratio"], **common, **extra))
     write_result(NAME, data, summarize(data))
 
 
@@ -318,6 +338,9 @@ def main() -> None:
                     "retrained as many epochs as the BCNN was trained (~35 min a seed on 2 cores)")
     ap.add_argument("--long-control", action="store_true", help="also the bcnn-long row: the unpruned BCNN trained "
                     "as many epochs as bcnn-20x-long has seen (~65 min a seed on 2 cores)")
+    ap.add_argument("--from-long", type=float, nargs="+", default=[], metavar="C",
+                    help="also bcnn-long-Cx rows: the converged bcnn-long model (trained if missing) pruned to C x "
+                    f"fewer live weights, {PRUNE_EPOCHS} method + {RETRAIN_EPOCHS} retraining epochs (~12 min each)")
     add_results_flags(ap)
     args = ap.parse_args()
     if render_only(args, NAME, summarize):
@@ -348,9 +371,15 @@ def main() -> None:
                     if (model, dataset, variant, seed) not in done:
                         add_pruned(data, model, dataset, variant, seed, args.precision, distill, retrain_epochs,
                                    test_set, train_set, common)
-                if args.long_control and (model, dataset, "bcnn-long", seed) not in done:
+                long_epochs = 2 * epochs + PRUNE_EPOCHS
+                if (args.long_control or args.from_long) and (model, dataset, "bcnn-long", seed) not in done:
                     add_trained(data, model, dataset, "bcnn-long", seed, args.precision, test_set, train_set, common,
-                                training_epochs=2 * epochs + PRUNE_EPOCHS)
+                                training_epochs=long_epochs)
+                for c in args.from_long:
+                    if (model, dataset, f"bcnn-long-{c:g}x", seed) not in done:
+                        add_pruned(data, model, dataset, f"bcnn-long-{c:g}x", seed, args.precision, 0.0,
+                                   RETRAIN_EPOCHS, test_set, train_set, common, compression=c,
+                                   source_epochs=long_epochs)
                 if (model, dataset, "bcnn-small", seed) not in done:
                     width, reference = small_width(model, test_set)
                     add_trained(data, model, dataset, "bcnn-small", seed, args.precision, test_set, train_set, common,

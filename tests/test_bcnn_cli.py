@@ -207,3 +207,18 @@ def test_bcnn_train_binary_stem(capsys, tmp_path):
             == {"width": 0.25, "fp_first": False})
     code, out, err = run_cli(capsys, "bcnn", "evaluate", run, "--samples", "100")
     assert code == 0 and "exactly on 100/100" in out
+
+
+def test_live_compression_reaches_low_targets_at_the_smallest_grid_ratio():
+    """The ratio grid reaches down to 2x live weights (a compression sweep needs them), at the smallest ratio."""
+    from prunus.bcnn.pruning import RATIO_GRID, filter_plan, prune_to_live_compression
+    from prunus.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cnin", in_channels=1, width=0.25).eval()
+    example = torch.zeros(2, 1, 28, 28)
+    _, counts = prune_to_live_compression(model, lambda r: filter_plan(model, r), 2.0, example)
+    assert counts["compression"] >= 2.0 and counts["ratio"] < 0.5
+    lower = RATIO_GRID[RATIO_GRID.index(counts["ratio"]) - 1]
+    with pytest.raises(ConfigError, match=f"even filter ratio {lower} leaves more live weights"):
+        prune_to_live_compression(model, lambda r: filter_plan(model, r), 2.0, example, grid=(lower,))

@@ -21,8 +21,9 @@ from prunus.plan.coupling import project_coupled
 from prunus.plan.recipe import Plan, Rule, prunable_weights
 from prunus.plan.search import smallest_on_grid
 
-#: the ratios tried by :func:`prune_to_live_compression`: 0.5 .. 0.975 in steps of 0.005
-RATIO_GRID = tuple(round(0.5 + 0.005 * i, 3) for i in range(96))
+#: the ratios tried by :func:`prune_to_live_compression`: 0.005 .. 0.975 in steps of 0.005 (2x live weights is
+#: reached near 0.3; the live count falls monotonically with the ratio, so the bisection finds the smallest one)
+RATIO_GRID = tuple(round(0.005 * i, 3) for i in range(1, 196))
 
 
 def filter_plan(model: nn.Module, ratio: float) -> Plan:

@@ -1,0 +1,38 @@
+"""Verdict lines of the benchmark tables: each row compared with the right baseline, on the same seeds."""
+
+import importlib
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _bcnn_row(variant: str, seed: int, accuracy: float, reestimated: float, **extra) -> dict:
+    return {"model": "nin", "dataset": "modulation", "variant": variant, "seed": seed, "width": 0.5, "epochs": 15,
+            "parameters": 123_531, "accuracy": accuracy, "bn_reestimated_accuracy": reestimated,
+            "live_compression": extra.pop("live", 1.0), "nonzero_compression": 1.0, "engine_equal": True, **extra}
+
+
+def test_bcnn_sweep_compares_each_pruned_converged_model_with_bcnn_long_on_the_same_seed(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("bcnn_accuracy", None)
+    bcnn_accuracy = importlib.import_module("bcnn_accuracy")
+    runs = [_bcnn_row("bcnn-long", 0, 60.0, 58.0), _bcnn_row("bcnn-long", 1, 62.0, 61.0),
+            _bcnn_row("bcnn-long-20x", 0, 40.0, 50.0, live=20.7, target_compression=20.0),
+            _bcnn_row("bcnn-long-4x", 0, 59.0, 57.5, live=4.6, target_compression=4.0),
+            _bcnn_row("bcnn-long-4x", 1, 61.0, 60.5, live=4.6, target_compression=4.0)]
+    data = {"precision": "bf16", "environment": {"cpu": "cpu", "cpu_count": 2, "torch": "2"}, "runs": runs}
+    text = bcnn_accuracy.summarize(data)
+    assert "bcnn-long-Cx: the converged bcnn-long model pruned" in text
+    sweep = text.split("Pruning the converged BCNN")[1].splitlines()
+    verdicts = [line for line in sweep if line.startswith("- ")]
+    assert verdicts == [  # sorted by compression; the mean of the per-seed differences
+        "- nin bcnn-long-4x (4.6x live) against bcnn-long on modulation, as trained: -1.00 pt over 2 seed(s) "
+        "(within 1 pt) -> **met** (fewer than 3 seeds)",
+        "- nin bcnn-long-4x (4.6x live) against bcnn-long on modulation, both with BN re-estimated: -0.50 pt over "
+        "2 seed(s) (within 1 pt) -> **met** (fewer than 3 seeds)",
+        "- nin bcnn-long-20x (20.7x live) against bcnn-long on modulation, as trained: -20.00 pt over 1 seed(s) "
+        "(within 1 pt) -> **NOT met** (fewer than 3 seeds)",
+        "- nin bcnn-long-20x (20.7x live) against bcnn-long on modulation, both with BN re-estimated: -8.00 pt over "
+        "1 seed(s) (within 1 pt) -> **NOT met** (fewer than 3 seeds)"]
+    assert "bcnn-long-Cx" not in bcnn_accuracy.summarize({**data, "runs": runs[:2]})
