@@ -53,6 +53,10 @@ step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --from-long 2
 step structured_filter.py
 step slr_tuning.py
 continue_or_restart reweighted_unstructured.py
+# The two CNN tables whose dense files were never hashed (issue 20): VGG-11 (~2 h) and the surgery/latency table
+# (VGG-16 and ResNet-20, ~4 h; its timing pass at the end needs the machine otherwise quiet)
+continue_or_restart reweighted_structured.py
+continue_or_restart surgery_speedup.py
 step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2 --continue
 # The trained BCNNs on the modulation task (issue 19): bcnn, its 20x pruning (plain, long-retrained and its
 # control), the small model from scratch, the fp twin; seeds 1-2 of NIN, then the NIN with a binary first layer
