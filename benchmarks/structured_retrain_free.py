@@ -203,9 +203,9 @@ def time_rows(data: dict, names: list[str]) -> None:
     """Deployed batch-64 latency of the dense model and of a randomly initialised model of every distinct pruned
     shape, in one process, on one thread.
 
-    One thread, because the timing flushes denormals (which random weights produce) only on the calling thread
-    (prunus.deploy.latency): on the 2-vCPU VM these rows were trained on, single-thread passes agreed, while one
-    two-thread pass in three timed the 4x shape at 4x its usual time.
+    One thread, because in a process that has trained, the timing flushes denormals (which random weights produce)
+    only on the calling thread (prunus.deploy.latency): on the 2-vCPU VM these rows were trained on,
+    single-thread passes agreed, while one two-thread pass in three timed the 4x shape at 4x its usual time.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -17,8 +17,9 @@ machine (greedy, NetAdapt-style; same multiples, each group keeps at least a qua
 once on the untrained architecture before any training and recorded with the rows. The
 retrained model then goes
 through surgery (``prunus.deploy.surgery``; outputs checked equal). After all training, one
-timing pass (``--retime-only`` repeats it alone, for a quiet machine) times the dense
-and each small model in the same process, their runs interleaved
+timing pass (``--retime-only``, in a process of its own: it flushes denormals to zero on every
+thread before anything else, since random weights make them; run alone it repeats the pass on a
+quiet machine) times the dense and each small model in the same process, their runs interleaved
 (``prunus.deploy.latency.compare_latency``, allocator held steady): median of 100 forward
 passes after 5 warm-ups,
 batch 1 and 64, torch's default threads on this machine; once as eager PyTorch
@@ -31,7 +32,8 @@ image.
                                          [--continue] [--plans-only] [--retime-only] [--render]
 
 ``--plans-only`` runs the latency searches and stops (run it on a quiet machine: the
-search times models); training then needs no quiet machine, and ``--retime-only`` times
+search times models; the latency allocation trains only after it); training then needs no quiet
+machine, and ``--retime-only`` times
 every row again in one pass, from the architectures alone (no trained weights needed); a pass on
 another CPU keeps the previous pass's batch-64 figures beside the new ones. ``--render`` only
 rebuilds the table from the JSON.
@@ -45,6 +47,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 
 import torch
@@ -53,7 +57,7 @@ from common import (HERE, RESULTS, add_results_flags, check_same_dense, dense_ha
 
 from prunus.deploy.allocation import latency_aware_plan, plan_for_macs, plan_from_widths, pruned_copy, shrink_to_widths
 from prunus.deploy.footprint import weights_bytes
-from prunus.deploy.latency import compare_latency, for_inference
+from prunus.deploy.latency import compare_latency, flush_denormals_for_timing, for_inference
 from prunus.deploy.surgery import remove_pruned_channels
 from prunus.environment import environment_info
 from prunus.harden.stats import count_macs
@@ -111,8 +115,9 @@ def dense_checkpoint(name: str):
 
 
 def timings(dense, small) -> dict[str, float]:
-    """Latency of the dense and the small model, eager and deployed, at batch 1 and 64 (ms, medians)."""
-    out = {}
+    """Latency of the dense and the small model, eager and deployed, at batch 1 and 64 (ms, medians), and whether
+    every thread flushed denormals while timing."""
+    out, flushed = {}, []
     for mode, (d, s, probe) in {
         "eager": (dense, small, PROBE),
         "deployed": (for_inference(dense), for_inference(small), PROBE.to(memory_format=torch.channels_last)),
@@ -121,7 +126,8 @@ def timings(dense, small) -> dict[str, float]:
         for who in ("dense", "small"):
             for b in (1, 64):
                 out[f"{mode}_{who}_b{b}_ms"] = lat[who][b].median_ms
-    return out
+                flushed.append(lat[who][b].denormals_flushed)
+    return {**out, "denormals_flushed": all(flushed)}
 
 
 def shrink(run_dir) -> dict:
@@ -274,7 +280,11 @@ def summarize(data: dict) -> str:
            "the warmed figures; a fresh process page-faults on new activation buffers and gives other ratios. ")
         + "*eager*: the PyTorch modules as trained; *deployed*: both models with "
         "BatchNorm folded into the convolutions and channels-last layout (`prunus.deploy.latency.for_inference`). "
-        f"{timing.get('threads', data['threads'])} threads. MACs = Conv2d/Linear multiply-accumulates per image; "
+        f"{timing.get('threads', data['threads'])} threads"
+        + {True: ", denormals flushed to zero on every thread (random weights make them; the timing process sets "
+                 "it before anything else)", False: ", denormals NOT flushed on every thread"}.get(
+            timing.get("denormals_flushed"), "")
+        + ". MACs = Conv2d/Linear multiply-accumulates per image; "
         "file bytes = the checkpoint's model.safetensors. *dense acc %*: the dense model the row was pruned from"
         + (", measured in the row's own run" if all("dense_accuracy" in r for r in data["runs"]) else
            ", measured in the row's own run (rows from before that was kept: the model's dense accuracy as the script "
@@ -351,6 +361,8 @@ def main() -> None:
                     help="only run the latency allocation's searches and record them (run on a quiet machine)")
     add_results_flags(ap)
     args = ap.parse_args()
+    if args.retime_only or args.plans_only:  # a timing process: before any parallel operation starts the workers
+        flush_denormals_for_timing()
     args.cont |= args.retime_only | args.plans_only
     path = RESULTS / f"{NAME}.json"
     if render_only(args, NAME, summarize):
@@ -379,6 +391,8 @@ def main() -> None:
             for target in args.targets:
                 key = f"{name} {target:g}x"
                 if key not in searches:
+                    if not args.plans_only:  # the search times models: a process of its own, denormals flushed
+                        raise SystemExit(f"{path} has no latency search for {key}; run --plans-only first")
                     print(f"{key}: latency allocation search", flush=True)
                     torch.manual_seed(0)
                     searches[key] = search_widths(build_model(name, in_channels=1, num_classes=10, **MODELS[name]),
@@ -433,10 +447,16 @@ def main() -> None:
                 data["runs"].append(run)
                 print(json.dumps(run), flush=True)
                 path.write_text(json.dumps(data, indent=1) + "\n")  # the table comes after the timing pass
-        retime(name, model, data)
-        data["timing"] = {"repeats": REPEATS, "warmup": 5, "threads": torch.get_num_threads(), "steady_allocator": True,
-                          "environment": environment_info()}
-        write_result(NAME, data, summarize(data))
+        if args.retime_only:
+            retime(name, model, data)
+            data["timing"] = {"repeats": REPEATS, "warmup": 5, "threads": torch.get_num_threads(),
+                              "steady_allocator": True, "environment": environment_info(),
+                              "denormals_flushed": all(r.get("denormals_flushed", False) for r in data["runs"]
+                                                       if r["model"] == name)}
+            write_result(NAME, data, summarize(data))
+    if not args.retime_only:  # the timing pass in a process of its own, which flushes denormals on every thread
+        path.write_text(json.dumps(data, indent=1) + "\n")
+        subprocess.run([sys.executable, __file__, "--retime-only", "--models", *args.models], check=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ a uniform filter plan with every layer keeping a multiple of 8 or of 16 filters 
 by bisection for 2x fewer MACs (``surgery_speedup.ratio_for``), the channels are removed,
 and the dense and small models are timed in one process, their runs interleaved
 (``prunus.deploy.latency.compare_latency``, allocator held steady), eager and deployed
-(``for_inference``), batch 1 and 64.
+(``for_inference``), batch 1 and 64. The process flushes denormals to zero on every thread before anything
+else (``flush_denormals_for_timing``): random weights make them, and they would time the values, not the shape.
 
     python benchmarks/width_speedup.py
 """
@@ -17,7 +18,7 @@ import surgery_speedup as S
 import torch
 from common import write_result
 
-from prunus.deploy.latency import compare_latency, for_inference
+from prunus.deploy.latency import compare_latency, flush_denormals_for_timing, for_inference
 from prunus.environment import environment_info
 from prunus.harden.stats import count_macs
 from prunus.models import build_model
@@ -43,6 +44,7 @@ def measure(width: float) -> list[dict]:
     for form, (models, probe) in forms.items():
         lat = compare_latency(models, probe, (1, 64), repeats=REPEATS, warmup=WARMUP)
         for row in rows:
+            row["denormals_flushed"] = all(v.denormals_flushed for per in lat.values() for v in per.values())
             for b in (1, 64):
                 row[f"{form}_dense_b{b}_ms"] = lat["dense"][b].median_ms
                 row[f"{form}_small_b{b}_ms"] = lat[row["round_to"]][b].median_ms
@@ -55,7 +57,8 @@ def summarize(data: dict) -> str:
              "VGG-16 (untrained, 1x32x32 inputs), uniform filter pruning to 2x fewer MACs with every layer keeping a "
              "multiple of 8 or 16 filters, channels removed; dense and small timed in one process, runs interleaved, "
              f"allocator steady, median of {data['repeats']} after {data['warmup']} warm-ups; deployed = BatchNorm "
-             f"folded, channels-last. {data['threads']} threads. Machine: {env['cpu']}, {env['cpu_count']} cores, "
+             f"folded, channels-last. {data['threads']} threads{_flushed(data)}. Machine: {env['cpu']}, "
+             f"{env['cpu_count']} cores, "
              f"torch {env['torch']}.", "",
              ("| width | multiple of | MACs fewer | kept filters per conv "
               "| eager b1 | eager b64 | deployed b1 | deployed b64 |"),
@@ -69,7 +72,15 @@ def summarize(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _flushed(data: dict) -> str:
+    """The table's note on denormals: flushed on every thread, or not (rows from before the flush say neither)."""
+    flags = {r.get("denormals_flushed") for r in data["rows"]}
+    return {frozenset({True}): ", denormals flushed to zero on every thread",
+            frozenset({False}): ", denormals NOT flushed on every thread"}.get(frozenset(flags), "")
+
+
 def main() -> None:
+    flush_denormals_for_timing()  # first, before any parallel operation starts the intra-op workers
     data = {"benchmark": NAME, "repeats": REPEATS, "warmup": WARMUP, "threads": torch.get_num_threads(),
             "environment": environment_info(), "rows": [row for w in WIDTHS for row in measure(w)]}
     write_result(NAME, data, summarize(data))

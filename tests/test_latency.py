@@ -1,6 +1,8 @@
 """Latency measurement: structure and sanity of the numbers, on a tiny model with few runs (no timing thresholds)."""
 
 import statistics
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -85,16 +87,26 @@ def test_timing_flushes_denormals_and_restores_the_setting():
     assert m.flushed[-1] and not denormals_flushed()
 
 
-def test_the_flush_is_claimed_only_where_every_computing_thread_has_it():
-    # torch.set_flush_denormal reaches the calling thread, not PyTorch's intra-op workers
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert measure_latency(tiny(), torch.randn(1, 1, 6, 6), (1,), repeats=1, warmup=0)[1].denormals_flushed
-        torch.set_num_threads(2)
-        assert not measure_latency(tiny(), torch.randn(1, 1, 6, 6), (1,), repeats=1, warmup=0)[1].denormals_flushed
-    finally:
-        torch.set_num_threads(before)
+_FLUSH_PROBE = """
+import sys, torch
+from prunus.deploy.latency import flush_denormals_for_timing, measure_latency
+torch.set_num_threads(2)
+if sys.argv[1] == "first":
+    print(flush_denormals_for_timing())
+torch.ones(1 << 18).mul(2.0)  # the first parallel operation: the intra-op workers start here
+model, x = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3)), torch.randn(1, 1, 6, 6)
+print(measure_latency(model, x, (1,), repeats=1, warmup=0)[1].denormals_flushed)
+torch.set_num_threads(1)
+print(measure_latency(model, x, (1,), repeats=1, warmup=0)[1].denormals_flushed)
+"""
+
+
+@pytest.mark.parametrize("when, expected", [("first", ["True", "True", "True"]), ("never", ["False", "True"])])
+def test_the_flush_is_claimed_only_where_every_thread_has_it(when, expected):
+    # torch.set_flush_denormal sets the calling thread; the intra-op workers copy it only when they start, so a
+    # process that flushes first flushes on every thread, and timing flushes later on one thread only
+    out = subprocess.run([sys.executable, "-c", _FLUSH_PROBE, when], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == expected
 
 
 def test_for_inference_folds_batchnorm_and_keeps_outputs():

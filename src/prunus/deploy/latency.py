@@ -23,9 +23,11 @@ narrow layers of a randomly initialised pruned ResNet-20 produce them: on one th
 pruned shape timed several times slower or not depending on its random initial weights alone,
 while the dense model held steady.  Latency is a property of the shape, so on CPU the timed runs
 flush denormals to zero (a setting CPU inference runtimes commonly enable) and restore the
-setting after.  ``torch.set_flush_denormal`` reaches only the calling thread, not PyTorch's
-intra-op workers, so with more than one thread the workers' share still pays for denormals:
-time on one thread where values may be denormal (``Latency.denormals_flushed`` says which).
+setting after.  ``torch.set_flush_denormal`` sets only the calling thread; PyTorch's intra-op
+worker threads copy the setting when they are created, at the process's first parallel operation,
+and keep their own after.  So a process that only times calls :func:`flush_denormals_for_timing`
+first thing, and every thread flushes; elsewhere the workers' share still pays for denormals
+beyond one thread.  ``Latency.denormals_flushed`` records what a check on every thread found.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ import torch
 import torch.nn as nn
 from torch.fx.experimental.optimization import fuse
 
-__all__ = ["Latency", "compare_latency", "denormals_flushed", "for_inference", "measure_latency", "steady_allocator"]
+__all__ = ["Latency", "compare_latency", "denormals_flushed", "denormals_flushed_on_every_thread",
+           "flush_denormals_for_timing", "for_inference", "measure_latency", "steady_allocator"]
 
 # glibc mallopt() parameters (malloc.h) and the values steady_allocator() sets
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -63,7 +66,7 @@ class Latency:
     warmup: int
     threads: int
     device: str
-    denormals_flushed: bool = False  # on every thread that computed (CPU, one thread)
+    denormals_flushed: bool = False  # on every intra-op thread (CPU; see denormals_flushed_on_every_thread)
 
     @property
     def per_sample_ms(self) -> float:
@@ -147,7 +150,7 @@ def compare_latency(
         if device.type == "cpu":
             steady_allocator()
             restore_denormals = not denormals_flushed() and torch.set_flush_denormal(True)
-        flushed = device.type == "cpu" and denormals_flushed() and torch.get_num_threads() == 1
+        flushed = device.type == "cpu" and denormals_flushed_on_every_thread()
         for m in models.values():
             m.eval()
         with torch.inference_mode():
@@ -179,10 +182,42 @@ def compare_latency(
     return results
 
 
+#: the bits of a denormal float32 (about 1e-39), written as an integer: a float literal converted on a flushing
+#: thread would already be zero
+_DENORMAL_BITS = 0x000AE398
+
+
+#: elements per intra-op thread in denormals_flushed_on_every_thread: above PyTorch's grain size (32,768), so
+#: that an elementwise operation gives every thread a share
+_PER_THREAD = 1 << 16
+
+
 def denormals_flushed() -> bool:
     """Whether the calling thread's float32 arithmetic flushes denormals to zero (torch.set_flush_denormal sets it
     for the calling thread only)."""
-    return (torch.tensor(1e-39, dtype=torch.float32) * 1.0).item() == 0.0
+    x = torch.tensor([_DENORMAL_BITS], dtype=torch.int32).view(torch.float32)
+    return int((x * 1.0).view(torch.int32)) == 0
+
+
+def denormals_flushed_on_every_thread() -> bool:
+    """Whether every intra-op thread flushes denormals to zero: a denormal tensor large enough to be split over all
+    of them, multiplied by one, must come out all zeros (a thread that keeps denormals leaves its share nonzero).
+    Read as integers: a float comparison on a flushing thread would read a denormal as zero."""
+    n = torch.get_num_threads() * _PER_THREAD
+    x = torch.full((n,), _DENORMAL_BITS, dtype=torch.int32).view(torch.float32)
+    return not bool((x * 1.0).view(torch.int32).any())
+
+
+def flush_denormals_for_timing() -> bool:
+    """Flush denormals to zero for the whole process; call it first thing in a process that only times models.
+
+    The intra-op workers copy the setting when the process's first parallel operation creates them; called later,
+    it reaches the calling thread only. Returns whether every thread flushes
+    (:func:`denormals_flushed_on_every_thread`). Not for processes that train or report accuracy: their arithmetic
+    would change too.
+    """
+    torch.set_flush_denormal(True)
+    return denormals_flushed_on_every_thread()
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
