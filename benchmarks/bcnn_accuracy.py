@@ -27,7 +27,7 @@ with ``--continue`` finished rows are kept. Run it in the background across sess
 
     python benchmarks/bcnn_accuracy.py [--models nin resnet18 nin-binstem] [--datasets modulation fashion-mnist]
         [--seeds 0 1 2] [--epochs N] [--distill-row] [--long-row] [--long-control] [--from-long C ...]
-        [--continue] [--render]
+        [--converged-only] [--continue] [--render]
 """
 
 from __future__ import annotations
@@ -59,9 +59,11 @@ from prunus.train.config import TrainConfig
 NAME = "bcnn_accuracy"
 CACHE = HERE / ".cache" / "bcnn"
 #: key -> (registry name, width that fits 2 CPU cores, model options); nin-binstem: NIN with a binary first layer
-#: too (the engine's faster variant, bcnn_throughput.py), trained as a BCNN only (its fp twin is nin's)
+#: too (the engine's faster variant, bcnn_throughput.py), trained as a BCNN only (its fp twin is nin's); nin-full:
+#: NIN at the seed paper's width (4x nin's weights and about 4x its training time), where 20x fewer live weights
+#: still leaves 10 to 21 complex channels a layer (nin at width 0.5: 5 to 10)
 MODELS = {"nin": ("cnin", 0.5, {}), "resnet18": ("cresnet18", 0.5, {}),
-          "nin-binstem": ("cnin", 0.5, {"fp_first": False})}
+          "nin-binstem": ("cnin", 0.5, {"fp_first": False}), "nin-full": ("cnin", 1.0, {})}
 IMAGE_SIZE = {"modulation": None, "fashion-mnist": 32}
 TOLERANCE = {"modulation": 1.0, "fashion-mnist": 2.0}  # issue 19: BCNN-20x within this many points of the BCNN
 # training epochs per dataset (--epochs overrides): 11,000 modulation frames x 15 = 1,290 steps of 128, 60,000
@@ -341,6 +343,8 @@ def main() -> None:
     ap.add_argument("--from-long", type=float, nargs="+", default=[], metavar="C",
                     help="also bcnn-long-Cx rows: the converged bcnn-long model (trained if missing) pruned to C x "
                     f"fewer live weights, {PRUNE_EPOCHS} method + {RETRAIN_EPOCHS} retraining epochs (~12 min each)")
+    ap.add_argument("--converged-only", action="store_true", help="only the bcnn-long row and its --from-long rows "
+                    "(the usual protocol alone: for a costlier model, e.g. nin-full)")
     add_results_flags(ap)
     args = ap.parse_args()
     if render_only(args, NAME, summarize):
@@ -360,19 +364,22 @@ def main() -> None:
             for model in args.models:
                 epochs = args.epochs or EPOCHS[dataset]
                 common = {"model": model, "dataset": dataset, "seed": seed, "width": MODELS[model][1], "epochs": epochs}
+                short = not args.converged_only  # the rows of the recipe's training length
                 # the BCNN and its 20x pruning first: they are what the targets compare; the fp twin last
-                if (model, dataset, "bcnn", seed) not in done:
+                if short and (model, dataset, "bcnn", seed) not in done:
                     add_trained(data, model, dataset, "bcnn", seed, args.precision, test_set, train_set, common)
-                variants = [("bcnn-20x", 0.0, RETRAIN_EPOCHS)]
-                variants += [("bcnn-20x-kd", DISTILL, RETRAIN_EPOCHS)] if args.distill_row else []
+                variants = [("bcnn-20x", 0.0, RETRAIN_EPOCHS)] if short else []
+                variants += [("bcnn-20x-kd", DISTILL, RETRAIN_EPOCHS)] if short and args.distill_row else []
                 # (where the training is as short as the retraining, the long row would be bcnn-20x again)
-                variants += [("bcnn-20x-long", 0.0, epochs)] if args.long_row and epochs > RETRAIN_EPOCHS else []
+                variants += [("bcnn-20x-long", 0.0, epochs)] if short and args.long_row and epochs > RETRAIN_EPOCHS \
+                    else []
                 for variant, distill, retrain_epochs in variants:
                     if (model, dataset, variant, seed) not in done:
                         add_pruned(data, model, dataset, variant, seed, args.precision, distill, retrain_epochs,
                                    test_set, train_set, common)
                 long_epochs = 2 * epochs + PRUNE_EPOCHS
-                if (args.long_control or args.from_long) and (model, dataset, "bcnn-long", seed) not in done:
+                if (args.long_control or args.from_long or not short) and (model, dataset, "bcnn-long", seed) \
+                        not in done:
                     add_trained(data, model, dataset, "bcnn-long", seed, args.precision, test_set, train_set, common,
                                 training_epochs=long_epochs)
                 for c in args.from_long:
@@ -380,11 +387,11 @@ def main() -> None:
                         add_pruned(data, model, dataset, f"bcnn-long-{c:g}x", seed, args.precision, 0.0,
                                    RETRAIN_EPOCHS, test_set, train_set, common, compression=c,
                                    source_epochs=long_epochs)
-                if (model, dataset, "bcnn-small", seed) not in done:
+                if short and (model, dataset, "bcnn-small", seed) not in done:
                     width, reference = small_width(model, test_set)
                     add_trained(data, model, dataset, "bcnn-small", seed, args.precision, test_set, train_set, common,
                                 width=width, reference_weights=reference)
-                if not MODELS[model][2] and (model, dataset, "fp", seed) not in done:
+                if short and not MODELS[model][2] and (model, dataset, "fp", seed) not in done:
                     add_trained(data, model, dataset, "fp", seed, args.precision, test_set, train_set, common)
                 print(json.dumps(data["runs"][-1]), flush=True)
 

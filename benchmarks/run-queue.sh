@@ -57,6 +57,9 @@ continue_or_restart reweighted_unstructured.py
 # (VGG-16 and ResNet-20, ~4 h; its timing pass at the end needs the machine otherwise quiet)
 continue_or_restart reweighted_structured.py
 continue_or_restart surgery_speedup.py
+# Does 20x hold where the layers are wider (issue 19)? NIN at full width, the usual protocol only: the converged
+# BCNN (33 epochs) and its 20x pruning, seed 0 (~3.5 h; nin at width 0.5 lost 12 pt)
+step bcnn_accuracy.py --models nin-full --datasets modulation --seeds 0 --converged-only --from-long 20 --continue
 step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2 --continue
 # The trained BCNNs on the modulation task (issue 19): bcnn, its 20x pruning (plain, long-retrained and its
 # control), the small model from scratch, the fp twin; seeds 1-2 of NIN, then the NIN with a binary first layer

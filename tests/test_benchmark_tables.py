@@ -36,3 +36,29 @@ def test_bcnn_sweep_compares_each_pruned_converged_model_with_bcnn_long_on_the_s
         "- nin bcnn-long-20x (20.7x live) against bcnn-long on modulation, both with BN re-estimated: -8.00 pt over "
         "1 seed(s) (within 1 pt) -> **NOT met** (fewer than 3 seeds)"]
     assert "bcnn-long-Cx" not in bcnn_accuracy.summarize({**data, "runs": runs[:2]})
+
+
+def test_bcnn_converged_only_asks_for_the_converged_bcnn_and_its_prunings_alone(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("bcnn_accuracy", None)
+    bcnn_accuracy = importlib.import_module("bcnn_accuracy")
+    asked = []
+
+    def add_trained(data, model, dataset, variant, *args, training_epochs=None, **kwargs):
+        asked.append((model, variant, training_epochs))
+        data["runs"].append({"variant": variant})
+
+    def add_pruned(data, model, dataset, variant, *args, compression=20.0, source_epochs=None, **kwargs):
+        asked.append((model, variant, source_epochs, compression))
+        data["runs"].append({"variant": variant})
+
+    monkeypatch.setattr(bcnn_accuracy, "RESULTS", tmp_path)
+    monkeypatch.setattr(bcnn_accuracy, "load_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(bcnn_accuracy, "backfill_reestimated", lambda *a: None)
+    monkeypatch.setattr(bcnn_accuracy, "add_trained", add_trained)
+    monkeypatch.setattr(bcnn_accuracy, "add_pruned", add_pruned)
+    monkeypatch.setattr(sys, "argv", ["bcnn_accuracy.py", "--models", "nin-full", "--datasets", "modulation",
+                                      "--seeds", "0", "--converged-only", "--from-long", "20", "4"])
+    bcnn_accuracy.main()
+    assert asked == [("nin-full", "bcnn-long", 33), ("nin-full", "bcnn-long-20x", 33, 20.0),
+                     ("nin-full", "bcnn-long-4x", 33, 4.0)]
