@@ -368,11 +368,12 @@ def main() -> None:
                 # the BCNN and its 20x pruning first: they are what the targets compare; the fp twin last
                 if short and (model, dataset, "bcnn", seed) not in done:
                     add_trained(data, model, dataset, "bcnn", seed, args.precision, test_set, train_set, common)
-                variants = [("bcnn-20x", 0.0, RETRAIN_EPOCHS)] if short else []
-                variants += [("bcnn-20x-kd", DISTILL, RETRAIN_EPOCHS)] if short and args.distill_row else []
-                # (where the training is as short as the retraining, the long row would be bcnn-20x again)
-                variants += [("bcnn-20x-long", 0.0, epochs)] if short and args.long_row and epochs > RETRAIN_EPOCHS \
-                    else []
+                variants = []
+                if short:
+                    variants = [("bcnn-20x", 0.0, RETRAIN_EPOCHS)]
+                    variants += [("bcnn-20x-kd", DISTILL, RETRAIN_EPOCHS)] if args.distill_row else []
+                    # (where the training is as short as the retraining, the long row would be bcnn-20x again)
+                    variants += [("bcnn-20x-long", 0.0, epochs)] if args.long_row and epochs > RETRAIN_EPOCHS else []
                 for variant, distill, retrain_epochs in variants:
                     if (model, dataset, variant, seed) not in done:
                         add_pruned(data, model, dataset, variant, seed, args.precision, distill, retrain_epochs,

@@ -19,7 +19,6 @@ hundred steps (see :class:`prunus.methods.schedule.GrowingRho`).
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,9 @@ from prunus.io import save_checkpoint, write_json_atomic
 from prunus.jobs.common import Resources
 from prunus.jobs.prune import PruneConfig, run_pruning
 from prunus.models.loading import load_model
-from prunus.train.distributed import pick_device
+from prunus.train.distributed import is_main_process, pick_device
 from prunus.train.rundir import check_run_dir
 from prunus.train.trainer import evaluate
-
 
 #: a BCNN's retraining ends on a decaying learning rate: at a constant lr its binary weights keep flipping, the
 #: BatchNorm running statistics trail the network, and eval-mode accuracy swings from epoch to epoch
@@ -97,12 +95,8 @@ def prune_bcnn(init: str | Path, compression: float, config: PruneConfig, run_di
     return results
 
 
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 writes
-
-
 def _write_results(run_dir: Path, results: dict[str, Any]) -> None:
-    if _is_main():
+    if is_main_process():  # under torchrun rank 0 writes
         write_json_atomic(run_dir / "results.json", results)
 
 
@@ -122,7 +116,7 @@ def save_deployed(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any], s
     model.to(device)
     used = reestimate_batchnorm(model, train_set, frames=frames, seed=seed, device=device)
     after = evaluate(model, test_set, device=device)["accuracy"]
-    if _is_main():
+    if is_main_process():
         save_checkpoint(run_dir / "deployed", model.state_dict(), None,
                         {**meta, "bn_reestimated": {"from": source, "frames": used, "seed": seed}})
     return {"as_trained_accuracy": as_trained, "bn_reestimated_accuracy": after, "bn_reestimate_frames": used,

@@ -110,6 +110,12 @@ def digest(state: Any) -> str:
     return h.hexdigest()
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a torchrun launch (or not launched by torchrun), read from the environment:
+    usable before the process group is joined, e.g. for what only rank 0 checks or writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device: torch.device) -> Distributed:
     """Join the process group that ``torchrun`` set up in the environment, if any."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

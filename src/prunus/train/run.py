@@ -17,7 +17,7 @@ from prunus.environment import environment_info
 from prunus.io import write_json_atomic
 from prunus.models import build_model
 from prunus.train.config import TrainConfig
-from prunus.train.distributed import pick_device
+from prunus.train.distributed import is_main_process, pick_device
 from prunus.train.rundir import check_run_dir, create_run_dir
 from prunus.train.trainer import Trainer
 
@@ -40,8 +40,7 @@ def train(
 ) -> Trainer:
     """Train a registry model on a registry dataset; what ``prunus train`` runs."""
     run_dir = Path(run_dir)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main:
+    if is_main_process():
         check_run_dir(run_dir, resume)
     if resume:
         saved = json.loads((run_dir / "config.json").read_text())
