@@ -50,8 +50,8 @@ continue_or_restart combined_quantization.py
 # The fair control put the 20x BCNN 10.8 pt below the unpruned one (issue 19, seed 0): prune the converged BCNN to
 # 20x, 8x, 4x, 2x (the usual protocol, ~50 min) to find the largest compression within 1 pt
 step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --from-long 20 8 4 2 --continue
-step structured_filter.py
-step slr_tuning.py
+continue_or_restart structured_filter.py
+continue_or_restart slr_tuning.py
 continue_or_restart reweighted_unstructured.py
 # The project's core (issue 18): ResNet-20 seed 0 met every retrain-free target; seeds 1-2 make it a mean of 3
 # (~7 h, resumable row by row)

@@ -6,10 +6,11 @@ hard-pruned accuracy of each setting of rho, its growth, s0, and how often the
 method's rounds run. This is the record behind the settings `retrain_free.py`
 compares; it is a search, so read it as one seed.
 
-    python benchmarks/slr_tuning.py [--rates 20 50] [--render]
+    python benchmarks/slr_tuning.py [--rates 20 50] [--continue] [--render]
 
 The dense model's accuracy is evaluated in the run (not read from the checkpoint's metadata) and its
-file's sha256 recorded.
+file's sha256 recorded. Each setting is written as it finishes; --continue keeps them (refused when they
+come from another dense file) and runs only the missing ones.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import FROM_METADATA, dense_fields, dense_sentence, render_only, write_result
+from common import FROM_METADATA, add_results_flags, dense_fields, dense_sentence, render_only, resumed, write_result
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
@@ -69,15 +70,25 @@ def main() -> None:
     ap.add_argument("--rates", type=float, nargs="+", default=[20, 50])
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
+    add_results_flags(ap)
     args = ap.parse_args()
     if render_only(args, NAME, summarize):
         return
     init = dense_checkpoint()
     model, _ = load_model(init)
-    dense = dense_fields(init, model, load_dataset("fashion-mnist", "test"))
-    rows = []
+    data = resumed(args, NAME, init)
+    if data is not None and (data["epochs"], data["seed"]) != (args.epochs, args.seed):
+        raise SystemExit(f"--continue: {NAME}.json holds rows of --epochs {data['epochs']} --seed {data['seed']}; "
+                         "run with those, or without --continue")
+    if data is None:
+        data = {"benchmark": NAME, **dense_fields(init, model, load_dataset("fashion-mnist", "test")),
+                "epochs": args.epochs, "seed": args.seed, "environment": environment_info(), "rows": []}
+    rates = [f"{rate:g}" for rate in args.rates]
+    done = {r["setting"] for r in data["rows"] if set(rates) <= set(r["hard_pruned"])}
+    data["rows"] = [r for r in data["rows"] if r["setting"] in done]  # a setting missing a rate runs again
     for label, method, update_every, options in SETTINGS:
+        if label in done:
+            continue
         row = {"setting": label, "method": method, "update_every": update_every, "options": options, "hard_pruned": {}}
         for rate in args.rates:
             plan = Plan.uniform(model, ratio_for_compression(rate), global_unstructured=True)
@@ -87,11 +98,9 @@ def main() -> None:
                 res = run_pruning(init, plan, config, Path(tmp) / "run", console=Console(file=io.StringIO()))
             row["hard_pruned"][f"{rate:g}"] = res["hard_pruned_accuracy"]
             row.setdefault("final_residual", {})[f"{rate:g}"] = res["method_history"][-1]["residual"]
-        rows.append(row)
+        data["rows"].append(row)
         print(json.dumps(row), flush=True)
-    data = {"benchmark": NAME, **dense, "epochs": args.epochs, "seed": args.seed, "environment": environment_info(),
-            "rows": rows}
-    write_result(NAME, data, summarize(data))
+        write_result(NAME, data, summarize(data))
     print(summarize(data))
 
 

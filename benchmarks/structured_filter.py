@@ -11,10 +11,11 @@ ranked by L2 norm, then masked training) get the same budget: 6 pruning epochs, 
 LeNet-5 rather than a VGG: on this 2-core CPU a VGG-11 epoch of full Fashion-MNIST
 takes minutes, and 18 runs x 9 epochs of it would not fit a session.
 
-    python benchmarks/structured_filter.py [--seeds 0 1 2] [--render]
+    python benchmarks/structured_filter.py [--seeds 0 1 2] [--continue] [--render]
 
 The dense model's accuracy is evaluated in the run (not read from the checkpoint's metadata) and its
-file's sha256 recorded.
+file's sha256 recorded. Each row is written as it finishes; --continue keeps them (refused when they
+come from another dense file) and runs only the missing ones.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ import time
 from pathlib import Path
 
 import torch
-from common import FROM_METADATA, dense_fields, dense_sentence, mean_std, render_only, write_result
+from common import (
+    FROM_METADATA,
+    add_results_flags,
+    dense_fields,
+    dense_sentence,
+    mean_std,
+    render_only,
+    resumed,
+    write_result,
+)
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
@@ -76,20 +86,20 @@ def summarize(data: dict) -> str:
         "Filters of conv1, conv2 and neurons of fc1, fc2 pruned at one ratio, chosen so the "
         f"model with zero filters removed needs 2x / 4x fewer MACs. {data['prune_epochs']} pruning epochs, then "
         f"{data['retrain_epochs']} masked retraining epochs (Adam, lr 1e-3). "
-        f"Seeds {', '.join(map(str, data['seeds']))}. "
+        f"Seeds {', '.join(map(str, sorted({r['seed'] for r in runs})))}. "
         f"Machine: {env['cpu']}, {env['cpu_count']} cores.",
         "",
-        "| MACs (dense -> pruned) | ratio | method | hard-pruned, 0 retraining | +1 epoch | +3 epochs |",
-        "|---|---|---|---|---|---|",
+        "| MACs (dense -> pruned) | ratio | method | seeds | hard-pruned, 0 retraining | +1 epoch | +3 epochs |",
+        "|---|---|---|---|---|---|---|",
     ]
     for factor in dict.fromkeys(f for f, _ in groups):
-        for variant in VARIANTS:
+        for variant in (v for v in VARIANTS if (factor, v) in groups):  # a table still running lacks some
             group = groups[factor, variant]
             g0 = group[0]
             lines.append(
                 f"| {g0['macs_dense']:,} -> {g0['macs_structural']:,} "
                 f"({g0['macs_dense'] / g0['macs_structural']:.2f}x) | "
-                f"{g0['ratio']:.2f} | {variant} | {mean_std([g['hard_pruned_accuracy'] for g in group])} | "
+                f"{g0['ratio']:.2f} | {variant} | {len(group)} | {mean_std([g['hard_pruned_accuracy'] for g in group])} | "
                 f"{mean_std([g['retrain_accuracy'][0] for g in group])} | "
                 f"{mean_std([g['retrain_accuracy'][-1] for g in group])} |"
             )
@@ -104,20 +114,26 @@ def main() -> None:
     ap.add_argument("--factors", type=float, nargs="+", default=[2, 4])
     ap.add_argument("--prune-epochs", type=int, default=6)
     ap.add_argument("--retrain-epochs", type=int, default=3)
-    ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
+    add_results_flags(ap)
     args = ap.parse_args()
     if render_only(args, NAME, summarize):
         return
 
     init = dense_checkpoint()
     model, _ = load_model(init)
-    dense = dense_fields(init, model, load_dataset("fashion-mnist", "test"))
-    runs = []
+    data = resumed(args, NAME, init)
+    if data is None:
+        data = {"benchmark": NAME, **dense_fields(init, model, load_dataset("fashion-mnist", "test")), "layers": LAYERS,
+                "seeds": args.seeds, "prune_epochs": args.prune_epochs, "retrain_epochs": args.retrain_epochs,
+                "environment": environment_info(), "runs": []}
+    done = {(r["factor"], r["variant"], r["seed"]) for r in data["runs"]}
     for factor in args.factors:
-        ratio, dense_macs, macs = ratio_for_mac_reduction(model, factor)
+        ratio, _, macs = ratio_for_mac_reduction(model, factor)
         plan = filter_plan(ratio)
         for variant, (method, update_every) in VARIANTS.items():
             for seed in args.seeds:
+                if (factor, variant, seed) in done:
+                    continue
                 config = PruneConfig(method=method, epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs,
                                      seed=seed, update_every=update_every)
                 t0 = time.perf_counter()
@@ -130,12 +146,9 @@ def main() -> None:
                     "wall_seconds": time.perf_counter() - t0,
                 }
                 assert run["macs_structural"] == macs, "the pruned model must have the MACs the ratio was chosen for"
-                runs.append(run)
+                data["runs"].append(run)
                 print(json.dumps(run), flush=True)
-
-    data = {"benchmark": NAME, **dense, "layers": LAYERS, "seeds": args.seeds, "prune_epochs": args.prune_epochs,
-            "retrain_epochs": args.retrain_epochs, "environment": environment_info(), "runs": runs}
-    write_result(NAME, data, summarize(data))
+                write_result(NAME, data, summarize(data))
     print(summarize(data))
 
 

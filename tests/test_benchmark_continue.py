@@ -1,0 +1,112 @@
+"""--continue of the LeNet-5 benchmark scripts: a run killed after some rows keeps them, and the next run with
+--continue trains exactly the missing rows (run-queue.sh restarts every session; a script without it would
+train its whole table again each time)."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from prunus.models import build_model
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+class Killed(Exception):
+    """The fake training run's stand-in for a SIGKILL."""
+
+
+def _script(monkeypatch, tmp_path, name: str):
+    """Import benchmark ``name`` with its results (and BENCHMARKS.md) redirected into ``tmp_path``."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    for module in ("common", "retrain_free", name):
+        sys.modules.pop(module, None)
+    common = importlib.import_module("common")
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(common, "BENCHMARKS_MD", tmp_path / "BENCHMARKS.md")
+    script = importlib.import_module(name)
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    (dense / "model.safetensors").write_bytes(b"the dense model")
+    monkeypatch.setattr(script, "dense_checkpoint", lambda: dense)
+    monkeypatch.setattr(script, "load_model", lambda init: (build_model("lenet5"), None))  # plans need its layers
+    monkeypatch.setattr(script, "load_dataset", lambda *a: None)
+    monkeypatch.setattr(script, "dense_fields", lambda init, model, test_set: {
+        "dense_checkpoint": "dense", "dense_sha256": common.dense_sha256(init), "dense_accuracy": 90.0})
+    return script
+
+
+def _fake_runs(monkeypatch, script, result, kill_after: int | None = None) -> list:
+    """Replace the script's run_pruning; returns the list of (method, seed, options) it is called with."""
+    calls = []
+
+    def run_pruning(init, plan, config, run_dir, console=None):
+        if kill_after is not None and len(calls) == kill_after:
+            raise Killed
+        calls.append((config.method, config.seed, dict(config.options)))
+        return result
+
+    monkeypatch.setattr(script, "run_pruning", run_pruning)
+    return calls
+
+
+def _main(monkeypatch, script, *argv: str) -> None:
+    monkeypatch.setattr(sys, "argv", [script.__name__, *argv])
+    script.main()
+
+
+def test_structured_filter_continue_runs_only_the_missing_rows(monkeypatch, tmp_path):
+    import json
+
+    script = _script(monkeypatch, tmp_path, "structured_filter")
+    monkeypatch.setattr(script, "ratio_for_mac_reduction", lambda model, factor: (0.5, 1000, 500))
+    result = {"hard_pruned_accuracy": 88.0, "retrain_accuracy": [89.0], "report": {"macs_dense": 1000,
+                                                                                   "macs_structural": 500}}
+    _fake_runs(monkeypatch, script, result, kill_after=4)
+    with pytest.raises(Killed):
+        _main(monkeypatch, script, "--seeds", "0", "1", "--factors", "2")
+    path = tmp_path / "results" / "structured_filter.json"
+    kept = [(r["variant"], r["seed"]) for r in json.loads(path.read_text())["runs"]]
+    assert kept == [("slr/100", 0), ("slr/100", 1), ("admm/100", 0), ("admm/100", 1)]
+
+    calls = _fake_runs(monkeypatch, script, result)
+    _main(monkeypatch, script, "--seeds", "0", "1", "--factors", "2", "--continue")
+    assert [(m, s) for m, s, _ in calls] == [("magnitude", 0), ("magnitude", 1)]
+    assert len(json.loads(path.read_text())["runs"]) == 6
+
+    calls = _fake_runs(monkeypatch, script, result)
+    _main(monkeypatch, script, "--seeds", "0", "1", "--factors", "2")  # without --continue: all over again
+    assert len(calls) == 6 and len(json.loads(path.read_text())["runs"]) == 6
+
+
+def test_slr_tuning_continue_runs_only_the_missing_settings(monkeypatch, tmp_path):
+    import json
+
+    script = _script(monkeypatch, tmp_path, "slr_tuning")
+    result = {"hard_pruned_accuracy": 85.0, "method_history": [{"residual": 0.5}]}
+    _fake_runs(monkeypatch, script, result, kill_after=5)  # 2 settings x 2 rates, then killed inside the third
+    with pytest.raises(Killed):
+        _main(monkeypatch, script, "--rates", "20", "50")
+    path = tmp_path / "results" / "slr_tuning.json"
+    settings = [label for label, *_ in script.SETTINGS]
+    assert [r["setting"] for r in json.loads(path.read_text())["rows"]] == settings[:2]
+
+    calls = _fake_runs(monkeypatch, script, result)
+    _main(monkeypatch, script, "--rates", "20", "50", "--continue")
+    assert len(calls) == 2 * (len(settings) - 2)
+    assert calls[0] == (script.SETTINGS[2][1], 0, script.SETTINGS[2][3])
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["setting"] for r in rows] == settings and all(set(r["hard_pruned"]) == {"20", "50"} for r in rows)
+
+    calls = _fake_runs(monkeypatch, script, result)  # a rate the kept rows lack: every setting runs again
+    _main(monkeypatch, script, "--rates", "20", "100", "--continue")
+    assert len(calls) == 2 * len(settings)
+
+
+def test_continue_refuses_rows_of_other_settings(monkeypatch, tmp_path, capsys):
+    script = _script(monkeypatch, tmp_path, "slr_tuning")
+    _fake_runs(monkeypatch, script, {"hard_pruned_accuracy": 85.0, "method_history": [{"residual": 0.5}]})
+    _main(monkeypatch, script, "--rates", "20")
+    with pytest.raises(SystemExit, match="--epochs 6 --seed 0"):
+        _main(monkeypatch, script, "--rates", "20", "--seed", "1", "--continue")
