@@ -130,6 +130,19 @@ def resumed(args, name: str, dense_checkpoint: Path) -> dict | None:
     return data
 
 
+def continued_or_new(args, name: str, dense_checkpoint: Path, model, test_set, rows: str = "runs",
+                     **fields) -> dict:
+    """``name``'s JSON with --continue (:func:`resumed`), else a new one: the dense model's fields, measured now on
+    ``test_set()`` (:func:`dense_fields`), ``fields``, the environment, and an empty list of ``rows``."""
+    from prunus.environment import environment_info
+
+    data = resumed(args, name, dense_checkpoint)
+    if data is None:
+        data = {"benchmark": name, **dense_fields(dense_checkpoint, model, test_set()), **fields,
+                "environment": environment_info(), rows: []}
+    return data
+
+
 def dense_fields(checkpoint: Path, model, test_set) -> dict:
     """The dense model a benchmark's rows are compared with, measured in the run: its file, hash and accuracy."""
     from prunus.train.trainer import evaluate

@@ -24,10 +24,18 @@ import copy
 import json
 
 import torch
-from common import (HERE, add_results_flags, dense_fields, dense_sentence, prune_run, render_only, resumed,
-                   train_cached, write_result)
+from common import (
+    HERE,
+    add_results_flags,
+    continued_or_new,
+    dense_sentence,
+    prune_run,
+    render_only,
+    train_cached,
+    write_result,
+)
 
-from prunus.environment import environment_info
+from prunus.data import load_dataset
 from prunus.harden.stats import count_macs
 from prunus.jobs.prune import PruneConfig
 from prunus.models.loading import load_model
@@ -116,14 +124,10 @@ def main() -> None:
     init = dense_checkpoint()
     model, _ = load_model(init)
     probe = torch.zeros(1, 1, 32, 32)
-    data = resumed(args, NAME, init)
-    if data is None:
-        from prunus.data import load_dataset
-
-        data = {"benchmark": NAME, "dense_epochs": DENSE_EPOCHS, "prune_epochs": args.prune_epochs,
-                "retrain_epochs": args.retrain_epochs, "seeds": args.seeds, "environment": environment_info(),
-                **dense_fields(init, model, load_dataset("fashion-mnist", "test", image_size=32)),
-                "dense_macs": count_macs(model, probe).dense, "runs": []}
+    data = continued_or_new(args, NAME, init, model, lambda: load_dataset("fashion-mnist", "test", image_size=32),
+                            dense_epochs=DENSE_EPOCHS, prune_epochs=args.prune_epochs,
+                            retrain_epochs=args.retrain_epochs, seeds=args.seeds,
+                            dense_macs=count_macs(model, probe).dense)
     done = {(r["structure"], r["target"], r["variant"], r["seed"]) for r in data["runs"]}
     for structure in STRUCTURES:
         for target in TARGETS:

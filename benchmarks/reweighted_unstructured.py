@@ -24,18 +24,16 @@ import statistics
 
 from common import (
     add_results_flags,
-    dense_fields,
+    continued_or_new,
     dense_sentence,
     mean_std,
     prune_run,
     render_only,
-    resumed,
     write_result,
 )
 from retrain_free import dense_checkpoint, epochs_to_recover
 
 from prunus.data import load_dataset
-from prunus.environment import environment_info
 from prunus.jobs.prune import PruneConfig
 from prunus.models.loading import load_model
 from prunus.plan.recipe import Plan, ratio_for_compression
@@ -93,13 +91,9 @@ def main() -> None:
 
     init = dense_checkpoint()
     model, _ = load_model(init)
-    data = resumed(args, NAME, init)
-    if data is None:
-        data = {
-            "benchmark": NAME, **dense_fields(init, model, load_dataset("fashion-mnist", "test")),
-            "prune_epochs": args.prune_epochs, "retrain_epochs": args.retrain_epochs, "lr": args.lr,
-            "seeds": args.seeds, "environment": environment_info(), "runs": [],
-        }
+    data = continued_or_new(args, NAME, init, model, lambda: load_dataset("fashion-mnist", "test"),
+                            prune_epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs, lr=args.lr,
+                            seeds=args.seeds)
     done = {(r["rate"], r["variant"], r["seed"]) for r in data["runs"]}
     for rate in args.rates:
         plan = Plan.uniform(model, ratio_for_compression(rate), global_unstructured=True)

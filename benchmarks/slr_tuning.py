@@ -21,12 +21,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import FROM_METADATA, add_results_flags, dense_fields, dense_sentence, render_only, resumed, write_result
+from common import FROM_METADATA, add_results_flags, continued_or_new, dense_sentence, render_only, write_result
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
 from prunus.data import load_dataset
-from prunus.environment import environment_info
 from prunus.jobs.prune import PruneConfig, run_pruning
 from prunus.models.loading import load_model
 from prunus.plan.recipe import Plan, ratio_for_compression
@@ -76,13 +75,11 @@ def main() -> None:
         return
     init = dense_checkpoint()
     model, _ = load_model(init)
-    data = resumed(args, NAME, init)
-    if data is not None and (data["epochs"], data["seed"]) != (args.epochs, args.seed):
+    data = continued_or_new(args, NAME, init, model, lambda: load_dataset("fashion-mnist", "test"), rows="rows",
+                            epochs=args.epochs, seed=args.seed)
+    if (data["epochs"], data["seed"]) != (args.epochs, args.seed):
         raise SystemExit(f"--continue: {NAME}.json holds rows of --epochs {data['epochs']} --seed {data['seed']}; "
                          "run with those, or without --continue")
-    if data is None:
-        data = {"benchmark": NAME, **dense_fields(init, model, load_dataset("fashion-mnist", "test")),
-                "epochs": args.epochs, "seed": args.seed, "environment": environment_info(), "rows": []}
     rates = [f"{rate:g}" for rate in args.rates]
     done = {r["setting"] for r in data["rows"] if set(rates) <= set(r["hard_pruned"])}
     data["rows"] = [r for r in data["rows"] if r["setting"] in done]  # a setting missing a rate runs again

@@ -33,18 +33,16 @@ import torch
 from common import (
     FROM_METADATA,
     add_results_flags,
-    dense_fields,
+    continued_or_new,
     dense_sentence,
     mean_std,
     render_only,
-    resumed,
     write_result,
 )
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
 from prunus.data import load_dataset
-from prunus.environment import environment_info
 from prunus.harden.stats import count_macs
 from prunus.jobs.prune import PruneConfig, run_pruning
 from prunus.models.loading import load_model
@@ -99,7 +97,8 @@ def summarize(data: dict) -> str:
             lines.append(
                 f"| {g0['macs_dense']:,} -> {g0['macs_structural']:,} "
                 f"({g0['macs_dense'] / g0['macs_structural']:.2f}x) | "
-                f"{g0['ratio']:.2f} | {variant} | {len(group)} | {mean_std([g['hard_pruned_accuracy'] for g in group])} | "
+                f"{g0['ratio']:.2f} | {variant} | {len(group)} | "
+                f"{mean_std([g['hard_pruned_accuracy'] for g in group])} | "
                 f"{mean_std([g['retrain_accuracy'][0] for g in group])} | "
                 f"{mean_std([g['retrain_accuracy'][-1] for g in group])} |"
             )
@@ -121,11 +120,8 @@ def main() -> None:
 
     init = dense_checkpoint()
     model, _ = load_model(init)
-    data = resumed(args, NAME, init)
-    if data is None:
-        data = {"benchmark": NAME, **dense_fields(init, model, load_dataset("fashion-mnist", "test")), "layers": LAYERS,
-                "seeds": args.seeds, "prune_epochs": args.prune_epochs, "retrain_epochs": args.retrain_epochs,
-                "environment": environment_info(), "runs": []}
+    data = continued_or_new(args, NAME, init, model, lambda: load_dataset("fashion-mnist", "test"), layers=LAYERS,
+                            seeds=args.seeds, prune_epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs)
     done = {(r["factor"], r["variant"], r["seed"]) for r in data["runs"]}
     for factor in args.factors:
         ratio, _, macs = ratio_for_mac_reduction(model, factor)

@@ -32,7 +32,7 @@ def _script(monkeypatch, tmp_path, name: str):
     monkeypatch.setattr(script, "dense_checkpoint", lambda: dense)
     monkeypatch.setattr(script, "load_model", lambda init: (build_model("lenet5"), None))  # plans need its layers
     monkeypatch.setattr(script, "load_dataset", lambda *a: None)
-    monkeypatch.setattr(script, "dense_fields", lambda init, model, test_set: {
+    monkeypatch.setattr(common, "dense_fields", lambda init, model, test_set: {
         "dense_checkpoint": "dense", "dense_sha256": common.dense_sha256(init), "dense_accuracy": 90.0})
     return script
 
