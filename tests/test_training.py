@@ -14,6 +14,7 @@ import pytest
 import torch
 from helpers import assert_user_error, run_cli
 from rich.console import Console
+from safetensors.torch import load_file
 
 from prunus.data import load_dataset
 from prunus.data.loader import Batches, global_mean_scale
@@ -225,3 +226,70 @@ def test_bf16_autocast_trains_with_other_numbers(tmp_path):
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["config"]["precision"] == "bf16"
     with pytest.raises(ConfigError, match="--precision must be one of fp32, bf16"):
         TrainConfig(precision="fp16").validate()
+
+
+def test_compiled_training_keeps_masks_and_saves_the_plain_model(tmp_path):
+    """--compile: the steps run through torch.compile (gradient hooks and in-place weight updates included); the
+    checkpoint holds the model's own parameter names; accuracy as eager (the last bits differ); the same run again
+    gives the same bits."""
+    from prunus.harden.keepers import MaskKeeper
+
+    train_set, test_set = load_dataset("digits", "train"), load_dataset("digits", "test")
+    runs = {}
+    for name, compiled in (("eager", False), ("compiled", True), ("again", True)):
+        torch.manual_seed(0)
+        model = build_model("lenet5", 1, 10)
+        mask = torch.rand_like(model.fc1.weight) > 0.5
+        config = TrainConfig(epochs=2, batch_size=64, optimizer="adam", lr=0.003, compile=compiled)
+        runs[name] = Trainer(model, train_set, test_set, config, tmp_path / name,
+                             hooks=[MaskKeeper(model, {"fc1.weight": mask})], console=Console(file=io.StringIO()))
+        runs[name].fit()
+    eager, compiled = runs["eager"], runs["compiled"]
+    assert all(torch.equal(a, b) for a, b in zip(compiled.model.state_dict().values(),
+                                                 runs["again"].model.state_dict().values()))  # deterministic
+    assert type(compiled.net).__name__ == "OptimizedModule" and eager.net is eager.model
+    assert int((compiled.model.fc1.weight[~mask] != 0).sum()) == 0
+    assert int((compiled.model.fc1.weight[mask] != 0).sum()) == int(mask.sum())
+    saved = load_file(tmp_path / "compiled" / "checkpoints" / "epoch-0002" / "model.safetensors")
+    assert saved.keys() == eager.model.state_dict().keys()
+    acc, acc_compiled = eager.history[-1]["test_accuracy"], compiled.history[-1]["test_accuracy"]
+    assert acc_compiled >= 85.0 and abs(acc - acc_compiled) <= 3.0
+
+
+def test_compile_is_refused_with_dp_sgd(tmp_path):
+    pytest.importorskip("opacus")
+    from prunus.privacy.defenses.dpsgd import DPSGD
+
+    train_set = load_dataset("digits", "train")
+    with pytest.raises(ConfigError, match=r"^DP-SGD cannot be compiled .*drop --compile$"):
+        Trainer(build_model("lenet5", 1, 10), train_set, train_set, TrainConfig(compile=True), tmp_path / "run",
+                hooks=[DPSGD(epsilon=8.0, delta=1e-5)], console=Console(file=io.StringIO()))
+
+
+def test_compile_reaches_every_phase_and_the_loss_closure(dense_digits, monkeypatch):
+    """--compile of prunus prune / quantize: each phase's training steps and SLR's closure (same loss up to the
+    last bits); without it, both stay eager."""
+    from prunus.jobs.common import JobInput
+    from prunus.jobs.prune import PruneConfig
+    from prunus.jobs.quantize import QuantizeConfig
+
+    config = PruneConfig(compile=True)
+    assert config.train_config(1, 0.1, "cosine").compile and config.retrain_config().compile
+    assert QuantizeConfig(compile=True).method_config().compile and not PruneConfig().retrain_config().compile
+    job = JobInput.load(dense_digits)
+    compiled_modules = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled_modules.append(m) or real_compile(m, **kw))
+    eager = job.closure(512, 0)
+    assert compiled_modules == []
+    compiled = job.closure(512, 0, compiled=True)
+    assert compiled_modules == [job.model]
+    assert abs(float(compiled()) - float(eager())) <= 1e-5 * float(eager())
+
+
+def test_train_cli_compile_flag_is_recorded(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "train", "--model", "lenet5", "--dataset", "digits", "--epochs", "1", "--compile",
+                             "--out", tmp_path / "run")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["compile"] is True
+    assert (tmp_path / "run" / "checkpoints" / "epoch-0001" / "model.safetensors").exists()

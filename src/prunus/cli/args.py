@@ -120,10 +120,13 @@ def config_from_args(cls: type, args: argparse.Namespace, **given: Any) -> Any:
 
 
 def add_precision_arg(parser, default: str = "fp32") -> None:
-    """--precision: the training forward pass in float32 or autocast to bfloat16."""
+    """--precision and --compile: how the training steps run (float32 or autocast to bfloat16; eager or compiled)."""
     parser.add_argument("--precision", choices=PRECISIONS, default=default,
                         help="bf16: autocast the forward pass to bfloat16 (faster on CPUs with AVX-512 BF16 and on "
                              "GPUs; weights, optimizer and the method's state stay float32)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the training steps (a BCNN on a 2-core CPU: 1.7-1.8x faster than bf16 "
+                             "alone, after 30-40 s of compilation; needs a C++ compiler; evaluation stays eager)")
 
 
 def add_distill_args(parser) -> None:

@@ -97,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                              schedule="cosine", seed=args.seed, image_size=args.image_size, augment=False,
                              model_options={"width": args.width, **({"fp_first": False} if args.binary_stem else {})},
                              channels_last=args.channels_last,
-                             precision=args.precision).validate()
+                             precision=args.precision, compile=args.compile).validate()
         trainer = train(config, args.out, **resources)
     last = trainer.history[-1] if trainer.history else {}
     if last:
@@ -110,6 +110,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     config = PruneConfig(method=args.method, epochs=args.epochs, retrain_epochs=args.retrain_epochs, lr=args.lr,
                          retrain_lr=args.retrain_lr, batch_size=args.batch_size, seed=args.seed,
                          update_every=args.update_every, channels_last=True, precision=args.precision,
+                         compile=args.compile,
                          retrain_schedule=BCNN_RETRAIN_SCHEDULE, distill=args.distill,
                          distill_temperature=args.distill_temperature).validate()
     results = prune_bcnn(args.init, args.compression, config, args.out, resources=resources_of(args),

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         init, prune_dir = ckpt.path, out
     else:
         train(TrainConfig(model=args.model, dataset=args.dataset, epochs=args.dense_epochs, seed=args.seed,
-                          precision=args.precision),
+                          precision=args.precision, compile=args.compile),
               out / "dense", data_dir=args.data_dir, download=args.download, device=args.device)
         init, prune_dir = out / "dense", out / "prune"
     return _report(run_pruning(init, plan, config, prune_dir, resources=resources_of(args)))

@@ -62,6 +62,7 @@ class PruneConfig:
     distill_temperature: float = 4.0
     channels_last: bool = False  # NHWC training (faster CPU convolutions, see TrainConfig)
     precision: str = "fp32"  # the forward pass of every phase: fp32 or bf16 autocast (see TrainConfig)
+    compile: bool = False  # torch.compile every phase's training steps (see TrainConfig)
     # rho, s0, M, r, rho_factor, rho_max, tol (SLR/ADMM); lam, eps (reweighted)
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -124,7 +125,7 @@ class PruneConfig:
         return TrainConfig(
             epochs=max(epochs, 1), batch_size=self.batch_size, optimizer=self.optimizer, lr=lr,
             weight_decay=self.weight_decay, schedule=schedule, seed=self.seed, channels_last=self.channels_last,
-            precision=self.precision,
+            precision=self.precision, compile=self.compile,
         ).validate()
 
 
@@ -185,7 +186,7 @@ def run_pruning(
                                "dense_accuracy": job.accuracy()}
     torch.manual_seed(config.seed)
     # built before the run directory, so a bad option leaves nothing behind (one-shot magnitude prunes here)
-    method = make_method(config, job.model, plan, job.closure(config.closure_samples, config.seed),
+    method = make_method(config, job.model, plan, job.closure(config.closure_samples, config.seed, config.compile),
                          batches_per_epoch=math.ceil(len(job.train_set.labels) / config.batch_size))
     if config.method == "magnitude":  # one-shot: pruned here, before any training
         results["pruned_at_start_accuracy"] = job.accuracy()

@@ -44,6 +44,7 @@ class QuantizeConfig:
     closure_samples: int = 2048
     rest: str = "float16"  # how the tensors that are not quantized are rounded and stored: float32, float16, int8
     precision: str = "fp32"  # the forward pass of the method epochs and the fine-tuning (see TrainConfig)
+    compile: bool = False  # torch.compile their training steps (see TrainConfig)
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> QuantizeConfig:
@@ -68,7 +69,8 @@ class QuantizeConfig:
         return PruneConfig(method=self.method if self.method != "none" else "slr", epochs=max(self.epochs, 1),
                            batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr, seed=self.seed,
                            update_every=self.update_every if self.update_every is not None else 0,
-                           rho_schedule="fixed", precision=self.precision, options={"penalize": "all", **self.options})
+                           rho_schedule="fixed", precision=self.precision, compile=self.compile,
+                           options={"penalize": "all", **self.options})
 
 
 def run_quantization(
@@ -105,7 +107,8 @@ def run_quantization(
     method = None
     if config.method != "none":  # built before the run directory: a bad option leaves nothing behind
         torch.manual_seed(config.seed)
-        method = make_method(method_config, job.model, plan, job.closure(config.closure_samples, config.seed))
+        closure = job.closure(config.closure_samples, config.seed, config.compile)
+        method = make_method(method_config, job.model, plan, closure)
     if job.dist.is_main:
         create_run_dir(run_dir)
         if not resume:

@@ -80,6 +80,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+#: torch.compile's compilations of one forward code it keeps before falling back to eager (torch's default: 8).
+#: A model takes two static batch shapes in training (the batch, the last one), one in a loss closure, each in
+#: both modes; one process that trains several models of a class (a benchmark's rows) needs more than 8.
+RECOMPILE_LIMIT = 64
+
+
+def compile_model(module: nn.Module) -> nn.Module:
+    """``module`` through torch.compile with static shapes (``--compile``): each batch shape compiles once."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    return torch.compile(module, dynamic=False)
+
+
 class Trainer:
     """Train ``model`` on in-memory datasets, one checkpoint per epoch in ``run_dir``.
 
@@ -136,6 +148,8 @@ class Trainer:
         self.start_epoch = 0
         for h in self.hooks:
             h.setup(self)
+        if config.compile:  # after the hooks, which may wrap the model (a hook that cannot be compiled refuses)
+            self.net = compile_model(self.net)
 
     # -- checkpointing -------------------------------------------------------------
     def save(self, epoch: int) -> Path:

@@ -44,6 +44,9 @@ class DPSGD(TrainingHook):
         if trainer.dist.enabled:
             raise ConfigError("DP-SGD runs in one process (per-sample gradients are not split across ranks here)")
         config = trainer.config
+        if config.compile:
+            raise ConfigError("DP-SGD cannot be compiled (opacus computes per-sample gradients in module hooks); "
+                              "drop --compile")
         self.epochs = config.epochs
         self.sample_rate = min(1.0, config.batch_size / len(trainer.train_set.labels))  # a batch above N: every example
         trainer.batches = PoissonBatches(trainer.train_set, self.sample_rate, seed=config.seed)
