@@ -27,7 +27,7 @@ with ``--continue`` finished rows are kept. Run it in the background across sess
 
     python benchmarks/bcnn_accuracy.py [--models nin resnet18 nin-binstem] [--datasets modulation fashion-mnist]
         [--seeds 0 1 2] [--epochs N] [--distill-row] [--long-row] [--long-control] [--from-long C ...]
-        [--converged-only] [--continue] [--render]
+        [--converged-only] [--compile] [--continue] [--render]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import json
 import shutil
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -77,21 +78,39 @@ RECAL_FRAMES = 4096  # training frames each row's BatchNorm statistics are re-es
 QUIET = Console(file=io.StringIO())
 
 
-def trained(model: str, dataset: str, fp: bool, seed: int, epochs: int, precision: str,
+@dataclass(frozen=True)
+class Steps:
+    """How the training steps of a row's trainings and pruning run: the forward precision, eager or compiled
+    (``--compile``: the same recipe, its training steps 1.7-1.8x and loss closure 2.2-2.5x faster on 2 cores,
+    bcnn_training_speed.py; the numbers differ in the last bits)."""
+
+    precision: str
+    compiled: bool = False
+
+    @property
+    def tag(self) -> str:
+        """The part of a run directory's name that keeps compiled and eager trainings apart."""
+        return self.precision + ("-compiled" if self.compiled else "")
+
+    def options(self) -> dict:
+        return {"precision": self.precision, "compile": self.compiled}
+
+
+def trained(model: str, dataset: str, fp: bool, seed: int, epochs: int, steps: Steps,
             width: float | None = None) -> Path:
     """The run directory of one training, trained (or resumed) to ``epochs`` (``width``: other than MODELS')."""
     name, default_width, options = MODELS[model]
     width = width or default_width
-    run = CACHE / f"{model}-w{width:g}-{dataset}-{'fp' if fp else 'bcnn'}-e{epochs}-{precision}-s{seed}"
+    run = CACHE / f"{model}-w{width:g}-{dataset}-{'fp' if fp else 'bcnn'}-e{epochs}-{steps.tag}-s{seed}"
     config = TrainConfig(model=f"{name}_fp" if fp else name, dataset=dataset, epochs=epochs, optimizer="adam",
                          lr=1e-3, weight_decay=0.0, schedule="cosine", seed=seed, image_size=IMAGE_SIZE[dataset],
                          augment=False, model_options={"width": width, **options}, channels_last=True,
-                         precision=precision)
+                         **steps.options())
     train_cached(config, run, console=QUIET)
     return run
 
 
-def pruned(bcnn_run: Path, seed: int, precision: str, distill: float = 0.0, retrain_epochs: int = RETRAIN_EPOCHS,
+def pruned(bcnn_run: Path, seed: int, steps: Steps, distill: float = 0.0, retrain_epochs: int = RETRAIN_EPOCHS,
            compression: float = COMPRESSION) -> tuple[Path, dict]:
     """The BCNN of ``bcnn_run`` pruned to ``compression`` x fewer live weights; a run killed half-way is started
     again.
@@ -104,7 +123,7 @@ def pruned(bcnn_run: Path, seed: int, precision: str, distill: float = 0.0, retr
     if not (pinned(run) / "results.json").exists():
         shutil.rmtree(run, ignore_errors=True)
         config = PruneConfig(method="slr", epochs=PRUNE_EPOCHS, retrain_epochs=retrain_epochs, seed=seed,
-                             channels_last=True, precision=precision, bn_recalibrate=BN_RECALIBRATE,
+                             channels_last=True, bn_recalibrate=BN_RECALIBRATE, **steps.options(),
                              retrain_schedule=BCNN_RETRAIN_SCHEDULE, distill=distill,
                              distill_temperature=DISTILL_TEMPERATURE)
         prune_bcnn(bcnn_run, compression, config, run, console=QUIET, reestimate_frames=0)  # reestimated(): every row
@@ -207,6 +226,7 @@ def summarize(data: dict) -> str:
              + ("bcnn-long-Cx: the converged bcnn-long model pruned to C x fewer live weights by the bcnn-20x recipe "
                 f"({PRUNE_EPOCHS} + {RETRAIN_EPOCHS} epochs), compared with bcnn-long: the usual protocol of pruning "
                 "a converged model. " if any(r["variant"].startswith("bcnn-long-") for r in data["runs"]) else "")
+             + _compiled_text(data["runs"])
              + "Widths reduced for a 2-core CPU (parameter "
              "counts in the table). *BN re-est.*: the same weights with BatchNorm statistics re-estimated "
              f"for inference on {RECAL_FRAMES:,} training frames, one BatchNorm at a time (no gradient step; "
@@ -256,6 +276,15 @@ def summarize(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _compiled_text(runs: list[dict]) -> str:
+    """Which rows trained and pruned through torch.compile (``--compile``), if any."""
+    compiled = sorted({(r["model"], r["seed"]) for r in runs if r.get("compiled")})
+    if not compiled:
+        return ""
+    return ("Trained and pruned through torch.compile (--compile: the same recipe, the numbers differ from eager in "
+            "the last bits): " + ", ".join(f"{m} seed {s}" for m, s in compiled) + "; the other rows eager. ")
+
+
 def _target_lines(label: str, rows: list[dict], base_rows: list[dict], tolerance: float) -> list[str]:
     """``rows`` against ``base_rows`` on the same seeds, as trained and both with BN re-estimated: within
     ``tolerance`` pt (mean of the per-seed differences)?"""
@@ -280,28 +309,30 @@ def backfill_reestimated(data: dict, dataset: str, train_set, test_set) -> None:
             write_result(NAME, data, summarize(data))
 
 
-def add_trained(data: dict, model: str, dataset: str, variant: str, seed: int, precision: str, test_set, train_set,
+def add_trained(data: dict, model: str, dataset: str, variant: str, seed: int, steps: Steps, test_set, train_set,
                 common: dict, width: float | None = None, reference_weights: int | None = None,
                 training_epochs: int | None = None) -> None:
     """Train (or resume, or restore) the fp, bcnn, bcnn-small or bcnn-long model of one seed and add its row
     (``training_epochs``: other than the dataset's recipe, recorded in the row)."""
     t0 = time.perf_counter()
-    run = trained(model, dataset, variant == "fp", seed, training_epochs or common["epochs"], precision, width=width)
+    run = trained(model, dataset, variant == "fp", seed, training_epochs or common["epochs"], steps, width=width)
     extra = {"training_epochs": training_epochs} if training_epochs else {}
+    extra["compiled"] = steps.compiled
     data["runs"].append(row(run, test_set, train_set, reference_weights=reference_weights, variant=variant,
                             seconds=time.perf_counter() - t0, **{**common, "width": width or common["width"]},
                             **extra))
     write_result(NAME, data, summarize(data))
 
 
-def add_pruned(data: dict, model: str, dataset: str, variant: str, seed: int, precision: str, distill: float,
+def add_pruned(data: dict, model: str, dataset: str, variant: str, seed: int, steps: Steps, distill: float,
                retrain_epochs: int, test_set, train_set, common: dict, compression: float = COMPRESSION,
                source_epochs: int | None = None) -> None:
     """Prune the seed's BCNN (trained ``source_epochs``, default the recipe's) to ``compression`` x fewer live
     weights (retraining distilled or not, ``retrain_epochs`` long) and add its row."""
-    source = trained(model, dataset, False, seed, source_epochs or common["epochs"], precision)
-    run, results = pruned(source, seed, precision, distill, retrain_epochs, compression)
+    source = trained(model, dataset, False, seed, source_epochs or common["epochs"], steps)
+    run, results = pruned(source, seed, steps, distill, retrain_epochs, compression)
     extra = {"target_compression": compression, "source_epochs": source_epochs} if source_epochs else {}
+    extra["compiled"] = steps.compiled
     data["runs"].append(row(run / "retrain", test_set, train_set, variant=variant, retrain_epochs=retrain_epochs,
                             hard_pruned_accuracy=results["hard_pruned_accuracy"],
                             bn_recalibrated_accuracy=results.get("bn_recalibrated_accuracy"),
@@ -334,6 +365,8 @@ def main() -> None:
                     + ", ".join(f"{d} {e}" for d, e in EPOCHS.items()) + ")")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
                     help="the trainings' forward pass (bf16 autocast: 1.4-2.9x faster steps on AVX-512 BF16 CPUs)")
+    ap.add_argument("--compile", action="store_true", help="the rows still to run train and prune through "
+                    "torch.compile (the same recipe, its steps 1.7-1.8x faster on 2 cores; recorded in each row)")
     ap.add_argument("--distill-row", action="store_true", help="also the bcnn-20x-kd row (off by default: it "
                     "costs ~25 min a seed and distillation did not help on the seed measured, see the table)")
     ap.add_argument("--long-row", action="store_true", help="also the bcnn-20x-long row: the same pruning, "
@@ -355,6 +388,7 @@ def main() -> None:
         data = {"benchmark": NAME, "precision": args.precision,
                 "environment": environment_info(), "runs": []}
     check_same_recipe(data, args, path)
+    steps = Steps(args.precision, args.compile)
     done = {(r["model"], r["dataset"], r["variant"], r["seed"]) for r in data["runs"]}
     for dataset in args.datasets:
         test_set = load_dataset(dataset, "test", image_size=IMAGE_SIZE[dataset])
@@ -367,7 +401,7 @@ def main() -> None:
                 short = not args.converged_only  # the rows of the recipe's training length
                 # the BCNN and its 20x pruning first: they are what the targets compare; the fp twin last
                 if short and (model, dataset, "bcnn", seed) not in done:
-                    add_trained(data, model, dataset, "bcnn", seed, args.precision, test_set, train_set, common)
+                    add_trained(data, model, dataset, "bcnn", seed, steps, test_set, train_set, common)
                 variants = []
                 if short:
                     variants = [("bcnn-20x", 0.0, RETRAIN_EPOCHS)]
@@ -376,24 +410,24 @@ def main() -> None:
                     variants += [("bcnn-20x-long", 0.0, epochs)] if args.long_row and epochs > RETRAIN_EPOCHS else []
                 for variant, distill, retrain_epochs in variants:
                     if (model, dataset, variant, seed) not in done:
-                        add_pruned(data, model, dataset, variant, seed, args.precision, distill, retrain_epochs,
+                        add_pruned(data, model, dataset, variant, seed, steps, distill, retrain_epochs,
                                    test_set, train_set, common)
                 long_epochs = 2 * epochs + PRUNE_EPOCHS
                 if (args.long_control or args.from_long or not short) and (model, dataset, "bcnn-long", seed) \
                         not in done:
-                    add_trained(data, model, dataset, "bcnn-long", seed, args.precision, test_set, train_set, common,
+                    add_trained(data, model, dataset, "bcnn-long", seed, steps, test_set, train_set, common,
                                 training_epochs=long_epochs)
                 for c in args.from_long:
                     if (model, dataset, f"bcnn-long-{c:g}x", seed) not in done:
-                        add_pruned(data, model, dataset, f"bcnn-long-{c:g}x", seed, args.precision, 0.0,
+                        add_pruned(data, model, dataset, f"bcnn-long-{c:g}x", seed, steps, 0.0,
                                    RETRAIN_EPOCHS, test_set, train_set, common, compression=c,
                                    source_epochs=long_epochs)
                 if short and (model, dataset, "bcnn-small", seed) not in done:
                     width, reference = small_width(model, test_set)
-                    add_trained(data, model, dataset, "bcnn-small", seed, args.precision, test_set, train_set, common,
+                    add_trained(data, model, dataset, "bcnn-small", seed, steps, test_set, train_set, common,
                                 width=width, reference_weights=reference)
                 if short and not MODELS[model][2] and (model, dataset, "fp", seed) not in done:
-                    add_trained(data, model, dataset, "fp", seed, args.precision, test_set, train_set, common)
+                    add_trained(data, model, dataset, "fp", seed, steps, test_set, train_set, common)
                 print(json.dumps(data["runs"][-1]), flush=True)
 
 
