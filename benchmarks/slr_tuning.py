@@ -2,9 +2,10 @@
 
 One seed, the same dense checkpoint and plan as `retrain_free.py` (global
 unstructured, first and last layer dense), 6 pruning epochs, no retraining: the
-hard-pruned accuracy of each setting of rho, its growth, s0, and how often the
-method's rounds run. This is the record behind the settings `retrain_free.py`
-compares; it is a search, so read it as one seed.
+hard-pruned accuracy of prunus' defaults and of the papers' setting (rho fixed) with
+one of rho, its growth, s0, M or how often the method's rounds run changed. This is
+the record behind the settings `retrain_free.py` compares; it is a search, so read it
+as one seed.
 
     python benchmarks/slr_tuning.py [--rates 20 50] [--continue] [--render]
 
@@ -30,17 +31,29 @@ from prunus.jobs.prune import PruneConfig, run_pruning
 from prunus.models.loading import load_model
 from prunus.plan.recipe import Plan, ratio_for_compression
 
-SETTINGS = [  # (label, method, update_every, options)
-    ("slr, defaults (rho 0.1, s0 0.01, M 300, r 0.1), round per epoch", "slr", None, {}),
-    ("slr, rho 1.0", "slr", None, {"rho": 1.0}),
-    ("slr, rho 0.1 growing x1.3 per round up to 1.0", "slr", None, {"rho_factor": 1.3, "rho_max": 1.0}),
-    ("slr, s0 0.1", "slr", None, {"s0": 0.1}),
-    ("slr, M 50", "slr", None, {"M": 50.0}),
-    ("slr, round every 100 batches", "slr", 100, {}),
-    ("slr, rho 0.03, round every 50 batches", "slr", 50, {"rho": 0.03}),
-    ("admm, defaults (rho 0.1), round per epoch", "admm", None, {}),
-    ("admm, rho 1.0", "admm", None, {"rho": 1.0}),
-    ("admm, round every 100 batches", "admm", 100, {}),
+
+
+def paper(update_every: int, **options) -> dict:
+    """PruneConfig fields of the papers' setting (rho fixed at 0.1, the penalty on every entry) with ``options``
+    changed; ``update_every`` 0: a round per epoch."""
+    return {"rho_schedule": "fixed", "update_every": update_every, "options": {"penalize": "all", **options}}
+
+
+SETTINGS = [  # (label, method, PruneConfig fields)
+    ("slr, prunus' defaults (rho grown by the budget, the penalty on the removed entries, a round every 100 batches)",
+     "slr", {}),
+    ("admm, prunus' defaults (the same)", "admm", {}),
+    ("slr, the paper's setting (rho 0.1 fixed, s0 0.01, M 300, r 0.1, the penalty on every entry), a round per "
+     "epoch", "slr", paper(0)),
+    ("slr, paper + rho 1.0", "slr", paper(0, rho=1.0)),
+    ("slr, paper + rho growing x1.3 per round up to 1.0", "slr", paper(0, rho_factor=1.3, rho_max=1.0)),
+    ("slr, paper + s0 0.1", "slr", paper(0, s0=0.1)),
+    ("slr, paper + M 50", "slr", paper(0, M=50.0)),
+    ("slr, paper + a round every 100 batches", "slr", paper(100)),
+    ("slr, paper + rho 0.03, a round every 50 batches", "slr", paper(50, rho=0.03)),
+    ("admm, the paper's setting (rho 0.1 fixed, the penalty on every entry), a round per epoch", "admm", paper(0)),
+    ("admm, paper + rho 1.0", "admm", paper(0, rho=1.0)),
+    ("admm, paper + a round every 100 batches", "admm", paper(100)),
 ]
 NAME = "slr_tuning"
 
@@ -81,16 +94,17 @@ def main() -> None:
         raise SystemExit(f"--continue: {NAME}.json holds rows of --epochs {data['epochs']} --seed {data['seed']}; "
                          "run with those, or without --continue")
     rates = [f"{rate:g}" for rate in args.rates]
-    done = {r["setting"] for r in data["rows"] if set(rates) <= set(r["hard_pruned"])}
-    data["rows"] = [r for r in data["rows"] if r["setting"] in done]  # a setting missing a rate runs again
-    for label, method, update_every, options in SETTINGS:
+    # kept: the settings still in SETTINGS with every rate asked for (one missing a rate runs again)
+    labels = {label for label, *_ in SETTINGS}
+    data["rows"] = [r for r in data["rows"] if r["setting"] in labels and set(rates) <= set(r["hard_pruned"])]
+    done = {r["setting"] for r in data["rows"]}
+    for label, method, fields in SETTINGS:
         if label in done:
             continue
-        row = {"setting": label, "method": method, "update_every": update_every, "options": options, "hard_pruned": {}}
+        row = {"setting": label, "method": method, "config": fields, "hard_pruned": {}}
         for rate in args.rates:
             plan = Plan.uniform(model, ratio_for_compression(rate), global_unstructured=True)
-            config = PruneConfig(method=method, epochs=args.epochs, retrain_epochs=0, seed=args.seed,
-                                 update_every=update_every, options=options)
+            config = PruneConfig(method=method, epochs=args.epochs, retrain_epochs=0, seed=args.seed, **fields)
             with tempfile.TemporaryDirectory() as tmp:
                 res = run_pruning(init, plan, config, Path(tmp) / "run", console=Console(file=io.StringIO()))
             row["hard_pruned"][f"{rate:g}"] = res["hard_pruned_accuracy"]

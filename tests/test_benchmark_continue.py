@@ -95,7 +95,7 @@ def test_slr_tuning_continue_runs_only_the_missing_settings(monkeypatch, tmp_pat
     calls = _fake_runs(monkeypatch, script, result)
     _main(monkeypatch, script, "--rates", "20", "50", "--continue")
     assert len(calls) == 2 * (len(settings) - 2)
-    assert calls[0] == (script.SETTINGS[2][1], 0, script.SETTINGS[2][3])
+    assert calls[0] == (script.SETTINGS[2][1], 0, script.SETTINGS[2][2]["options"])
     rows = json.loads(path.read_text())["rows"]
     assert [r["setting"] for r in rows] == settings and all(set(r["hard_pruned"]) == {"20", "50"} for r in rows)
 
@@ -110,3 +110,14 @@ def test_continue_refuses_rows_of_other_settings(monkeypatch, tmp_path, capsys):
     _main(monkeypatch, script, "--rates", "20")
     with pytest.raises(SystemExit, match="--epochs 6 --seed 0"):
         _main(monkeypatch, script, "--rates", "20", "--seed", "1", "--continue")
+
+
+def test_every_slr_tuning_setting_is_a_valid_prune_config(monkeypatch, tmp_path):
+    """A setting the current PruneConfig refuses would stop the table half-way (rho_factor once met the budget
+    schedule, the default since)."""
+    from prunus.jobs.prune import PruneConfig
+
+    script = _script(monkeypatch, tmp_path, "slr_tuning")
+    for label, method, fields in script.SETTINGS:
+        PruneConfig(method=method, epochs=6, retrain_epochs=0, **fields).validate()
+    assert len({label for label, *_ in script.SETTINGS}) == len(script.SETTINGS)
