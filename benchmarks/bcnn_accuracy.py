@@ -22,7 +22,8 @@ carries its parameter count. Each pruned model runs on the engine over the whole
 ``engine_equal`` says its logits equal PyTorch's on every image (``torch.equal`` per row).
 The unpruned BCNN is checked the same way; the fp model has no engine.
 
-Trainings live in ``.cache/bcnn/<model>-<dataset>-<variant>-s<seed>`` and resume where they stopped;
+Trainings live in ``.cache/bcnn/<model>-w<width>-<dataset>-<fp|bcnn>-e<epochs>-<precision>[-compiled]-s<seed>``
+(prunings beside them, their names extended) and resume where they stopped;
 with ``--continue`` finished rows are kept. Run it in the background across sessions:
 
     python benchmarks/bcnn_accuracy.py [--models nin resnet18 nin-binstem] [--datasets modulation fashion-mnist]
@@ -278,11 +279,12 @@ def summarize(data: dict) -> str:
 
 def _compiled_text(runs: list[dict]) -> str:
     """Which rows trained and pruned through torch.compile (``--compile``), if any."""
-    compiled = sorted({(r["model"], r["seed"]) for r in runs if r.get("compiled")})
+    compiled = sorted({(r["model"], r["dataset"], r["seed"]) for r in runs if r.get("compiled")})
     if not compiled:
         return ""
     return ("Trained and pruned through torch.compile (--compile: the same recipe, the numbers differ from eager in "
-            "the last bits): " + ", ".join(f"{m} seed {s}" for m, s in compiled) + "; the other rows eager. ")
+            "the last bits): " + ", ".join(f"{m} on {d} seed {s}" for m, d, s in compiled) + "; the other rows "
+            "eager. ")
 
 
 def _target_lines(label: str, rows: list[dict], base_rows: list[dict], tolerance: float) -> list[str]:
@@ -365,8 +367,9 @@ def main() -> None:
                     + ", ".join(f"{d} {e}" for d, e in EPOCHS.items()) + ")")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
                     help="the trainings' forward pass (bf16 autocast: 1.4-2.9x faster steps on AVX-512 BF16 CPUs)")
-    ap.add_argument("--compile", action="store_true", help="the rows still to run train and prune through "
-                    "torch.compile (the same recipe, its steps 1.7-1.8x faster on 2 cores; recorded in each row)")
+    ap.add_argument("--compile", action="store_true", help="seeds with no row yet train and prune through "
+                    "torch.compile (the same recipe, its steps 1.7-1.8x faster on 2 cores; recorded in each row; a "
+                    "seed with rows keeps the mode it started in)")
     ap.add_argument("--distill-row", action="store_true", help="also the bcnn-20x-kd row (off by default: it "
                     "costs ~25 min a seed and distillation did not help on the seed measured, see the table)")
     ap.add_argument("--long-row", action="store_true", help="also the bcnn-20x-long row: the same pruning, "
@@ -388,7 +391,7 @@ def main() -> None:
         data = {"benchmark": NAME, "precision": args.precision,
                 "environment": environment_info(), "runs": []}
     check_same_recipe(data, args, path)
-    steps = Steps(args.precision, args.compile)
+    started = {(r["model"], r["dataset"], r["seed"]): bool(r.get("compiled")) for r in data["runs"]}
     done = {(r["model"], r["dataset"], r["variant"], r["seed"]) for r in data["runs"]}
     for dataset in args.datasets:
         test_set = load_dataset(dataset, "test", image_size=IMAGE_SIZE[dataset])
@@ -397,6 +400,8 @@ def main() -> None:
         for seed in args.seeds:
             for model in args.models:
                 epochs = args.epochs or EPOCHS[dataset]
+                # a seed's rows are pruned from its own trainings: it keeps the mode its first rows ran in
+                steps = Steps(args.precision, started.get((model, dataset, seed), args.compile))
                 common = {"model": model, "dataset": dataset, "seed": seed, "width": MODELS[model][1], "epochs": epochs}
                 short = not args.converged_only  # the rows of the recipe's training length
                 # the BCNN and its 20x pruning first: they are what the targets compare; the fp twin last

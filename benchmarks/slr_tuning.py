@@ -94,9 +94,10 @@ def main() -> None:
         raise SystemExit(f"--continue: {NAME}.json holds rows of --epochs {data['epochs']} --seed {data['seed']}; "
                          "run with those, or without --continue")
     rates = [f"{rate:g}" for rate in args.rates]
-    # kept: the settings still in SETTINGS with every rate asked for (one missing a rate runs again)
-    labels = {label for label, *_ in SETTINGS}
-    data["rows"] = [r for r in data["rows"] if r["setting"] in labels and set(rates) <= set(r["hard_pruned"])]
+    # kept: the settings still in SETTINGS, run as they are now, at exactly the rates asked for (others run again)
+    fields = {label: config for label, _, config in SETTINGS}
+    data["rows"] = [r for r in data["rows"] if fields.get(r["setting"]) == r.get("config")
+                    and list(r["hard_pruned"]) == rates]
     done = {r["setting"] for r in data["rows"]}
     for label, method, fields in SETTINGS:
         if label in done:

@@ -86,6 +86,11 @@ CASES = [
     (["audit", "{ck}", "--attack", "banana"], ["'banana' is not an attack"]),
     (["surgery", "{root}/ck_nometa"], ["meta.json is missing"]),
     (["surgery", "{ck}", "--repeats", "0"], ["--repeats", "at least 1"]),
+    # --resume takes the run's own settings
+    (["train", "--resume", "{ck}", "--compile"], ["--resume takes its settings from the run", "--compile"]),
+    (["prune", "--resume", "{ck}", "--compile"], ["--resume takes its settings from the run", "--compile"]),
+    (["quantize", "--resume", "{ck}", "--compile"], ["--resume takes its settings from the run", "--compile"]),
+    (["bcnn", "train", "--resume", "{ck}", "--compile"], ["--resume takes its settings from the run", "--compile"]),
     # an --out that cannot be created
     (["train", "--model", "lenet5", "--dataset", "digits", "--out", "{root}/afile/run"],
      ["afile/run cannot be created"]),

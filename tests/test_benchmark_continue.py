@@ -121,3 +121,23 @@ def test_every_slr_tuning_setting_is_a_valid_prune_config(monkeypatch, tmp_path)
     for label, method, fields in script.SETTINGS:
         PruneConfig(method=method, epochs=6, retrain_epochs=0, **fields).validate()
     assert len({label for label, *_ in script.SETTINGS}) == len(script.SETTINGS)
+
+
+def test_structured_filter_continue_refuses_rows_of_other_epochs(monkeypatch, tmp_path):
+    script = _script(monkeypatch, tmp_path, "structured_filter")
+    monkeypatch.setattr(script, "ratio_for_mac_reduction", lambda model, factor: (0.5, 1000, 500))
+    _fake_runs(monkeypatch, script, {"hard_pruned_accuracy": 88.0, "retrain_accuracy": [89.0],
+                                     "report": {"macs_dense": 1000, "macs_structural": 500}})
+    _main(monkeypatch, script, "--seeds", "0", "--factors", "2")
+    with pytest.raises(SystemExit, match="--prune-epochs 6 --retrain-epochs 3"):
+        _main(monkeypatch, script, "--seeds", "1", "--factors", "2", "--retrain-epochs", "5", "--continue")
+
+
+def test_bcnn_accuracy_names_the_compiled_rows_by_dataset(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    script = importlib.import_module("bcnn_accuracy")
+    runs = [{"model": "nin", "dataset": "modulation", "seed": 0},
+            {"model": "nin", "dataset": "fashion-mnist", "seed": 0, "compiled": True}]
+    text = script._compiled_text(runs)
+    assert "nin on fashion-mnist seed 0" in text and "modulation" not in text
+    assert script._compiled_text(runs[:1]) == ""

@@ -150,3 +150,18 @@ def test_cli_reference_bank(capsys, runs, tmp_path):
     code, _, err = run_cli(capsys, "audit", str(runs["pruned"]), *args[:-1], str(busy), "--out", str(tmp_path / "c"))
     assert_user_error(code, err, "neither a reference bank nor empty", "notes.txt")
     assert not (tmp_path / "c").exists()
+
+
+def test_a_bank_key_leaves_out_newer_recipe_fields_at_their_default():
+    """Banks built before TrainConfig.compile existed trained eagerly: an eager audit's key must still match them;
+    a compiled recipe is another bank."""
+    from types import SimpleNamespace
+
+    from prunus.privacy.references import bank_key
+    from prunus.train.config import TrainConfig
+
+    ckpt = SimpleNamespace(meta={"dataset": {"name": "digits"}, "model": {"name": "lenet5"}})
+    split, config = SimpleNamespace(summary=lambda: {"members": 10}), SimpleNamespace(seed=0)
+    eager = bank_key(ckpt, split, TrainConfig(), config)
+    assert "compile" not in eager["recipe"] and "precision" in eager["recipe"]
+    assert bank_key(ckpt, split, TrainConfig(compile=True), config)["recipe"]["compile"] is True

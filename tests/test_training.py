@@ -293,3 +293,22 @@ def test_train_cli_compile_flag_is_recorded(capsys, tmp_path):
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["compile"] is True
     assert (tmp_path / "run" / "checkpoints" / "epoch-0001" / "model.safetensors").exists()
+
+
+def test_prune_compiles_the_closure_and_every_phase(dense_digits, monkeypatch, tmp_path):
+    """run_pruning with compile=True: the method's closure and both phases' training steps go through compile_model
+    (recorded here instead of compiled); without it, nothing does."""
+    import prunus.jobs.common as job_common
+    import prunus.train.trainer as trainer_module
+    from prunus.jobs.prune import PruneConfig, run_pruning
+    from prunus.plan.recipe import Plan
+
+    seen = []
+    monkeypatch.setattr(job_common, "compile_model", lambda m: seen.append("closure") or m)
+    monkeypatch.setattr(trainer_module, "compile_model", lambda m: seen.append("steps") or m)
+    plan = Plan.from_dict({"prune": {"conv2.weight": {"structure": "filter", "ratio": 0.5}}})
+    for compiled in (False, True):
+        seen.clear()
+        config = PruneConfig(method="slr", epochs=1, retrain_epochs=1, compile=compiled)
+        run_pruning(dense_digits, plan, config, tmp_path / str(compiled), console=Console(file=io.StringIO()))
+        assert seen == (["closure", "steps", "steps"] if compiled else [])

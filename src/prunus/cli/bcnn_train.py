@@ -84,8 +84,8 @@ def model_name(model: str, fp: bool) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     resources = {"data_dir": args.data_dir, "download": args.download, "device": args.device}
     if args.resume:
-        if args.out:
-            raise ConfigError("--resume takes its settings from the run; drop --out")
+        if given := [flag for flag, value in (("--out", args.out), ("--compile", args.compile)) if value]:
+            raise ConfigError(f"--resume takes its settings from the run; drop {', '.join(given)}")
         trainer = train(TrainConfig(), args.resume, resume=True, **resources)
     else:
         if not args.out:

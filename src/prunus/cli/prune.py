@@ -75,7 +75,7 @@ def add_parsers(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_run_flags(args, "prune", needed=("--out",),
-                    settings=("--out", "--init", "--recipe", "--ratio", "--compression"))
+                    settings=("--out", "--init", "--recipe", "--ratio", "--compression", "--compile"))
     if args.resume:
         return _report(run_pruning(None, None, None, args.resume, resume=True, resources=resources_of(args)))
     out = Path(args.out)

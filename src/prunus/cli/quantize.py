@@ -47,7 +47,7 @@ def add_parsers(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_run_flags(args, "quantize", needed=("--init", "--out", "--bits or --scheme"),
-                    settings=("--init", "--bits", "--scheme", "--out"))
+                    settings=("--init", "--bits", "--scheme", "--out", "--compile"))
     if args.resume:
         results = run_quantization(None, None, args.resume, resume=True, resources=resources_of(args))
     else:

@@ -26,7 +26,8 @@ def add_parsers(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_run_flags(args, "train", needed=("--dataset", "--model", "--out"), settings=("--out", "--model", "--dataset"))
+    check_run_flags(args, "train", needed=("--dataset", "--model", "--out"),
+                    settings=("--out", "--model", "--dataset", "--compile"))
     if args.resume:
         trainer = train(TrainConfig(), args.resume, resume=True, data_dir=args.data_dir, download=args.download,
                         device=args.device)

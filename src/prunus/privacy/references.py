@@ -62,6 +62,11 @@ def train_models(name: str, index_sets: list[np.ndarray], train_set, test_set, m
     return np.stack(logits)
 
 
+#: TrainConfig fields added after banks were first built: left out of a bank's key at their default value, so a
+#: bank built before them (which trained that way) still matches
+NEWER_RECIPE_FIELDS = {"compile": False}
+
+
 def bank_key(ckpt, split: MembershipSplit, tcfg, config: AuditConfig, defense: DefenseConfig | None = None
              ) -> dict[str, Any]:
     """What a target's shadow and reference models depend on: a :class:`ReferenceBank` built for the same key
@@ -74,6 +79,9 @@ def bank_key(ckpt, split: MembershipSplit, tcfg, config: AuditConfig, defense: D
     recipe = dataclasses.asdict(tcfg)
     for k in ("seed", "keep_checkpoints", "eval_batch_size"):
         recipe.pop(k, None)
+    for k, default in NEWER_RECIPE_FIELDS.items():  # at their default, as the banks built before them hold it
+        if recipe.get(k) == default:
+            recipe.pop(k)
     dataset = ckpt.meta.get("dataset") or {}
     key = {"format": BANK_FORMAT, "dataset": {"name": dataset.get("name"), "image_size": dataset.get("image_size")},
            "split": split.summary(), "model": target_model_record(ckpt), "recipe": recipe, "seed": config.seed}
