@@ -82,7 +82,9 @@ def summarize(data: dict) -> str:
         "",
         f"Dense {data['dense_accuracy']:.2f}%. {dense_sentence(data, FROM_METADATA)} "
         "Filters of conv1, conv2 and neurons of fc1, fc2 pruned at one ratio, chosen so the "
-        f"model with zero filters removed needs 2x / 4x fewer MACs. {data['prune_epochs']} pruning epochs, then "
+        "model with zero filters removed needs 2x / 4x fewer MACs. SLR and ADMM at prunus' defaults (a round every "
+        "100 batches, rho grown by the budget, the penalty on the removed filters); magnitude: filters ranked by L2 "
+        f"norm, pruned at the start, then trained with the mask. {data['prune_epochs']} pruning epochs, then "
         f"{data['retrain_epochs']} masked retraining epochs (Adam, lr 1e-3). "
         f"Seeds {', '.join(map(str, sorted({r['seed'] for r in runs})))}. "
         f"Machine: {env['cpu']}, {env['cpu_count']} cores.",
