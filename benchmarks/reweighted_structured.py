@@ -91,7 +91,9 @@ def summarize(data: dict) -> str:
         f"**{dense:.2f}%**, {data['dense_macs']:,} MACs per image. {dense_sentence(data)} "
         "One uniform ratio for every Conv2d/Linear but the "
         "first and last, found by bisection so that the MACs fall 2x or 4x: filter = MACs with empty channels removed "
-        "(the BN channel is pruned with its filter); column = MACs of the nonzero GEMM columns. Every method: "
+        "(the BN channel is pruned with its filter); column = MACs of the nonzero GEMM columns. Every method at "
+        "prunus' defaults (a round every 100 batches, its penalty (rho; reweighted's lambda) grown by the budget, "
+        "SLR's and ADMM's on the removed entries): "
         f"{data['prune_epochs']} pruning epochs (Adam, lr 1e-3, cosine), hard-prune, {data['retrain_epochs']} masked "
         f"retraining epochs. Seed {', '.join(map(str, data['seeds']))}. Machine: {data['environment']['cpu']}, "
         f"{data['environment']['cpu_count']} cores, torch {data['environment']['torch']}.",
