@@ -96,7 +96,7 @@ def main() -> None:
     rates = [f"{rate:g}" for rate in args.rates]
     # kept: the settings still in SETTINGS, run as they are now, at exactly the rates asked for (others run again)
     fields = {label: config for label, _, config in SETTINGS}
-    data["rows"] = [r for r in data["rows"] if fields.get(r["setting"]) == r.get("config")
+    data["rows"] = [r for r in data["rows"] if r["setting"] in fields and fields[r["setting"]] == r.get("config")
                     and list(r["hard_pruned"]) == rates]
     done = {r["setting"] for r in data["rows"]}
     for label, method, fields in SETTINGS:
@@ -113,6 +113,7 @@ def main() -> None:
         data["rows"].append(row)
         print(json.dumps(row), flush=True)
         write_result(NAME, data, summarize(data))
+    write_result(NAME, data, summarize(data))  # also when nothing ran: rows of settings no longer listed go
     print(summarize(data))
 
 

@@ -99,6 +99,14 @@ def test_slr_tuning_continue_runs_only_the_missing_settings(monkeypatch, tmp_pat
     rows = json.loads(path.read_text())["rows"]
     assert [r["setting"] for r in rows] == settings and all(set(r["hard_pruned"]) == {"20", "50"} for r in rows)
 
+    stale = json.loads(path.read_text())
+    stale["rows"].insert(0, {"setting": "a setting no longer listed", "hard_pruned": {"20": 1.0, "50": 1.0},
+                             "final_residual": {"20": 0.0, "50": 0.0}})
+    path.write_text(json.dumps(stale))
+    calls = _fake_runs(monkeypatch, script, result)
+    _main(monkeypatch, script, "--rates", "20", "50", "--continue")  # nothing to run; the stale row goes
+    assert calls == [] and [r["setting"] for r in json.loads(path.read_text())["rows"]] == settings
+
     calls = _fake_runs(monkeypatch, script, result)  # a rate the kept rows lack: every setting runs again
     _main(monkeypatch, script, "--rates", "20", "100", "--continue")
     assert len(calls) == 2 * len(settings)
