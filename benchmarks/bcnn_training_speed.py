@@ -6,7 +6,8 @@ and full precision. Variants, each against ``nchw`` (float32, NCHW) in the same 
 
   channels_last   NHWC tensors (oneDNN's faster CPU convolutions)
   bf16            channels-last + ``torch.autocast("cpu", torch.bfloat16)`` (AVX-512 BF16 where the CPU has it)
-  compile         channels-last + ``torch.compile(model)`` (first steps excluded: they compile)
+  compile         channels-last + torch.compile as ``--compile`` runs it (``prunus.train.trainer.compile_model``;
+                  first steps excluded: they compile)
   bf16+compile    both (``--precision bf16 --compile``)
 
 And the loss closure SLR evaluates twice a round (2,048 training frames in chunks of 256, eval mode,
@@ -35,6 +36,7 @@ from prunus.data import load_dataset
 from prunus.environment import environment_info
 from prunus.jobs.common import fixed_batch
 from prunus.methods.base import batch_closure
+from prunus.train.trainer import compile_model
 from prunus.models import build_model
 
 NAME = "bcnn_training_speed"
@@ -52,7 +54,7 @@ def make_step(name: str, width: float, variant: str, x: torch.Tensor, y: torch.T
     if variant != "nchw":
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    net = torch.compile(model) if "compile" in variant else model
+    net = compile_model(model) if "compile" in variant else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step() -> float:
@@ -93,7 +95,7 @@ def measure_closure(name: str, width: float, train) -> dict:
     torch.manual_seed(0)
     model = build_model(name, in_channels=2, num_classes=11, width=width).to(memory_format=torch.channels_last)
     out = {}
-    for form, net in (("eager", model), ("compiled", torch.compile(model, dynamic=False))):
+    for form, net in (("eager", model), ("compiled", compile_model(model))):
         closure = batch_closure(net, x, y, F.cross_entropy)
         t0 = time.perf_counter()
         closure()

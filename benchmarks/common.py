@@ -15,6 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from prunus.environment import environment_info
 from prunus.io import latest_checkpoint
 from prunus.train.run import train
 
@@ -134,13 +135,20 @@ def continued_or_new(args, name: str, dense_checkpoint: Path, model, test_set, r
                      **fields) -> dict:
     """``name``'s JSON with --continue (:func:`resumed`), else a new one: the dense model's fields, measured now on
     ``test_set()`` (:func:`dense_fields`), ``fields``, the environment, and an empty list of ``rows``."""
-    from prunus.environment import environment_info
-
     data = resumed(args, name, dense_checkpoint)
     if data is None:
         data = {"benchmark": name, **dense_fields(dense_checkpoint, model, test_set()), **fields,
                 "environment": environment_info(), rows: []}
     return data
+
+
+def check_same_settings(data: dict, name: str, **wanted) -> None:
+    """Refuse to --continue ``name``'s rows made with other settings than ``wanted`` (field -> value, each field
+    a flag of the same name): one line naming the flags the rows were made with."""
+    recorded = {k: data[k] for k in wanted}
+    if recorded != wanted:
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in recorded.items())
+        raise SystemExit(f"--continue: {name}.json holds rows of {flags}; run with those, or without --continue")
 
 
 def dense_fields(checkpoint: Path, model, test_set) -> dict:

@@ -22,7 +22,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import FROM_METADATA, add_results_flags, continued_or_new, dense_sentence, render_only, write_result
+from common import (FROM_METADATA, add_results_flags, check_same_settings, continued_or_new, dense_sentence,
+                    render_only, write_result)
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
@@ -90,13 +91,11 @@ def main() -> None:
     model, _ = load_model(init)
     data = continued_or_new(args, NAME, init, model, lambda: load_dataset("fashion-mnist", "test"), rows="rows",
                             epochs=args.epochs, seed=args.seed)
-    if (data["epochs"], data["seed"]) != (args.epochs, args.seed):
-        raise SystemExit(f"--continue: {NAME}.json holds rows of --epochs {data['epochs']} --seed {data['seed']}; "
-                         "run with those, or without --continue")
+    check_same_settings(data, NAME, epochs=args.epochs, seed=args.seed)
     rates = [f"{rate:g}" for rate in args.rates]
     # kept: the settings still in SETTINGS, run as they are now, at exactly the rates asked for (others run again)
-    fields = {label: config for label, _, config in SETTINGS}
-    data["rows"] = [r for r in data["rows"] if r["setting"] in fields and fields[r["setting"]] == r.get("config")
+    configs = {label: config for label, _, config in SETTINGS}
+    data["rows"] = [r for r in data["rows"] if r["setting"] in configs and configs[r["setting"]] == r.get("config")
                     and list(r["hard_pruned"]) == rates]
     done = {r["setting"] for r in data["rows"]}
     for label, method, fields in SETTINGS:

@@ -33,6 +33,7 @@ import torch
 from common import (
     FROM_METADATA,
     add_results_flags,
+    check_same_settings,
     continued_or_new,
     dense_sentence,
     mean_std,
@@ -124,9 +125,7 @@ def main() -> None:
     model, _ = load_model(init)
     data = continued_or_new(args, NAME, init, model, lambda: load_dataset("fashion-mnist", "test"), layers=LAYERS,
                             seeds=args.seeds, prune_epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs)
-    if (data["prune_epochs"], data["retrain_epochs"]) != (args.prune_epochs, args.retrain_epochs):
-        raise SystemExit(f"--continue: {NAME}.json holds rows of --prune-epochs {data['prune_epochs']} "
-                         f"--retrain-epochs {data['retrain_epochs']}; run with those, or without --continue")
+    check_same_settings(data, NAME, prune_epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs)
     done = {(r["factor"], r["variant"], r["seed"]) for r in data["runs"]}
     for factor in args.factors:
         ratio, _, macs = ratio_for_mac_reduction(model, factor)

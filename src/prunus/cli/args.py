@@ -126,7 +126,7 @@ def add_precision_arg(parser, default: str = "fp32") -> None:
                              "GPUs; weights, optimizer and the method's state stay float32)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the training steps (a BCNN on a 2-core CPU: 1.7-1.8x faster than bf16 "
-                             "alone, after 30-40 s of compilation; needs a C++ compiler; evaluation stays eager)")
+                             "alone, after a one-off compilation; needs a C++ compiler; evaluation stays eager)")
 
 
 def add_distill_args(parser) -> None:

@@ -45,7 +45,7 @@ class TrainConfig:
     precision: str = "fp32"  # see PRECISIONS
     #: torch.compile the training forward and backward (and a pruning method's loss closure; the per-epoch
     #: evaluation stays eager): a BCNN step on 2 CPU cores 1.7-1.8x faster than bf16 alone, its closure 2.2-2.5x
-    #: (benchmarks/bcnn_training_speed.py; full-precision models gain nothing), after a compilation of 30-40 s;
+    #: (benchmarks/bcnn_training_speed.py; full-precision models gain nothing), after a one-off compilation;
     #: the numbers differ from eager in the last bits (fused kernels round differently)
     compile: bool = False
 
