@@ -149,3 +149,21 @@ def test_bcnn_accuracy_names_the_compiled_rows_by_dataset(monkeypatch):
     text = script._compiled_text(runs)
     assert "nin on fashion-mnist seed 0" in text and "modulation" not in text
     assert script._compiled_text(runs[:1]) == ""
+
+
+def test_structured_retrain_free_trains_vgg16_rows_in_bf16_and_resnet20_rows_in_fp32(monkeypatch, tmp_path):
+    """Every training of a model's rows, its dense model's included, runs in that model's PRECISION (a VGG-16 row
+    in float32 would not be comparable with its bf16 dense model), and the dense files of the two precisions
+    never share a cache directory."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("structured_retrain_free", None)
+    script = importlib.import_module("structured_retrain_free")
+    dense_configs, prune_configs = {}, []
+    monkeypatch.setattr(script, "train_cached", lambda config, path: dense_configs.setdefault(path.name, config))
+    monkeypatch.setattr(script, "prune_run", lambda init, plan, config, inspect: prune_configs.append(config) or {})
+    for name in ("resnet20", "vgg16"):
+        script.dense_checkpoint(name)
+        script.prunus_row(tmp_path / "dense", None, "slr", 0, script.PRECISION[name])
+    assert {k: c.precision for k, c in dense_configs.items()} == {"dense-resnet20-e10-32": "fp32",
+                                                                   "dense-vgg16-w0.5-bf16-e10-32": "bf16"}
+    assert [c.precision for c in prune_configs] == ["fp32", "bf16"]
