@@ -51,12 +51,15 @@ from prunus.models.loading import load_model
 NAME = "bcnn_throughput"
 # the same table for trained checkpoints (--checkpoint), beside the random-weight one
 TRAINED = "bcnn_throughput_trained"
-MODELS = {"nin": "cnin", "resnet18": "cresnet18", "nin-binstem": "cnin"}
+MODELS = {"nin": "cnin", "resnet18": "cresnet18", "nin-binstem": "cnin", "nin-full": "cnin"}
 #: model options per key: NIN with a binary first layer too (issue 19: the full-precision stem is half the time)
 OPTIONS = {"nin-binstem": {"fp_first": False}}
 LABELS = {"nin-binstem": "cnin, binary first layer"}
-TARGETS = {"nin": 5882.0, "resnet18": 4938.0, "nin-binstem": 5882.0}  # frames/s of the FPGA design (Alveo U280)
-STRETCH = {"nin": 20000.0, "nin-binstem": 20000.0}
+#: the random-weight models are at the registry's (full) width, so ``nin-full`` only names a second trained NIN
+#: checkpoint (``--checkpoint nin-full=PATH`` beside a narrower ``nin=PATH``); a checkpoint's label gives its width
+RANDOM_MODELS = ("nin", "resnet18", "nin-binstem")
+TARGETS = {"nin": 5882.0, "resnet18": 4938.0, "nin-binstem": 5882.0, "nin-full": 5882.0}  # FPGA frames/s (Alveo U280)
+STRETCH = {"nin": 20000.0, "nin-binstem": 20000.0, "nin-full": 20000.0}
 BATCHES = (1, 64, 1024)
 COMPRESSION = 20.0
 SIZE, CIN, CLASSES = 32, 3, 10
@@ -90,6 +93,7 @@ def checkpoint_model(path: str) -> tuple[torch.nn.Module, dict]:
     model.eval()
     engine = compile_engine(model, SIZE, backend="fp32")
     return model, {**weight_counts(model, engine), "ratio": None, "source": f"checkpoint {ckpt.path}",
+                   "width": ckpt.meta["model"].get("options", {}).get("width", 1.0),
                    "in_channels": ckpt.meta["model"]["in_channels"],
                    "dataset": (ckpt.meta.get("dataset") or {}).get("name")}
 
@@ -183,7 +187,8 @@ def run_model(key: str, args, ceiling: float) -> dict:
         torch.set_num_threads(torch_threads)
     gpu = (torch_backend_timing(model, "cuda", max(args.batches), timing, gen, cin) if torch.cuda.is_available()
            else None)
-    return {"model": key, "cuda": gpu, "registry_name": LABELS.get(key, MODELS[key]), "pruning": pruning,
+    label = LABELS.get(key, MODELS[key]) + (f" (width {pruning['width']:g})" if "width" in pruning else "")
+    return {"model": key, "cuda": gpu, "registry_name": label, "pruning": pruning,
             "exact": exact,
             "bit_macs_per_image": engine.bit_macs, "layers": [layer.to_dict() for layer in engine.layers()],
             "single_thread_profile": {"images": 64, "runs": args.profile_runs, "us_per_image": 1e6 * total / 64,
@@ -223,6 +228,14 @@ def _inputs_text(data: dict) -> str:
                     "comparison)." for m in trained)
 
 
+def _sources_text(data: dict) -> str:
+    """Where each model's weights came from (one phrase where they all share it: the random-weight table)."""
+    sources = [(m["registry_name"], m["pruning"]["source"]) for m in data["models"]]
+    if len({s for _, s in sources}) <= 1:
+        return sources[0][1] if sources else "-"
+    return "; ".join(f"{name}: {source}" for name, source in sources)
+
+
 def summarize(data: dict) -> str:
     env = data["environment"]
     lines = [
@@ -234,7 +247,7 @@ def summarize(data: dict) -> str:
         "weights of live filters reading live input channels, in every conv and linear layer including the first "
         "and last "
         "(weights reading a pruned channel, a constant, are folded into exact corrections and not counted). "
-        f"Weights: {data['models'][0]['pruning']['source'] if data['models'] else '-'}; throughput does not depend on "
+        f"Weights: {_sources_text(data)}; throughput does not depend on "
         "the values. Engine logits checked equal (`torch.equal`) to the PyTorch forward before timing. "
         f"{data['threads']} thread(s) for the engine and for PyTorch; median of {data['repeats']} runs (fewer, but at "
         f"least 3, for a configuration past {data['max_seconds']:g} s) after {data['warmup']} warm-up(s), one process. "
@@ -300,7 +313,8 @@ def _checkpoints(items: list[str]) -> dict[str, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=list(RANDOM_MODELS), choices=list(MODELS),
+                    help="nin-full: a second trained NIN, with --checkpoint nin-full=PATH only")
     ap.add_argument("--checkpoint", action="append", default=[], help="nin=PATH or resnet18=PATH (a trained, "
                                                                        "pruned binary model); repeatable")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -325,6 +339,9 @@ def main() -> None:
     if args.smoke:
         args.batches, args.repeats, args.warmup, args.max_seconds, args.profile_runs = [1, 8], 2, 1, 1.0, 1
     args.checkpoint = _checkpoints(args.checkpoint)
+    if "nin-full" in args.models and "nin-full" not in args.checkpoint:
+        raise SystemExit("--models nin-full times a trained checkpoint: give --checkpoint nin-full=PATH (the "
+                         "random-weight nin is already at full width)")
     import numba
 
     t0 = time.perf_counter()

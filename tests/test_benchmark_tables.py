@@ -62,3 +62,40 @@ def test_bcnn_converged_only_asks_for_the_converged_bcnn_and_its_prunings_alone(
     bcnn_accuracy.main()
     assert asked == [("nin-full", "bcnn-long", 33), ("nin-full", "bcnn-long-20x", 33, 20.0),
                      ("nin-full", "bcnn-long-4x", 33, 4.0)]
+
+
+def _bcnn_throughput(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("bcnn_throughput", None)
+    return importlib.import_module("bcnn_throughput")
+
+
+def test_bcnn_throughput_table_names_each_trained_checkpoint_with_its_width_and_source(monkeypatch):
+    """Two trained NINs in one table (width 0.5 as ``nin``, full width as ``nin-full``): each row says its width,
+    the sentence on the weights names both checkpoints, and each gets its own target verdict."""
+    import copy
+    import json
+
+    bench = _bcnn_throughput(monkeypatch)
+    data = json.loads((BENCHMARKS / "results" / "bcnn_throughput_trained.json").read_text())
+    half = data["models"][0]
+    half.update(registry_name="cnin (width 0.5)", pruning={**half["pruning"], "width": 0.5})
+    full = copy.deepcopy(half)
+    full.update(model="nin-full", registry_name="cnin (width 1)",
+                pruning={**half["pruning"], "width": 1.0, "source": "checkpoint full/epoch-0005"})
+    data["models"] = [half, full]
+    text = bench.summarize(data)
+    assert f"Weights: cnin (width 0.5): {half['pruning']['source']}; cnin (width 1): checkpoint full/epoch-0005;" \
+        in text
+    rows = [line for line in text.splitlines() if line.startswith("| cnin")]
+    assert [r.split(" | ")[0] for r in rows] == ["| cnin (width 0.5)"] * 3 + ["| cnin (width 1)"] * 3
+    assert sum("5882: met" in r for r in rows) == 2
+
+
+def test_bcnn_throughput_refuses_nin_full_without_its_checkpoint(monkeypatch, capsys):
+    import pytest
+
+    bench = _bcnn_throughput(monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["bcnn_throughput.py", "--models", "nin-full"])
+    with pytest.raises(SystemExit, match="give --checkpoint nin-full=PATH"):
+        bench.main()
