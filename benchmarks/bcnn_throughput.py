@@ -223,9 +223,10 @@ def _inputs_text(data: dict) -> str:
         return "3x32x32 inputs, 10 classes."
     return " ".join(f"{m['registry_name']}: a trained checkpoint, {m['pruning']['in_channels']}x32x32 inputs "
                     f"({m['pruning'].get('dataset') or 'its dataset'}), "
-                    f"{m['pruning']['dense_weights']:,} dense weights "
-                    "(the FPGA figure is for the full-width model, so its 'target' is a reference, not a like-for-like "
-                    "comparison)." for m in trained)
+                    f"{m['pruning']['dense_weights']:,} dense weights"
+                    + (" (the seed paper's full width, the width of the FPGA design)." if m["pruning"].get("width") == 1
+                       else " (the FPGA figure is for the full-width model, so its 'target' is a reference, not a "
+                       "like-for-like comparison).") for m in trained)
 
 
 def _sources_text(data: dict) -> str:
