@@ -316,8 +316,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(RANDOM_MODELS), choices=list(MODELS),
                     help="nin-full: a second trained NIN, with --checkpoint nin-full=PATH only")
-    ap.add_argument("--checkpoint", action="append", default=[], help="nin=PATH, nin-full=PATH or resnet18=PATH (a trained, "
-                                                                       "pruned binary model); repeatable")
+    ap.add_argument("--checkpoint", action="append", default=[],
+                    help="nin=PATH, nin-full=PATH or resnet18=PATH (a trained, pruned binary model); repeatable")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--chunk", type=int, default=16, help="images per chunk of the engine")
     ap.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
