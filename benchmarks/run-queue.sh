@@ -66,7 +66,7 @@ step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 
 continue_or_restart reweighted_structured.py
 continue_or_restart surgery_speedup.py
 # The second half of the retrain-free structured table (issue 18): VGG-16 width 0.5, 42 rows in bf16 autocast
-# (~6 h; float32 would take ~12 h)
+# (~6 h: bf16 halves a full-precision CNN's step on this CPU, bcnn_training_speed.py)
 step structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 1 2 --continue
 # The trained BCNNs on the modulation task (issue 19), 3 seeds at the seed paper's width (the nin-full probe: 20x
 # costs 8.5 pt there against 12.2 at width 0.5): bcnn, its 20x pruning, the small model from scratch, the fp twin
