@@ -57,14 +57,14 @@ continue_or_restart reweighted_unstructured.py
 # BCNN (33 epochs) and its 20x pruning, seed 0 (~3.5 h eager; nin at width 0.5 lost 12 pt). The BCNN rows still to
 # run train and prune through torch.compile (--compile: steps 2x faster on 2 cores, the same recipe)
 step bcnn_accuracy.py --models nin-full --datasets modulation --seeds 0 --converged-only --from-long 20 --compile --continue
-# The project's core (issue 18): ResNet-20 seed 0 met every retrain-free target; seeds 1-2 make it a mean of 3
-# (~5 h left, resumable row by row; the 4x SLR row, 2 seeds, already meets its target, so the
-# nin-full probe, which decides how issue 19 goes on, runs first)
-step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2 --continue
-# The two CNN tables whose dense files were never hashed (issue 20): VGG-11 (~2 h) and the surgery/latency table
+# The two CNN tables whose dense files were never hashed (issue 20, whose other parts are done;
+# before ResNet-20's seeds 1-2, since issue 18 waits for VGG-16 anyway): VGG-11 (~2 h) and the surgery/latency table
 # (VGG-16 and ResNet-20, ~4 h; its timing pass at the end needs the machine otherwise quiet)
 continue_or_restart reweighted_structured.py
 continue_or_restart surgery_speedup.py
+# The project's core (issue 18): ResNet-20 seed 0 met every retrain-free target; seeds 1-2 make it a mean of 3
+# (~4.5 h left, resumable row by row; seed 1's 4x SLR, ADMM and reweighted rows are done)
+step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2 --continue
 # The second half of the retrain-free structured table (issue 18): VGG-16 width 0.5, 42 rows in bf16 autocast
 # (~6 h: bf16 halves a full-precision CNN's step on this CPU, bcnn_training_speed.py)
 step structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 1 2 --continue
