@@ -167,3 +167,33 @@ def test_structured_retrain_free_trains_vgg16_rows_in_bf16_and_resnet20_rows_in_
     assert {k: c.precision for k, c in dense_configs.items()} == {"dense-resnet20-e10-32": "fp32",
                                                                    "dense-vgg16-w0.5-bf16-e10-32": "bf16"}
     assert [c.precision for c in prune_configs] == ["fp32", "bf16"]
+
+
+def test_structured_retrain_free_trains_torch_pruning_rows_in_the_models_precision(monkeypatch, tmp_path):
+    """The Torch-Pruning rows' two trainings (regularised or masked, then retraining) run in the precision they are
+    given, as the prunus rows do: a tp row in float32 beside bf16 prunus rows would not be an equal budget."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("structured_retrain_free", None)
+    script = importlib.import_module("structured_retrain_free")
+    precisions = []
+
+    class Pruner:
+        def step(self):
+            pass
+
+    class Trainer:
+        def __init__(self, model, train_set, test_set, config, run_dir, hooks, console):
+            precisions.append(config.precision)
+
+        def fit(self):
+            return [{"test_accuracy": 50.0}]
+
+    monkeypatch.setattr(script, "load_model", lambda init: (build_model("lenet5"), None))
+    monkeypatch.setattr(script, "evaluate", lambda model, test_set: {"accuracy": 50.0})
+    monkeypatch.setattr(script, "tp_pruner", lambda method, model, plan: Pruner())
+    monkeypatch.setattr(script, "Trainer", Trainer)
+    monkeypatch.setattr(script, "recalibrate_batchnorm", lambda *args, **kwargs: None)
+    monkeypatch.setattr(script, "small_model_stats", lambda model: {})
+    for method, precision in (("tp-l1", "bf16"), ("tp-groupnorm", "bf16"), ("tp-growingreg", "fp32")):
+        script.tp_row(tmp_path / "dense", None, method, 0, None, None, precision)
+    assert precisions == ["bf16", "bf16", "bf16", "bf16", "fp32", "fp32"]
