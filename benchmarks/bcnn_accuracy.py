@@ -44,7 +44,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import HERE, RESULTS, add_results_flags, mean_std, pin, pinned, render_only, train_cached, write_result
+from common import (
+    HERE,
+    RESULTS,
+    add_results_flags,
+    add_row,
+    mean_std,
+    other_machines_note,
+    pin,
+    pinned,
+    render_only,
+    train_cached,
+    write_result,
+)
 from rich.console import Console
 
 from prunus.bcnn.engine import compile_engine
@@ -234,7 +246,7 @@ def summarize(data: dict) -> str:
              "prunus.harden.batchnorm). *engine == PyTorch*: the bit-packed engine's logits equal the "
              "PyTorch forward on every test image (both models). "
              "Test accuracy in %, mean ± std over the seeds. Machine: "
-             f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.", "",
+             f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}." + other_machines_note(data), "",
              "| model | dataset | variant | parameters | seeds | accuracy % | BN re-est. % | live compression "
              "| nonzero compression | engine == PyTorch |", "|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[dict]] = {}
@@ -320,9 +332,9 @@ def add_trained(data: dict, model: str, dataset: str, variant: str, seed: int, s
     run = trained(model, dataset, variant == "fp", seed, training_epochs or common["epochs"], steps, width=width)
     extra = {"training_epochs": training_epochs} if training_epochs else {}
     extra["compiled"] = steps.compiled
-    data["runs"].append(row(run, test_set, train_set, reference_weights=reference_weights, variant=variant,
-                            seconds=time.perf_counter() - t0, **{**common, "width": width or common["width"]},
-                            **extra))
+    add_row(data, row(run, test_set, train_set, reference_weights=reference_weights, variant=variant,
+                      seconds=time.perf_counter() - t0, **{**common, "width": width or common["width"]},
+                      **extra))
     write_result(NAME, data, summarize(data))
 
 
@@ -335,12 +347,12 @@ def add_pruned(data: dict, model: str, dataset: str, variant: str, seed: int, st
     run, results = pruned(source, seed, steps, distill, retrain_epochs, compression)
     extra = {"target_compression": compression, "source_epochs": source_epochs} if source_epochs else {}
     extra["compiled"] = steps.compiled
-    data["runs"].append(row(run / "retrain", test_set, train_set, variant=variant, retrain_epochs=retrain_epochs,
-                            hard_pruned_accuracy=results["hard_pruned_accuracy"],
-                            bn_recalibrated_accuracy=results.get("bn_recalibrated_accuracy"),
-                            retrain_accuracy=results["retrain_accuracy"],
-                            final_distance=(results.get("method_history") or [{}])[-1].get("distance"),
-                            ratio=results["bcnn"]["ratio"], **common, **extra))
+    add_row(data, row(run / "retrain", test_set, train_set, variant=variant, retrain_epochs=retrain_epochs,
+                      hard_pruned_accuracy=results["hard_pruned_accuracy"],
+                      bn_recalibrated_accuracy=results.get("bn_recalibrated_accuracy"),
+                      retrain_accuracy=results["retrain_accuracy"],
+                      final_distance=(results.get("method_history") or [{}])[-1].get("distance"),
+                      ratio=results["bcnn"]["ratio"], **common, **extra))
     write_result(NAME, data, summarize(data))
 
 

@@ -37,8 +37,18 @@ import statistics
 from dataclasses import dataclass
 
 import numpy as np
-from common import (HERE, add_results_flags, dense_hash_note, dense_sha256, mean_std, render_only, resumed,
-                    write_result)
+from common import (
+    HERE,
+    add_results_flags,
+    add_row,
+    dense_hash_note,
+    dense_sha256,
+    mean_std,
+    other_machines_note,
+    render_only,
+    resumed,
+    write_result,
+)
 from retrain_free import dense_checkpoint
 from rich.console import Console
 
@@ -148,7 +158,8 @@ def summarize(data: dict) -> str:
         "codes, scales, biases, header, checksums); 'entropy' = what its positions (i.i.d. per layer) and codes "
         "(per layer) carry, the floor for any coder of this kind. "
         f"Seeds {', '.join(map(str, sorted({r['seed'] for r in data['runs']})))} (the 'seeds' column: how many a row "
-        f"has); mean ± std. Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.",
+        f"has); mean ± std. Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}."
+        + other_machines_note(data),
         "",
         "| sparsity | quantization | method | budget | seeds | "
         "pruned (fp32) % | hard-quantized % | after fine-tuning % "
@@ -250,7 +261,7 @@ def main() -> None:
                            "raw_bytes": q["size"]["raw_bytes"],
                            "entropy_bytes": information_bytes(quantized),
                            "quantized_weights": q["quantized_weights"], "method_seconds": q["method_seconds"]}
-                    data["runs"].append(run)
+                    add_row(data, run)
                     print(json.dumps(run), flush=True)
                     write_result(NAME, data, summarize(data))
 

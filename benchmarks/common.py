@@ -207,6 +207,37 @@ def prune_run(init, plan, config, inspect=None, **extra) -> dict:
     }
 
 
+def machine_label(env: dict) -> str:
+    """A machine as the tables name it: CPU (with its widest vector extension), cores, torch version."""
+    return f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}"
+
+
+def add_row(data: dict, row: dict, rows: str = "runs") -> None:
+    """Append ``row`` to ``data[rows]``, stamped with the machine it ran on.
+
+    A table grows across sessions with ``--continue``, and sessions run on different machines: the JSON's
+    ``environment`` is only its first run's machine (:func:`other_machines_note` names the others)."""
+    row["machine"] = machine_label(environment_info())
+    data[rows].append(row)
+
+
+def other_machines_note(data: dict, rows: str = "runs") -> str:
+    """The machines other than the JSON's first one that rows ran on, with their row counts ('' when none).
+
+    Rows from before rows were stamped (no ``machine``) count as the first machine's, which they were
+    assumed to be."""
+    first = machine_label(data["environment"])
+    counts: dict[str, int] = {}
+    for r in data.get(rows, []):
+        m = r.get("machine", first)
+        if m != first:
+            counts[m] = counts.get(m, 0) + 1
+    if not counts:
+        return ""
+    return " Rows run on another machine: " + "; ".join(
+        f"{n} on {m}" for m, n in sorted(counts.items())) + "."
+
+
 def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"

@@ -41,9 +41,11 @@ from pathlib import Path
 
 from common import (
     add_results_flags,
+    add_row,
     continued_or_new,
     dense_sentence,
     mean_std,
+    other_machines_note,
     render_only,
     train_cached,
     write_result,
@@ -92,7 +94,7 @@ def summarize(data: dict) -> str:
         f"{_variants_sentence({r['variant'] for r in runs})} {dense_sentence(data)} "
         f"Seeds {', '.join(map(str, data['seeds']))}; mean ± std of test accuracy (%). "
         f"Machine: {data['environment']['cpu']}, {data['environment']['cpu_count']} cores, torch "
-        f"{data['environment']['torch']}.",
+        f"{data['environment']['torch']}." + other_machines_note(data),
         "",
         ("| compression | method | hard-pruned, 0 retraining | +1 epoch | +3 epochs "
          "| retraining epochs to within 1 pt of dense (per seed) | pruning wall s |"),
@@ -203,7 +205,7 @@ def main() -> None:
                 if (rate, variant, seed) in done:
                     continue
                 run = one_run(init, plan, rate, variant, seed, args)
-                data["runs"].append(run)
+                add_row(data, run)
                 print(json.dumps(run), flush=True)
                 write_result(NAME, data, summarize(data))
     if "repeat" not in data and (100, "slr", 1) in {(r["rate"], r["variant"], r["seed"]) for r in data["runs"]}:

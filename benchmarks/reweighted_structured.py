@@ -27,8 +27,10 @@ import torch
 from common import (
     HERE,
     add_results_flags,
+    add_row,
     continued_or_new,
     dense_sentence,
+    other_machines_note,
     prune_run,
     render_only,
     train_cached,
@@ -96,7 +98,8 @@ def summarize(data: dict) -> str:
         "SLR's and ADMM's on the removed entries): "
         f"{data['prune_epochs']} pruning epochs (Adam, lr 1e-3, cosine), hard-prune, {data['retrain_epochs']} masked "
         f"retraining epochs. Seed {', '.join(map(str, data['seeds']))}. Machine: {data['environment']['cpu']}, "
-        f"{data['environment']['cpu_count']} cores, torch {data['environment']['torch']}.",
+        f"{data['environment']['cpu_count']} cores, torch {data['environment']['torch']}."
+        + other_machines_note(data),
         "",
         "| structure | MACs | ratio | method | hard-pruned % | "
         + " | ".join(f"+{e + 1} epoch %" for e in range(data["retrain_epochs"]))
@@ -143,7 +146,7 @@ def main() -> None:
                                          seed=seed)
                     run = prune_run(init, plan, config, structure=structure, target=target, ratio=ratio, variant=method)
                     run["macs"] = run["macs_structural"] if structure == "filter" else run["macs_nonzero"]
-                    data["runs"].append(run)
+                    add_row(data, run)
                     print(json.dumps(run), flush=True)
                     write_result(NAME, data, summarize(data))
 

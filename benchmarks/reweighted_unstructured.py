@@ -25,9 +25,11 @@ import statistics
 
 from common import (
     add_results_flags,
+    add_row,
     continued_or_new,
     dense_sentence,
     mean_std,
+    other_machines_note,
     prune_run,
     render_only,
     write_result,
@@ -57,7 +59,7 @@ def summarize(data: dict) -> str:
         f"on the removed entries. Seeds {', '.join(map(str, data['seeds']))}; "
         "mean ± std of test accuracy (%). Machine: "
         f"{data['environment']['cpu']}, {data['environment']['cpu_count']} cores, "
-        f"torch {data['environment']['torch']}.",
+        f"torch {data['environment']['torch']}." + other_machines_note(data),
         "",
         ("| compression | method | hard-pruned, 0 retraining | +1 epoch | +3 epochs "
          "| epochs to within 1 pt of dense (per seed) | pruning wall s |"),
@@ -107,7 +109,7 @@ def main() -> None:
                 config = PruneConfig(method=variant, epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs,
                                      lr=args.lr, seed=seed)
                 run = prune_run(init, plan, config, rate=rate, variant=variant)
-                data["runs"].append(run)
+                add_row(data, run)
                 print(json.dumps(run), flush=True)
                 write_result(NAME, data, summarize(data))
 

@@ -33,7 +33,16 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS, add_results_flags, dense_hash_note, dense_sha256, render_only, write_result
+from common import (
+    RESULTS,
+    add_results_flags,
+    add_row,
+    dense_hash_note,
+    dense_sha256,
+    other_machines_note,
+    render_only,
+    write_result,
+)
 from rich.console import Console
 from structured_retrain_free import BN_BATCHES, PROBE, ROUND_TO, dense_checkpoint
 
@@ -107,7 +116,7 @@ def summarize(data: dict) -> str:
         f"a round every 100 batches), seed {SEED}; every variant hard-prunes whole channel sets (BatchNorm gamma and "
         "beta included). Each row adds one change to the row above. *distance*: ||W - Pi(W)|| / ||W|| of the "
         "tensors the method constrains, after the last round. "
-        f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}.",
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}." + other_machines_note(data),
         "",
         ("| variant | before hard-prune % | hard-pruned % | + BN recalibration % "
          "| distance | largest (tensor) | final rho |"),
@@ -140,7 +149,7 @@ def main() -> None:
     done = {r["variant"] for r in data["runs"]}
     for variant in args.variants:
         if variant not in done:
-            data["runs"].append(run(variant, init, plan, train_set, test_set))
+            add_row(data, run(variant, init, plan, train_set, test_set))
             print(json.dumps(data["runs"][-1]), flush=True)
             write_result(NAME, data, summarize(data))
 

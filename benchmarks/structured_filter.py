@@ -33,10 +33,12 @@ import torch
 from common import (
     FROM_METADATA,
     add_results_flags,
+    add_row,
     check_same_settings,
     continued_or_new,
     dense_sentence,
     mean_std,
+    other_machines_note,
     render_only,
     write_result,
 )
@@ -88,7 +90,7 @@ def summarize(data: dict) -> str:
         f"norm, pruned at the start, then trained with the mask. {data['prune_epochs']} pruning epochs, then "
         f"{data['retrain_epochs']} masked retraining epochs (Adam, lr 1e-3). "
         f"Seeds {', '.join(map(str, sorted({r['seed'] for r in runs})))}. "
-        f"Machine: {env['cpu']}, {env['cpu_count']} cores.",
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores." + other_machines_note(data),
         "",
         "| MACs (dense -> pruned) | ratio | method | seeds | hard-pruned, 0 retraining | +1 epoch | +3 epochs |",
         "|---|---|---|---|---|---|---|",
@@ -146,7 +148,7 @@ def main() -> None:
                     "wall_seconds": time.perf_counter() - t0,
                 }
                 assert run["macs_structural"] == macs, "the pruned model must have the MACs the ratio was chosen for"
-                data["runs"].append(run)
+                add_row(data, run)
                 print(json.dumps(run), flush=True)
                 write_result(NAME, data, summarize(data))
     print(summarize(data))

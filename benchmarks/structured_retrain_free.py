@@ -43,8 +43,19 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from common import (HERE, RESULTS, check_same_dense, dense_hash_note, dense_sha256, mean_std, prune_run, train_cached,
-                   write_result)
+from common import (
+    HERE,
+    RESULTS,
+    add_row,
+    check_same_dense,
+    dense_hash_note,
+    dense_sha256,
+    mean_std,
+    other_machines_note,
+    prune_run,
+    train_cached,
+    write_result,
+)
 from rich.console import Console
 
 from prunus.constraints.structures import num_pruned
@@ -290,6 +301,7 @@ def summarize(data: dict) -> str:
         f"dense model is shared). Forward pass of every training (the dense model's too): "
         + "; ".join(f"{m} {precision_note(d.get('precision', 'fp32'))}" for m, d in data["dense"].items())
         + f". Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}."
+        + other_machines_note(data)
         + timing_sentence(data),
         "",
         "| model | dense % | MACs target | method | seeds | hard-pruned % | Δ vs dense | +BN % | +1 % | +3 % "
@@ -398,7 +410,7 @@ def main() -> None:
                                precision=PRECISION[name],
                                dense=row["dense_accuracy"], hard_pruned=row["hard_pruned_accuracy"],
                                final=row["retrain_accuracy"][-1])
-                    data["runs"].append(row)
+                    add_row(data, row)
                     print(json.dumps({k: v for k, v in row.items() if k != "layers"}), flush=True)
                     write_result(NAME, data, summarize(data))
 

@@ -52,8 +52,20 @@ import sys
 import time
 
 import torch
-from common import (HERE, RESULTS, add_results_flags, check_same_dense, dense_hash_note, dense_sha256, prune_run,
-                    render_only, train_cached, write_result)
+from common import (
+    HERE,
+    RESULTS,
+    add_results_flags,
+    add_row,
+    check_same_dense,
+    dense_hash_note,
+    dense_sha256,
+    other_machines_note,
+    prune_run,
+    render_only,
+    train_cached,
+    write_result,
+)
 
 from prunus.deploy.allocation import latency_aware_plan, plan_for_macs, plan_from_widths, pruned_copy, shrink_to_widths
 from prunus.deploy.footprint import weights_bytes
@@ -292,7 +304,8 @@ def summarize(data: dict) -> str:
         + "; " + "; ".join(f"{m}: {dense_hash_note(d.get('sha256'))}" for m, d in data["dense"].items())
         + ". One seed (0). Timing machine: "
         f"{timed['cpu']}, {timed['cpu_count']} cores, torch {timed['torch']}"
-        + (f" (training ran on {env['cpu']})." if timed["cpu"] != env["cpu"] else "."),
+        + (f" (training ran on {env['cpu']})." if timed["cpu"] != env["cpu"] else ".")
+        + other_machines_note(data),
         "",
         "| model | dense acc % | target | allocation | method | budget | MACs (fewer) "
         "| params (fewer) | file bytes (smaller) | hard-pruned % | final % | Δ vs dense "
@@ -444,7 +457,7 @@ def main() -> None:
                 run = prune_run(init, plan, config, inspect=shrink, model=name, target=target, ratio=ratio,
                                 variant=variant, allocation=allocation, budget=[epochs, retrain],
                                 **({"widths": widths} if widths else {}))
-                data["runs"].append(run)
+                add_row(data, run)
                 print(json.dumps(run), flush=True)
                 path.write_text(json.dumps(data, indent=1) + "\n")  # the table comes after the timing pass
         if args.retime_only:

@@ -99,3 +99,30 @@ def test_bcnn_throughput_refuses_nin_full_without_its_checkpoint(monkeypatch, ca
     monkeypatch.setattr(sys, "argv", ["bcnn_throughput.py", "--models", "nin-full"])
     with pytest.raises(SystemExit, match="give --checkpoint nin-full=PATH"):
         bench.main()
+
+
+def test_rows_record_their_machine_and_the_table_names_every_other_machine(monkeypatch):
+    """A table grows across sessions on different machines: each new row records the machine it ran on, and the
+    table's text names every machine other than the JSON's first one, with its row count."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    for module in ("common", "bcnn_accuracy"):
+        sys.modules.pop(module, None)
+    common = importlib.import_module("common")
+    first = {"cpu": "AMD EPYC (AVX2)", "cpu_count": 2, "torch": "2.13.0"}
+    data = {"environment": first, "runs": [{"seed": 0}]}  # a row from before rows were stamped: the first machine's
+    monkeypatch.setattr(common, "environment_info", lambda: dict(first))
+    common.add_row(data, {"seed": 1})
+    assert data["runs"][1]["machine"] == "AMD EPYC (AVX2), 2 cores, torch 2.13.0"
+    assert common.other_machines_note(data) == ""
+    monkeypatch.setattr(common, "environment_info", lambda: {**first, "cpu": "Intel Xeon (AVX-512)", "cpu_count": 4})
+    row = {"seed": 2}
+    common.add_row(data, row)
+    common.add_row(data, {"seed": 3})
+    assert row["machine"] == "Intel Xeon (AVX-512), 4 cores, torch 2.13.0" and data["runs"][2] is row
+    assert common.other_machines_note(data) == (" Rows run on another machine: 2 on Intel Xeon (AVX-512), 4 cores, "
+                                                "torch 2.13.0.")
+    bcnn_accuracy = importlib.import_module("bcnn_accuracy")
+    runs = [_bcnn_row("bcnn", 0, 50.0, 49.0), _bcnn_row("bcnn", 1, 51.0, 50.0, machine="Intel Xeon, 2 cores, torch 2")]
+    text = bcnn_accuracy.summarize({"precision": "bf16", "environment": {"cpu": "cpu", "cpu_count": 2, "torch": "2"},
+                                    "runs": runs})
+    assert "Machine: cpu, 2 cores, torch 2. Rows run on another machine: 1 on Intel Xeon, 2 cores, torch 2." in text
