@@ -126,3 +126,21 @@ def test_rows_record_their_machine_and_the_table_names_every_other_machine(monke
     text = bcnn_accuracy.summarize({"precision": "bf16", "environment": {"cpu": "cpu", "cpu_count": 2, "torch": "2"},
                                     "runs": runs})
     assert "Machine: cpu, 2 cores, torch 2. Rows run on another machine: 1 on Intel Xeon, 2 cores, torch 2." in text
+
+
+def test_bcnn_bn_statistics_says_how_much_of_the_gap_a_train_mode_estimate_closes(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("bcnn_bn_statistics", None)
+    script = importlib.import_module("bcnn_bn_statistics")
+    pruned = {"label": "nin w0.5 bcnn-long-20x", "epochs": 5, "last_epoch_lr": 9.5e-5,
+              "train_accuracy_last_epoch": 47.6, "as_trained": 36.0, "ema_continued": 44.0,
+              "all_at_once": [45.0, 46.0, 47.0], "sequential": 46.0}
+    unpruned = {**pruned, "label": "nin w0.5 bcnn-long (33 epochs)", "epochs": 33, "as_trained": 59.8,
+                "ema_continued": 59.0, "all_at_once": [58.5, 59.0, 59.5], "sequential": 58.8}
+    text = script.summarize({"environment": {"cpu": "cpu", "cpu_count": 2, "torch": "2"}, "runs": [pruned, unpruned]})
+    assert "| nin w0.5 bcnn-long-20x | 5 | 9.5e-05 | 47.60 | 36.00 | 44.00 | 46.00 ± 1.00 | 46.00 |" in text
+    assert text.splitlines()[-2:] == [  # in CHECKPOINTS' order; no share where sequential gains under a point
+        "- nin w0.5 bcnn-long (33 epochs): sequential - as trained -1.00 pt; all at once - as trained -0.80 pt (-); "
+        "EMA +5 - as trained -0.80 pt",
+        "- nin w0.5 bcnn-long-20x: sequential - as trained +10.00 pt; all at once - as trained +10.00 pt (100% of "
+        "it); EMA +5 - as trained +8.00 pt"]
