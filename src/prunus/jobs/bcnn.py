@@ -40,7 +40,9 @@ from prunus.train.rundir import check_run_dir
 from prunus.train.trainer import evaluate
 
 #: a BCNN's retraining ends on a decaying learning rate: at a constant lr its binary weights keep flipping, the
-#: BatchNorm running statistics trail the network, and eval-mode accuracy swings from epoch to epoch
+#: BatchNorm running statistics trail the network, and eval-mode accuracy swings from epoch to epoch. The decay is
+#: per epoch, so a 5-epoch retraining still steps at 9.5% of its lr in its last epoch and the statistics it leaves
+#: are stale: the deployment step re-estimates them (benchmarks/bcnn_bn_statistics.py)
 BCNN_RETRAIN_SCHEDULE = "cosine"
 
 #: training frames the deployed model's BatchNorm statistics are re-estimated on (``--bn-reestimate``)
