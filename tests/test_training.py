@@ -2,6 +2,7 @@
 
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -70,6 +71,39 @@ def test_lr_schedules():
     assert lr_factor("cosine", 5, 10) == pytest.approx(0.5)
     assert [lr_factor("step", e, 8) for e in range(8)] == pytest.approx([1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01])
     assert lr_factor("constant", 7, 8) == 1.0
+
+
+def test_cosine_step_decays_every_step_to_almost_zero_and_continues_across_epochs():
+    """cosine-step: the cosine curve per optimizer step, so the last epoch of a short retraining does not keep
+    stepping at 9.5% of the lr (cosine's last epoch of 5; benchmarks/bcnn_bn_statistics.py)."""
+    steps, epochs = 86, 5
+    factors = [lr_factor("cosine-step", e, epochs, s, steps) for e in range(epochs) for s in range(steps)]
+    assert factors[0] == 1.0 and all(a > b for a, b in zip(factors, factors[1:]))
+    assert factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 429 / 430))) and factors[-1] < 2e-5
+    assert lr_factor("cosine-step", 2, epochs, 43, steps) == pytest.approx(lr_factor("cosine", 2.5, epochs))
+    assert lr_factor("cosine", 4, epochs) == pytest.approx(0.0955, abs=1e-4)
+
+
+def test_trainer_sets_the_lr_of_every_step_under_cosine_step(tmp_path):
+    seen = []
+
+    class LrProbe(TrainingHook):
+        def bind(self, trainer):
+            self.trainer = trainer
+
+        def after_optimizer_step(self):
+            seen.append(self.trainer.optimizer.param_groups[0]["lr"])
+
+    probe = LrProbe()
+    cfg = TrainConfig(model="lenet5", dataset="digits", epochs=2, batch_size=256, lr=0.01, schedule="cosine-step")
+    train_set, test_set = load_dataset("digits", "train"), load_dataset("digits", "test")
+    trainer = Trainer(build_model("lenet5", in_channels=1, num_classes=10), train_set, test_set, cfg,
+                      tmp_path / "run", hooks=[probe])
+    probe.bind(trainer)
+    trainer.fit()
+    steps = len(seen) // 2
+    assert seen == pytest.approx([0.01 * lr_factor("cosine-step", e, 2, s, steps) for e in (0, 1)
+                                  for s in range(steps)])
 
 
 @pytest.mark.parametrize(

@@ -197,7 +197,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         loss_sum = correct = count = 0.0
+        steps = len(self.batches)
         for step, (x, y, global_size) in enumerate(self.batches, 1):
+            if self.config.schedule == "cosine-step":
+                for group in self.optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * lr_factor("cosine-step", epoch, self.config.epochs, step - 1,
+                                                                  steps)
             if global_size == 0:  # a Poisson-sampled step drew no example: nothing to learn, nothing released
                 continue
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
