@@ -193,16 +193,12 @@ class Trainer:
     def train_epoch(self, epoch: int, progress: Progress | None, task) -> dict[str, float]:
         self.net.train()
         self.batches.set_epoch(epoch)
-        factor = lr_factor(self.config.schedule, epoch, self.config.epochs)
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
-        loss_sum = correct = count = 0.0
         steps = len(self.batches)
+        loss_sum = correct = count = 0.0
         for step, (x, y, global_size) in enumerate(self.batches, 1):
-            if self.config.schedule == "cosine-step":
-                for group in self.optimizer.param_groups:
-                    group["lr"] = group["initial_lr"] * lr_factor("cosine-step", epoch, self.config.epochs, step - 1,
-                                                                  steps)
+            factor = lr_factor(self.config.schedule, epoch, self.config.epochs, step - 1, steps)
+            for group in self.optimizer.param_groups:  # per step: cosine-step changes it every step
+                group["lr"] = group["initial_lr"] * factor
             if global_size == 0:  # a Poisson-sampled step drew no example: nothing to learn, nothing released
                 continue
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -238,7 +234,8 @@ class Trainer:
         for h in self.hooks:
             h.end_of_epoch(epoch)
         loss_sum, correct, count = self.dist.all_sum([loss_sum, correct, count])
-        return {"loss": loss_sum / count, "accuracy": 100.0 * correct / count, "lr": self.config.lr * factor}
+        first = lr_factor(self.config.schedule, epoch, self.config.epochs)  # the epoch's first step
+        return {"loss": loss_sum / count, "accuracy": 100.0 * correct / count, "lr": self.config.lr * first}
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         """Stop at the first step whose loss (penalties included) is NaN or infinite, on every rank at once.
