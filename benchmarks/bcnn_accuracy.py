@@ -123,21 +123,33 @@ def trained(model: str, dataset: str, fp: bool, seed: int, epochs: int, steps: S
     return run
 
 
+#: the retraining schedule of the rows from before BCNN_RETRAIN_SCHEDULE was cosine-step (they record none)
+LEGACY_SCHEDULE = "cosine"
+
+
+def retrain_schedule(row: dict) -> str | None:
+    """The retraining lr schedule a pruned row ran (None for a trained row)."""
+    return row.get("retrain_schedule", LEGACY_SCHEDULE) if "hard_pruned_accuracy" in row else None
+
+
 def pruned(bcnn_run: Path, seed: int, steps: Steps, distill: float = 0.0, retrain_epochs: int = RETRAIN_EPOCHS,
-           compression: float = COMPRESSION) -> tuple[Path, dict]:
+           compression: float = COMPRESSION, schedule: str = BCNN_RETRAIN_SCHEDULE) -> tuple[Path, dict]:
     """The BCNN of ``bcnn_run`` pruned to ``compression`` x fewer live weights; a run killed half-way is started
     again.
 
     prune_bcnn's defaults: SLR's penalty as a proximal step, BatchNorm's beta left free on pruned channels.
     ``distill``: the retraining also distils from the unpruned BCNN (weight, at DISTILL_TEMPERATURE).
+    ``schedule``: the retraining's lr schedule, named in the run directory unless it is the legacy one (whose
+    committed runs keep their names).
     """
     kd = f"-kd{distill:g}t{DISTILL_TEMPERATURE:g}" if distill else ""
-    run = bcnn_run.with_name(bcnn_run.name + f"-slr{compression:g}x-e{PRUNE_EPOCHS}r{retrain_epochs}-prox{kd}")
+    tag = "" if schedule == LEGACY_SCHEDULE else f"-{schedule}"
+    run = bcnn_run.with_name(bcnn_run.name + f"-slr{compression:g}x-e{PRUNE_EPOCHS}r{retrain_epochs}-prox{kd}{tag}")
     if not (pinned(run) / "results.json").exists():
         shutil.rmtree(run, ignore_errors=True)
         config = PruneConfig(method="slr", epochs=PRUNE_EPOCHS, retrain_epochs=retrain_epochs, seed=seed,
                              channels_last=True, bn_recalibrate=BN_RECALIBRATE, **steps.options(),
-                             retrain_schedule=BCNN_RETRAIN_SCHEDULE, distill=distill,
+                             retrain_schedule=schedule, distill=distill,
                              distill_temperature=DISTILL_TEMPERATURE)
         prune_bcnn(bcnn_run, compression, config, run, console=QUIET, reestimate_frames=0)  # reestimated(): every row
         pin(run, skip=("prune", "hard-pruned"))  # the rows read results.json and the retrained model
@@ -228,7 +240,8 @@ def summarize(data: dict) -> str:
              f"forward pass in {data.get('precision', 'fp32')} (bcnn_training_speed.py); "
              f"bcnn-20x: SLR filter pruning of the bcnn row's model to {COMPRESSION:g}x fewer live weights "
              f"({PRUNE_EPOCHS} method epochs + {RETRAIN_EPOCHS} masked retraining epochs on a cosine "
-             "lr, same forward precision; the penalty as a proximal step, BatchNorm's beta free on pruned channels: "
+             "lr decayed per step to 0 (rows marked *per-epoch cosine*: one lr per epoch, the last epoch at 9.5% "
+             "of it), same forward precision; the penalty as a proximal step, BatchNorm's beta free on pruned channels: "
              f"prunus.jobs.bcnn). bcnn-small: the BCNN at the widest width with {COMPRESSION:g}x fewer live weights "
              "than the bcnn row's, trained from scratch with the same recipe (does pruning beat training the "
              "small model?). bcnn-20x-kd: bcnn-20x with its retraining distilled from the unpruned BCNN (--distill "
@@ -251,7 +264,7 @@ def summarize(data: dict) -> str:
              "| nonzero compression | engine == PyTorch |", "|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[dict]] = {}
     for r in data["runs"]:
-        groups.setdefault((r["model"], r["dataset"], r["variant"]), []).append(r)
+        groups.setdefault((r["model"], r["dataset"], _variant_label(r)), []).append(r)
     for (model, dataset, variant), rows in groups.items():
         eq = {r["engine_equal"] for r in rows} | {r.get("bn_reestimated_engine_equal") for r in rows}
         if eq != {None}:
@@ -273,8 +286,8 @@ def summarize(data: dict) -> str:
         if deltas:
             lines.append(f"- pruning against training small ({model} on {dataset}, BN re-estimated): {variant} - "
                          f"bcnn-small {statistics.mean(deltas):+.2f} pt over {len(deltas)} seed(s)")
-        if variant == "bcnn-20x-long":  # against its fair control, the unpruned BCNN given as many epochs in all
-            lines += _target_lines(f"{model} bcnn-20x-long against bcnn-long (the unpruned BCNN given as many "
+        if variant.startswith("bcnn-20x-long"):  # against its fair control, the unpruned BCNN given as many epochs in all
+            lines += _target_lines(f"{model} {variant} against bcnn-long (the unpruned BCNN given as many "
                                    f"epochs) on {dataset}", rows, groups.get((model, dataset, "bcnn-long"), []),
                                    TOLERANCE[dataset])
     sweep = sorted(((k, rows) for k, rows in groups.items() if k[2].startswith("bcnn-long-")),
@@ -287,6 +300,15 @@ def summarize(data: dict) -> str:
                                f"live) against bcnn-long on {dataset}", rows,
                                groups.get((model, dataset, "bcnn-long"), []), TOLERANCE[dataset])
     return "\n".join(lines) + "\n"
+
+
+def _variant_label(row: dict) -> str:
+    """The row's variant, naming the retraining schedule of a pruned row that ran another than today's: rows of
+    two schedules never share a mean."""
+    schedule = retrain_schedule(row)
+    if schedule in (None, BCNN_RETRAIN_SCHEDULE):
+        return row["variant"]
+    return f"{row['variant']} (per-epoch cosine)" if schedule == "cosine" else f"{row['variant']} ({schedule})"
 
 
 def _compiled_text(runs: list[dict]) -> str:
@@ -347,7 +369,11 @@ def add_pruned(data: dict, model: str, dataset: str, variant: str, seed: int, st
     run, results = pruned(source, seed, steps, distill, retrain_epochs, compression)
     extra = {"target_compression": compression, "source_epochs": source_epochs} if source_epochs else {}
     extra["compiled"] = steps.compiled
+    # a row of another retraining schedule is replaced: a group's mean and its target verdict are of one recipe
+    data["runs"] = [r for r in data["runs"] if (r["model"], r["dataset"], r["variant"], r["seed"])
+                    != (model, dataset, variant, seed)]
     add_row(data, row(run / "retrain", test_set, train_set, variant=variant, retrain_epochs=retrain_epochs,
+                      retrain_schedule=BCNN_RETRAIN_SCHEDULE,
                       hard_pruned_accuracy=results["hard_pruned_accuracy"],
                       bn_recalibrated_accuracy=results.get("bn_recalibrated_accuracy"),
                       retrain_accuracy=results["retrain_accuracy"],
@@ -404,7 +430,9 @@ def main() -> None:
                 "environment": environment_info(), "runs": []}
     check_same_recipe(data, args, path)
     started = {(r["model"], r["dataset"], r["seed"]): bool(r.get("compiled")) for r in data["runs"]}
-    done = {(r["model"], r["dataset"], r["variant"], r["seed"]) for r in data["runs"]}
+    # a pruned row retrained on another schedule than BCNN_RETRAIN_SCHEDULE is run again (and replaced)
+    done = {(r["model"], r["dataset"], r["variant"], r["seed"]) for r in data["runs"]
+            if retrain_schedule(r) in (None, BCNN_RETRAIN_SCHEDULE)}
     for dataset in args.datasets:
         test_set = load_dataset(dataset, "test", image_size=IMAGE_SIZE[dataset])
         train_set = load_dataset(dataset, "train", image_size=IMAGE_SIZE[dataset])

@@ -157,7 +157,7 @@ def test_bcnn_train_prune_evaluate_end_to_end(capsys, tmp_path):
     assert b["live_compression"] >= 6 and f"{b['live_compression']:.1f}x fewer live weights" in out_prune
     # a BCNN's recipe: SLR's penalty as a proximal step (Adam), retraining on a decaying lr
     assert results["config"]["options"] == {"penalty_step": "proximal"}
-    assert results["config"]["retrain_schedule"] == "cosine"
+    assert results["config"]["retrain_schedule"] == "cosine-step"
 
     from prunus.bcnn.engine import compile_engine
     from prunus.bcnn.pruning import RATIO_GRID, filter_plan, prune_to_live_compression

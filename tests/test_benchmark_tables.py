@@ -64,6 +64,53 @@ def test_bcnn_converged_only_asks_for_the_converged_bcnn_and_its_prunings_alone(
                      ("nin-full", "bcnn-long-4x", 33, 4.0)]
 
 
+def test_bcnn_pruned_rows_of_another_retraining_schedule_run_again_and_are_replaced(monkeypatch, tmp_path):
+    """Rows pruned with the per-epoch cosine retraining (from before cosine-step; they record no schedule) are not
+    done under --continue: the pruning runs again with today's schedule and its row replaces the old one, while the
+    trained rows are kept. Until then the table never averages the two schedules together."""
+    import json
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("bcnn_accuracy", None)
+    bcnn_accuracy = importlib.import_module("bcnn_accuracy")
+    legacy = _bcnn_row("bcnn-long-20x", 0, 36.0, 46.0, live=20.7, target_compression=20.0, hard_pruned_accuracy=30.0,
+                       retrain_epochs=5)
+    fresh = {**legacy, "accuracy": 45.0, "retrain_schedule": "cosine-step"}
+    control = _bcnn_row("bcnn-long", 0, 60.0, 58.0)
+    text = bcnn_accuracy.summarize({"precision": "bf16", "environment": {"cpu": "cpu", "cpu_count": 2, "torch": "2"},
+                                    "runs": [control, legacy, fresh]})
+    assert "| bcnn-long-20x (per-epoch cosine) | 123,531 | 1 | 36.00 |" in text
+    assert "| bcnn-long-20x | 123,531 | 1 | 45.00 |" in text
+
+    (tmp_path / "bcnn_accuracy.json").write_text(json.dumps(
+        {"benchmark": "bcnn_accuracy", "precision": "bf16", "environment": {"cpu": "cpu", "cpu_count": 2, "torch": "2"},
+         "runs": [control, legacy]}))
+    asked, configs = [], []
+    monkeypatch.setattr(bcnn_accuracy, "RESULTS", tmp_path)
+    monkeypatch.setattr(bcnn_accuracy, "write_result", lambda *a: None)
+    monkeypatch.setattr(bcnn_accuracy, "load_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(bcnn_accuracy, "backfill_reestimated", lambda *a: None)
+    monkeypatch.setattr(bcnn_accuracy, "add_trained", lambda data, model, dataset, variant, *a, **k: asked.append(variant))
+    monkeypatch.setattr(bcnn_accuracy, "trained", lambda *a, **k: tmp_path / "nin-bcnn-e33")
+
+    def pruned(source, seed, steps, distill, retrain_epochs, compression):
+        asked.append(f"prune {compression:g}x")
+        return tmp_path / "run", {"hard_pruned_accuracy": 31.0, "retrain_accuracy": [45.0], "bcnn": {"ratio": 0.78}}
+
+    monkeypatch.setattr(bcnn_accuracy, "pruned", pruned)
+    monkeypatch.setattr(bcnn_accuracy, "row", lambda run, test_set, train_set, **fields:
+                        {**_bcnn_row(fields["variant"], 0, 45.0, 47.0, live=20.7), **fields})
+    monkeypatch.setattr(sys, "argv", ["bcnn_accuracy.py", "--models", "nin", "--datasets", "modulation", "--seeds",
+                                      "0", "--converged-only", "--from-long", "20", "--continue"])
+    runs = []
+    monkeypatch.setattr(bcnn_accuracy, "add_row", lambda data, r: (data["runs"].append(r), runs.append(data["runs"])))
+    bcnn_accuracy.main()
+    assert asked == ["prune 20x"]  # bcnn-long is kept: a trained row has no retraining schedule
+    final = runs[-1]
+    assert [(r["variant"], r.get("retrain_schedule")) for r in final] == [("bcnn-long", None),
+                                                                          ("bcnn-long-20x", "cosine-step")]
+
+
 def _bcnn_throughput(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     sys.modules.pop("bcnn_throughput", None)

@@ -41,9 +41,10 @@ from prunus.train.trainer import evaluate
 
 #: a BCNN's retraining ends on a decaying learning rate: at a constant lr its binary weights keep flipping, the
 #: BatchNorm running statistics trail the network, and eval-mode accuracy swings from epoch to epoch. The decay is
-#: per epoch, so a 5-epoch retraining still steps at 9.5% of its lr in its last epoch and the statistics it leaves
-#: are stale: the deployment step re-estimates them (benchmarks/bcnn_bn_statistics.py)
-BCNN_RETRAIN_SCHEDULE = "cosine"
+#: per optimizer step (cosine-step): decayed per epoch, a 5-epoch retraining still stepped at 9.5% of its lr for its
+#: whole last epoch and left stale statistics (benchmarks/bcnn_bn_statistics.py); per step it ends at lr 0
+#: (bcnn_accuracy.py's rows record which of the two each pruning ran)
+BCNN_RETRAIN_SCHEDULE = "cosine-step"
 
 #: training frames the deployed model's BatchNorm statistics are re-estimated on (``--bn-reestimate``)
 REESTIMATE_FRAMES = 4096
