@@ -9,7 +9,8 @@ the MACs fall 2x or 4x:
   column  GEMM columns (input channel x kernel position); MACs of the nonzero
           columns (what an im2col GEMM with those columns dropped runs)
 Every method gets the same budget: 3 pruning epochs (Adam, lr 1e-3, cosine),
-hard-prune, 1 masked retraining epoch. One seed (2-core CPU budget).
+hard-prune, 1 masked retraining epoch (Adam at lr 1e-3 again, constant: prunus
+prune's default). One seed (2-core CPU budget).
 
     python benchmarks/reweighted_structured.py [--continue] [--render]
 
@@ -97,7 +98,8 @@ def summarize(data: dict) -> str:
         "prunus' defaults (a round every 100 batches, its penalty (rho; reweighted's lambda) grown by the budget, "
         "SLR's and ADMM's on the removed entries): "
         f"{data['prune_epochs']} pruning epochs (Adam, lr 1e-3, cosine), hard-prune, {data['retrain_epochs']} masked "
-        f"retraining epochs. Seed {', '.join(map(str, data['seeds']))}. Machine: {data['environment']['cpu']}, "
+        "retraining epochs (prunus prune's default: Adam restarted at the same lr 1e-3, constant, so a hard-pruned "
+        "model already near dense can end its first epoch below where it started). Seed {', '.join(map(str, data['seeds']))}. Machine: {data['environment']['cpu']}, "
         f"{data['environment']['cpu_count']} cores, torch {data['environment']['torch']}."
         + other_machines_note(data),
         "",
