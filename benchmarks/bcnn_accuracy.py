@@ -241,7 +241,8 @@ def summarize(data: dict) -> str:
              f"bcnn-20x: SLR filter pruning of the bcnn row's model to {COMPRESSION:g}x fewer live weights "
              f"({PRUNE_EPOCHS} method epochs + {RETRAIN_EPOCHS} masked retraining epochs on a cosine "
              "lr decayed per step to 0 (rows marked *per-epoch cosine*: one lr per epoch, the last epoch at 9.5% "
-             "of it), same forward precision; the penalty as a proximal step, BatchNorm's beta free on pruned channels: "
+             "of it), same forward precision; the penalty as a proximal step, BatchNorm's beta free on pruned "
+             "channels: "
              f"prunus.jobs.bcnn). bcnn-small: the BCNN at the widest width with {COMPRESSION:g}x fewer live weights "
              "than the bcnn row's, trained from scratch with the same recipe (does pruning beat training the "
              "small model?). bcnn-20x-kd: bcnn-20x with its retraining distilled from the unpruned BCNN (--distill "
@@ -286,7 +287,7 @@ def summarize(data: dict) -> str:
         if deltas:
             lines.append(f"- pruning against training small ({model} on {dataset}, BN re-estimated): {variant} - "
                          f"bcnn-small {statistics.mean(deltas):+.2f} pt over {len(deltas)} seed(s)")
-        if variant.startswith("bcnn-20x-long"):  # against its fair control, the unpruned BCNN given as many epochs in all
+        if variant.startswith("bcnn-20x-long"):  # against its fair control, the unpruned BCNN given as many epochs
             lines += _target_lines(f"{model} {variant} against bcnn-long (the unpruned BCNN given as many "
                                    f"epochs) on {dataset}", rows, groups.get((model, dataset, "bcnn-long"), []),
                                    TOLERANCE[dataset])

@@ -99,7 +99,8 @@ def summarize(data: dict) -> str:
         "SLR's and ADMM's on the removed entries): "
         f"{data['prune_epochs']} pruning epochs (Adam, lr 1e-3, cosine), hard-prune, {data['retrain_epochs']} masked "
         "retraining epochs (prunus prune's default: Adam restarted at the same lr 1e-3, constant, so a hard-pruned "
-        "model already near dense can end its first epoch below where it started). Seed {', '.join(map(str, data['seeds']))}. Machine: {data['environment']['cpu']}, "
+        "model already near dense can end its first epoch below where it started). "
+        f"Seed {', '.join(map(str, data['seeds']))}. Machine: {data['environment']['cpu']}, "
         f"{data['environment']['cpu_count']} cores, torch {data['environment']['torch']}."
         + other_machines_note(data),
         "",

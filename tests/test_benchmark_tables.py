@@ -85,12 +85,13 @@ def test_bcnn_pruned_rows_of_another_retraining_schedule_run_again_and_are_repla
     (tmp_path / "bcnn_accuracy.json").write_text(json.dumps(
         {"benchmark": "bcnn_accuracy", "precision": "bf16", "environment": {"cpu": "cpu", "cpu_count": 2, "torch": "2"},
          "runs": [control, legacy]}))
-    asked, configs = [], []
+    asked = []
     monkeypatch.setattr(bcnn_accuracy, "RESULTS", tmp_path)
     monkeypatch.setattr(bcnn_accuracy, "write_result", lambda *a: None)
     monkeypatch.setattr(bcnn_accuracy, "load_dataset", lambda *a, **k: None)
     monkeypatch.setattr(bcnn_accuracy, "backfill_reestimated", lambda *a: None)
-    monkeypatch.setattr(bcnn_accuracy, "add_trained", lambda data, model, dataset, variant, *a, **k: asked.append(variant))
+    monkeypatch.setattr(bcnn_accuracy, "add_trained",
+                        lambda data, model, dataset, variant, *a, **k: asked.append(variant))
     monkeypatch.setattr(bcnn_accuracy, "trained", lambda *a, **k: tmp_path / "nin-bcnn-e33")
 
     def pruned(source, seed, steps, distill, retrain_epochs, compression):
