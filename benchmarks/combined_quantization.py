@@ -134,6 +134,8 @@ def cached_pruning(pruned_dir, init, config: PruneConfig) -> dict | None:
     results = json.loads(path.read_text())
     # a field added to PruneConfig since the run was made (e.g. precision) ran at its default
     recorded = {**dataclasses.asdict(PruneConfig()), **results.get("config", {})}
+    if recorded["retrain_lr"] is None:  # recorded before retraining defaulted to a tenth of the lr: it ran at lr
+        recorded["retrain_lr"] = recorded["lr"]
     same = recorded == dataclasses.asdict(config) and results.get("init") == str(init)
     return results if same else None
 
@@ -220,7 +222,8 @@ def main() -> None:
             done = {(r["sparsity"], r["scheme"], r["method"], r["seed"]) for r in (data or {}).get("runs", [])}
             if all((sparsity, s, m, seed) in done for s in sp.schemes for m in sp.methods):
                 continue
-            retrain = {} if sp.retrain_lr is None else {"retrain_lr": sp.retrain_lr, "retrain_schedule": "cosine"}
+            retrain = ({"retrain_lr": PruneConfig.lr} if sp.retrain_lr is None
+                       else {"retrain_lr": sp.retrain_lr, "retrain_schedule": "cosine"})
             config = PruneConfig(method="reweighted", epochs=sp.epochs, retrain_epochs=sp.retrain_epochs, seed=seed,
                                  **retrain)
             pruned = cached_pruning(pruned_dir, init, config)

@@ -223,7 +223,7 @@ def main() -> None:
 def one_run(init: Path, plan: Plan, rate: float, variant: str, seed: int, args) -> dict:
     method, fields = VARIANTS[variant]
     config = PruneConfig(method=method, epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs,
-                         lr=args.lr, seed=seed, **fields)
+                         lr=args.lr, retrain_lr=args.lr, seed=seed, **fields)  # retraining at the same lr
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         res = run_pruning(init, plan, config, Path(tmp) / "run", console=Console(file=io.StringIO()))

@@ -107,7 +107,7 @@ def main() -> None:
                 if (rate, variant, seed) in done:
                     continue
                 config = PruneConfig(method=variant, epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs,
-                                     lr=args.lr, seed=seed)
+                                     lr=args.lr, retrain_lr=args.lr, seed=seed)  # retraining at the same lr
                 run = prune_run(init, plan, config, rate=rate, variant=variant)
                 add_row(data, run)
                 print(json.dumps(run), flush=True)

@@ -137,7 +137,7 @@ def main() -> None:
                 if (factor, variant, seed) in done:
                     continue
                 config = PruneConfig(method=method, epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs,
-                                     seed=seed, update_every=update_every)
+                                     retrain_lr=PruneConfig.lr, seed=seed, update_every=update_every)
                 t0 = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp:
                     res = run_pruning(init, plan, config, Path(tmp) / "run", console=Console(file=io.StringIO()))

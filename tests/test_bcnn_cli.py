@@ -158,6 +158,7 @@ def test_bcnn_train_prune_evaluate_end_to_end(capsys, tmp_path):
     # a BCNN's recipe: SLR's penalty as a proximal step (Adam), retraining on a decaying lr
     assert results["config"]["options"] == {"penalty_step": "proximal"}
     assert results["config"]["retrain_schedule"] == "cosine-step"
+    assert results["config"]["retrain_lr"] == results["config"]["lr"] == 1e-3  # the full lr: binary weights flip
 
     from prunus.bcnn.engine import compile_engine
     from prunus.bcnn.pruning import RATIO_GRID, filter_plan, prune_to_live_compression

@@ -45,8 +45,8 @@ def test_prune_distill_pulls_the_retrained_model_toward_the_unpruned_one(capsys,
     def prune(name: str, *extra):
         out = tmp_path / name
         code, _, _ = run_cli(capsys, "prune", "--method", "magnitude", "--init", str(dense_digits), "--compression",
-                             "20", "--epochs", "0", "--retrain-epochs", "2", "--batch-size", "32", *extra, "--out",
-                             str(out))
+                             "20", "--epochs", "0", "--retrain-epochs", "2", "--retrain-lr", "1e-3", "--batch-size",
+                             "32", *extra, "--out", str(out))  # the lr the figures below were written with
         assert code == 0
         return json.loads((out / "results.json").read_text()), load_model(out / "retrain")[0].eval()
 

@@ -40,6 +40,23 @@ def test_prune_cli_end_to_end(capsys, tmp_path, dense_digits):
     # prunus eval of the retrained run gives the accuracy the run reported
     code, stdout, _ = run_cli(capsys, "eval", str(out / "retrain"), "--json")
     assert json.loads(stdout)["accuracy"] == pytest.approx(results["retrain_accuracy"][-1], abs=1e-6)
+    # without --retrain-lr the retraining fine-tunes at a tenth of --lr (1e-3), constant
+    epochs = [json.loads(line) for line in (out / "retrain" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["lr"] for e in epochs] == [pytest.approx(1e-4)] * 2
+
+
+def test_retraining_lr_defaults_to_a_tenth_of_the_pruning_lr_except_where_a_recipe_was_measured_at_lr():
+    """prunus prune fine-tunes at lr / 10 unless --retrain-lr is given; the privacy defenses keep the recipe
+    their benchmark measured (retraining at the pruning lr)."""
+    from prunus.jobs.prune import RETRAIN_LR_FACTOR
+    from prunus.privacy.defenses.config import DefenseConfig
+
+    assert RETRAIN_LR_FACTOR == 0.1
+    assert PruneConfig(lr=0.05).retrain_config().lr == pytest.approx(0.005)
+    assert PruneConfig(lr=0.05, retrain_lr=0.02).retrain_config().lr == 0.02
+    defense = DefenseConfig(method="slr", lr=0.002)
+    assert defense.prune_config().retrain_config().lr == 0.002
+    assert DefenseConfig(method="slr", lr=0.002, retrain_lr=3e-4).prune_config().retrain_config().lr == 3e-4
 
 
 def test_prune_precision_bf16_reaches_the_pruning_and_retraining_phases(capsys, tmp_path, dense_digits):

@@ -44,7 +44,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--global", dest="global_", action="store_true", help="one magnitude threshold across layers")
     p.add_argument("--prune-epochs", type=int, default=d.prune_epochs, help="epochs with the pruning method active")
     p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs, help="masked fine-tuning epochs")
-    p.add_argument("--retrain-lr", type=float)
+    p.add_argument("--retrain-lr", type=float, help="default: --lr")
     p.add_argument("--update-every", type=flags.positive_int,
                    help="batches between method rounds (default: once per epoch)")
     flags.add_method_options(de)

@@ -19,7 +19,7 @@ from prunus.cli.args import (
 )
 from prunus.data import DATASETS
 from prunus.errors import ConfigError
-from prunus.jobs.prune import RHO_SCHEDULES, PruneConfig, run_pruning
+from prunus.jobs.prune import RETRAIN_LR_FACTOR, RHO_SCHEDULES, PruneConfig, run_pruning
 from prunus.methods.registry import METHODS, method_from_recipe
 from prunus.models import build_model
 from prunus.models.loading import load_model
@@ -55,7 +55,8 @@ def add_parsers(sub) -> None:
     pr.add_argument("--retrain-epochs", type=int, default=pdefaults.retrain_epochs, help="masked retraining epochs")
     pr.add_argument("--optimizer", choices=OPTIMIZERS, default=pdefaults.optimizer)
     pr.add_argument("--lr", type=float, default=pdefaults.lr)
-    pr.add_argument("--retrain-lr", type=float)
+    pr.add_argument("--retrain-lr", type=float,
+                    help=f"masked retraining's lr (default: --lr x {RETRAIN_LR_FACTOR:g}, a fine-tuning lr)")
     pr.add_argument("--batch-size", type=positive_int, default=pdefaults.batch_size)
     pr.add_argument("--seed", type=int, default=pdefaults.seed)
     pr.add_argument("--update-every", type=positive_int,

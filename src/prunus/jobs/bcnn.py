@@ -72,6 +72,8 @@ def prune_bcnn(init: str | Path, compression: float, config: PruneConfig, run_di
     example = torch.zeros(2, ckpt.meta["model"]["in_channels"], size, size)
     if config.method in ("slr", "admm") and "penalty_step" not in config.options:
         config = dataclasses.replace(config, options={**config.options, "penalty_step": "proximal"})
+    if config.retrain_lr is None:  # a BCNN retrains at the full lr: its binary weights must still flip
+        config = dataclasses.replace(config, retrain_lr=config.lr)
     model.eval()
     _, target = prune_to_live_compression(model, lambda r: filter_plan(model, r), compression, example)
     console.print(f"filter ratio {target['ratio']:.3f} gives {target['compression']:.1f}x fewer live weights "

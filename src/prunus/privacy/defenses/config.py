@@ -107,10 +107,12 @@ class DefenseConfig:
 
     def prune_config(self):
         # the pruning recipe the privacy benchmark was measured with: SLR/ADMM round once per epoch (0), fixed rho,
-        # the textbook penalty on every entry; the retrain-free defaults of prunus prune are not measured here yet
+        # the textbook penalty on every entry, retraining at the pruning lr; the retrain-free defaults of prunus prune
+        # (and its fine-tuning lr) are not measured here yet
         options = ({"penalize": "all", **self.method_options} if self.method in ("slr", "admm")
                    else dict(self.method_options))
         return PruneConfig(method=self.method, epochs=self.prune_epochs, retrain_epochs=self.retrain_epochs,
-                           batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr, retrain_lr=self.retrain_lr,
+                           batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
+                           retrain_lr=self.retrain_lr if self.retrain_lr is not None else self.lr,
                            seed=self.seed, update_every=self.update_every if self.update_every is not None else 0,
                            rho_schedule="fixed", options=options).validate()
