@@ -44,6 +44,8 @@ continue_or_restart reweighted_unstructured.py
 # The two CNN tables whose dense files were never hashed (issue 20, whose other parts are done): VGG-11 (~2 h) and
 # the surgery/latency table (VGG-16 and ResNet-20, ~4 h; its timing pass at the end needs the machine otherwise quiet)
 continue_or_restart reweighted_structured.py
+# The evidence for prunus prune's retraining lr (a tenth of the pruning lr), on the same VGG-11 (~30 min)
+continue_or_restart retrain_lr.py
 continue_or_restart surgery_speedup.py
 # The project's core (issue 18): ResNet-20 seed 0 met every retrain-free target; seeds 1-2 make it a mean of 3
 # (~4.5 h left, resumable row by row; seed 1's 4x SLR, ADMM and reweighted rows are done)

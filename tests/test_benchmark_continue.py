@@ -197,3 +197,41 @@ def test_structured_retrain_free_trains_torch_pruning_rows_in_the_models_precisi
     for method, precision in (("tp-l1", "bf16"), ("tp-groupnorm", "bf16"), ("tp-growingreg", "fp32")):
         script.tp_row(tmp_path / "dense", None, method, 0, None, None, precision)
     assert precisions == ["bf16", "bf16", "bf16", "bf16", "fp32", "fp32"]
+
+
+def test_retrain_lr_pairs_each_pruning_with_both_retraining_lrs_and_continues(monkeypatch, tmp_path):
+    """retrain_lr.py: per plan, two runs whose configs differ only in retrain_lr (the pruning lr, then a tenth of
+    it); --continue adds only the missing rows; the last column is the best retrained minus the hard-pruned."""
+    import dataclasses
+    import json
+
+    script = _script(monkeypatch, tmp_path, "retrain_lr")
+    monkeypatch.setattr(script, "ratio_for_macs", lambda model, structure, target, probe: (0.5, 500))
+    monkeypatch.setattr(script, "load_dataset", lambda *a, **k: None)
+    configs, limit = [], [3]
+
+    def prune_run(init, plan, config, **extra):
+        if len(configs) == limit[0]:
+            raise Killed
+        configs.append(config)
+        return {**extra, "seed": config.seed, "hard_pruned_accuracy": 90.0,
+                "retrain_accuracy": [89.0, 90.5, 90.25] if config.retrain_lr == 1e-3 else [90.1, 90.2, 90.3]}
+
+    monkeypatch.setattr(script, "prune_run", prune_run)
+    with pytest.raises(Killed):
+        _main(monkeypatch, script)
+    assert [c.retrain_lr for c in configs] == [1e-3, 1e-4, 1e-3]
+    first, second = (dataclasses.asdict(c) for c in configs[:2])
+    assert {k for k in first if first[k] != second[k]} == {"retrain_lr"}
+
+    configs.clear()
+    limit[0] = 99
+    _main(monkeypatch, script, "--continue")
+    assert [c.retrain_lr for c in configs] == [1e-4, 1e-3, 1e-4]  # filter 4x at 1e-4, then column 4x
+    data = json.loads((tmp_path / "results" / "retrain_lr.json").read_text())
+    assert [(r["structure"], r["target"], r["retrain_lr"]) for r in data["runs"]] == [
+        ("filter", 2.0, 1e-3), ("filter", 2.0, 1e-4), ("filter", 4.0, 1e-3), ("filter", 4.0, 1e-4),
+        ("column", 4.0, 1e-3), ("column", 4.0, 1e-4)]
+    table = (tmp_path / "results" / "retrain_lr.md").read_text()
+    assert "| filter | 2x fewer | 0.001 | 90.00 | 89.00 | 90.50 | 90.25 | +0.50 |" in table
+    assert "| column | 4x fewer | 0.0001 | 90.00 | 90.10 | 90.20 | 90.30 | +0.30 |" in table
