@@ -132,24 +132,29 @@ def retrain_schedule(row: dict) -> str | None:
     return row.get("retrain_schedule", LEGACY_SCHEDULE) if "hard_pruned_accuracy" in row else None
 
 
+def current_recipe(row: dict) -> bool:
+    """A trained row, or a pruned row retrained on BCNN_RETRAIN_SCHEDULE."""
+    return retrain_schedule(row) in (None, BCNN_RETRAIN_SCHEDULE)
+
+
 def pruned(bcnn_run: Path, seed: int, steps: Steps, distill: float = 0.0, retrain_epochs: int = RETRAIN_EPOCHS,
-           compression: float = COMPRESSION, schedule: str = BCNN_RETRAIN_SCHEDULE) -> tuple[Path, dict]:
+           compression: float = COMPRESSION) -> tuple[Path, dict]:
     """The BCNN of ``bcnn_run`` pruned to ``compression`` x fewer live weights; a run killed half-way is started
     again.
 
     prune_bcnn's defaults: SLR's penalty as a proximal step, BatchNorm's beta left free on pruned channels.
     ``distill``: the retraining also distils from the unpruned BCNN (weight, at DISTILL_TEMPERATURE).
-    ``schedule``: the retraining's lr schedule, named in the run directory unless it is the legacy one (whose
-    committed runs keep their names).
+    The retraining's schedule (BCNN_RETRAIN_SCHEDULE) is named in the run directory unless it is the legacy one
+    (whose committed runs keep their names).
     """
     kd = f"-kd{distill:g}t{DISTILL_TEMPERATURE:g}" if distill else ""
-    tag = "" if schedule == LEGACY_SCHEDULE else f"-{schedule}"
+    tag = "" if BCNN_RETRAIN_SCHEDULE == LEGACY_SCHEDULE else f"-{BCNN_RETRAIN_SCHEDULE}"
     run = bcnn_run.with_name(bcnn_run.name + f"-slr{compression:g}x-e{PRUNE_EPOCHS}r{retrain_epochs}-prox{kd}{tag}")
     if not (pinned(run) / "results.json").exists():
         shutil.rmtree(run, ignore_errors=True)
         config = PruneConfig(method="slr", epochs=PRUNE_EPOCHS, retrain_epochs=retrain_epochs, seed=seed,
                              channels_last=True, bn_recalibrate=BN_RECALIBRATE, **steps.options(),
-                             retrain_schedule=schedule, distill=distill,
+                             retrain_schedule=BCNN_RETRAIN_SCHEDULE, distill=distill,
                              distill_temperature=DISTILL_TEMPERATURE)
         prune_bcnn(bcnn_run, compression, config, run, console=QUIET, reestimate_frames=0)  # reestimated(): every row
         pin(run, skip=("prune", "hard-pruned"))  # the rows read results.json and the retrained model
@@ -306,10 +311,10 @@ def summarize(data: dict) -> str:
 def _variant_label(row: dict) -> str:
     """The row's variant, naming the retraining schedule of a pruned row that ran another than today's: rows of
     two schedules never share a mean."""
-    schedule = retrain_schedule(row)
-    if schedule in (None, BCNN_RETRAIN_SCHEDULE):
+    if current_recipe(row):
         return row["variant"]
-    return f"{row['variant']} (per-epoch cosine)" if schedule == "cosine" else f"{row['variant']} ({schedule})"
+    schedule = retrain_schedule(row)
+    return f"{row['variant']} ({'per-epoch cosine' if schedule == LEGACY_SCHEDULE else schedule})"
 
 
 def _compiled_text(runs: list[dict]) -> str:
@@ -432,8 +437,7 @@ def main() -> None:
     check_same_recipe(data, args, path)
     started = {(r["model"], r["dataset"], r["seed"]): bool(r.get("compiled")) for r in data["runs"]}
     # a pruned row retrained on another schedule than BCNN_RETRAIN_SCHEDULE is run again (and replaced)
-    done = {(r["model"], r["dataset"], r["variant"], r["seed"]) for r in data["runs"]
-            if retrain_schedule(r) in (None, BCNN_RETRAIN_SCHEDULE)}
+    done = {(r["model"], r["dataset"], r["variant"], r["seed"]) for r in data["runs"] if current_recipe(r)}
     for dataset in args.datasets:
         test_set = load_dataset(dataset, "test", image_size=IMAGE_SIZE[dataset])
         train_set = load_dataset(dataset, "train", image_size=IMAGE_SIZE[dataset])
