@@ -314,6 +314,8 @@ def summarize(data: dict) -> str:
     ]
 
     def cell(r, mode, b):
+        if f"{mode}_small_b{b}_ms" not in r:  # trained, not timed yet: the timing pass runs after all training
+            return "not timed yet"
         small, dense = r[f"{mode}_small_b{b}_ms"], r[f"{mode}_dense_b{b}_ms"]
         return f"{small:.2f} ({dense / small:.2f}x)"
 
@@ -360,6 +362,10 @@ def summarize(data: dict) -> str:
     missing = [m for m in MODELS if not any(r["model"] == m for r in data["runs"])]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
+    untimed = sum("eager_small_b64_ms" not in r for r in data["runs"])
+    if untimed:
+        lines += ["", f"{untimed} of {len(data['runs'])} rows not timed yet: the timing pass (`--retime-only`, a quiet "
+                  "machine) runs once every row is trained."]
     return "\n".join(lines) + "\n"
 
 
