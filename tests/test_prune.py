@@ -1,5 +1,6 @@
 """`prunus prune` end to end: real data, exact sparsity, zeros that stay zero, and its error paths."""
 
+import dataclasses
 import json
 import math
 
@@ -43,6 +44,9 @@ def test_prune_cli_end_to_end(capsys, tmp_path, dense_digits):
     # without --retrain-lr the retraining fine-tunes at a tenth of --lr (1e-3), constant
     epochs = [json.loads(line) for line in (out / "retrain" / "metrics.jsonl").read_text().splitlines()]
     assert [e["lr"] for e in epochs] == [pytest.approx(1e-4)] * 2
+    # the run records that lr itself, so a resume does not depend on the default of the day
+    assert json.loads((out / "job.json").read_text())["config"]["retrain_lr"] == pytest.approx(1e-4)
+    assert results["config"]["retrain_lr"] == pytest.approx(1e-4)
 
 
 def test_retraining_lr_defaults_to_a_tenth_of_the_pruning_lr_except_where_a_recipe_was_measured_at_lr():
@@ -57,6 +61,20 @@ def test_retraining_lr_defaults_to_a_tenth_of_the_pruning_lr_except_where_a_reci
     defense = DefenseConfig(method="slr", lr=0.002)
     assert defense.prune_config().retrain_config().lr == 0.002
     assert DefenseConfig(method="slr", lr=0.002, retrain_lr=3e-4).prune_config().retrain_config().lr == 3e-4
+
+
+def test_a_run_written_before_the_retraining_default_changed_resumes_at_the_lr_it_started_with(tmp_path):
+    """job.json of a run started when masked retraining defaulted to the pruning lr records retrain_lr null:
+    resumed, it must go on at that lr, not at today's tenth of it."""
+    from prunus.jobs.common import write_job
+    from prunus.jobs.prune import read_prune_job
+    from prunus.plan.recipe import Plan
+
+    plan = Plan.from_dict({"prune": {"fc1.weight": {"structure": "unstructured", "ratio": 0.9}}})
+    write_job(tmp_path, "prune", tmp_path / "dense", plan=plan.to_dict(),
+              config={**dataclasses.asdict(PruneConfig(lr=0.002)), "retrain_lr": None})
+    _, _, config = read_prune_job(tmp_path)
+    assert config.retrain_lr == 0.002 and config.retrain_config().lr == 0.002
 
 
 def test_prune_precision_bf16_reaches_the_pruning_and_retraining_phases(capsys, tmp_path, dense_digits):

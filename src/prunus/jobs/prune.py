@@ -181,6 +181,8 @@ def run_pruning(
     check_run_dir(run_dir, resume=resume)
     if resume:
         init, plan, config = read_prune_job(run_dir)
+    elif config.retrain_lr is None:  # job.json records the lr itself: a resume never depends on today's default
+        config = dataclasses.replace(config, retrain_lr=config.lr * RETRAIN_LR_FACTOR)
     config.validate()
     job = JobInput.load(init, resources)  # under torchrun, joins the process group: every rank has checked run_dir
     console = job.console(console)
@@ -279,7 +281,10 @@ def read_prune_job(run_dir: Path) -> tuple[str, Plan, PruneConfig]:
     """What an interrupted pruning run was started with: its input checkpoint, plan and config."""
     job = read_job(run_dir, "prune")
     try:
-        return job["init"], Plan.from_dict(job["plan"], source=str(run_dir / JOB_FILE)), PruneConfig(**job["config"])
+        config = PruneConfig(**job["config"])
+        if config.retrain_lr is None:  # written before retraining defaulted to a tenth of the lr: it ran at the lr
+            config.retrain_lr = config.lr
+        return job["init"], Plan.from_dict(job["plan"], source=str(run_dir / JOB_FILE)), config
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"--resume {run_dir}: {run_dir / JOB_FILE} is damaged ({e})") from None
 
