@@ -1,6 +1,7 @@
 """Filter pruning that makes models faster: accuracy and measured CPU latency (issue 5).
 
-For each model, a dense model is trained on Fashion-MNIST padded to 32x32; then,
+For each model, the dense model of structured_retrain_free.py (Fashion-MNIST padded to 32x32; one file, one
+training, for both tables); then,
 at 2x and 4x fewer MACs, two methods get the same epoch budget E + R (``BUDGETS``):
   slr  SLR with a filter plan (E pruning epochs, Adam lr 1e-3, cosine), hard-prune
        per coupled group, R masked retraining epochs (Adam from lr 1e-4, cosine)
@@ -63,9 +64,11 @@ from common import (
     other_machines_note,
     prune_run,
     render_only,
-    train_cached,
     write_result,
 )
+from structured_retrain_free import DENSE_EPOCHS, PRECISION, dense_checkpoint
+from structured_retrain_free import MODELS as RETRAIN_FREE_MODELS
+from structured_retrain_free import ROUND_TO as ROUND_TO_SHARED
 
 from prunus.deploy.allocation import latency_aware_plan, plan_for_macs, plan_from_widths, pruned_copy, shrink_to_widths
 from prunus.deploy.footprint import weights_bytes
@@ -77,7 +80,6 @@ from prunus.jobs.prune import PruneConfig
 from prunus.models import build_model
 from prunus.models.loading import load_model
 from prunus.plan.recipe import Plan
-from prunus.train.config import TrainConfig
 from prunus.train.trainer import evaluate
 
 NAME = "surgery_speedup"
@@ -90,7 +92,9 @@ MODELS = {"vgg16": {"width": 0.5}, "resnet20": {}}
 # slr_tuning.py found rounds every 100 batches best. With 1 + 1 epochs ResNet-20 ended 2.5-4 pt below dense at 2x
 # (L1 89.83%, SLR 88.35%; dense 92.33%, seed 0), so it gets VGG-16's 3 + 1 (~2 min per epoch on the 2-core machine)
 BUDGETS = {"vgg16": (3, 1, 100), "resnet20": (3, 1, 100)}
-DENSE_EPOCHS = 4
+# The dense models are structured_retrain_free.py's (its dense_checkpoint: 10 epochs, SGD, cosine, channels-last;
+# VGG-16 in bf16 autocast, the committed pins), trained once for both tables; every training of a model's rows runs
+# in that model's precision (PRECISION) and channels-last, as there
 METHODS = {"slr": ("slr", {}), "l1": ("magnitude", {"norm": "l1"})}
 TARGETS = (2.0, 4.0)
 PROBE = torch.zeros(1, 1, 32, 32)
@@ -99,6 +103,7 @@ PROBE = torch.zeros(1, 1, 32, 32)
 # ResNet-20's first stage has 16 channels, coupled through its residual adds: with multiples of 16 it cannot be
 # pruned at all, and the bisection stopped at 2.15x fewer MACs for a 4x target (ratio 0.99), so multiples of 8.
 ROUND_TO = {"vgg16": 16, "resnet20": 8}
+assert MODELS == RETRAIN_FREE_MODELS and ROUND_TO == ROUND_TO_SHARED  # the same models, pruned to the same multiples
 PLAN_OPTIONS = {"skip_first": False}
 # Masked retraining starts a fresh Adam after the pruning phase's cosine has brought the lr to ~0: at lr 1e-3 it
 # undid converged weights (L1, VGG-16 w0.5, 2x: 93.07% after the masked epochs, 91.20% after one retraining epoch
@@ -119,11 +124,6 @@ EARLY_KEEP = 0.5
 REPEATS = 100  # timed forward passes per model and batch size (interleaved), after 5 warm-ups
 
 
-def dense_checkpoint(name: str):
-    tag = "".join(f"-{k[0]}{v:g}" for k, v in sorted(MODELS[name].items()))  # e.g. dense-vgg16-w0.5-32
-    path = HERE / ".cache" / f"dense-{name}{tag}-32"
-    return train_cached(TrainConfig(model=name, dataset="fashion-mnist", epochs=DENSE_EPOCHS, image_size=32,
-                                    augment=False, model_options=MODELS[name]), path)
 
 
 def timings(dense, small) -> dict[str, float]:
@@ -269,7 +269,10 @@ def summarize(data: dict) -> str:
     lines = [
         f"## Filter pruning that makes models faster: surgery and CPU latency (`benchmarks/{NAME}.py`)",
         "",
-        f"Fashion-MNIST padded to 32x32 ({widths}); dense models trained {data['dense_epochs']} epochs (SGD, cosine). "
+        f"Fashion-MNIST padded to 32x32 ({widths}); dense models trained {data['dense_epochs']} epochs (SGD, cosine"
+        + (", structured_retrain_free.py's dense files; every training in "
+           + ", ".join(f"{p} ({m})" for m, p in data["precision"].items()) + " forward precision, channels-last"
+           if "precision" in data else "") + "). "
         "Filter pruning of every Conv2d/Linear but the classifier (the first conv included), each layer keeping a "
         f"multiple of {' / '.join(f'{v} ({m})' for m, v in data['round_to'].items())} filters (an AVX-512 register "
         "holds 16 fp32 values, an AVX2 one 8; ResNet-20's first stage has only 16). Allocation *uniform*: one "
@@ -364,8 +367,9 @@ def summarize(data: dict) -> str:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
     untimed = sum("eager_small_b64_ms" not in r for r in data["runs"])
     if untimed:
-        lines += ["", f"{untimed} of {len(data['runs'])} rows not timed yet: the timing pass (`--retime-only`, a quiet "
-                  "machine) runs once every row is trained."]
+        note = (f"{untimed} of {len(data['runs'])} rows not timed yet: the timing pass (`--retime-only`, a quiet "
+                "machine) runs once every row is trained.")
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
@@ -388,7 +392,8 @@ def main() -> None:
         return
     data = json.loads(path.read_text()) if args.cont and path.exists() else None
     if data is None:
-        data = {"benchmark": NAME, "dense_epochs": DENSE_EPOCHS, "threads": torch.get_num_threads(),
+        data = {"benchmark": NAME, "dense_epochs": DENSE_EPOCHS, "precision": PRECISION,
+                "threads": torch.get_num_threads(),
                 "environment": environment_info(), "dense": {}, "runs": []}
     # the plan and retraining constants every row is made with (rebuild_small checks the plan's shapes again)
     if isinstance(data.setdefault("round_to", {}), int):  # files from before round_to was per model: all vgg16
@@ -459,6 +464,7 @@ def main() -> None:
                 epochs, retrain, every = BUDGETS[name]
                 config = PruneConfig(method=method, epochs=epochs, retrain_epochs=retrain, seed=0, options=options,
                                      retrain_lr=RETRAIN_LR, retrain_schedule=RETRAIN_SCHEDULE,
+                                     precision=PRECISION[name], channels_last=True,
                                      update_every=every if method == "slr" else None)
                 run = prune_run(init, plan, config, inspect=shrink, model=name, target=target, ratio=ratio,
                                 variant=variant, allocation=allocation, budget=[epochs, retrain],
