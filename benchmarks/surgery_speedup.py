@@ -239,10 +239,11 @@ def retime(name: str, dense_model, data: dict) -> None:
                   f"{r['deployed_dense_b64_ms'] / r['deployed_small_b64_ms']:.2f}x", flush=True)
 
 
-def keep_earlier_pass(data: dict, names: list[str]) -> None:
-    """Before re-timing on another CPU, keep the last pass's batch-64 figures: speed-ups are per machine."""
+def keep_earlier_pass(data: dict, names: list[str], always: bool = False) -> None:
+    """Before re-timing on another CPU (or, ``always``, before the rows are trained again), keep the last pass's
+    batch-64 figures: speed-ups are per machine."""
     timing = data.get("timing")
-    if not timing or timing["environment"]["cpu"] == environment_info()["cpu"]:
+    if not timing or (not always and timing["environment"]["cpu"] == environment_info()["cpu"]):
         return
     keys = [f"{mode}_{who}_b64_ms" for mode in ("eager", "deployed") for who in ("dense", "small")]
     rows = [{**{k: r[k] for k in ("model", "target", "variant")}, "allocation": r.get("allocation", "uniform"),
@@ -395,6 +396,11 @@ def main() -> None:
         data = {"benchmark": NAME, "dense_epochs": DENSE_EPOCHS, "precision": PRECISION,
                 "threads": torch.get_num_threads(),
                 "environment": environment_info(), "dense": {}, "runs": []}
+        if path.exists():  # started over: what depends on the shapes alone, not on the dense weights, is kept
+            old = json.loads(path.read_text())
+            if old.get("round_to") == ROUND_TO:  # the same bisection, so the same shapes
+                keep_earlier_pass(old, list(MODELS), always=True)
+                data.update({k: old[k] for k in ("searches", "earlier_timings") if k in old})
     # the plan and retraining constants every row is made with (rebuild_small checks the plan's shapes again)
     if isinstance(data.setdefault("round_to", {}), int):  # files from before round_to was per model: all vgg16
         data["round_to"] = {m: data["round_to"] for m in {r["model"] for r in data["runs"]}}

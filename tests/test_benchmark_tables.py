@@ -215,3 +215,20 @@ def test_surgery_table_shows_trained_rows_before_their_timing_pass(monkeypatch):
     l1 = next(line for line in lines if "| l1 |" in line)
     assert "| 2.00 (1.50x) | 2.00 (1.50x) | 2.00 (1.50x) | 2.00 (1.50x) |" in l1
     assert "1 of 2 rows not timed yet" in surgery.summarize(data)
+
+
+def test_surgery_timing_pass_is_kept_before_its_rows_are_trained_again(monkeypatch):
+    """Re-timing on the same CPU replaces the pass; starting the rows over (another dense file) keeps it as an
+    earlier pass of the same shapes, on whatever CPU it ran."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("surgery_speedup", None)
+    surgery = importlib.import_module("surgery_speedup")
+    here = surgery.environment_info()
+    timed = {"model": "vgg16", "target": 2.0, "variant": "slr", **{f"{m}_{w}_b64_ms": 1.0 for m in ("eager", "deployed")
+                                                                    for w in ("dense", "small")}}
+    data = {"timing": {"environment": here, "threads": 2}, "runs": [timed, {"model": "vgg16", "variant": "l1"}]}
+    surgery.keep_earlier_pass(data, ["vgg16"])
+    assert "earlier_timings" not in data
+    surgery.keep_earlier_pass(data, ["vgg16"], always=True)
+    (earlier,) = data["earlier_timings"]
+    assert earlier["environment"] == here and earlier["rows"] == [{**timed, "allocation": "uniform"}]
