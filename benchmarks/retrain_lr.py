@@ -56,6 +56,16 @@ def summarize(data: dict) -> str:
         lines.append(f"| {r['structure']} | {r['target']:g}x fewer | {r['retrain_lr']:g} | "
                      f"{r['hard_pruned_accuracy']:.2f} | " + " | ".join(f"{a:.2f}" for a in r["retrain_accuracy"])
                      + f" | {max(r['retrain_accuracy']) - r['hard_pruned_accuracy']:+.2f} |")
+    # the verdict per plan and seed: after the same epochs, the tenth of the lr against the lr itself
+    pairs = {}
+    for r in data["runs"]:
+        pairs.setdefault((r["structure"], r["target"], r["seed"]), {})[r["retrain_lr"]] = r["retrain_accuracy"][-1]
+    gaps = [(k, v[LRS[1]] - v[LRS[0]]) for k, v in sorted(pairs.items(), key=lambda kv: PLANS.index(kv[0][:2]))
+            if set(LRS) <= set(v)]
+    if gaps:
+        lines += ["", f"After {RETRAIN_EPOCHS} epochs, lr {LRS[1]:g} minus lr {LRS[0]:g}: "
+                  + "; ".join(f"{s} {t:g}x seed {seed} {gap:+.2f} pt" for (s, t, seed), gap in gaps)
+                  + f". The tenth of the lr ends ahead in {sum(g > 0 for _, g in gaps)} of {len(gaps)} plans."]
     return "\n".join(lines) + "\n"
 
 

@@ -235,3 +235,5 @@ def test_retrain_lr_pairs_each_pruning_with_both_retraining_lrs_and_continues(mo
     table = (tmp_path / "results" / "retrain_lr.md").read_text()
     assert "| filter | 2x fewer | 0.001 | 90.00 | 89.00 | 90.50 | 90.25 | +0.50 |" in table
     assert "| column | 4x fewer | 0.0001 | 90.00 | 90.10 | 90.20 | 90.30 | +0.30 |" in table
+    assert ("After 3 epochs, lr 0.0001 minus lr 0.001: filter 2x seed 0 +0.05 pt; filter 4x seed 0 +0.05 pt; "
+            "column 4x seed 0 +0.05 pt. The tenth of the lr ends ahead in 3 of 3 plans.") in table
