@@ -6,8 +6,12 @@
 #
 #   nohup bash benchmarks/run-queue.sh > benchmarks/.cache/queue.log 2>&1 &
 #
-# Timing benchmarks (bcnn_throughput.py, surgery_speedup.py --time, width_speedup.py, overhead.py) are not here:
-# they need a quiet machine, never next to a training run.
+# Timing benchmarks (bcnn_throughput.py, width_speedup.py, overhead.py) are not here: they need a quiet machine,
+# never next to a training run. surgery_speedup.py is, since it times its rows in a process of its own once all
+# of them are trained (--retime-only), when nothing else of the queue runs.
+#
+# A session's machine is fresh and its processes end with it: what survives is what was committed, so the queue
+# puts first what finishes in one session, and every row and pin is committed as it lands.
 set -u
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
@@ -47,6 +51,9 @@ continue_or_restart reweighted_structured.py
 # The evidence for prunus prune's retraining lr (a tenth of the pruning lr), on the same VGG-11 (~30 min)
 continue_or_restart retrain_lr.py
 continue_or_restart surgery_speedup.py
+# Does the BCNN's retraining on cosine-step (the lr decayed per step to 0) close the 'as trained' gap of the
+# per-epoch cosine (issue 19)? The converged width-0.5 NIN pruned 20x again (~20 min), before the long runs below
+step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --converged-only --from-long 20 --continue
 # The project's core (issue 18): ResNet-20 seed 0 met every retrain-free target; seeds 1-2 make it a mean of 3
 # (~4.5 h left, resumable row by row; seed 1's 4x SLR, ADMM and reweighted rows are done)
 step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2 --continue
