@@ -331,13 +331,14 @@ def summarize(data: dict) -> str:
         dense_accuracy = r.get("dense_accuracy", d["accuracy"])  # the dense model this row was pruned from
         final = r["retrain_accuracy"][-1]
         e, rt = r.get("budget") or BUDGETS[r["model"]][:2]  # rows written before the budget was recorded
+        size = (f"{r['weights_bytes_after']:,} ({d['weights_bytes'] / r['weights_bytes_after']:.2f}x)"
+                if "weights_bytes_after" in r else "not timed yet")  # the timing pass writes the small file
         lines.append(
             f"| {r['model']} | {dense_accuracy:.2f} | {r['target']:g}x "
             f"| {r.get('allocation', 'uniform')} | {r['variant']} | "
             f"{e} + {rt} | "
             f"{r['macs_after']:,} ({d['macs'] / r['macs_after']:.2f}x) | {r['params_after']:,} "
-            f"({d['params'] / r['params_after']:.2f}x) | {r['weights_bytes_after']:,} "
-            f"({d['weights_bytes'] / r['weights_bytes_after']:.2f}x) | {r['hard_pruned_accuracy']:.2f} | {final:.2f} | "
+            f"({d['params'] / r['params_after']:.2f}x) | {size} | {r['hard_pruned_accuracy']:.2f} | {final:.2f} | "
             f"{final - dense_accuracy:+.2f} | {cell(r, 'eager', 1)} | {cell(r, 'eager', 64)} | "
             f"{cell(r, 'deployed', 1)} | {cell(r, 'deployed', 64)} |"
         )
