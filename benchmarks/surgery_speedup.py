@@ -92,9 +92,6 @@ MODELS = {"vgg16": {"width": 0.5}, "resnet20": {}}
 # slr_tuning.py found rounds every 100 batches best. With 1 + 1 epochs ResNet-20 ended 2.5-4 pt below dense at 2x
 # (L1 89.83%, SLR 88.35%; dense 92.33%, seed 0), so it gets VGG-16's 3 + 1 (~2 min per epoch on the 2-core machine)
 BUDGETS = {"vgg16": (3, 1, 100), "resnet20": (3, 1, 100)}
-# The dense models are structured_retrain_free.py's (its dense_checkpoint: 10 epochs, SGD, cosine, channels-last;
-# VGG-16 in bf16 autocast, the committed pins), trained once for both tables; every training of a model's rows runs
-# in that model's precision (PRECISION) and channels-last, as there
 METHODS = {"slr": ("slr", {}), "l1": ("magnitude", {"norm": "l1"})}
 TARGETS = (2.0, 4.0)
 PROBE = torch.zeros(1, 1, 32, 32)
@@ -103,7 +100,10 @@ PROBE = torch.zeros(1, 1, 32, 32)
 # ResNet-20's first stage has 16 channels, coupled through its residual adds: with multiples of 16 it cannot be
 # pruned at all, and the bisection stopped at 2.15x fewer MACs for a 4x target (ratio 0.99), so multiples of 8.
 ROUND_TO = {"vgg16": 16, "resnet20": 8}
-assert MODELS == RETRAIN_FREE_MODELS and ROUND_TO == ROUND_TO_SHARED  # the same models, pruned to the same multiples
+# The dense models are structured_retrain_free.py's (its dense_checkpoint: 10 epochs, SGD, cosine, channels-last;
+# VGG-16 in bf16 autocast, the committed pins), trained once for both tables; every training of a model's rows runs
+# in that model's precision (PRECISION) and channels-last, as there. The same models, pruned to the same multiples:
+assert MODELS == RETRAIN_FREE_MODELS and ROUND_TO == ROUND_TO_SHARED
 PLAN_OPTIONS = {"skip_first": False}
 # Masked retraining starts a fresh Adam after the pruning phase's cosine has brought the lr to ~0: at lr 1e-3 it
 # undid converged weights (L1, VGG-16 w0.5, 2x: 93.07% after the masked epochs, 91.20% after one retraining epoch
@@ -122,8 +122,6 @@ SEARCH = {"batch_size": 64, "repeats": 10, "min_keep": 0.25}  # latency_aware_pl
 DEFAULT_ALLOCATIONS = ("uniform",)
 EARLY_KEEP = 0.5
 REPEATS = 100  # timed forward passes per model and batch size (interleaved), after 5 warm-ups
-
-
 
 
 def timings(dense, small) -> dict[str, float]:
