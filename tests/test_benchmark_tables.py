@@ -204,8 +204,9 @@ def test_surgery_table_shows_trained_rows_before_their_timing_pass(monkeypatch):
     row = {"model": "resnet20", "target": 2.0, "variant": "slr", "budget": [3, 1], "dense_accuracy": 92.0,
            "macs_after": 20_000_000, "params_after": 136_000, "hard_pruned_accuracy": 91.5,
            "retrain_accuracy": [91.75]}  # as the training writes it: the timing pass adds the file size and times
-    timed = {**row, "variant": "l1", "weights_bytes_after": 550_000, **{f"{m}_{w}_b{b}_ms": 2.0 if w == "small" else 3.0
-                                        for m in ("eager", "deployed") for w in ("dense", "small") for b in (1, 64)}}
+    times = {f"{m}_{w}_b{b}_ms": 2.0 if w == "small" else 3.0
+             for m in ("eager", "deployed") for w in ("dense", "small") for b in (1, 64)}
+    timed = {**row, "variant": "l1", "weights_bytes_after": 550_000, **times}
     data = {"environment": env, "threads": 2, "dense_epochs": 4, "round_to": {"resnet20": 8}, "runs": [row, timed],
             "dense": {"resnet20": {"accuracy": 92.0, "macs": 40_000_000, "params": 272_000, "weights_bytes": 1_100_000,
                                    "sha256": "ab" * 32}}}
@@ -214,7 +215,7 @@ def test_surgery_table_shows_trained_rows_before_their_timing_pass(monkeypatch):
     assert ("| 136,000 (2.00x) | not timed yet | 91.50 | 91.75 | -0.25 | not timed yet | not timed yet | not timed yet "
             "| not timed yet |") in slr
     l1 = next(line for line in lines if "| l1 |" in line)
-    assert "| 550,000 (2.00x) | 91.50 | 91.75 | -0.25 | 2.00 (1.50x) | 2.00 (1.50x) | 2.00 (1.50x) | 2.00 (1.50x) |" in l1
+    assert "| 550,000 (2.00x) | 91.50 | 91.75 | -0.25 | " + " | ".join(["2.00 (1.50x)"] * 4) + " |" in l1
     assert "1 of 2 rows not timed yet" in surgery.summarize(data)
 
 
