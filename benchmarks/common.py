@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from prunus.environment import environment_info
-from prunus.io import latest_checkpoint
+from prunus.io import CHECKPOINT_DIR, drop_checkpoint_state, latest_checkpoint
 from prunus.train.run import train
 
 HERE = Path(__file__).resolve().parent
@@ -52,10 +52,13 @@ def pinned(run: Path) -> Path:
     return run
 
 
-def pin(run: Path, skip: tuple[str, ...] = ()) -> None:
+def pin(run: Path, skip: tuple[str, ...] = (), resumable: bool = False) -> None:
     """Copy a finished run to ``benchmarks/checkpoints/<run name>`` (to commit): its files, with only the last
     checkpoint of each ``checkpoints/`` folder in it (a pruning run's retraining is a run of its own inside it),
-    and without the top-level folders named in ``skip`` (a pruning run's method phase, which no row reads)."""
+    and without the top-level folders named in ``skip`` (a pruning run's method phase, which no row reads).
+    The kept checkpoints lose their optimizer state: a finished run is read, never resumed, and momentum
+    buffers would double the size of what is committed. ``resumable`` keeps it, for a run pinned part-way at a
+    session's end so that the next machine resumes it."""
 
     def left_out(folder: str, names: list[str]) -> list[str]:
         if Path(folder) == run:
@@ -69,6 +72,9 @@ def pin(run: Path, skip: tuple[str, ...] = ()) -> None:
     tmp = copy.with_name(f".{copy.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(run, tmp, ignore=left_out)
+    if not resumable:
+        for checkpoint in tmp.rglob(f"{CHECKPOINT_DIR}/epoch-*"):
+            drop_checkpoint_state(checkpoint, "optimizer")
     shutil.rmtree(copy, ignore_errors=True)
     tmp.rename(copy)
 

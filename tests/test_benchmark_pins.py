@@ -5,7 +5,12 @@ import importlib
 import sys
 from pathlib import Path
 
+import torch
+
+from prunus.io import META_FILE, MODEL_FILE, STATE_FILE, load_checkpoint, save_checkpoint
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+CHECKPOINT_FILES = sorted([META_FILE, MODEL_FILE, STATE_FILE])
 
 
 def _common(monkeypatch, tmp_path):
@@ -21,19 +26,35 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
+def _checkpoint(path: Path, value: float) -> None:
+    """A checkpoint like a training's: model, optimizer buffers as large as the model, RNG state."""
+    weight = torch.full((8,), value)
+    save_checkpoint(path, {"w": weight}, {"optimizer": {"state": {0: {"momentum_buffer": weight * 2}}},
+                                          "rng": {"torch": torch.tensor([1, 2, 3])}}, {"epoch": int(value)})
+
+
 def test_pin_keeps_the_last_checkpoint_of_each_run_and_pinned_restores_a_lost_cache(monkeypatch, tmp_path):
     common = _common(monkeypatch, tmp_path)
     run = tmp_path / "cache" / "bcnn-s0-slr20x"
     for epoch in (1, 2, 3):
-        _write(run / "checkpoints" / f"epoch-000{epoch}" / "model.safetensors", f"method {epoch}")
+        _checkpoint(run / "checkpoints" / f"epoch-000{epoch}", epoch)
     for epoch in (4, 5):
-        _write(run / "retrain" / "checkpoints" / f"epoch-000{epoch}" / "model.safetensors", f"retrain {epoch}")
+        _checkpoint(run / "retrain" / "checkpoints" / f"epoch-000{epoch}", epoch)
     _write(run / "results.json", "{}")
     _write(run / "hard-pruned" / "model.safetensors", "hard")
     common.pin(run, skip=("hard-pruned",))
     pinned = sorted(str(p.relative_to(tmp_path / "pinned")) for p in (tmp_path / "pinned").rglob("*") if p.is_file())
-    assert pinned == ["bcnn-s0-slr20x/checkpoints/epoch-0003/model.safetensors", "bcnn-s0-slr20x/results.json",
-                      "bcnn-s0-slr20x/retrain/checkpoints/epoch-0005/model.safetensors"]
+    assert pinned == ["bcnn-s0-slr20x/checkpoints/epoch-0003/" + f for f in CHECKPOINT_FILES] + [
+        "bcnn-s0-slr20x/results.json"] + ["bcnn-s0-slr20x/retrain/checkpoints/epoch-0005/" + f for f in CHECKPOINT_FILES]
+    for kept, source in (("checkpoints/epoch-0003", "checkpoints/epoch-0003"),
+                         ("retrain/checkpoints/epoch-0005", "retrain/checkpoints/epoch-0005")):
+        copy = load_checkpoint(tmp_path / "pinned" / run.name / kept)
+        assert not copy.has_state("optimizer") and copy.has_state("rng")  # read, never resumed: no momentum
+        assert (tmp_path / "pinned" / run.name / kept / "model.safetensors").read_bytes() == (
+            run / source / "model.safetensors").read_bytes()  # the hash recorded in rows still holds
+    assert load_checkpoint(run / "checkpoints/epoch-0003").has_state("optimizer")  # the cache is left as it was
+    common.pin(run, skip=("hard-pruned",), resumable=True)  # part-way at a session's end: the next one resumes it
+    assert load_checkpoint(tmp_path / "pinned" / run.name / "checkpoints/epoch-0003").has_state("optimizer")
 
     _write(run / "results.json", "newer")
     assert common.pinned(run) == run and (run / "results.json").read_text() == "newer"  # a cache is never replaced
@@ -41,7 +62,7 @@ def test_pin_keeps_the_last_checkpoint_of_each_run_and_pinned_restores_a_lost_ca
         f.unlink() if f.is_file() else f.rmdir()
     run.rmdir()
     common.pinned(run)
-    assert (run / "retrain/checkpoints/epoch-0005/model.safetensors").read_text() == "retrain 5"
+    assert torch.equal(load_checkpoint(run / "retrain/checkpoints/epoch-0005").model_state["w"], torch.full((8,), 5.0))
     assert not (run / "checkpoints/epoch-0001").exists() and (run / "results.json").read_text() == "{}"
     assert common.pinned(tmp_path / "cache" / "never-pinned") == tmp_path / "cache" / "never-pinned"
     assert not (tmp_path / "cache" / "never-pinned").exists()

@@ -116,3 +116,27 @@ def test_pickle_payload_is_never_executed(tmp_path):
     with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(ck)
     assert not marker.exists()
+
+
+def test_dropping_the_optimizer_state_keeps_the_model_file_and_every_other_section(tmp_path):
+    """benchmarks/common.pin() keeps finished runs without their optimizer buffers; the model file's hash, recorded
+    in the rows pruned from it, must still hold."""
+    import hashlib
+
+    from prunus.io import drop_checkpoint_state
+
+    model, opt = _trained_optimizer("sgd")
+    rng = {"torch": torch.get_rng_state()}
+    save_checkpoint(tmp_path / "ck", model.state_dict(), {"optimizer": opt.state_dict(), "rng": rng},
+                    {"epoch": 7, "history": [{"epoch": 7, "test_acc": 12.5}]})
+    before = hashlib.sha256((tmp_path / "ck" / "model.safetensors").read_bytes()).hexdigest()
+    state_bytes = (tmp_path / "ck" / "state.safetensors").stat().st_size
+    drop_checkpoint_state(tmp_path / "ck", "optimizer")
+
+    assert hashlib.sha256((tmp_path / "ck" / "model.safetensors").read_bytes()).hexdigest() == before
+    assert (tmp_path / "ck" / "state.safetensors").stat().st_size < state_bytes
+    ck = load_checkpoint(tmp_path / "ck")
+    assert not ck.has_state("optimizer") and ck.meta["epoch"] == 7 and ck.meta["history"][0]["test_acc"] == 12.5
+    _assert_same(ck.state("rng"), rng)
+    _assert_same(ck.model_state, model.state_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temporary directory left beside it

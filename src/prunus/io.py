@@ -219,6 +219,19 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(path, tensors[MODEL_FILE], meta, tensors[STATE_FILE])
 
 
+def drop_checkpoint_state(path: str | os.PathLike, section: str) -> None:
+    """Rewrite the checkpoint at ``path`` without its ``section`` state, atomically; the rest is kept unchanged.
+
+    Why: a finished run kept to be read and never resumed does not need its optimizer buffers, which are as
+    large as the model (momentum) or twice as large (Adam). ``model.safetensors`` comes out byte for byte the
+    same, so a hash recorded of it still holds.
+    """
+    checkpoint = load_checkpoint(path)
+    sections = [name for name in checkpoint.meta["states"] if name != section]
+    meta = {k: v for k, v in checkpoint.meta.items() if k not in ("format", "version", "states")}
+    save_checkpoint(path, checkpoint.model_state, {name: checkpoint.state(name) for name in sections}, meta)
+
+
 # -- finding checkpoints in run directories ---------------------------------------------
 CHECKPOINT_DIR = "checkpoints"
 
