@@ -51,6 +51,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from common import (
@@ -249,6 +250,22 @@ def keep_earlier_pass(data: dict, names: list[str], always: bool = False) -> Non
     data.setdefault("earlier_timings", []).append({**timing, "rows": rows})
 
 
+def start_or_continue(path: Path, cont: bool) -> dict:
+    """The results to add rows to: ``path``'s with ``cont``; otherwise new ones that keep what depends on the
+    shapes alone, not on the dense weights (the latency searches, and the last timing pass as an earlier one),
+    when ``path`` was made with the same bisection (``round_to``), so the same shapes."""
+    if cont and path.exists():
+        return json.loads(path.read_text())
+    data = {"benchmark": NAME, "dense_epochs": DENSE_EPOCHS, "precision": PRECISION,
+            "threads": torch.get_num_threads(), "environment": environment_info(), "dense": {}, "runs": []}
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("round_to") == ROUND_TO:
+            keep_earlier_pass(old, list(MODELS), always=True)
+            data.update({k: old[k] for k in ("searches", "earlier_timings") if k in old})
+    return data
+
+
 def summarize(data: dict) -> str:
     env = data["environment"]
     allocations = sorted({r.get("allocation", "uniform") for r in data["runs"]}, key=ALLOCATIONS.index)
@@ -390,16 +407,7 @@ def main() -> None:
     path = RESULTS / f"{NAME}.json"
     if render_only(args, NAME, summarize):
         return
-    data = json.loads(path.read_text()) if args.cont and path.exists() else None
-    if data is None:
-        data = {"benchmark": NAME, "dense_epochs": DENSE_EPOCHS, "precision": PRECISION,
-                "threads": torch.get_num_threads(),
-                "environment": environment_info(), "dense": {}, "runs": []}
-        if path.exists():  # started over: what depends on the shapes alone, not on the dense weights, is kept
-            old = json.loads(path.read_text())
-            if old.get("round_to") == ROUND_TO:  # the same bisection, so the same shapes
-                keep_earlier_pass(old, list(MODELS), always=True)
-                data.update({k: old[k] for k in ("searches", "earlier_timings") if k in old})
+    data = start_or_continue(path, args.cont)
     # the plan and retraining constants every row is made with (rebuild_small checks the plan's shapes again)
     if isinstance(data.setdefault("round_to", {}), int):  # files from before round_to was per model: all vgg16
         data["round_to"] = {m: data["round_to"] for m in {r["model"] for r in data["runs"]}}

@@ -1,6 +1,7 @@
 """Verdict lines of the benchmark tables: each row compared with the right baseline, on the same seeds."""
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -234,3 +235,29 @@ def test_surgery_timing_pass_is_kept_before_its_rows_are_trained_again(monkeypat
     surgery.keep_earlier_pass(data, ["vgg16"], always=True)
     (earlier,) = data["earlier_timings"]
     assert earlier["environment"] == here and earlier["rows"] == [{**timed, "allocation": "uniform"}]
+
+
+def test_surgery_started_over_keeps_the_searches_and_the_timing_pass_of_the_same_shapes(monkeypatch, tmp_path):
+    """Without --continue (another dense file) the rows start over, but the latency searches and the last timing
+    pass depend on the shapes alone: kept when the bisection (round_to) is the same, dropped when it is not."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("surgery_speedup", None)
+    surgery = importlib.import_module("surgery_speedup")
+    timed = {"model": "vgg16", "target": 2.0, "variant": "slr", **{f"{m}_{w}_b64_ms": 1.0 for m in ("eager", "deployed")
+                                                                    for w in ("dense", "small")}}
+    old = {"round_to": surgery.ROUND_TO, "searches": {"vgg16 2x": {"steps": 3}}, "dense": {"vgg16": {"sha256": "a"}},
+           "timing": {"environment": {"cpu": "elsewhere"}, "threads": 2}, "runs": [timed]}
+    path = tmp_path / "surgery_speedup.json"
+    path.write_text(json.dumps(old))
+
+    assert surgery.start_or_continue(path, cont=True) == old
+    fresh = surgery.start_or_continue(path, cont=False)
+    assert fresh["runs"] == [] and fresh["dense"] == {} and "timing" not in fresh
+    assert fresh["searches"] == old["searches"]
+    (earlier,) = fresh["earlier_timings"]
+    assert earlier["environment"] == {"cpu": "elsewhere"} and earlier["rows"] == [{**timed, "allocation": "uniform"}]
+
+    path.write_text(json.dumps({**old, "round_to": {"vgg16": 1}}))  # another bisection: other shapes
+    fresh = surgery.start_or_continue(path, cont=False)
+    assert "searches" not in fresh and "earlier_timings" not in fresh
+    assert surgery.start_or_continue(tmp_path / "none.json", cont=True)["runs"] == []
