@@ -8,6 +8,7 @@ from pathlib import Path
 from prunus.cli import args as flags
 from prunus.methods.registry import METHODS
 from prunus.privacy.defenses import DEFENSES, DefenseConfig, load_defended, run_defense
+from prunus.train.config import PRECISIONS
 from prunus.train.rundir import check_run_dir
 
 
@@ -27,6 +28,10 @@ def add_parsers(sub) -> None:
     flags.add_recipe_args(de, d)  # the dense/undefended recipe, also what audits train reference models with
     de.add_argument("--eval-examples", type=flags.positive_int,
                     help="per-epoch test accuracy on the first N test images")
+    de.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                    help="bf16: autocast every phase's forward pass to bfloat16 (faster on CPUs with AVX-512 BF16; "
+                         "not with --defense dpsgd)")
+    de.add_argument("--channels-last", action="store_true", help="NHWC tensors (faster CPU convolutions)")
     g = de.add_argument_group("min-max game (advreg, mcmia)")
     g.add_argument("--adv-lambda", type=float, default=d.adv_lambda, help="weight of the inference model's gain")
     g.add_argument("--attack-steps", type=flags.positive_int, default=d.attack_steps,

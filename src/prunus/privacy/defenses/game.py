@@ -43,8 +43,10 @@ class InferenceModel(nn.Module):
         self.head = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Membership logit from the classifier's ``logits`` (N, C) and integer ``labels`` (N,)."""
-        logp = torch.log_softmax(logits, 1).clamp(min=-self.LOG_FLOOR) / self.LOG_FLOOR * 4
+        """Membership logit from the classifier's ``logits`` (N, C) and integer ``labels`` (N,).
+
+        In float32 whatever the classifier ran in: a bf16 log-softmax cannot tell 0.9996 from 0.996."""
+        logp = torch.log_softmax(logits.float(), 1).clamp(min=-self.LOG_FLOOR) / self.LOG_FLOOR * 4
         logp_y = logp.gather(1, labels[:, None])
         onehot = F.one_hot(labels, self.num_classes).float()
         return self.head(torch.cat([self.pred(torch.cat([logp, logp_y], 1)), self.label(onehot)], 1)).squeeze(1)
