@@ -296,6 +296,7 @@ def summarize(data: dict) -> str:
             lines += _target_lines(f"{model} {variant} against bcnn-long (the unpruned BCNN given as many "
                                    f"epochs) on {dataset}", rows, groups.get((model, dataset, "bcnn-long"), []),
                                    TOLERANCE[dataset])
+    lines += _binary_stem_lines(groups)
     sweep = sorted(((k, rows) for k, rows in groups.items() if k[2].startswith("bcnn-long-")),
                    key=lambda kv: (kv[0][0], kv[0][1], kv[1][0]["target_compression"]))
     if sweep:
@@ -306,6 +307,25 @@ def summarize(data: dict) -> str:
                                f"live) against bcnn-long on {dataset}", rows,
                                groups.get((model, dataset, "bcnn-long"), []), TOLERANCE[dataset])
     return "\n".join(lines) + "\n"
+
+
+def _binary_stem_lines(groups: dict[tuple, list[dict]]) -> list[str]:
+    """What the engine's faster stem costs in accuracy: each nin-binstem row against nin's row of the same variant,
+    dataset and seeds (the two models differ in their first layer alone)."""
+    lines = []
+    for (model, dataset, variant), rows in groups.items():
+        base = {r["seed"]: r for r in groups.get(("nin", dataset, variant), [])}
+        pairs = [(r, base[r["seed"]]) for r in rows if r["seed"] in base]
+        if model != "nin-binstem" or not pairs:
+            continue
+        deltas = [r["accuracy"] - b["accuracy"] for r, b in pairs]
+        reest = [r["bn_reestimated_accuracy"] - b["bn_reestimated_accuracy"] for r, b in pairs
+                 if "bn_reestimated_accuracy" in r and "bn_reestimated_accuracy" in b]
+        lines.append(f"- binary first layer ({variant} on {dataset}): nin-binstem - nin {statistics.mean(deltas):+.2f} "
+                     f"pt as trained" + (f", {statistics.mean(reest):+.2f} pt with BN re-estimated" if reest else "")
+                     + f" over {len(pairs)} seed(s)")
+    return ["", "The engine's faster stem (a binary first layer) against the full-precision one, same recipe and "
+            "seeds:", ""] + lines if lines else []
 
 
 def _variant_label(row: dict) -> str:

@@ -39,6 +39,20 @@ def test_bcnn_sweep_compares_each_pruned_converged_model_with_bcnn_long_on_the_s
     assert "bcnn-long-Cx" not in bcnn_accuracy.summarize({**data, "runs": runs[:2]})
 
 
+def test_bcnn_binary_stem_is_compared_with_the_full_precision_stem_on_the_same_seeds(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("bcnn_accuracy", None)
+    bcnn_accuracy = importlib.import_module("bcnn_accuracy")
+    runs = [_bcnn_row("bcnn", 0, 50.0, 49.0), _bcnn_row("bcnn", 1, 52.0, 51.0),
+            {**_bcnn_row("bcnn", 0, 23.0, 24.0), "model": "nin-binstem"},
+            {**_bcnn_row("bcnn", 2, 30.0, 30.0), "model": "nin-binstem"}]  # seed 2 has no nin row: left out
+    data = {"precision": "bf16", "environment": {"cpu": "cpu", "cpu_count": 2, "torch": "2"}, "runs": runs}
+    text = bcnn_accuracy.summarize(data)
+    assert ("- binary first layer (bcnn on modulation): nin-binstem - nin -27.00 pt as trained, -25.00 pt with BN "
+            "re-estimated over 1 seed(s)") in text
+    assert "binary first layer" not in bcnn_accuracy.summarize({**data, "runs": runs[:2]})
+
+
 def test_bcnn_converged_only_asks_for_the_converged_bcnn_and_its_prunings_alone(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     sys.modules.pop("bcnn_accuracy", None)
