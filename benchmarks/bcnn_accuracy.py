@@ -315,8 +315,8 @@ def _binary_stem_lines(groups: dict[tuple, list[dict]]) -> list[str]:
     lines = []
     for (model, dataset, variant), rows in groups.items():
         base = {r["seed"]: r for r in groups.get(("nin", dataset, variant), [])}
-        pairs = [(r, base[r["seed"]]) for r in rows if r["seed"] in base]
-        if model != "nin-binstem" or not pairs:
+        pairs = [(r, base[r["seed"]]) for r in rows if r["seed"] in base] if model == "nin-binstem" else []
+        if not pairs:
             continue
         deltas = [r["accuracy"] - b["accuracy"] for r, b in pairs]
         reest = [r["bn_reestimated_accuracy"] - b["bn_reestimated_accuracy"] for r, b in pairs

@@ -95,8 +95,8 @@ TARGETS = {t.key: t for t in (
     # LeNet-5 cannot learn this task (seed 0, 40 epochs: 25.6% test); ResNet-20 after 20 epochs: members 91.4%,
     # non-members 60.2%, test 59.4%. Eight reference models and the rows that answer the seed claims (pruning
     # alone, MCMIA, DP-SGD at the target's recipe, RelaxLoss): a ResNet-20 model costs ~50 LeNet-5 ones here, so
-    # it trains in bf16 autocast with NHWC tensors (a training step 2.6x faster than float32 NCHW on the Xeon,
-    # one thread), DP-SGD in float32
+    # it trains in bf16 autocast with NHWC tensors (a full-precision CNN's step 2.0-2.4x faster than float32 on the
+    # Xeon, bcnn_training_speed.py), DP-SGD in float32
     Target("resnet20-modulation", "resnet20", "modulation", members=2_500, epochs=20, reference_models=8,
            rows=("undefended", "prune-slr-10x", "prune-magnitude-10x", "prune-slr-8x", "mcmia", "mcmia-8x",
                  "relaxloss-a0.5",
@@ -803,7 +803,7 @@ def rows_text(s: dict) -> str:
 
 
 def _forward_pass_text(t: dict) -> str:
-    if t.get("precision", "fp32") == "fp32" and not t.get("channels_last"):
+    if "precision" not in t:  # Target.forward_pass() records nothing at the default
         return ""
     return (f"; every training (target, shadow and reference models, every defense but DP-SGD, which stays float32: "
             f"opacus clips exact per-sample gradients) runs its forward pass in {t['precision']} autocast"

@@ -72,7 +72,7 @@ step bcnn_accuracy.py --models nin-full --datasets modulation --seeds 0 1 2 --co
 # against 49.97% with the full-precision stem); its 20x pruning and the small model from scratch are what is left
 step bcnn_accuracy.py --models nin-binstem --datasets modulation --seeds 0 --compile --continue
 # Membership inference, the second target (issue 22): ResNet-20 on the radio frames, every training in bf16
-# autocast on NHWC tensors but DP-SGD's (a step 2.6x faster than float32 NCHW); ~10 h for 3 seeds on 2 cores
+# autocast on NHWC tensors but DP-SGD's (~2x faster than float32); the script prints its time estimate as it starts
 step privacy_mia.py --target resnet20-modulation --seeds 0 1 2 --continue
 # The LeNet-5 variants that are not targets, and the rest of the BCNN grid
 step retrain_free.py --continue --variants gradual slr/prox admm/prox

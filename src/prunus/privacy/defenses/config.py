@@ -32,8 +32,8 @@ class DefenseConfig:
     schedule: str = "cosine"
     seed: int = 0
     eval_examples: int | None = None  # per-epoch test accuracy on the first N test images (final: the whole test set)
-    # how every phase's forward pass runs (see TrainConfig): bf16 autocast and NHWC make a CNN's CPU step ~2.6x
-    # faster (ResNet-20, 1 thread); DP-SGD refuses bf16 (see validate)
+    # how every phase's forward pass runs (see TrainConfig): bf16 autocast and NHWC make a CNN's CPU step 2.0-2.4x
+    # faster (benchmarks/bcnn_training_speed.py); DP-SGD refuses bf16 (see validate)
     precision: str = "fp32"
     channels_last: bool = False
     # the min-max game (advreg, mcmia)
