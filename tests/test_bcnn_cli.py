@@ -77,7 +77,7 @@ def test_bench_random_model_without_checkpoint(capsys):
     (None, ["bcnn", "bench", "--model", "alexnet"], ["alexnet"]),
     (None, ["bcnn", "bench"], ["--checkpoint", "--model"]),
     (None, ["bcnn", "bench", "--model", "nin", "--batch-sizes", "1,x"], ["batch-sizes"]),
-    (None, ["bcnn"], ["train, prune, evaluate or bench"]),
+    (None, ["bcnn"], ["train, prune, int8-stem, evaluate or bench"]),
     ("lenet5", ["bcnn", "verify", "{tmp}/ckpt"], ["not a LeNet5"]),
     ("lenet5", ["bcnn", "evaluate", "{tmp}/ckpt"], ["not a LeNet5"]),
     (None, ["bcnn", "train", "--model", "lenet5", "--out", "{tmp}/x"], ["--model lenet5", "not a BCNN model"]),

@@ -138,6 +138,8 @@ MODELS = [
     ("cresnet_small", {}, 28, 1),
     ("cresnet_small", {"fp_first": False, "fp_last": False, "complex_input": "fft"}, 28, 1),
     ("cresnet18", {"width": 0.125}, 32, 3),  # stride-2 3x3 and 1x1 projection shortcuts
+    ("cnin", {"width": 0.125, "int8_first": True}, 32, 2),  # int8 stem (prunus.bcnn.int8), stacked complex input
+    ("cresnet_small", {"int8_first": True}, 28, 1),  # int8 stem on a real input, feeding the residual stream
 ]
 
 
@@ -147,6 +149,8 @@ def random_bcnn(name: str, options: dict, size: int, cin: int, prune: str, seed:
     model = build_model(name, in_channels=cin, num_classes=10, **options)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
+        if model.int8_first:  # randn inputs beyond 2.5 are clipped to +-127
+            model.stem.conv.input_scale.fill_(2.5 / 127)
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-2, 2, generator=gen)
@@ -274,6 +278,7 @@ needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
     ("cresnet18", {"width": 0.125}, 32, 3, "random"),  # fp stem feeding the residual stream; uncoupled adds
     ("cnin_small", {"norm": "whiten"}, 28, 1, "coupled"),  # whitening BN: PyTorch epilogues inside the chunks
     ("cresnet_small", {"fp_first": False, "fp_last": False}, 28, 2, "none"),  # binary stem and head
+    ("cnin", {"width": 0.125, "int8_first": True}, 32, 2, "coupled"),  # int8 stem on the int8 kernel
 ])
 def test_chunked_threaded_path_is_exact_for_any_batch(name, options, size, cin, prune):
     model, _ = random_bcnn(name, options, size, cin, prune, seed=7)
@@ -306,8 +311,8 @@ def test_probe_refuses_a_first_layer_that_changes_with_the_batch(monkeypatch):
 
     real = runner.fp_stem_conv
 
-    def drifting(stem, x, channels_last=False):
-        y = real(stem, x, channels_last)
+    def drifting(stem, x, channels_last=False, integer_kernel=False):
+        y = real(stem, x, channels_last, integer_kernel)
         return y if x.shape[0] == 1 else torch.nextafter(y, torch.full_like(y, float("inf")))
 
     monkeypatch.setattr(runner, "fp_stem_conv", drifting)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunus.bcnn.binarize import binarize, channel_scale
+from prunus.bcnn.int8 import check_exact_taps, int8_input, int8_weight, observe_input_scale, weight_scales
 from prunus.errors import ConfigError
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -57,7 +58,8 @@ def unstack(x: torch.Tensor) -> Pair:
 
 
 class _BinaryAwareConv2d(nn.Conv2d):
-    """An ``nn.Conv2d`` whose forward uses ``sign(weight)`` (straight-through) when ``binary``.
+    """An ``nn.Conv2d`` whose forward uses ``sign(weight)`` (straight-through) when ``binary``, its int8 integers
+    (:func:`~prunus.bcnn.int8.int8_weight`) when ``int8``.
 
     Given half its input channels (``Cin`` instead of ``2*Cin``), it is the complex layer on a
     *real* input (imaginary part 0): ``[x * Wr; x * Wi]`` stacked along the batch, the same
@@ -65,9 +67,10 @@ class _BinaryAwareConv2d(nn.Conv2d):
     """
 
     binary: bool = False
+    int8: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = binarize(self.weight) if self.binary else self.weight
+        weight = binarize(self.weight) if self.binary else int8_weight(self.weight) if self.int8 else self.weight
         if 2 * x.shape[1] == self.in_channels:
             c = x.shape[1]
             args = (self.bias, self.stride, self.padding, self.dilation, self.groups)
@@ -145,6 +148,8 @@ class _ComplexLayer(nn.Module):
     in_channels: int
     out_channels: int
 
+    int8 = False  # ComplexConv2d's int8 option (prunus.bcnn.int8)
+
     def _init_core(self, binary: bool, scale: bool, bias: bool) -> None:
         self.binary, self.scale = bool(binary), bool(scale)
         self.core.binary = self.binary
@@ -176,6 +181,8 @@ class _ComplexLayer(nn.Module):
 
     def _complex_forward(self, x: ComplexLike, view: tuple[int, ...]) -> ComplexLike:
         xr, xi = as_pair(x)
+        if self.int8:
+            xr, xi = self._int8_inputs(xr, xi)
         if self.binary:
             xr, xi = binarize(xr), binarize(xi.contiguous())
             out = self.core(_ComplexBatch.apply(xr, xi))
@@ -185,6 +192,8 @@ class _ComplexLayer(nn.Module):
             out = self.core(_ComplexBatch.apply(xr, xi))
         if self.binary:
             out = out * self.scales().view(view)
+        elif self.int8:
+            out = out * self.int8_factor().view(view)
         yr, yi = out[: xr.shape[0]], out[xr.shape[0]:]
         if self.bias is not None:
             yr = yr + self.bias[0].view(view)
@@ -202,7 +211,7 @@ class ComplexConv2d(_ComplexLayer):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 bias: bool = False, binary: bool = False, scale: bool = True) -> None:
+                 bias: bool = False, binary: bool = False, scale: bool = True, int8: bool = False) -> None:
         super().__init__()
         _check_channels("ComplexConv2d", in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
                         stride=stride)
@@ -210,6 +219,31 @@ class ComplexConv2d(_ComplexLayer):
         self.conv = _BinaryAwareConv2d(2 * in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                                        bias=False)
         self._init_core(binary, scale, bias)
+        if int8:
+            self.make_int8()
+
+    def make_int8(self) -> None:
+        """Quantize this (full-precision) layer to int8 from now on (:mod:`prunus.bcnn.int8`); the input scale
+        starts at 0, so the next training batch (or :func:`~prunus.bcnn.int8.observe_input_scale`) sets it."""
+        if self.binary:
+            raise ConfigError("ComplexConv2d: a layer is binary or int8, not both")
+        check_exact_taps(self.conv.in_channels * self.conv.kernel_size[0] * self.conv.kernel_size[1], "ComplexConv2d")
+        self.int8 = self.conv.int8 = True
+        if not hasattr(self, "input_scale"):
+            self.register_buffer("input_scale", torch.zeros(()))
+
+    def int8_factor(self) -> torch.Tensor:
+        """``s * w_o`` per output channel: what turns the integer convolution into this layer's output."""
+        return self.input_scale * weight_scales(self.conv.weight)
+
+    def _int8_inputs(self, xr: torch.Tensor, xi: torch.Tensor) -> Pair:
+        zero_imag = is_zero_view(xi)
+        if self.training:
+            observe_input_scale(self.input_scale, xr, *(() if zero_imag else (xi,)))
+        elif float(self.input_scale) == 0.0:
+            raise ConfigError("ComplexConv2d: this int8 layer has no input scale yet; train it, or run "
+                              "prunus.bcnn.int8.observe_input_scale on calibration inputs, before evaluating it")
+        return int8_input(xr, self.input_scale), xi if zero_imag else int8_input(xi, self.input_scale)
 
     @property
     def core(self) -> nn.Conv2d:
@@ -221,7 +255,8 @@ class ComplexConv2d(_ComplexLayer):
     def extra_repr(self) -> str:
         c = self.conv
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={c.kernel_size}, stride={c.stride}, "
-                f"padding={c.padding}, binary={self.binary}, scale={self.scale}, bias={self.bias is not None}")
+                f"padding={c.padding}, binary={self.binary}, scale={self.scale}, bias={self.bias is not None}"
+                + (", int8=True" if self.int8 else ""))
 
 
 class ComplexLinear(_ComplexLayer):

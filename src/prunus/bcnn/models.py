@@ -5,7 +5,8 @@ Every model is ``input -> stem -> body -> head``:
   complex with a zero imaginary part, their 2-D FFT, or a learned imaginary part
   (``complex_input``); 2-channel inputs (the ``modulation`` dataset) are ``[real; imag]``;
   torch complex tensors are used as they are.
-* ``stem``: the first complex convolution + complex BN, full precision unless ``fp_first=False``.
+* ``stem``: the first complex convolution + complex BN, full precision unless ``fp_first=False``; int8 weights and
+  inputs with ``int8_first=True`` (:mod:`prunus.bcnn.int8`: the engine's integer first layer).
 * ``body``: :class:`ComplexUnit` (conv -> BN [-> CReLU] [-> max-pool]) and, for ResNet,
   :class:`ComplexBasicBlock`.  In a binary model every body convolution is binary and there is
   no CReLU (``sign`` of the BN output is the activation: each binary conv binarizes its input);
@@ -22,12 +23,13 @@ pooling commutes with ``sign`` and runs on bits).  The channel tables are in ``N
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-from prunus.bcnn.layers import INPUT_MODES, NORMS, ComplexConv2d, ComplexLike, ComplexLinear, as_pair
+from prunus.bcnn.int8 import INT8_MAX
+from prunus.bcnn.layers import INPUT_MODES, NORMS, ComplexConv2d, ComplexLike, ComplexLinear, as_pair, is_zero_view
 from prunus.bcnn.norms import ComplexBatchNorm2d
 from prunus.bcnn.pooling import ComplexAvgPool2d, ComplexInput, ComplexMaxPool2d, CReLU
 from prunus.errors import ConfigError
@@ -110,13 +112,20 @@ class ComplexNet(nn.Module):
     """``input -> stem -> body -> head``; subclasses fill the body (see the module docstring)."""
 
     def __init__(self, in_channels: int, num_classes: int, *, width: float, binary: bool, complex_input: str,
-                 norm: str, scale: bool, fp_first: bool, fp_last: bool) -> None:
+                 norm: str, scale: bool, fp_first: bool, fp_last: bool, int8_first: bool = False) -> None:
         super().__init__()
         _check_options(width=width, binary=binary, complex_input=complex_input, norm=norm, scale=scale,
-                       fp_first=fp_first, fp_last=fp_last)
+                       fp_first=fp_first, fp_last=fp_last, int8_first=int8_first)
         self.width, self.binary, self.norm, self.scale = float(width), binary, norm, scale
-        self.fp_first, self.fp_last = fp_first, fp_last
+        self.fp_first, self.fp_last, self.int8_first = fp_first, fp_last, int8_first
         self.input = ComplexInput(in_channels, complex_input)
+
+    def make_stem(self, cin: int, cout: int, k: int) -> ComplexUnit:
+        """The first unit: binary only when the model is and ``fp_first`` is off; int8 with ``int8_first``."""
+        stem = self.unit(cin, cout, k, binary=self.binary and not self.fp_first)
+        if self.int8_first:
+            stem.conv.make_int8()
+        return stem
 
     def channels(self, c: int) -> int:
         return max(1, int(round(c * self.width)))
@@ -128,6 +137,24 @@ class ComplexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(self.stem(self.input(x))))
+
+    @torch.no_grad()
+    def quantize_first_layer(self, batches: Iterable[torch.Tensor]) -> None:
+        """After training: the first layer becomes int8 (:mod:`prunus.bcnn.int8`), its input scale the calibration
+        frames' ``max |x| / 127`` (the value a quantization-aware training's scale follows)."""
+        if self.int8_first:
+            raise ConfigError("the model's first layer is int8 already")
+        if self.stem.conv.binary:
+            raise ConfigError("the model's first layer is binary; only a full-precision first layer becomes int8")
+        peak = 0.0
+        for x in batches:
+            xr, xi = as_pair(self.input(x))
+            peak = max(peak, float(xr.abs().amax()), 0.0 if is_zero_view(xi) else float(xi.abs().amax()))
+        if peak == 0.0:
+            raise ConfigError("the calibration frames are all zero: no input scale for the int8 first layer")
+        self.stem.conv.make_int8()
+        self.stem.conv.input_scale.fill_(peak / INT8_MAX)
+        self.int8_first = True
 
 
 #: complex NIN: (out channels, kernel, pool after) per hidden unit; the stem is 96@5x5.
@@ -150,15 +177,15 @@ class ComplexNIN(ComplexNet):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: float = 1.0, binary: bool = True,
                  complex_input: str = "auto", norm: str = "naive", scale: bool = True, fp_first: bool = True,
-                 fp_last: bool = True, small: bool = False) -> None:
+                 fp_last: bool = True, small: bool = False, int8_first: bool = False) -> None:
         super().__init__(in_channels, num_classes, width=width, binary=binary, complex_input=complex_input, norm=norm,
-                         scale=scale, fp_first=fp_first, fp_last=fp_last)
+                         scale=scale, fp_first=fp_first, fp_last=fp_last, int8_first=int8_first)
         if small:
             layers, (stem_c, stem_k), pool = NIN_SMALL_LAYERS, (32, 3), (2, 2)
         else:
             layers, (stem_c, stem_k), pool = NIN_LAYERS, (96, 5), (3, 2)
         c = self.channels(stem_c)
-        self.stem = self.unit(self.input.channels, c, stem_k, binary=binary and not fp_first)
+        self.stem = self.make_stem(self.input.channels, c, stem_k)
         units = []
         for cout, k, pooled in layers:
             units.append(self.unit(c, self.channels(cout), k, pool=pool if pooled else None))
@@ -182,12 +209,12 @@ class ComplexResNet(ComplexNet):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: float = 1.0, binary: bool = True,
                  complex_input: str = "auto", norm: str = "naive", scale: bool = True, fp_first: bool = True,
-                 fp_last: bool = True, small: bool = False) -> None:
+                 fp_last: bool = True, small: bool = False, int8_first: bool = False) -> None:
         super().__init__(in_channels, num_classes, width=width, binary=binary, complex_input=complex_input, norm=norm,
-                         scale=scale, fp_first=fp_first, fp_last=fp_last)
+                         scale=scale, fp_first=fp_first, fp_last=fp_last, int8_first=int8_first)
         stem_c, stages = RESNET_SMALL_STAGES if small else RESNET18_STAGES
         c = self.channels(stem_c)
-        self.stem = self.unit(self.input.channels, c, 3, binary=binary and not fp_first)
+        self.stem = self.make_stem(self.input.channels, c, 3)
         blocks = []
         for cout, stride, n in stages:
             for i in range(n):
@@ -202,9 +229,12 @@ def _check_options(**options: Any) -> None:
     width = options["width"]
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not (0 < width <= 16):
         raise ConfigError(f"Model option 'width' must be a number in (0, 16], got {width!r}.")
-    for flag in ("binary", "scale", "fp_first", "fp_last"):
+    for flag in ("binary", "scale", "fp_first", "fp_last", "int8_first"):
         if not isinstance(options[flag], bool):
             raise ConfigError(f"Model option '{flag}' must be true or false, got {options[flag]!r}.")
+    if options["int8_first"] and options["binary"] and not options["fp_first"]:
+        raise ConfigError("Model option 'int8_first' needs a full-precision first layer to quantize, but "
+                          "'fp_first' is false (the first layer is binary).")
     if options["norm"] not in NORMS:
         raise ConfigError(f"Model option 'norm' must be one of {', '.join(NORMS)}, got {options['norm']!r}.")
     if options["complex_input"] not in INPUT_MODES:

@@ -20,7 +20,7 @@ from rich.table import Table
 from prunus.bcnn.engine import compile_engine
 from prunus.bcnn.engine.bench import benchmark
 from prunus.cli.args import positive_int
-from prunus.cli.bcnn_train import ALIASES, add_train_parsers, cmd_prune, cmd_train
+from prunus.cli.bcnn_train import ALIASES, add_train_parsers, cmd_int8_stem, cmd_prune, cmd_train
 from prunus.data import load_dataset
 from prunus.errors import ConfigError
 from prunus.models import MODELS, build_model
@@ -39,7 +39,7 @@ def _batch_sizes(text: str) -> list[int]:
 
 
 def add_parsers(sub) -> None:
-    """Register ``prunus bcnn {train,prune,evaluate,bench}`` on the main parser's subparsers."""
+    """Register ``prunus bcnn {train,prune,int8-stem,evaluate,bench}`` on the main parser's subparsers."""
     bc = sub.add_parser("bcnn", help="binarized complex networks: train, prune 20x, evaluate and bench on the "
                                      "bit-packed XNOR-popcount engine")
     bsub = bc.add_subparsers(dest="bcnn_command", metavar="BCNN_COMMAND", parser_class=type(bc))
@@ -122,7 +122,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     console = Console(width=120)
     console.print(f"model {name}, input {result.in_channels}x{size}x{size}, backend {result.backend}, "
-                  f"{result.threads} threads, CPU {result.machine.get('cpu')}", soft_wrap=True)
+                  f"{result.threads} threads, CPU {result.machine.get('cpu')}; first layer {engine.first_layer}",
+                  soft_wrap=True)
     layers = Table(title="binary layers as packed (channels: stacked real+imag, live/dense)")
     for col in ("layer", "k", "stride", "in bits", "out ch", "out size", "packed bytes", "Mbit-MAC/img", "epilogue"):
         layers.add_column(col, justify="left" if col in ("layer", "epilogue") else "right")
@@ -189,9 +190,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_bcnn(args: argparse.Namespace) -> int:
     if args.bcnn_command is None:
-        raise ConfigError("prunus bcnn needs a command: train, prune, evaluate or bench (see prunus bcnn --help)")
-    commands = {"train": cmd_train, "prune": cmd_prune, "bench": cmd_bench, "evaluate": cmd_evaluate,
-                "verify": cmd_evaluate}
+        raise ConfigError("prunus bcnn needs a command: train, prune, int8-stem, evaluate or bench (see prunus bcnn "
+                          "--help)")
+    commands = {"train": cmd_train, "prune": cmd_prune, "int8-stem": cmd_int8_stem, "bench": cmd_bench,
+                "evaluate": cmd_evaluate, "verify": cmd_evaluate}
     return commands[args.bcnn_command](args)
 
 

@@ -1,4 +1,4 @@
-"""``prunus bcnn train`` and ``prunus bcnn prune``: a BCNN trained and pruned 20x, end to end.
+"""``prunus bcnn train``, ``prune`` and ``int8-stem``: a BCNN trained, pruned 20x and deployed, end to end.
 
 * ``prunus bcnn train --model nin --dataset modulation --out runs/nin``: the binarized complex model
   (``--fp``: its full-precision twin) with the recipe binary nets want (Adam, cosine, no weight decay,
@@ -6,6 +6,9 @@
 * ``prunus bcnn prune --init runs/nin --compression 20 --out runs/nin-20x``: SLR (or ADMM) filter
   pruning to 20x fewer *live* weights (:mod:`prunus.jobs.bcnn`), masked retraining, both counts, and
   ``OUT/deployed``: the final model with its BatchNorm statistics re-estimated for inference.
+* ``prunus bcnn int8-stem --init runs/nin-20x/deployed --out runs/nin-20x-int8``: the first layer quantized to
+  int8 after training (its input scale calibrated on training frames), the engine's faster stem
+  (:mod:`prunus.bcnn.int8`); ``prunus bcnn train --int8-stem`` trains with it from the start instead.
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ from prunus.cli.args import (
     resources_of,
 )
 from prunus.errors import ConfigError
-from prunus.jobs.bcnn import BCNN_RETRAIN_SCHEDULE, REESTIMATE_FRAMES, prune_bcnn
+from prunus.jobs.bcnn import (
+    BCNN_RETRAIN_SCHEDULE,
+    CALIBRATION_FRAMES,
+    REESTIMATE_FRAMES,
+    prune_bcnn,
+    quantize_first_layer,
+)
 from prunus.jobs.prune import PruneConfig
 from prunus.train.config import TrainConfig
 from prunus.train.run import train
@@ -37,7 +46,9 @@ def add_train_parsers(bsub) -> None:
     t.add_argument("--fp", action="store_true", help="the full-precision complex model (CReLU) instead of the BCNN")
     t.add_argument("--width", type=float, default=1.0, help="channel width multiplier (default 1)")
     t.add_argument("--binary-stem", action="store_true",
-                   help="binarize the first layer too (NIN: 1.4x faster on the engine; the stem is most of its time)")
+                   help="binarize the first layer too (faster on the engine, far less accurate: see README)")
+    t.add_argument("--int8-stem", action="store_true",
+                   help="train the first layer with int8 weights and inputs (the engine runs it on 8-bit dot products)")
     t.add_argument("--dataset", default="modulation", help="modulation (default), fashion-mnist, ...")
     t.add_argument("--image-size", type=positive_int, help="zero-pad images to this size (32 for Fashion-MNIST)")
     t.add_argument("--epochs", type=positive_int, default=20)
@@ -71,6 +82,14 @@ def add_train_parsers(bsub) -> None:
     p.add_argument("--out", required=True, help="run directory to create")
     add_data_args(p)
 
+    q = bsub.add_parser("int8-stem", help="quantize a trained BCNN's first layer to int8 (the engine's faster stem)")
+    q.add_argument("--init", required=True, help="the trained BCNN (checkpoint or run directory)")
+    q.add_argument("--out", required=True, help="checkpoint directory to write")
+    q.add_argument("--frames", type=positive_int, default=CALIBRATION_FRAMES,
+                   help=f"training frames the input scale is calibrated on (default {CALIBRATION_FRAMES})")
+    q.add_argument("--seed", type=int, default=0, help="which training frames (default 0)")
+    add_data_args(q)
+
 
 def model_name(model: str, fp: bool) -> str:
     name = ALIASES.get(model, model)
@@ -92,10 +111,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("prunus bcnn train needs --out RUN_DIR (or --resume RUN_DIR)")
         if args.binary_stem and args.fp:
             raise ConfigError("--binary-stem is for the BCNN; drop --fp")
+        if args.binary_stem and args.int8_stem:
+            raise ConfigError("--binary-stem and --int8-stem are two different first layers; pick one")
+        stem = {"fp_first": False} if args.binary_stem else {"int8_first": True} if args.int8_stem else {}
         config = TrainConfig(model=model_name(args.model, args.fp), dataset=args.dataset, epochs=args.epochs,
                              batch_size=args.batch_size, optimizer="adam", lr=args.lr, weight_decay=0.0,
                              schedule="cosine", seed=args.seed, image_size=args.image_size, augment=False,
-                             model_options={"width": args.width, **({"fp_first": False} if args.binary_stem else {})},
+                             model_options={"width": args.width, **stem},
                              channels_last=args.channels_last,
                              precision=args.precision, compile=args.compile).validate()
         trainer = train(config, args.out, **resources)
@@ -123,3 +145,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
                   f"after retraining epochs: {retrain}{deployed} | {b['live_compression']:.1f}x fewer live weights "
                   f"({b['nonzero_compression']:.1f}x by nonzero count), filter ratio {b['ratio']:.3f}")
     return 0
+
+
+def cmd_int8_stem(args: argparse.Namespace) -> int:
+    r = quantize_first_layer(args.init, args.out, frames=args.frames, seed=args.seed, resources=resources_of(args))
+    engine = {None: "no engine for a full-precision model", True: "engine equal to PyTorch on every test frame",
+              False: "engine DIFFERENT from PyTorch"}[r["engine_equal"]]
+    print_summary(f"test accuracy {r['accuracy_before']:.2f}% with the float first layer, {r['accuracy']:.2f}% with "
+                  f"it int8 (input scale {r['input_scale']:.4g} from {r['frames']} training frames); {engine}; "
+                  f"saved {args.out}")
+    return 1 if r["engine_equal"] is False else 0

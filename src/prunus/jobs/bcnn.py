@@ -8,7 +8,8 @@ the live count depends only on how many filters each layer keeps, so SLR's hard-
 ratio reaches the same compression. Then a normal pruning run (:func:`prunus.jobs.prune.run_pruning`).
 
 The run ends with the step that deploys a pruned BCNN: its BatchNorm statistics re-estimated one
-BatchNorm at a time (``RUN_DIR/deployed``, :func:`save_deployed`).
+BatchNorm at a time (``RUN_DIR/deployed``, :func:`save_deployed`).  :func:`quantize_first_layer` makes a trained
+BCNN's first layer int8 afterwards, the engine's faster stem (:mod:`prunus.bcnn.int8`).
 
 SLR and ADMM apply their penalty as a proximal step here (``penalty_step="proximal"`` unless the
 config says otherwise): a BCNN is trained with Adam, which moves a penalised weight by about lr
@@ -48,6 +49,8 @@ BCNN_RETRAIN_SCHEDULE = "cosine-step"
 
 #: training frames the deployed model's BatchNorm statistics are re-estimated on (``--bn-reestimate``)
 REESTIMATE_FRAMES = 4096
+#: training frames an int8 first layer's input scale is calibrated on (``prunus bcnn int8-stem --frames``)
+CALIBRATION_FRAMES = 4096
 
 
 def prune_bcnn(init: str | Path, compression: float, config: PruneConfig, run_dir: str | Path, *,
@@ -126,3 +129,43 @@ def save_deployed(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any], s
                         {**meta, "bn_reestimated": {"from": source, "frames": used, "seed": seed}})
     return {"as_trained_accuracy": as_trained, "bn_reestimated_accuracy": after, "bn_reestimate_frames": used,
             "deployed": "deployed"}
+
+
+def quantize_first_layer(init: str | Path, out: str | Path, *, frames: int = CALIBRATION_FRAMES, seed: int = 0,
+                         resources: Resources | None = None) -> dict[str, Any]:
+    """The trained BCNN of ``init`` with an int8 first layer (post-training, :meth:`ComplexNet.quantize_first_layer`),
+    its input scale calibrated on ``frames`` training frames (drawn with ``seed``), saved as checkpoint ``out``.
+
+    Returns the test accuracy before and after and whether the engine's logits equal PyTorch's on the whole test
+    set (the int8 stem runs on the engine's integer kernel; None for a full-precision model, which has no engine).
+    No weight is trained.
+    """
+    if frames < 1:
+        raise ConfigError(f"--frames must be at least 1, got {frames}")
+    model, ckpt = load_model(init)
+    if not is_bcnn(model):
+        raise ConfigError(f"--init {init}: {ckpt.meta['model']['name']} is not a complex (BCNN) model")
+    res = resources or Resources()
+    dataset = ckpt.meta["dataset"]
+    train_set, test_set = (load_dataset(dataset["name"], split, data_dir=res.data_dir, download=res.download,
+                                        image_size=dataset.get("image_size")) for split in ("train", "test"))
+    model.eval()
+    before = evaluate(model, test_set)["accuracy"]
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:frames]
+    frames_x = train_set.images[order]
+    try:
+        model.quantize_first_layer(frames_x[i:i + 256] for i in range(0, len(frames_x), 256))
+    except ConfigError as e:
+        raise ConfigError(f"--init {init}: {e}") from None
+    after = evaluate(model, test_set)["accuracy"]
+    equal = None  # a full-precision complex model has no engine
+    if model.binary:
+        engine = compile_engine(model, test_set.image_size)
+        equal = all(torch.equal(engine(test_set.images[i:i + 500]), model(test_set.images[i:i + 500]))
+                    for i in range(0, len(test_set), 500))
+    record = ckpt.meta["model"]
+    meta = {**ckpt.meta, "model": {**record, "options": {**record.get("options", {}), "int8_first": True}},
+            "int8_first_layer": {"from": str(init), "frames": len(order), "seed": seed}}
+    save_checkpoint(out, model.state_dict(), None, meta)
+    return {"accuracy_before": before, "accuracy": after, "engine_equal": equal,
+            "input_scale": float(model.stem.conv.input_scale), "frames": len(order), "checkpoint": str(out)}

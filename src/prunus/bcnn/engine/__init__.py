@@ -128,6 +128,19 @@ class BinaryEngine:
         return counts
 
     @property
+    def first_layer(self) -> str:
+        """How the first layer runs: "binary", "float32" (PyTorch) or "int8 (onednn-int8)" / "int8 (float32)" (its
+        kernel, :mod:`prunus.bcnn.engine.int8_conv`; a whitening-BN stem runs as the model's own modules)."""
+        for op in self.program.ops:
+            if isinstance(op, TorchIn) and op.stem is not None:
+                conv = op.stem.integer_conv
+                if conv is None:
+                    return "float32"
+                uses_kernel = op.stem.norm == "naive" and self.backend.name == "numba"
+                return f"int8 ({conv.kernel if uses_kernel else 'float32'})"
+        return "binary"
+
+    @property
     def bit_macs(self) -> int:
         """+-1 multiply-accumulates per image over all binary layers (as executed: live channels only)."""
         return self.program.bit_macs

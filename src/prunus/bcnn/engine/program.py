@@ -39,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prunus.bcnn.engine.int8_conv import Int8Conv
+from prunus.bcnn.int8 import int8_input, int8_weight
 from prunus.bcnn.layers import ComplexConv2d, ComplexLinear, unstack
 from prunus.bcnn.models import ComplexBasicBlock, ComplexNet, ComplexUnit
 from prunus.bcnn.norms import apply_fold, apply_whitening
@@ -103,7 +105,8 @@ class FpStem:
     ``[(xr, -xi); (xi, xr)]`` as the reference does.  ``bias``: stacked (2L,) or None.  ``norm``, ``bn``:
     the BN constants as for :class:`BConv` (naive: ``(s, t)`` per stacked live channel).  ``pool``: the stem's max-pool
     ``(kernel, stride, padding, ceil_mode)`` or None.  See :func:`fp_stem_conv` for how it is run and
-    why its result equals the reference's.
+    why its result equals the reference's.  An int8 layer (:mod:`prunus.bcnn.int8`) has integer ``weight`` values,
+    the model's ``input_scale`` and ``factor`` (``s * w_o`` per stacked live channel), and its ``integer_conv``.
     """
 
     weight: torch.Tensor
@@ -116,6 +119,9 @@ class FpStem:
     pool: tuple[int, int, int, bool] | None
     input_fn: Callable = None  # type: ignore[assignment]  # the model's ComplexInput
     weight_cl: torch.Tensor | None = None  # ``weight`` in channels-last memory order, made on first use
+    input_scale: torch.Tensor | None = None  # int8 layer only (None: float32)
+    factor: torch.Tensor | None = None
+    integer_conv: Int8Conv | None = None
 
 
 @dataclass
@@ -370,6 +376,8 @@ class _Compiler:
         m = self.model
         conv, bn, pool = m.stem.conv, m.stem.bn, m.stem.pool
         w = conv.conv.weight.detach().float()
+        if conv.int8:
+            w = int8_weight(w)
         idx = torch.from_numpy(rows)
         cin = conv.in_channels
         real_input = m.input.mode == "zero"
@@ -380,8 +388,17 @@ class _Compiler:
             bias = torch.cat([b[0, idx], b[1, idx]])
         norm, consts, _ = _bn_constants(bn, rows)
         pooling = None if pool is None else (pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)
-        return FpStem(weight.contiguous(), real_input, conv.conv.stride[0], conv.conv.padding[0], bias, norm, consts,
-                      pooling, m.input)
+        stride, padding = conv.conv.stride[0], conv.conv.padding[0]
+        stem = FpStem(weight.contiguous(), real_input, stride, padding, bias, norm, consts, pooling, m.input)
+        if conv.int8:
+            factor = conv.int8_factor().detach()[idx]
+            stem.input_scale, stem.factor = conv.input_scale.detach().clone(), torch.cat([factor, factor])
+            # integer sums are exact in any order, so one real conv with the block weight [[Wr, -Wi], [Wi, Wr]]
+            # on [xr; xi] gives the stacked output directly (no doubled batch to split, as the float path needs)
+            block = stem.weight if real_input else torch.cat(
+                [torch.cat([weight[:, :cin], -weight[:, cin:]], 1), torch.cat([weight[:, cin:], weight[:, :cin]], 1)])
+            stem.integer_conv = Int8Conv(block, stem.factor, stride, padding)
+        return stem
 
     def _stem_feeds_float(self) -> bool:
         return isinstance(self.model.body[0], ComplexBasicBlock) if len(self.model.body) else True
@@ -550,7 +567,8 @@ def _expand(data: torch.Tensor, e: Edge, live: np.ndarray) -> torch.Tensor:
     return out
 
 
-def fp_stem_conv(stem: FpStem, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+def fp_stem_conv(stem: FpStem, x: torch.Tensor, channels_last: bool = False, integer_kernel: bool = False
+                 ) -> torch.Tensor:
     """The pruned first layer's convolution: ``(B, 2L, H, W)`` stacked live channels, before bias and BN.
 
     It computes each live output with the same PyTorch convolution the reference runs, only without
@@ -558,8 +576,11 @@ def fp_stem_conv(stem: FpStem, x: torch.Tensor, channels_last: bool = False) -> 
     output of a convolution by its own fixed sequence of float operations, so the values equal the
     reference's as long as the algorithm PyTorch picks does not change with the number of filters,
     the batch size or the memory format -- which the numba backend checks on random inputs before
-    using this path (``channels_last`` is only used where that check passed).
+    using this path (``channels_last`` is only used where that check passed).  An int8 layer goes to
+    :func:`int8_stem_conv` (``integer_kernel``: on its int8 kernel).
     """
+    if stem.integer_conv is not None:
+        return int8_stem_conv(stem, x, integer_kernel)
     if stem.real_input:
         inp = x
     else:
@@ -576,6 +597,17 @@ def fp_stem_conv(stem: FpStem, x: torch.Tensor, channels_last: bool = False) -> 
         n = x.shape[0]
         y = torch.cat([y[:n], y[n:]], 1)
     return y
+
+
+def int8_stem_conv(stem: FpStem, x: torch.Tensor, integer_kernel: bool) -> torch.Tensor:
+    """An int8 first layer as the model computes it (:mod:`prunus.bcnn.int8`): the input quantized with the model's
+    scale, the exact convolution of the integers (on the int8 kernel or as float32), times ``s * w_o``."""
+    if stem.real_input:
+        q = int8_input(x, stem.input_scale)
+    else:
+        xr, xi = stem.input_fn(x)
+        q = int8_input(torch.cat([xr, xi], 1), stem.input_scale)
+    return stem.integer_conv(q, integer_kernel)
 
 
 def fp_stem_forward(stem: FpStem, x: torch.Tensor) -> torch.Tensor:

@@ -254,7 +254,7 @@ class _Builder:
 
         def run_stem(ws, x, n, op=op):
             channels_last = bool(variant[1 if n == 1 else 2])
-            y = fp_stem_conv(stem, x, channels_last)
+            y = fp_stem_conv(stem, x, channels_last, integer_kernel=True)
             _, _, h, w = y.shape
             ya = (y.permute(0, 2, 3, 1) if channels_last else y).contiguous().numpy()
             out = ws.buffer(("stem", "f"), n, (L, h, w), np.float32) if want_float else _EMPTY_F4
@@ -571,7 +571,7 @@ class ChunkedRunner:
     def _stem_float(stem, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
         """The fast first layer's float output (conv on live filters + the numba epilogue), for the probe."""
         with torch.no_grad():
-            y = fp_stem_conv(stem, x, channels_last)
+            y = fp_stem_conv(stem, x, channels_last, integer_kernel=True)
         n, L, h, w = y.shape
         ya = (y.permute(0, 2, 3, 1) if channels_last else y).contiguous().numpy()
         out = np.empty((n, L, h, w), np.float32)
