@@ -16,7 +16,9 @@ For each model x dataset x seed, these rows from one script run:
   bcnn-small   the BCNN narrowed to the same 20x fewer live weights, trained from scratch (the baseline
                pruning must beat: "Rethinking the Value of Network Pruning", Liu et al., ICLR 2019)
 ``nin-binstem`` (a NIN whose first layer is binary too, the engine's faster variant) gets every row but fp;
-its full-precision twin is nin's fp row. The trainings share the recipe (Adam lr 1e-3, cosine, no weight
+its full-precision twin is nin's fp row.  ``--int8-stem VARIANT ...``: those rows of each model again as
+``<model>-int8stem``, their first layer quantized to int8 after training (``prunus bcnn int8-stem``: the engine's
+integer stem; the same weights otherwise). The trainings share the recipe (Adam lr 1e-3, cosine, no weight
 decay, no augmentation, channels-last, batch 128). Widths are reduced where the 2-core CPU forces it and every row
 carries its parameter count. Each pruned model runs on the engine over the whole test set:
 ``engine_equal`` says its logits equal PyTorch's on every image (``torch.equal`` per row).
@@ -28,7 +30,7 @@ with ``--continue`` finished rows are kept. Run it in the background across sess
 
     python benchmarks/bcnn_accuracy.py [--models nin resnet18 nin-binstem] [--datasets modulation fashion-mnist]
         [--seeds 0 1 2] [--epochs N] [--distill-row] [--long-row] [--long-control] [--from-long C ...]
-        [--converged-only] [--compile] [--continue] [--render]
+        [--converged-only] [--int8-stem VARIANT ...] [--compile] [--continue] [--render]
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ from prunus.bcnn.pruning import weight_counts
 from prunus.data import load_dataset
 from prunus.environment import environment_info
 from prunus.harden.batchnorm import reestimate_batchnorm
-from prunus.jobs.bcnn import BCNN_RETRAIN_SCHEDULE, prune_bcnn
+from prunus.jobs.bcnn import BCNN_RETRAIN_SCHEDULE, CALIBRATION_FRAMES, prune_bcnn, quantize_first_layer
 from prunus.jobs.prune import PruneConfig
 from prunus.models import build_model
 from prunus.models.loading import load_model
@@ -258,6 +260,10 @@ def summarize(data: dict) -> str:
              + ("bcnn-long-Cx: the converged bcnn-long model pruned to C x fewer live weights by the bcnn-20x recipe "
                 f"({PRUNE_EPOCHS} + {RETRAIN_EPOCHS} epochs), compared with bcnn-long: the usual protocol of pruning "
                 "a converged model. " if any(r["variant"].startswith("bcnn-long-") for r in data["runs"]) else "")
+             + ("<model>-int8stem: that model's row with its first layer quantized to int8 after training (prunus "
+                f"bcnn int8-stem: int8 weights with a scale per filter, int8 inputs with one scale from "
+                f"{CALIBRATION_FRAMES:,} training frames; no training step), which the engine runs on 8-bit dot "
+                "products. " if any(r.get("int8_from") for r in data["runs"]) else "")
              + _compiled_text(data["runs"])
              + "Widths reduced for a 2-core CPU (parameter "
              "counts in the table). *BN re-est.*: the same weights with BatchNorm statistics re-estimated "
@@ -296,7 +302,7 @@ def summarize(data: dict) -> str:
             lines += _target_lines(f"{model} {variant} against bcnn-long (the unpruned BCNN given as many "
                                    f"epochs) on {dataset}", rows, groups.get((model, dataset, "bcnn-long"), []),
                                    TOLERANCE[dataset])
-    lines += _binary_stem_lines(groups)
+    lines += _stem_lines(groups)
     sweep = sorted(((k, rows) for k, rows in groups.items() if k[2].startswith("bcnn-long-")),
                    key=lambda kv: (kv[0][0], kv[0][1], kv[1][0]["target_compression"]))
     if sweep:
@@ -309,23 +315,60 @@ def summarize(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _binary_stem_lines(groups: dict[tuple, list[dict]]) -> list[str]:
-    """What the engine's faster stem costs in accuracy: each nin-binstem row against nin's row of the same variant,
-    dataset and seeds (the two models differ in their first layer alone)."""
+#: model-key suffix -> what its first layer is, against the model without the suffix (the same rows otherwise)
+STEMS = {"-binstem": "binary first layer", "-int8stem": "int8 first layer"}
+
+
+def _stem_lines(groups: dict[tuple, list[dict]]) -> list[str]:
+    """What the engine's faster stems cost in accuracy: each nin-binstem (nin-int8stem, ...) row against the row of
+    its base model of the same variant, dataset and seed (the two models differ in their first layer alone)."""
     lines = []
     for (model, dataset, variant), rows in groups.items():
-        base = {r["seed"]: r for r in groups.get(("nin", dataset, variant), [])}
-        pairs = [(r, base[r["seed"]]) for r in rows if r["seed"] in base] if model == "nin-binstem" else []
+        suffix = next((s for s in STEMS if model.endswith(s)), None)
+        if suffix is None:
+            continue
+        base_model = model[: -len(suffix)]
+        base = {r["seed"]: r for r in groups.get((base_model, dataset, variant), [])}
+        pairs = [(r, base[r["seed"]]) for r in rows if r["seed"] in base]
         if not pairs:
             continue
         deltas = [r["accuracy"] - b["accuracy"] for r, b in pairs]
         reest = [r["bn_reestimated_accuracy"] - b["bn_reestimated_accuracy"] for r, b in pairs
                  if "bn_reestimated_accuracy" in r and "bn_reestimated_accuracy" in b]
-        lines.append(f"- binary first layer ({variant} on {dataset}): nin-binstem - nin {statistics.mean(deltas):+.2f} "
-                     f"pt as trained" + (f", {statistics.mean(reest):+.2f} pt with BN re-estimated" if reest else "")
+        how = " (quantized after training)" if any(r.get("int8_from") for r in rows) else ""
+        lines.append(f"- {STEMS[suffix]}{how} ({variant} on {dataset}): {model} - {base_model} "
+                     f"{statistics.mean(deltas):+.2f} pt as trained"
+                     + (f", {statistics.mean(reest):+.2f} pt with BN re-estimated" if reest else "")
                      + f" over {len(pairs)} seed(s)")
-    return ["", "The engine's faster stem (a binary first layer) against the full-precision one, same recipe and "
-            "seeds:", ""] + lines if lines else []
+    return ["", "The engine's faster stems (a binary or an int8 first layer) against the full-precision one, same "
+            "recipe and seeds:", ""] + lines if lines else []
+
+
+#: the fields an int8-stem row keeps from the row it was quantized from (the recipe that made its weights)
+INT8_KEPT = ("dataset", "seed", "width", "epochs", "variant", "retrain_epochs", "retrain_schedule",
+             "target_compression", "source_epochs", "training_epochs", "compiled")
+
+
+def add_int8_stem(data: dict, source: dict, test_set, train_set) -> None:
+    """The ``source`` row's model with its first layer quantized to int8 after training (``prunus bcnn int8-stem``,
+    input scale from CALIBRATION_FRAMES training frames, seed 0), as a row of ``<model>-int8stem``; pinned."""
+    t0 = time.perf_counter()
+    run = _run_of(source)
+    pinned(CACHE / run)  # the source model, restored from its pin on a machine that lost .cache/
+    out = pinned(CACHE / f"{run}-int8stem")
+    if not out.is_dir():
+        quantize_first_layer(HERE / source["checkpoint"], out, frames=CALIBRATION_FRAMES)
+        pin(out)
+    model = f"{source['model']}-int8stem"
+    add_row(data, row(out, test_set, train_set, model=model, int8_from=source["checkpoint"],
+                      seconds=time.perf_counter() - t0, **{k: source[k] for k in INT8_KEPT if k in source}))
+    write_result(NAME, data, summarize(data))
+
+
+def _run_of(row: dict) -> str:
+    """The cached run folder a row's checkpoint lies in (a pruning's, for its retrained model)."""
+    parts = Path(row["checkpoint"]).parts
+    return parts[parts.index("retrain") - 1] if "retrain" in parts else parts[parts.index("bcnn") + 1]
 
 
 def _variant_label(row: dict) -> str:
@@ -445,6 +488,9 @@ def main() -> None:
                     f"fewer live weights, {PRUNE_EPOCHS} method + {RETRAIN_EPOCHS} retraining epochs (~12 min each)")
     ap.add_argument("--converged-only", action="store_true", help="only the bcnn-long row and its --from-long rows "
                     "(the usual protocol alone: for a costlier model, e.g. nin-full)")
+    ap.add_argument("--int8-stem", nargs="+", default=[], metavar="VARIANT",
+                    help="also <model>-int8stem rows: these variants' rows (e.g. bcnn-long bcnn-long-20x) with the "
+                    "first layer quantized to int8 after training (prunus bcnn int8-stem; ~4 min each)")
     add_results_flags(ap)
     args = ap.parse_args()
     if render_only(args, NAME, summarize):
@@ -498,6 +544,11 @@ def main() -> None:
                                 width=width, reference_weights=reference)
                 if short and not MODELS[model][2] and (model, dataset, "fp", seed) not in done:
                     add_trained(data, model, dataset, "fp", seed, steps, test_set, train_set, common)
+                sources = [r for r in data["runs"] if (r["model"], r["dataset"], r["seed"]) == (model, dataset, seed)
+                           and r["variant"] in args.int8_stem and current_recipe(r)]
+                for source in sources:
+                    if (f"{model}-int8stem", dataset, source["variant"], seed) not in done:
+                        add_int8_stem(data, source, test_set, train_set)
                 print(json.dumps(data["runs"][-1]), flush=True)
 
 

@@ -51,15 +51,17 @@ from prunus.models.loading import load_model
 NAME = "bcnn_throughput"
 # the same table for trained checkpoints (--checkpoint), beside the random-weight one
 TRAINED = "bcnn_throughput_trained"
-MODELS = {"nin": "cnin", "resnet18": "cresnet18", "nin-binstem": "cnin", "nin-full": "cnin"}
-#: model options per key: NIN with a binary first layer too (issue 19: the full-precision stem is half the time)
-OPTIONS = {"nin-binstem": {"fp_first": False}}
-LABELS = {"nin-binstem": "cnin, binary first layer"}
+MODELS = {"nin": "cnin", "resnet18": "cresnet18", "nin-binstem": "cnin", "nin-int8stem": "cnin", "nin-full": "cnin"}
+#: model options per key: NIN with a binary first layer too, or an int8 one (issue 19: the full-precision stem is
+#: half the time; the int8 one runs on the CPU's 8-bit dot products, prunus.bcnn.int8)
+OPTIONS = {"nin-binstem": {"fp_first": False}, "nin-int8stem": {"int8_first": True}}
+LABELS = {"nin-binstem": "cnin, binary first layer", "nin-int8stem": "cnin, int8 first layer"}
 #: the random-weight models are at the registry's (full) width, so ``nin-full`` only names a second trained NIN
 #: checkpoint (``--checkpoint nin-full=PATH`` beside a narrower ``nin=PATH``); a checkpoint's label gives its width
-RANDOM_MODELS = ("nin", "resnet18", "nin-binstem")
-TARGETS = {"nin": 5882.0, "resnet18": 4938.0, "nin-binstem": 5882.0, "nin-full": 5882.0}  # FPGA frames/s (Alveo U280)
-STRETCH = {"nin": 20000.0, "nin-binstem": 20000.0, "nin-full": 20000.0}
+RANDOM_MODELS = ("nin", "resnet18", "nin-binstem", "nin-int8stem")
+#: FPGA frames/s (Alveo U280)
+TARGETS = {"nin": 5882.0, "resnet18": 4938.0, "nin-binstem": 5882.0, "nin-int8stem": 5882.0, "nin-full": 5882.0}
+STRETCH = {"nin": 20000.0, "nin-binstem": 20000.0, "nin-int8stem": 20000.0, "nin-full": 20000.0}
 BATCHES = (1, 64, 1024)
 COMPRESSION = 20.0
 SIZE, CIN, CLASSES = 32, 3, 10
@@ -80,6 +82,8 @@ def pruned_model(key: str, seed: int) -> tuple[torch.nn.Module, dict]:
     """A random ``key`` model pruned by whole filters to at most 1/20 of its live weights (smallest such ratio)."""
     torch.manual_seed(seed)
     dense = build_model(MODELS[key], in_channels=CIN, num_classes=CLASSES, **OPTIONS.get(key, {}))
+    if dense.int8_first:  # an int8 first layer needs its input scale before the pruning traces the model
+        calibrate_bn(dense, seed)
     example = torch.randn(2, CIN, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
     model, counts = prune_to_live_compression(dense, lambda ratio: filter_plan(dense, ratio), COMPRESSION,
                                               example, prepare=lambda m: calibrate_bn(m, seed))
@@ -189,7 +193,7 @@ def run_model(key: str, args, ceiling: float) -> dict:
            else None)
     label = LABELS.get(key, MODELS[key]) + (f" (width {pruning['width']:g})" if "width" in pruning else "")
     return {"model": key, "cuda": gpu, "registry_name": label, "pruning": pruning,
-            "exact": exact,
+            "exact": exact, "first_layer": engine.first_layer,
             "bit_macs_per_image": engine.bit_macs, "layers": [layer.to_dict() for layer in engine.layers()],
             "single_thread_profile": {"images": 64, "runs": args.profile_runs, "us_per_image": 1e6 * total / 64,
                                       "steps": profile},
@@ -291,11 +295,13 @@ def summarize(data: dict) -> str:
             )
     lines += ["", "Where the engine's time goes (one thread, 64 images, best of "
               f"{data['models'][0]['single_thread_profile']['runs'] if data['models'] else 0} runs per step; "
-              "`stem` = the first layer (a full-precision one in PyTorch) + its BN/sign/pack kernel):", ""]
+              "`stem` = the first layer (a full-precision one in PyTorch, an int8 one on oneDNN's 8-bit kernel) + its "
+              "BN/sign/pack kernel):", ""]
     for m in data["models"]:
         prof = m["single_thread_profile"]
         top = ", ".join(f"{s['step']} {100 * s['share']:.0f}%" for s in prof["steps"][:6])
-        lines.append(f"* {m['registry_name']}: {prof['us_per_image']:.0f} us/image on one thread; {top}")
+        first = f" (first layer: {m['first_layer']})" if "first_layer" in m else ""
+        lines.append(f"* {m['registry_name']}{first}: {prof['us_per_image']:.0f} us/image on one thread; {top}")
     return "\n".join(lines) + "\n"
 
 
@@ -317,7 +323,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(RANDOM_MODELS), choices=list(MODELS),
                     help="nin-full: a second trained NIN, with --checkpoint nin-full=PATH only")
     ap.add_argument("--checkpoint", action="append", default=[],
-                    help="nin=PATH, nin-full=PATH or resnet18=PATH (a trained, pruned binary model); repeatable")
+                    help="nin=PATH, nin-int8stem=PATH, nin-full=PATH or resnet18=PATH (a trained, pruned binary "
+                    "model); repeatable")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--chunk", type=int, default=16, help="images per chunk of the engine")
     ap.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))

@@ -64,10 +64,13 @@ step structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 1 2 -
 # 0): --continue runs every pruned row of the per-epoch cosine again, on the cached trainings (seed 0 at width 0.5:
 # the 20x row, its 15-epoch retraining, the converged model's 20/8/4/2x curve, ~2 h; the distilled row stays as it
 # ran, labelled). Then nin-full: the converged model's 20x again (~1 h), and its 3 seeds at the seed paper's width
-# (bcnn, its 20x pruning, the small model from scratch, the fp twin; ~1.5 h a seed through --compile)
+# (bcnn, its 20x pruning, the small model from scratch, the fp twin; ~1.5 h a seed through --compile). Each
+# nin-full model the engine is timed on also gets its int8-first-layer twin (--int8-stem, ~4 min a row, no training)
 step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --long-row --long-control --from-long 20 8 4 2 --continue
-step bcnn_accuracy.py --models nin-full --datasets modulation --seeds 0 --converged-only --from-long 20 --compile --continue
-step bcnn_accuracy.py --models nin-full --datasets modulation --seeds 0 1 2 --compile --continue
+step bcnn_accuracy.py --models nin-full --datasets modulation --seeds 0 --converged-only --from-long 20 --compile \
+    --int8-stem bcnn-long bcnn-long-20x --continue
+step bcnn_accuracy.py --models nin-full --datasets modulation --seeds 0 1 2 --compile --int8-stem bcnn bcnn-20x \
+    --continue
 # The NIN with a binary first layer (the engine's faster stem), seed 0: its BCNN is trained and pinned (23.36%,
 # against 49.97% with the full-precision stem); its 20x pruning and the small model from scratch are what is left
 step bcnn_accuracy.py --models nin-binstem --datasets modulation --seeds 0 --compile --continue

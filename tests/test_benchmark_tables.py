@@ -53,19 +53,34 @@ def test_bcnn_binary_stem_is_compared_with_the_full_precision_stem_on_the_same_s
     assert "binary first layer" not in bcnn_accuracy.summarize({**data, "runs": runs[:2]})
 
 
+def test_bcnn_int8_stem_rows_are_compared_with_the_rows_they_were_quantized_from(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("bcnn_accuracy", None)
+    bcnn_accuracy = importlib.import_module("bcnn_accuracy")
+    runs = [_bcnn_row("bcnn", 0, 50.0, 49.0), {**_bcnn_row("bcnn", 0, 49.5, 49.25), "model": "nin-int8stem",
+                                               "int8_from": ".cache/bcnn/x/checkpoints/epoch-0015"}]
+    data = {"precision": "bf16", "environment": {"cpu": "cpu", "cpu_count": 2, "torch": "2"}, "runs": runs}
+    text = bcnn_accuracy.summarize(data)
+    assert ("- int8 first layer (quantized after training) (bcnn on modulation): nin-int8stem - nin -0.50 pt as "
+            "trained, +0.25 pt with BN re-estimated over 1 seed(s)") in text
+    assert "first layer quantized to int8 after training" in text
+    assert bcnn_accuracy._run_of({"checkpoint": ".cache/bcnn/a-slr20x/retrain/checkpoints/epoch-0005"}) == "a-slr20x"
+    assert bcnn_accuracy._run_of({"checkpoint": ".cache/bcnn/a-e33-s0/checkpoints/epoch-0033"}) == "a-e33-s0"
+
+
 def test_bcnn_converged_only_asks_for_the_converged_bcnn_and_its_prunings_alone(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     sys.modules.pop("bcnn_accuracy", None)
     bcnn_accuracy = importlib.import_module("bcnn_accuracy")
     asked = []
 
-    def add_trained(data, model, dataset, variant, *args, training_epochs=None, **kwargs):
+    def add_trained(data, model, dataset, variant, seed, *args, training_epochs=None, **kwargs):
         asked.append((model, variant, training_epochs))
-        data["runs"].append({"variant": variant})
+        data["runs"].append({"model": model, "dataset": dataset, "seed": seed, "variant": variant})
 
-    def add_pruned(data, model, dataset, variant, *args, compression=20.0, source_epochs=None, **kwargs):
+    def add_pruned(data, model, dataset, variant, seed, *args, compression=20.0, source_epochs=None, **kwargs):
         asked.append((model, variant, source_epochs, compression))
-        data["runs"].append({"variant": variant})
+        data["runs"].append({"model": model, "dataset": dataset, "seed": seed, "variant": variant})
 
     monkeypatch.setattr(bcnn_accuracy, "RESULTS", tmp_path)
     monkeypatch.setattr(bcnn_accuracy, "load_dataset", lambda *a, **k: None)
@@ -77,6 +92,24 @@ def test_bcnn_converged_only_asks_for_the_converged_bcnn_and_its_prunings_alone(
     bcnn_accuracy.main()
     assert asked == [("nin-full", "bcnn-long", 33), ("nin-full", "bcnn-long-20x", 33, 20.0),
                      ("nin-full", "bcnn-long-4x", 33, 4.0)]
+
+    # --int8-stem VARIANT: those rows get their int8-first-layer twin, once (--continue keeps it)
+    quantized = []
+
+    def add_int8_stem(data, source, *args):
+        quantized.append(source["variant"])
+        data["runs"].append({**source, "model": f"{source['model']}-int8stem"})
+
+    monkeypatch.setattr(bcnn_accuracy, "add_int8_stem", add_int8_stem)
+    monkeypatch.setattr(bcnn_accuracy, "write_result", lambda *a: None)
+    (tmp_path / "bcnn_accuracy.json").write_text(json.dumps({"precision": "bf16", "runs": [
+        {"model": "nin-full", "dataset": "modulation", "seed": 0, "variant": v, "epochs": 15}
+        for v in ("bcnn-long", "bcnn-long-20x", "bcnn-long-4x")]}))
+    argv = ["bcnn_accuracy.py", "--models", "nin-full", "--datasets", "modulation", "--seeds", "0",
+            "--converged-only", "--from-long", "20", "4", "--int8-stem", "bcnn-long-20x", "bcnn-long", "--continue"]
+    monkeypatch.setattr(sys, "argv", argv)
+    bcnn_accuracy.main()
+    assert quantized == ["bcnn-long", "bcnn-long-20x"]
 
 
 def test_bcnn_pruned_rows_of_another_retraining_schedule_run_again_and_are_replaced(monkeypatch, tmp_path):
