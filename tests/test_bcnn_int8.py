@@ -61,6 +61,14 @@ def test_input_scale_follows_training_batches_and_is_frozen_in_eval():
     conv((10 * x2, torch.zeros_like(x2)))
     assert torch.equal(conv.input_scale, frozen)
     assert "input_scale" in conv.state_dict()
+    conv.train()
+    with torch.no_grad():  # a train-mode pass without a training step (BatchNorm recalibration) keeps a set scale
+        conv((10 * x2, torch.zeros_like(x2)))
+    assert torch.equal(conv.input_scale, frozen)
+    fresh = ComplexConv2d(1, 2, 3, int8=True).train()
+    with torch.no_grad():  # ... and sets an unset one
+        fresh((x1, torch.zeros_like(x1)))
+    assert float(fresh.input_scale) == pytest.approx(0.02)
 
 
 def test_gradients_reach_the_latent_weights_through_the_rounding():
@@ -113,6 +121,18 @@ def test_engine_says_how_its_first_layer_runs():
         assert compile_engine(model, 28, backend="torch", device="cpu").first_layer == torch_says
 
 
+def test_post_training_calibration_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = build_model("cnin_small", in_channels=1, width=0.25, complex_input="learned").train()
+    norms = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    model.quantize_first_layer([torch.randn(8, 1, 28, 28) * 3])
+    assert model.training and model.input.training and model.int8_first
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in norms.items())
+    assert float(model.stem.conv.input_scale) > 0
+    with pytest.raises(ConfigError, match="int8 already"):
+        model.quantize_first_layer([torch.randn(2, 1, 28, 28)])
+
+
 def test_int8_stem_model_saves_and_loads_with_its_input_scale(tmp_path):
     from prunus.io import save_checkpoint
 
@@ -161,6 +181,13 @@ def test_int8_stem_command_quantizes_a_trained_bcnn(capsys, tmp_path):
     code, _, err = run_cli(capsys, "bcnn", "int8-stem", "--init", tmp_path / "int8", "--out", tmp_path / "again")
     assert_user_error(code, err, "--init", "is int8 already")
     assert not (tmp_path / "again").exists()
+    kept = (tmp_path / "int8" / "model.safetensors").read_bytes()
+    for out in (tmp_path / "int8", run):  # an existing checkpoint (its own --init too) is never overwritten
+        code, _, err = run_cli(capsys, "bcnn", "int8-stem", "--init", run, "--out", out)
+        assert_user_error(code, err, f"--out {out} already exists and is not empty")
+    assert (tmp_path / "int8" / "model.safetensors").read_bytes() == kept
+    code, _, err = run_cli(capsys, "bcnn", "train", "--resume", run, "--int8-stem")
+    assert_user_error(code, err, "--resume takes its settings from the run; drop --int8-stem")
 
 
 @pytest.mark.parametrize(("options", "args", "fragments"), [

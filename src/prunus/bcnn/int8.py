@@ -12,10 +12,11 @@ Quantized to int8 it runs on the CPU's 8-bit dot products instead, and the resul
 * output: ``conv(x_int, W_int) * (s * w_o)``, then the layer's bias and BN as before.
 
 A float32 convolution of integers of magnitude <= 127 over ``K`` taps is exact, in any summation order, while
-``K * 127 * 127 < 2**24`` (``K <= 1040``): every partial sum is an integer float32 holds exactly.  So PyTorch's
-float convolution, an int8 kernel with int32 accumulators and the engine agree to the bit, and the factor is one
-float32 multiply per output on both sides.  Rounding uses the straight-through estimator (gradient 1; 0 where the
-input is clipped), the usual quantization-aware training.
+``K * 127 * 127 < 2**24`` (``K <= 1040``): every partial sum is an integer float32 holds exactly.  So on the CPU
+PyTorch's float convolution, an int8 kernel with int32 accumulators and the engine agree to the bit, and the factor
+is one float32 multiply per output on both sides.  (On CUDA, cuDNN may pick FFT or Winograd algorithms, which are
+not exact for integers either; the engine's CUDA path runs the model's own first layer.)  Rounding uses the
+straight-through estimator (gradient 1; 0 where the input is clipped), the usual quantization-aware training.
 """
 
 from __future__ import annotations

@@ -237,10 +237,12 @@ class ComplexConv2d(_ComplexLayer):
         return self.input_scale * weight_scales(self.conv.weight)
 
     def _int8_inputs(self, xr: torch.Tensor, xi: torch.Tensor) -> Pair:
+        """The quantized input.  The scale follows the batches of training steps (train mode, gradients on); a
+        train-mode pass without gradients (BatchNorm recalibration) leaves a scale that is set alone."""
         zero_imag = is_zero_view(xi)
-        if self.training:
+        if self.training and (torch.is_grad_enabled() or not bool(self.input_scale)):
             observe_input_scale(self.input_scale, xr, *(() if zero_imag else (xi,)))
-        elif float(self.input_scale) == 0.0:
+        elif not torch.compiler.is_compiling() and not bool(self.input_scale):
             raise ConfigError("ComplexConv2d: this int8 layer has no input scale yet; train it, or run "
                               "prunus.bcnn.int8.observe_input_scale on calibration inputs, before evaluating it")
         return int8_input(xr, self.input_scale), xi if zero_imag else int8_input(xi, self.input_scale)

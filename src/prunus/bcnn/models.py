@@ -141,15 +141,20 @@ class ComplexNet(nn.Module):
     @torch.no_grad()
     def quantize_first_layer(self, batches: Iterable[torch.Tensor]) -> None:
         """After training: the first layer becomes int8 (:mod:`prunus.bcnn.int8`), its input scale the calibration
-        frames' ``max |x| / 127`` (the value a quantization-aware training's scale follows)."""
+        frames' ``max |x| / 127`` (what a quantization-aware training's moving average of batch maxima tends to,
+        from below).  The input boundary runs in eval mode; the model is left in the mode it was in."""
         if self.int8_first:
             raise ConfigError("the model's first layer is int8 already")
         if self.stem.conv.binary:
             raise ConfigError("the model's first layer is binary; only a full-precision first layer becomes int8")
-        peak = 0.0
-        for x in batches:
-            xr, xi = as_pair(self.input(x))
-            peak = max(peak, float(xr.abs().amax()), 0.0 if is_zero_view(xi) else float(xi.abs().amax()))
+        peak, was_training = 0.0, self.input.training
+        self.input.eval()  # a learned imaginary part has BatchNorm statistics of its own: not to be moved here
+        try:
+            for x in batches:
+                xr, xi = as_pair(self.input(x))
+                peak = max(peak, float(xr.abs().amax()), 0.0 if is_zero_view(xi) else float(xi.abs().amax()))
+        finally:
+            self.input.train(was_training)
         if peak == 0.0:
             raise ConfigError("the calibration frames are all zero: no input scale for the int8 first layer")
         self.stem.conv.make_int8()

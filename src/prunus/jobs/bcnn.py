@@ -138,7 +138,8 @@ def quantize_first_layer(init: str | Path, out: str | Path, *, frames: int = CAL
 
     Returns the test accuracy before and after and whether the engine's logits equal PyTorch's on the whole test
     set (the int8 stem runs on the engine's integer kernel; None for a full-precision model, which has no engine).
-    No weight is trained.
+    No weight is trained.  Nothing is written where the engine would differ (that is a bug) or when the
+    checkpoint cannot be written (one ConfigError line).
     """
     if frames < 1:
         raise ConfigError(f"--frames must be at least 1, got {frames}")
@@ -163,9 +164,15 @@ def quantize_first_layer(init: str | Path, out: str | Path, *, frames: int = CAL
         engine = compile_engine(model, test_set.image_size)
         equal = all(torch.equal(engine(test_set.images[i:i + 500]), model(test_set.images[i:i + 500]))
                     for i in range(0, len(test_set), 500))
+    if equal is False:
+        raise RuntimeError(f"the engine's logits differ from PyTorch's for {init} with an int8 first layer; this is "
+                           "a bug (nothing was written)")
     record = ckpt.meta["model"]
     meta = {**ckpt.meta, "model": {**record, "options": {**record.get("options", {}), "int8_first": True}},
             "int8_first_layer": {"from": str(init), "frames": len(order), "seed": seed}}
-    save_checkpoint(out, model.state_dict(), None, meta)
+    try:
+        save_checkpoint(out, model.state_dict(), None, meta)
+    except OSError as e:
+        raise ConfigError(f"--out {out} cannot be written ({e.strerror or e})") from None
     return {"accuracy_before": before, "accuracy": after, "engine_equal": equal,
             "input_scale": float(model.stem.conv.input_scale), "frames": len(order), "checkpoint": str(out)}

@@ -136,7 +136,9 @@ class BinaryEngine:
                 conv = op.stem.integer_conv
                 if conv is None:
                     return "float32"
-                uses_kernel = op.stem.norm == "naive" and self.backend.name == "numba"
+                runner = self.runner  # the numba path runs it when its probe accepted the stem
+                uses_kernel = (op.stem.norm == "naive" and runner is not None and all(runner.ok.values())
+                               and None not in runner.stem_variant.values())
                 return f"int8 ({conv.kernel if uses_kernel else 'float32'})"
         return "binary"
 
