@@ -292,6 +292,14 @@ def test_chunked_threaded_path_is_exact_for_any_batch(name, options, size, cin, 
             assert torch.equal(engine(x), model(x)), batch
 
 
+@needs_numba
+def test_engine_worker_threads_run_pytorch_on_one_thread():
+    """The engine's threads are its parallelism: PyTorch ops inside a chunk must not start threads of their own."""
+    model, _ = random_bcnn("cnin_small", {}, 28, 1, "none")
+    engine = compile_engine(model, 28, threads=2)
+    assert engine.runner._executor(2).submit(torch.get_num_threads).result() == 1
+
+
 def test_chunks_have_one_image_only_when_the_batch_has():
     """PyTorch runs some first layers differently on a single image, so the probe checks batch 1 separately."""
     from prunus.bcnn.engine.runner import chunk_sizes

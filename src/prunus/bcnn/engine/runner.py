@@ -644,7 +644,10 @@ class ChunkedRunner:
         if self._pool is None or self._pool_threads != threads:
             if self._pool is not None:
                 self._pool.shutdown()
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="prunus-bcnn")
+            # torch.set_num_threads holds per thread: the workers' PyTorch ops (the first layer, the head) would
+            # otherwise each use all cores beside the other workers
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="prunus-bcnn",
+                                            initializer=torch.set_num_threads, initargs=(1,))
             self._pool_threads = threads
         return self._pool
 
