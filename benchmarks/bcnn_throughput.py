@@ -51,17 +51,21 @@ from prunus.models.loading import load_model
 NAME = "bcnn_throughput"
 # the same table for trained checkpoints (--checkpoint), beside the random-weight one
 TRAINED = "bcnn_throughput_trained"
-MODELS = {"nin": "cnin", "resnet18": "cresnet18", "nin-binstem": "cnin", "nin-int8stem": "cnin", "nin-full": "cnin"}
+MODELS = {"nin": "cnin", "resnet18": "cresnet18", "nin-binstem": "cnin", "nin-int8stem": "cnin", "nin-full": "cnin",
+          "nin-full-int8stem": "cnin"}
 #: model options per key: NIN with a binary first layer too, or an int8 one (issue 19: the full-precision stem is
 #: half the time; the int8 one runs on the CPU's 8-bit dot products, prunus.bcnn.int8)
 OPTIONS = {"nin-binstem": {"fp_first": False}, "nin-int8stem": {"int8_first": True}}
-LABELS = {"nin-binstem": "cnin, binary first layer", "nin-int8stem": "cnin, int8 first layer"}
+LABELS = {"nin-binstem": "cnin, binary first layer", "nin-int8stem": "cnin, int8 first layer",
+          "nin-full-int8stem": "cnin, int8 first layer"}
 #: the random-weight models are at the registry's (full) width, so ``nin-full`` only names a second trained NIN
 #: checkpoint (``--checkpoint nin-full=PATH`` beside a narrower ``nin=PATH``); a checkpoint's label gives its width
 RANDOM_MODELS = ("nin", "resnet18", "nin-binstem", "nin-int8stem")
 #: FPGA frames/s (Alveo U280)
-TARGETS = {"nin": 5882.0, "resnet18": 4938.0, "nin-binstem": 5882.0, "nin-int8stem": 5882.0, "nin-full": 5882.0}
-STRETCH = {"nin": 20000.0, "nin-binstem": 20000.0, "nin-int8stem": 20000.0, "nin-full": 20000.0}
+TARGETS = {"nin": 5882.0, "resnet18": 4938.0, "nin-binstem": 5882.0, "nin-int8stem": 5882.0, "nin-full": 5882.0,
+           "nin-full-int8stem": 5882.0}
+STRETCH = {"nin": 20000.0, "nin-binstem": 20000.0, "nin-int8stem": 20000.0, "nin-full": 20000.0,
+           "nin-full-int8stem": 20000.0}
 BATCHES = (1, 64, 1024)
 COMPRESSION = 20.0
 SIZE, CIN, CLASSES = 32, 3, 10
@@ -321,10 +325,9 @@ def _checkpoints(items: list[str]) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(RANDOM_MODELS), choices=list(MODELS),
-                    help="nin-full: a second trained NIN, with --checkpoint nin-full=PATH only")
+                    help="nin-full(-int8stem): a second trained NIN, with --checkpoint nin-full=PATH only")
     ap.add_argument("--checkpoint", action="append", default=[],
-                    help="nin=PATH, nin-int8stem=PATH, nin-full=PATH or resnet18=PATH (a trained, pruned binary "
-                    "model); repeatable")
+                    help="KEY=PATH with a KEY of --models (a trained, pruned binary model); repeatable")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--chunk", type=int, default=16, help="images per chunk of the engine")
     ap.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
@@ -347,9 +350,10 @@ def main() -> None:
     if args.smoke:
         args.batches, args.repeats, args.warmup, args.max_seconds, args.profile_runs = [1, 8], 2, 1, 1.0, 1
     args.checkpoint = _checkpoints(args.checkpoint)
-    if "nin-full" in args.models and "nin-full" not in args.checkpoint:
-        raise SystemExit("--models nin-full times a trained checkpoint: give --checkpoint nin-full=PATH (the "
-                         "random-weight nin is already at full width)")
+    for key in ("nin-full", "nin-full-int8stem"):
+        if key in args.models and key not in args.checkpoint:
+            raise SystemExit(f"--models {key} times a trained checkpoint: give --checkpoint {key}=PATH (the "
+                             "random-weight nin is already at full width)")
     import numba
 
     t0 = time.perf_counter()

@@ -5,9 +5,9 @@ convolution is exact; the model then multiplies each output channel by its facto
 int8 convolution (``torch.ops.onednn.qconv2d_pointwise``, the op of PyTorch's own x86 int8 inference) takes
 uint8 activations with a zero point and int8 weights, accumulates in int32, and writes a float32 output scaled
 by ``activation scale x weight scale[o]``: with the activation scale 1 and the factors as weight scales that is
-one float32 multiply of the exact sum, the model's own value, in the same pass.  On the trained 20x NIN the
-engine's whole first-layer step (quantize, convolve, BN and sign) fell from 63 to 42 us per image on one thread
-(benchmarks/results/bcnn_throughput_trained.md).
+one float32 multiply of the exact sum, the model's own value, in the same pass.  On the trained 20x NINs the
+engine's whole first-layer step (quantize, convolve, BN and sign) takes a fifth to a third less time on one
+thread (benchmarks/results/bcnn_throughput_trained.md).
 
 Where that op is missing (another PyTorch build, a CPU without oneDNN) or gives any other value on a probe at
 construction, or for a tensor not on the CPU, the float32 convolution of the integers is used: slower, equal.
