@@ -106,7 +106,7 @@ class FpStem:
     the BN constants as for :class:`BConv` (naive: ``(s, t)`` per stacked live channel).  ``pool``: the stem's max-pool
     ``(kernel, stride, padding, ceil_mode)`` or None.  See :func:`fp_stem_conv` for how it is run and
     why its result equals the reference's.  An int8 layer (:mod:`prunus.bcnn.int8`) has integer ``weight`` values,
-    the model's ``input_scale`` and ``factor`` (``s * w_o`` per stacked live channel), and its ``integer_conv``.
+    the model's ``input_scale`` and its ``integer_conv`` (which holds ``s * w_o`` per stacked live channel).
     """
 
     weight: torch.Tensor
@@ -120,7 +120,6 @@ class FpStem:
     input_fn: Callable = None  # type: ignore[assignment]  # the model's ComplexInput
     weight_cl: torch.Tensor | None = None  # ``weight`` in channels-last memory order, made on first use
     input_scale: torch.Tensor | None = None  # int8 layer only (None: float32)
-    factor: torch.Tensor | None = None
     integer_conv: Int8Conv | None = None
 
 
@@ -392,12 +391,12 @@ class _Compiler:
         stem = FpStem(weight.contiguous(), real_input, stride, padding, bias, norm, consts, pooling, m.input)
         if conv.int8:
             factor = conv.int8_factor().detach()[idx]
-            stem.input_scale, stem.factor = conv.input_scale.detach().clone(), torch.cat([factor, factor])
+            stem.input_scale = conv.input_scale.detach().clone()
             # integer sums are exact in any order, so one real conv with the block weight [[Wr, -Wi], [Wi, Wr]]
             # on [xr; xi] gives the stacked output directly (no doubled batch to split, as the float path needs)
             block = stem.weight if real_input else torch.cat(
                 [torch.cat([weight[:, :cin], -weight[:, cin:]], 1), torch.cat([weight[:, cin:], weight[:, :cin]], 1)])
-            stem.integer_conv = Int8Conv(block, stem.factor, stride, padding)
+            stem.integer_conv = Int8Conv(block, torch.cat([factor, factor]), stride, padding)
         return stem
 
     def _stem_feeds_float(self) -> bool:
