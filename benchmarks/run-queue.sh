@@ -54,11 +54,14 @@ continue_or_restart surgery_speedup.py
 # Does the BCNN's retraining on cosine-step (the lr decayed per step to 0) close the 'as trained' gap of the
 # per-epoch cosine (issue 19)? The converged width-0.5 NIN pruned 20x again (~20 min), before the long runs below
 step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --converged-only --from-long 20 --continue
-# The project's core (issue 18): ResNet-20 seed 0 met every retrain-free target; seeds 1-2 make it a mean of 3
-# (~4.5 h left, resumable row by row; seed 1's 4x SLR, ADMM and reweighted rows are done)
-step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2 --continue
+# The project's core (issue 18): ResNet-20 seed 0 met every retrain-free target and seed 1 agrees with it (10 of
+# its 14 rows, ~12 min a row on a quiet machine). Then VGG-16's seed 0 (14 rows, ~2 h) before the third ResNet-20
+# seed: the second model's first full comparison tells more than a third seed of the first
+step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 --continue
 # The second half of the retrain-free structured table (issue 18): VGG-16 width 0.5, 42 rows in bf16 autocast
 # (~6 h: bf16 halves a full-precision CNN's step on this CPU, bcnn_training_speed.py)
+step structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 --continue
+step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2 --continue
 step structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 1 2 --continue
 # The BCNN on the modulation task (issue 19). Its prunings now retrain on cosine-step (the lr decayed per step to
 # 0): --continue runs every pruned row of the per-epoch cosine again, on the cached trainings (seed 0 at width 0.5:
