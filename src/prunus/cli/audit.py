@@ -13,7 +13,7 @@ from prunus.privacy.audit_config import ATTACKS, AuditConfig
 def add_parsers(sub) -> None:
     a = AuditConfig()
     au = sub.add_parser("audit", help="membership-inference audit of a checkpoint that records its split: "
-                                      "metric, shadow-model and LiRA attacks; a table and ROC PNGs")
+                                      "metric, shadow-model, LiRA and RMIA attacks; a table and ROC PNGs")
     au.add_argument("checkpoint", help="checkpoint directory (or a `prunus defend` run directory)")
     au.add_argument("--attack", action="append", metavar="NAME",
                     help=f"attack(s), repeatable or comma-separated: {', '.join(ATTACKS)}, metric, all (default: lira)")
