@@ -31,7 +31,8 @@ from prunus.train.rundir import check_run_dir
 
 def add_parsers(sub) -> None:
     pdefaults = PruneConfig()
-    pr = sub.add_parser("prune", help="prune a dense model (SLR, ADMM, reweighted, magnitude or gradual), hard-prune, retrain with masks")
+    pr = sub.add_parser("prune", help="prune a dense model (SLR, ADMM, reweighted, magnitude or gradual), "
+                                      "hard-prune, retrain with masks")
     pr.add_argument("--method", choices=list(METHODS), help="default: the recipe's method, else slr")
     pr.add_argument("--init", help="dense checkpoint or run directory (default: train one first, into RUN_DIR/dense)")
     pr.add_argument("--model", help="model to train densely when there is no --init (must match --init if both)")
