@@ -12,11 +12,11 @@ thread (benchmarks/results/bcnn_throughput_trained.md).
 Where that op is missing (another PyTorch build, a CPU without oneDNN) or gives any other value on a probe at
 construction, or for a tensor not on the CPU, the float32 convolution of the integers is used: slower, equal.
 
-Not kept (measured on the trained 20x NINs, one thread, Intel Xeon): the patches as int8 columns (a numba kernel)
-times the weights in one ``torch._int_mm``. The product alone ran twice as fast as this convolution, but with the
-columns and an epilogue reading the int32 sums the whole first-layer step was slightly faster at width 0.5 and
-slower at full width. Exact bf16 products (integers up to 127 are exact in bf16) would need a bf16 x bf16 -> fp32
-matrix product, which PyTorch's CPU build does not expose (``torch.mm(..., out_dtype=)`` is not implemented there).
+Tried and not kept (an ad-hoc profile, not a committed benchmark): the patches as int8 columns (a numba kernel)
+times the weights in one ``torch._int_mm``; the product alone beat this convolution, but the whole first-layer step
+with the columns and an epilogue from the int32 sums did not. Exact bf16 products (integers up to 127 are exact
+in bf16) would need a bf16 x bf16 -> fp32 matrix product, which PyTorch's CPU build does not expose
+(``torch.mm(..., out_dtype=)`` is not implemented there).
 """
 
 from __future__ import annotations
