@@ -58,13 +58,13 @@ step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --converged-o
 # its 14 rows, ~12 min a row on a quiet machine). Then VGG-16's seed 0 (14 rows, ~2 h) before the third ResNet-20
 # seed: the second model's first full comparison tells more than a third seed of the first
 step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 --continue
-# The second half of the retrain-free structured table (issue 18): VGG-16 width 0.5, 42 rows in bf16 autocast
-# (~6 h: bf16 halves a full-precision CNN's step on this CPU, bcnn_training_speed.py)
-step structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 --continue
-# Membership inference's second target (issue 22), its first seed before the rest of issue 18's seeds: no row of it
+# Membership inference's second target (issue 22), its first seed before VGG-16's rows of issue 18: no row of it
 # exists yet, and one seed shows whether ResNet-20 on the radio frames leaks as the design needs (~1.5 h a seed on a
 # quiet machine: 71 ms a bf16 training step of 64 frames; its printed estimate is measured beside whatever else runs)
 step privacy_mia.py --target resnet20-modulation --seeds 0 --continue
+# The second half of the retrain-free structured table (issue 18): VGG-16 width 0.5, 42 rows in bf16 autocast
+# (~6 h: bf16 halves a full-precision CNN's step on this CPU, bcnn_training_speed.py)
+step structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 --continue
 step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2 --continue
 step structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 1 2 --continue
 # The BCNN on the modulation task (issue 19). Its prunings now retrain on cosine-step (the lr decayed per step to
