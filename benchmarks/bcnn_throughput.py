@@ -24,6 +24,9 @@ For each model (``cnin``, ``cresnet18``; 3x32x32 inputs, 10 classes):
    Median of up to ``--repeats`` runs after ``--warmup`` runs (fewer when a configuration takes
    longer than ``--max-seconds``).
 5. Profile the engine on one thread (seconds per fused step, 64 images): shares of time per layer.
+6. Chunk sweep: the engine at batch 64 and 1024 with ``--chunk-sweep`` images per chunk (default 16, 32, 64),
+   the chunk sizes interleaved run by run, so that drift of the machine hits them alike; the evidence for the
+   engine's default chunk (``prunus.bcnn.engine.runner.DEFAULT_CHUNK``).
 
     python benchmarks/bcnn_throughput.py [--models nin resnet18] [--threads 2] [--checkpoint nin=PATH]
     python benchmarks/bcnn_throughput.py --render            # rebuild the table from the JSON
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -43,6 +47,7 @@ from common import RESULTS, write_result
 
 from prunus.bcnn.engine import compile_engine
 from prunus.bcnn.engine.bench import popcount_ceiling, time_call
+from prunus.bcnn.engine.runner import DEFAULT_CHUNK
 from prunus.bcnn.pruning import filter_plan, prune_to_live_compression, weight_counts
 from prunus.environment import environment_info
 from prunus.models import build_model
@@ -114,6 +119,29 @@ def time_fn(fn, batch: int, repeats: int, warmup: int, max_seconds: float) -> di
     t = time_call(fn, repeats, warmup, batch, max_seconds=max_seconds)
     return {"batch_size": batch, "runs": t.repeats, "median_ms": t.median_ms, "min_ms": t.min_ms, "p90_ms": t.p90_ms,
             "fps": t.fps}
+
+
+def chunk_sweep(model: torch.nn.Module, args, cin: int, gen) -> list[dict]:
+    """Engine frames/s per chunk size at batch 64 and 1024 (``args.threads`` threads), interleaved: each run times
+    every chunk size once, so that a slower minute of the machine falls on all of them; median of the runs."""
+    engines = {c: compile_engine(model, SIZE, threads=args.threads, chunk=c) for c in args.chunk_sweep}
+    out = []
+    for b in [b for b in (64, 1024) if b in args.batches]:
+        x = torch.randn(b, cin, SIZE, SIZE, generator=gen)
+        with torch.inference_mode():
+            ref = model(x)
+            for c, engine in engines.items():
+                if not torch.equal(engine(x), ref):
+                    raise SystemExit(f"chunk {c}: not bit-exact at batch {b}; refusing to time a wrong engine")
+            seconds: dict[int, list[float]] = {c: [] for c in engines}
+            for _ in range(args.repeats):
+                for c, engine in engines.items():
+                    t0 = time.perf_counter()
+                    engine(x)
+                    seconds[c].append(time.perf_counter() - t0)
+        for c, ts in seconds.items():
+            out.append({"chunk": c, "batch_size": b, "runs": len(ts), "fps": b / statistics.median(ts)})
+    return out
 
 
 def torch_backend_timing(model: torch.nn.Module, device: str, batch: int, timing: tuple, gen, cin: int = CIN) -> dict:
@@ -193,11 +221,12 @@ def run_model(key: str, args, ceiling: float) -> dict:
             print(json.dumps({"model": key, **row}), flush=True)
     finally:
         torch.set_num_threads(torch_threads)
+    sweep = chunk_sweep(model, args, cin, gen) if args.chunk_sweep else []
     gpu = (torch_backend_timing(model, "cuda", max(args.batches), timing, gen, cin) if torch.cuda.is_available()
            else None)
     label = LABELS.get(key, MODELS[key]) + (f" (width {pruning['width']:g})" if "width" in pruning else "")
     return {"model": key, "cuda": gpu, "registry_name": label, "pruning": pruning,
-            "exact": exact, "first_layer": engine.first_layer,
+            "exact": exact, "first_layer": engine.first_layer, "chunk": engine.runner.chunk, "chunk_sweep": sweep,
             "bit_macs_per_image": engine.bit_macs, "layers": [layer.to_dict() for layer in engine.layers()],
             "single_thread_profile": {"images": 64, "runs": args.profile_runs, "us_per_image": 1e6 * total / 64,
                                       "steps": profile},
@@ -306,7 +335,27 @@ def summarize(data: dict) -> str:
         top = ", ".join(f"{s['step']} {100 * s['share']:.0f}%" for s in prof["steps"][:6])
         first = f" (first layer: {m['first_layer']})" if "first_layer" in m else ""
         lines.append(f"* {m['registry_name']}{first}: {prof['us_per_image']:.0f} us/image on one thread; {top}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _sweep_lines(data)) + "\n"
+
+
+def _sweep_lines(data: dict) -> list[str]:
+    """Frames/s by images per chunk (runs of one model, the sizes interleaved); the table's chunk marked."""
+    swept = [m for m in data["models"] if m.get("chunk_sweep")]
+    if not swept:
+        return []
+    chunks = sorted({r["chunk"] for m in swept for r in m["chunk_sweep"]})
+    runs = swept[0]["chunk_sweep"][0]["runs"]
+    lines = ["", f"Engine frames/s by images per chunk ({data['threads']} thread(s), median of {runs} runs, the chunk "
+             f"sizes interleaved run by run; * = the chunk of the table above, {data.get('chunk', 16)}):", "",
+             "| model | batch | " + " | ".join(f"chunk {c}" for c in chunks) + " | best |",
+             "|---|---|" + "---|" * (len(chunks) + 1)]
+    for m in swept:
+        for b in sorted({r["batch_size"] for r in m["chunk_sweep"]}):
+            fps = {r["chunk"]: r["fps"] for r in m["chunk_sweep"] if r["batch_size"] == b}
+            cells = [f"{fps[c]:,.0f}{'*' if c == m.get('chunk') else ''}" if c in fps else "-" for c in chunks]
+            best = max(fps, key=fps.get)
+            lines.append(f"| {m['registry_name']} | {b} | " + " | ".join(cells) + f" | {best} |")
+    return lines
 
 
 # -- main ------------------------------------------------------------------------------------------------------------
@@ -329,7 +378,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", action="append", default=[],
                     help="KEY=PATH with a KEY of --models (a trained, pruned binary model); repeatable")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--chunk", type=int, default=16, help="images per chunk of the engine")
+    ap.add_argument("--chunk", type=int, help=f"images per chunk of the engine (default {DEFAULT_CHUNK})")
+    ap.add_argument("--chunk-sweep", type=int, nargs="*", default=[16, 32, 64],
+                    help="chunk sizes timed side by side at batch 64 and 1024 (none: skip)")
     ap.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2)
@@ -348,7 +399,7 @@ def main() -> None:
                 write_result(name, data, summarize(data))
         return
     if args.smoke:
-        args.batches, args.repeats, args.warmup, args.max_seconds, args.profile_runs = [1, 8], 2, 1, 1.0, 1
+        args.batches, args.repeats, args.warmup, args.max_seconds, args.profile_runs = [1, 8, 64], 2, 1, 1.0, 1
     args.checkpoint = _checkpoints(args.checkpoint)
     for key in ("nin-full", "nin-full-int8stem"):
         if key in args.models and key not in args.checkpoint:
@@ -358,7 +409,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     ceiling = popcount_ceiling(args.threads)["bit_macs_per_s"]
-    data = {"benchmark": NAME, "threads": args.threads, "chunk": args.chunk, "repeats": args.repeats,
+    data = {"benchmark": NAME, "threads": args.threads, "chunk": args.chunk or DEFAULT_CHUNK, "repeats": args.repeats,
             "warmup": args.warmup, "max_seconds": args.max_seconds, "seed": args.seed, "smoke": args.smoke,
             "ceiling_bit_macs_per_s": ceiling, "environment": environment_info(), "numba": numba.__version__,
             "models": []}

@@ -183,9 +183,31 @@ def test_bcnn_throughput_table_names_each_trained_checkpoint_with_its_width_and_
     text = bench.summarize(data)
     assert f"Weights: cnin (width 0.5): {half['pruning']['source']}; cnin (width 1): checkpoint full/epoch-0005;" \
         in text
-    rows = [line for line in text.splitlines() if line.startswith("| cnin")]
+    rows = [line for line in text.splitlines() if line.startswith("| cnin") and " | checkpoint | " in line]
     assert [r.split(" | ")[0] for r in rows] == ["| cnin (width 0.5)"] * 3 + ["| cnin (width 1)"] * 3
     assert sum("5882: met" in r for r in rows) == 2
+
+
+def test_bcnn_throughput_chunk_sweep_marks_the_table_chunk_and_names_the_fastest(monkeypatch):
+    """The sweep is the evidence for the engine's default chunk: one row per model and batch, the table's own chunk
+    starred, the fastest named; a JSON from before the sweep renders without it."""
+    import json
+
+    bench = _bcnn_throughput(monkeypatch)
+    data = json.loads((BENCHMARKS / "results" / "bcnn_throughput_trained.json").read_text())
+    data["models"] = data["models"][:1]
+    data["models"][0].pop("chunk_sweep", None)
+    assert "by images per chunk" not in bench.summarize(data)
+    data["chunk"] = 32
+    data["models"][0].update(chunk=32, chunk_sweep=[
+        {"chunk": c, "batch_size": b, "runs": 20, "fps": fps}
+        for (c, b, fps) in [(16, 64, 9000.0), (32, 64, 12000.0), (64, 64, 8000.0),
+                            (16, 1024, 11000.0), (32, 1024, 17000.0), (64, 1024, 17500.0)]])
+    lines = bench.summarize(data).splitlines()
+    name = data["models"][0]["registry_name"]
+    assert f"| {name} | 64 | 9,000 | 12,000* | 8,000 | 32 |" in lines
+    assert f"| {name} | 1024 | 11,000 | 17,000* | 17,500 | 64 |" in lines
+    assert any("median of 20 runs" in line and "the chunk of the table above, 32" in line for line in lines)
 
 
 def test_bcnn_throughput_refuses_nin_full_without_its_checkpoint(monkeypatch, capsys):

@@ -48,11 +48,12 @@ class BinaryEngine:
 
     With the numba backend a call runs the fused, chunked path (:mod:`prunus.bcnn.engine.runner`) on
     ``threads`` threads (default: numba's thread count, ``NUMBA_NUM_THREADS``), in chunks of
-    ``chunk`` images; the few cases it must not chunk (see :meth:`ChunkedRunner.supports`) and other
-    backends run :func:`~prunus.bcnn.engine.program.run_program` on the whole batch.
+    ``chunk`` images (default: the runner's ``DEFAULT_CHUNK``); the few cases it must not chunk (see
+    :meth:`ChunkedRunner.supports`) and other backends run :func:`~prunus.bcnn.engine.program.run_program`
+    on the whole batch.
     """
 
-    def __init__(self, program: Program, backend, *, threads: int | None = None, chunk: int = 16) -> None:
+    def __init__(self, program: Program, backend, *, threads: int | None = None, chunk: int | None = None) -> None:
         self.program, self.backend = program, backend
         self.threads = threads
         for op in program.bconvs():
@@ -155,7 +156,7 @@ class BinaryEngine:
 
 def compile_engine(model: nn.Module, image_size: int, *, backend: str = "numba",
                    device: str | torch.device | None = None, threads: int | None = None,
-                   chunk: int = 16) -> BinaryEngine:
+                   chunk: int | None = None) -> BinaryEngine:
     """Compile a binary complex network (``cnin``, ``cresnet18``, ...) for ``image_size`` x ``image_size`` inputs.
 
     ``backend="numba"`` (default) needs the optional numba package (``pip install 'prunus[bcnn]'``);

@@ -3,8 +3,11 @@
 Why chunks: a layer-at-a-time pass over a batch of 1024 images allocates and page-faults hundreds of
 MB per call (the full-precision first layer alone: 1024 x 192 x 32 x 32 floats, several times over
 in PyTorch's temporaries) and streams every activation through DRAM.  A chunk of ``chunk`` images
-(16 by default) keeps each activation within a few MB (in L2 for the binary layers), and its buffers
-are allocated once per thread and reused on every call.
+keeps each activation within a few MB, and its buffers are allocated once per thread and reused on
+every call.  Each chunk also pays fixed costs per step (a numba call; for the PyTorch steps, the first
+layer and the head, their dispatch and setup), which a larger chunk spreads over more images.  The
+default, ``DEFAULT_CHUNK`` images, is chosen by the chunk sweep of ``benchmarks/bcnn_throughput.py``
+on the trained 20x models.
 
 Why our own threads: every kernel is serial and releases the GIL; ``threads`` Python threads take
 chunks from a shared counter.  There is no numba thread pool, whose OpenMP workers spin between
@@ -62,10 +65,12 @@ from prunus.bcnn.engine.program import (
 from prunus.bcnn.layers import unstack
 from prunus.bcnn.models import ComplexHead
 
-__all__ = ["ChunkedRunner", "ConvLayer"]
+__all__ = ["DEFAULT_CHUNK", "ChunkedRunner", "ConvLayer"]
 
 #: output pixels per kernel tile, at least (rows of several images are tiled together when maps are small)
 TILE_PIXELS = 64
+#: images per chunk unless the caller sets it (the module docstring says why this many)
+DEFAULT_CHUNK = 32
 
 
 def _words(channels: int) -> int:
@@ -480,9 +485,9 @@ def chunk_sizes(batch: int, chunk: int) -> list[int]:
 class ChunkedRunner:
     """Runs a program on the numba kernels, chunk by chunk, on ``threads`` threads (module docstring)."""
 
-    def __init__(self, program: Program, chunk: int = 16, probe: bool = True) -> None:
+    def __init__(self, program: Program, chunk: int | None = None, probe: bool = True) -> None:
         self.program = program
-        self.chunk = max(2, int(chunk))
+        self.chunk = max(2, int(chunk or DEFAULT_CHUNK))
         self.stem_variant: dict[int, bool | None] = {1: False, 2: False}  # channels-last first layer, per class
         self.ok = {1: True, 2: True}  # batch of 1 / batches of 2 or more may run chunked
         builder = _Builder(program, self.stem_variant)
@@ -503,7 +508,8 @@ class ChunkedRunner:
         """Check the PyTorch-side pieces per chunk against the whole-batch reference (see the module docstring).
 
         A batch of 1 runs as one chunk of 1, so it is compared with the reference at batch size 1;
-        larger batches run in chunks of 2 or more images, compared with one reference batch of 24.
+        larger batches run in chunks of 2 to ``chunk`` images, compared with one reference batch holding
+        chunks of 2, 3, 5 and ``chunk`` images (PyTorch may pick its algorithm by the batch size).
         The engine's side runs single-threaded, as inside a call; the reference with PyTorch's setting.
         """
         torch_threads = torch.get_num_threads()
@@ -515,8 +521,9 @@ class ChunkedRunner:
     def _probe_pieces(self, torch_threads: int) -> None:
         p = self.program
         gen = torch.Generator().manual_seed(12345)
-        x = torch.randn(24, p.in_channels_raw, p.image_size, p.image_size, generator=gen)
-        pieces = [(1, 3), (3, 6), (6, 11), (11, 24)]  # chunks of 2, 3, 5 and 13 images
+        full = max(self.chunk, 3)  # the largest chunk chunk_sizes makes
+        x = torch.randn(11 + full, p.in_channels_raw, p.image_size, p.image_size, generator=gen)
+        pieces = [(1, 3), (3, 6), (6, 11), (11, 11 + full)]  # chunks of 2, 3, 5 and the largest images
         for op in p.ops:
             if isinstance(op, TorchIn):
                 torch.set_num_threads(torch_threads)
@@ -547,7 +554,7 @@ class ChunkedRunner:
                     self.ok[cls] = self.ok[cls] and self.stem_variant[cls] is not None
             elif isinstance(op, (TorchHead, PooledBits)):
                 e = p.edges[op.src[0]]
-                feat = torch.randn(24, len(e.live), *e.size, generator=gen)
+                feat = torch.randn(11 + full, len(e.live), *e.size, generator=gen)
                 fns = _head_fns(op, e)
                 torch.set_num_threads(torch_threads)
                 with torch.no_grad():
