@@ -237,3 +237,31 @@ def test_retrain_lr_pairs_each_pruning_with_both_retraining_lrs_and_continues(mo
     assert "| column | 4x fewer | 0.0001 | 90.00 | 90.10 | 90.20 | 90.30 | +0.30 |" in table
     assert ("After 3 epochs, lr 0.0001 minus lr 0.001: filter 2x seed 0 +0.05 pt; filter 4x seed 0 +0.05 pt; "
             "column 4x seed 0 +0.05 pt. The tenth of the lr ends ahead in 3 of 3 plans.") in table
+
+
+def test_privacy_targets_prune_alone_at_every_mcmia_compression_and_new_rows_keep_the_old(monkeypatch):
+    """Issue 22's equal-compression rows: on each target, every MCMIA compression has an SLR and a magnitude row.
+    Compressions are lists of rows, so a target given more of them keeps its recorded runs under --continue,
+    while a changed pruning recipe drops the pruning rows only."""
+    import copy
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("privacy_mia", None)
+    bench = importlib.import_module("privacy_mia")
+    for target in bench.TARGETS.values():
+        budget = bench.Budget.of(target)
+        names = {r.name for r in bench.rows(budget)}
+        for c in target.game_compressions():
+            mcmia = "mcmia" if c == target.game_compressions()[0] else f"mcmia-{c}x"
+            assert {mcmia, f"prune-slr-{c}x", f"prune-magnitude-{c}x"} <= names, (target.key, c)
+    target = bench.TARGETS["resnet20-modulation"]
+    assert target.game_compressions() == (10, 8, 4, 2)
+    fewer = bench.Budget.of(bench.dataclasses.replace(target, compressions=(8, 10), mcmia_compressions=(10, 8),
+                                                      rows=None))
+    runs = [{"row": name} for name in ("undefended", "prune-slr-8x", "mcmia", "dpsgd-target-eps64")]
+    data = {"setup": bench.setup(fewer), "runs": runs}
+    budget = bench.Budget.of(target)
+    assert bench.still_valid(data, budget) == runs
+    changed = copy.deepcopy(data)
+    changed["setup"]["prune"]["epochs"] += 1
+    assert [r["row"] for r in bench.still_valid(changed, budget)] == ["undefended", "dpsgd-target-eps64"]
