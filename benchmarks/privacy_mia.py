@@ -679,36 +679,37 @@ def standard_error(values: list[float]) -> float:
     return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
-DPPoint = tuple[float, float, str, float]  # DP-SGD row: mean test accuracy, mean LiRA AUC, row, AUC's standard error
+DPPoint = tuple[float, float, str, float]  # DP-SGD row: mean test accuracy, mean leakage (TPR %), row, its SE
 
 
 def dp_front(dp: list[DPPoint]) -> list[DPPoint]:
     """DP-SGD's best trade-offs among the rows run: those that no other DP-SGD row beats on both test accuracy
-    (higher) and LiRA AUC (lower), sorted by accuracy. With several recipes and epsilons this is the curve a user
-    choosing DP-SGD could reach; along it, AUC grows with accuracy."""
+    (higher) and leakage (lower: the strongest attack's TPR at 0.1% FPR), sorted by accuracy. With several recipes
+    and epsilons this is the curve a user choosing DP-SGD could reach; along it, leakage grows with accuracy."""
     front = [d for d in dp if not any(o[0] >= d[0] and o[1] <= d[1] and o[:2] != d[:2] for o in dp)]
     return sorted(front)
 
 
-def compare_with_dp(acc: float, auc: float, auc_se: float, dp: list[DPPoint]) -> dict[str, Any]:
-    """Does (acc, auc) leak less than DP-SGD at the same test accuracy?  ``dp``: DP-SGD's best trade-offs
-    (``dp_front``), sorted by accuracy. Inside their accuracy range, DP-SGD's AUC (and its standard error) is
-    interpolated linearly in accuracy; outside it the nearest row decides only when it settles the question
-    (assuming DP-SGD leaks more at larger epsilon, i.e. at higher accuracy), else the comparison is undetermined.
-    A difference within two standard errors over seeds (``auc_se`` and DP-SGD's, combined) is a tie: not met,
+def compare_with_dp(acc: float, leak: float, leak_se: float, dp: list[DPPoint]) -> dict[str, Any]:
+    """Does (acc, leak) leak less than DP-SGD at the same test accuracy?  ``leak``: the strongest attack's TPR at
+    0.1% FPR in %; ``dp``: DP-SGD's best trade-offs (``dp_front``), sorted by accuracy. Inside their accuracy range,
+    DP-SGD's leakage (and its standard error) is interpolated linearly in accuracy; outside it the nearest row
+    decides only when it settles the question (assuming DP-SGD leaks more at larger epsilon, i.e. at higher
+    accuracy), else the comparison is undetermined.
+    A difference within two standard errors over seeds (``leak_se`` and DP-SGD's, combined) is a tie: not met,
     since nothing shows that one leaks less than the other."""
     what = "TPR@0.1%FPR (strongest attack, %) below DP-SGD's at equal test accuracy"
     if not dp:
         return {"what": what, "value": "no DP-SGD row", "met": None}
 
     def verdict(u: float, u_se: float, where: str) -> dict[str, Any]:
-        margin = 2 * math.hypot(auc_se, u_se)
-        if u - auc > margin:
-            return {"what": what, "value": f"{auc:.3f} vs {u:.3f} ({where})", "met": True}
-        if auc - u > margin:
-            return {"what": what, "value": f"{auc:.3f} vs {u:.3f} ({where}): DP-SGD leaks less", "met": False}
-        return {"what": what, "value": f"{auc:.3f} vs {u:.3f} ({where}): a tie, the difference {auc - u:+.3f} is "
-                f"within two standard errors over seeds (±{margin:.3f})", "met": False}
+        margin = 2 * math.hypot(leak_se, u_se)
+        if u - leak > margin:
+            return {"what": what, "value": f"{leak:.2f}% vs {u:.2f}% ({where})", "met": True}
+        if leak - u > margin:
+            return {"what": what, "value": f"{leak:.2f}% vs {u:.2f}% ({where}): DP-SGD leaks less", "met": False}
+        return {"what": what, "value": f"{leak:.2f}% vs {u:.2f}% ({where}): a tie, the difference {leak - u:+.2f} "
+                f"pt is within two standard errors over seeds (±{margin:.2f})", "met": False}
 
     accs = [d[0] for d in dp]
     if accs[0] <= acc <= accs[-1]:
@@ -720,15 +721,15 @@ def compare_with_dp(acc: float, auc: float, auc_se: float, dp: list[DPPoint]) ->
                                f"DP-SGD interpolated between {between} at {acc:.2f}%")
     if acc > accs[-1]:
         a, u, n, e = dp[-1]
-        if auc < u:
+        if leak < u:
             out = verdict(u, e, f"more accurate ({acc:.2f}% vs {a:.2f}%) than the most accurate DP-SGD row ({n})")
             if out["met"]:
                 return out
         return {"what": what, "value": f"DP-SGD does not reach {acc:.2f}% at any epsilon run (best {n}: {a:.2f}%, "
-                f"AUC {u:.3f}); comparing needs a DP-SGD recipe that does", "met": None}
+                f"TPR {u:.2f}%); comparing needs a DP-SGD recipe that does", "met": None}
     a, u, n, e = dp[0]
-    if u <= auc:
-        return {"what": what, "value": f"{auc:.3f} vs {u:.3f}: the least accurate DP-SGD row ({n}) is more accurate "
+    if u <= leak:
+        return {"what": what, "value": f"{leak:.2f}% vs {u:.2f}%: the least accurate DP-SGD row ({n}) is more accurate "
                 f"({a:.2f}% vs {acc:.2f}%) and leaks no more", "met": False}
     return {"what": what, "value": f"every DP-SGD row is more accurate (least: {n}, {a:.2f}%); a smaller epsilon "
             "would be needed to compare", "met": None}

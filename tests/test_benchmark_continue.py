@@ -265,3 +265,17 @@ def test_privacy_targets_prune_alone_at_every_mcmia_compression_and_new_rows_kee
     changed = copy.deepcopy(data)
     changed["setup"]["prune"]["epochs"] += 1
     assert [r["row"] for r in bench.still_valid(changed, budget)] == ["undefended", "dpsgd-target-eps64"]
+
+
+def test_privacy_goal_compares_with_dp_sgd_on_the_tpr_it_judges(monkeypatch):
+    """The DP-SGD comparison is on the strongest attack's TPR at 0.1% FPR (in %), and says so; a DP-SGD that never
+    reaches the MCMIA row's accuracy leaves the comparison undetermined instead of deciding it."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("privacy_mia", None)
+    bench = importlib.import_module("privacy_mia")
+    dp = bench.dp_front([(80.0, 0.5, "dpsgd-a", 0.05), (84.0, 1.0, "dpsgd-b", 0.05), (82.0, 1.5, "dpsgd-c", 0.05)])
+    assert [d[2] for d in dp] == ["dpsgd-a", "dpsgd-b"]  # c: less accurate and leakier than b
+    below = bench.compare_with_dp(82.0, 0.25, 0.05, dp)
+    assert below["met"] is True and below["value"].startswith("0.25% vs 0.75% (DP-SGD interpolated")
+    above = bench.compare_with_dp(90.0, 2.0, 0.05, dp)
+    assert above["met"] is None and "best dpsgd-b: 84.00%, TPR 1.00%" in above["value"]
