@@ -3,6 +3,7 @@
 train its whole table again each time)."""
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -265,6 +266,35 @@ def test_privacy_targets_prune_alone_at_every_mcmia_compression_and_new_rows_kee
     changed = copy.deepcopy(data)
     changed["setup"]["prune"]["epochs"] += 1
     assert [r["row"] for r in bench.still_valid(changed, budget)] == ["undefended", "dpsgd-target-eps64"]
+
+
+def test_privacy_resnet20_fine_tunes_to_lr_zero_and_lenet5_keeps_its_recorded_recipe(monkeypatch):
+    """The ResNet-20 target's pruning and MCMIA rows fine-tune on a schedule that ends at lr 0, which reaches their
+    DefenseConfig, the PruneConfig and the setup (so its runs at a constant lr are dropped by --continue); LeNet-5's
+    setup has no such key, so its committed runs stay valid, and its rows' text still says 'at that lr'."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("privacy_mia", None)
+    bench = importlib.import_module("privacy_mia")
+    resnet = bench.Budget.of(bench.TARGETS["resnet20-modulation"])
+    slr = next(r for r in bench.rows(resnet) if r.name == "prune-slr-2x")
+    config = bench.defense_config(slr, 0, resnet)
+    assert config.retrain_schedule == "cosine-step"
+    assert config.prune_config().retrain_config().schedule == "cosine-step"
+    assert bench.setup(resnet)["prune"]["retrain_schedule"] == "cosine-step"
+    old = {"setup": {**bench.setup(resnet), "prune": {k: v for k, v in bench.setup(resnet)["prune"].items()
+                                                        if k != "retrain_schedule"}},
+           "runs": [{"row": "undefended"}, {"row": "prune-slr-2x"}, {"row": "mcmia"}, {"row": "relaxloss-a0.5"}]}
+    assert [r["row"] for r in bench.still_valid(old, resnet)] == ["undefended", "relaxloss-a0.5"]
+    assert "with the lr decayed every step to 0" in bench.rows_text(bench.setup(resnet))
+
+    lenet = bench.Budget.of(bench.TARGETS["lenet5-fashion-mnist"])
+    assert "retrain_schedule" not in bench.setup(lenet)["prune"]
+    committed = json.loads((BENCHMARKS / "results" / "privacy_mia.json").read_text())
+    kept = bench.still_valid(committed, lenet)
+    assert kept is not None and len(kept) == len(committed["runs"])
+    assert bench.defense_config(next(r for r in bench.rows(lenet) if r.name == "prune-slr-10x"), 0,
+                                lenet).retrain_schedule == "constant"
+    assert "masked fine-tuning epochs at that lr" in bench.rows_text(bench.setup(lenet))
 
 
 def test_privacy_goal_compares_with_dp_sgd_on_the_tpr_it_judges(monkeypatch):

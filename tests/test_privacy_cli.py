@@ -51,12 +51,16 @@ def test_audit_writes_table_and_roc_pngs(capsys, target, tmp_path):
 def test_prune_defense_from_the_target(capsys, target, tmp_path):
     out = tmp_path / "pruned"
     code, stdout, _ = run_cli(capsys, "defend", "--defense", "prune", "--init", str(target), "--method", "magnitude",
-                              "--ratio", "0.5", "--prune-epochs", "0", "--retrain-epochs", "1", "--batch-size", "32",
-                              "--out", str(out))
+                              "--ratio", "0.5", "--prune-epochs", "0", "--retrain-epochs", "2", "--batch-size", "32",
+                              "--retrain-schedule", "cosine-step", "--out", str(out))
     assert code == 0 and "compression 2.0x" in stdout
     results = json.loads((out / "results.json").read_text())
     assert results["split"] == json.loads((target / "results.json").read_text())["split"]
-    assert len(results["retrain_accuracy"]) == 1
+    assert len(results["retrain_accuracy"]) == 2
+    # the fine-tuning's lr decays every step: the second epoch starts at half of it (cosine at the midpoint)
+    assert results["config"]["retrain_schedule"] == "cosine-step"
+    lrs = [json.loads(line)["lr"] for line in (out / "retrain" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([results["config"]["lr"], results["config"]["lr"] / 2])
 
 
 @pytest.mark.parametrize(

@@ -228,6 +228,8 @@ def test_defense_errors(digits_target, tmp_path):
         DefenseConfig(defense="dpsgd", precision="bf16").validate()
     with pytest.raises(ConfigError, match="slr or admm"):
         DefenseConfig(defense="mcmia", method="magnitude", compression=10).validate()
+    with pytest.raises(ConfigError, match="--retrain-schedule must be one of cosine, cosine-step, step, constant"):
+        DefenseConfig(defense="prune", compression=10, retrain_schedule="linear").validate()
     assert not (tmp_path / "a").exists()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from prunus.cli import args as flags
 from prunus.methods.registry import METHODS
 from prunus.privacy.defenses import DEFENSES, DefenseConfig, load_defended, run_defense
-from prunus.train.config import PRECISIONS
+from prunus.train.config import PRECISIONS, SCHEDULES
 from prunus.train.rundir import check_run_dir
 
 
@@ -50,6 +50,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--prune-epochs", type=int, default=d.prune_epochs, help="epochs with the pruning method active")
     p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs, help="masked fine-tuning epochs")
     p.add_argument("--retrain-lr", type=float, help="default: --lr")
+    p.add_argument("--retrain-schedule", choices=SCHEDULES, default=d.retrain_schedule,
+                   help="the fine-tuning's lr schedule (cosine-step: decayed every step to 0)")
     p.add_argument("--update-every", type=flags.positive_int,
                    help="batches between method rounds (default: once per epoch)")
     flags.add_method_options(de)

@@ -24,7 +24,7 @@ from prunus.methods.registry import METHODS, build_method, method_options
 from prunus.models.loading import load_model, load_weights
 from prunus.plan.projection import Masks
 from prunus.plan.recipe import Plan
-from prunus.train.config import TrainConfig
+from prunus.train.config import SCHEDULES, TrainConfig
 from prunus.train.distill import Distillation
 from prunus.train.rundir import check_run_dir, create_run_dir
 
@@ -92,6 +92,9 @@ class PruneConfig:
             raise ConfigError(f"--distill must be a weight >= 0 (0: no distillation), got {self.distill}")
         if not (math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
             raise ConfigError(f"--distill-temperature must be a positive number, got {self.distill_temperature}")
+        if self.retrain_schedule not in SCHEDULES:
+            raise ConfigError(f"--retrain-schedule must be one of {', '.join(SCHEDULES)}, "
+                              f"got {self.retrain_schedule!r}")
         if self.retrain_lr is not None and not (math.isfinite(self.retrain_lr) and self.retrain_lr > 0):
             raise ConfigError(f"--retrain-lr must be a positive number, got {self.retrain_lr}")
         self.train_config(self.epochs, self.lr, self.schedule)  # lr, batch size, schedule: checked before any writing

@@ -53,6 +53,9 @@ class DefenseConfig:
     prune_epochs: int = 10
     retrain_epochs: int = 3
     retrain_lr: float | None = None
+    # the masked fine-tuning's lr schedule: constant (prunus prune's default) or, for a model with BatchNorm, one
+    # that ends at lr 0 (cosine-step): at a constant lr its last epoch's weights and running statistics disagree
+    retrain_schedule: str = "constant"
     update_every: int | None = None
     method_options: dict[str, Any] = field(default_factory=dict)
     # DP-SGD
@@ -123,6 +126,7 @@ class DefenseConfig:
         return PruneConfig(method=self.method, epochs=self.prune_epochs, retrain_epochs=self.retrain_epochs,
                            batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
                            retrain_lr=self.retrain_lr if self.retrain_lr is not None else self.lr,
+                           retrain_schedule=self.retrain_schedule,
                            seed=self.seed, update_every=self.update_every if self.update_every is not None else 0,
                            rho_schedule="fixed", options=options, precision=self.precision,
                            channels_last=self.channels_last).validate()
