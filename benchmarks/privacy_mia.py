@@ -166,7 +166,8 @@ PRV_MAX_EPSILON = 64.0  # above it opacus' PRV accountant needs tens of GiB (its
 SEEDS = (0, 1, 2)
 # The adaptive attacker (issue 22): for these rows a second audit whose LiRA/RMIA reference models each run the
 # row's defense on their half of the audited examples (prunus audit --adaptive); fewer models than the bank's,
-# since each one costs a dense training plus the defense. Shadow-model attacks stay non-adaptive
+# since each one costs a dense training plus the defense (where the bank has as many, the pruned rows' references
+# prune the bank's models instead: dense_starts). Shadow-model attacks stay non-adaptive
 ADAPTIVE_ROWS = ("prune-slr-10x", "mcmia", "mcmia-8x", "relaxloss-a0.5")
 ADAPTIVE_REFERENCE_MODELS, ADAPTIVE_ATTACKS = 8, ("lira", "rmia")
 # issue 22: MCMIA at most 1 point of test accuracy lost, with at most half the undefended target's TPR at 0.1% FPR
@@ -402,7 +403,8 @@ def estimate(b: Budget, todo: list[tuple[int, Row]], banks_needed: int, step_s: 
         epochs = row.options.get("epochs", b.prune_epochs + b.retrain_epochs if row.from_target else b.target_epochs)
         total += epochs * epoch * COST[row.kind] + ROW_OVERHEAD_S + (DP_SETUP_S if row.defense == "dpsgd" else 0)
     for row in adaptive:  # every reference model runs the row's defense (pruning: after a dense training)
-        own = (b.prune_epochs + b.retrain_epochs) * COST[row.kind] + (b.target_epochs if row.from_target else 0)
+        dense = b.target_epochs if row.from_target and not dense_starts(row, b) else 0
+        own = (b.prune_epochs + b.retrain_epochs) * COST[row.kind] + dense
         total += adaptive_reference_models(b) * (own if row.from_target else b.target_epochs * COST[row.kind]) * epoch
     return total
 
@@ -527,11 +529,23 @@ def audit_row(row: Row, seed: int, b: Budget, cache: Path, res: dict[str, Any], 
     return out
 
 
+def dense_starts(row: Row, b: Budget) -> bool:
+    """The adaptive references of a pruned row prune the seed's non-adaptive reference models (same halves: as many
+    models) instead of training dense ones first, as the row pruned the undefended target (prunus audit
+    --dense-starts; the ResNet-20 target's audit: 12 epochs a reference instead of 32)."""
+    return row.from_target and adaptive_reference_models(b) == b.reference_models
+
+
 def needs_adaptive(record: dict, b: Budget) -> bool:
-    """The row is one the adaptive attacker audits, and its record has no adaptive audit of the current setup."""
-    want = {"attacks_run": list(ADAPTIVE_ATTACKS), "reference_models": adaptive_reference_models(b)}
+    """The row is one the adaptive attacker audits, and its record has no adaptive audit of the current setup
+    (a record from before ``dense_starts`` existed trained its references' dense models itself)."""
+    row = next((r for r in adaptive_rows(b) if r.name == record["row"]), None)
+    if row is None:
+        return False
+    want = {"attacks_run": list(ADAPTIVE_ATTACKS), "reference_models": adaptive_reference_models(b),
+            "dense_starts": dense_starts(row, b)}
     done = record.get("adaptive")
-    return record["row"] in ADAPTIVE_ROWS and (done is None or {k: done.get(k) for k in want} != want)
+    return done is None or {k: done.get(k, False if k == "dense_starts" else None) for k in want} != want
 
 
 def adaptive_audit(row: Row, seed: int, b: Budget, cache: Path) -> dict[str, Any]:
@@ -551,6 +565,7 @@ def adaptive_audit(row: Row, seed: int, b: Budget, cache: Path) -> dict[str, Any
         shutil.rmtree(audit_dir, ignore_errors=True)
         try:
             report = run_audit(seed_dir / row.name / "final", config, audit_dir, reference_bank=bank_dir,
+                               dense_starts=cache / f"bank-seed{seed}" if dense_starts(row, b) else None,
                                console=Console(quiet=True))
             break
         except ConfigError as e:
@@ -561,7 +576,7 @@ def adaptive_audit(row: Row, seed: int, b: Budget, cache: Path) -> dict[str, Any
     keep = ("auc", "balanced_accuracy", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "members", "nonmembers", "ci")
     return {"attacks": {a["attack"]: {k: a[k] for k in keep} for a in report["attacks"]},
             "attacks_run": list(ADAPTIVE_ATTACKS), "reference_models": config.reference_models,
-            "seconds": time.perf_counter() - t0}
+            "dense_starts": dense_starts(row, b), "seconds": time.perf_counter() - t0}
 
 
 # -- the table -------------------------------------------------------------------------------------------
@@ -647,8 +662,12 @@ def adaptive_lines(groups: dict[str, list[dict]], labels: dict[str, str]) -> lis
         return []
     counts = sorted({r["adaptive"]["reference_models"] for g in rows_.values() for r in g if r.get("adaptive")})
     n = "/".join(map(str, counts))
+    starts = {bool(r["adaptive"].get("dense_starts")) for g in rows_.values() for r in g if r.get("adaptive")
+              and r["defense"] in ("prune", "mcmia")}
+    start = {False: "a dense training", True: "the non-adaptive bank's reference model of the same half"}
+    pruned = f" (pruned rows: {' or '.join(start[v] for v in sorted(starts))}, then the same pruning)" if starts else ""
     lines = [f"**Adaptive attacker**: LiRA/RMIA with {n} reference models that each run the row's own defense on "
-             "their half of the audited examples (pruned rows: a dense training, then the same pruning), beside the "
+             f"their half of the audited examples{pruned}, beside the "
              "non-adaptive attacker of the tables below (references trained like the undefended target). AUC and "
              "TPR at 0.1% FPR (%), mean over the seeds audited by both:", "",
              "| defense | seeds | LiRA online AUC | adaptive | RMIA online AUC | adaptive | LiRA TPR | adaptive | "

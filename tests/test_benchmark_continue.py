@@ -297,6 +297,32 @@ def test_privacy_resnet20_fine_tunes_to_lr_zero_and_lenet5_keeps_its_recorded_re
     assert "masked fine-tuning epochs at that lr" in bench.rows_text(bench.setup(lenet))
 
 
+def test_privacy_adaptive_audits_of_pruned_rows_start_from_the_bank_where_its_halves_are_theirs(monkeypatch):
+    """ResNet-20 (a bank of 8 references, 8 adaptive ones): the pruned rows' adaptive references prune the bank's
+    models, and an audit recorded before that runs again; LeNet-5 (16 vs 8: other halves) keeps its records."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("privacy_mia", None)
+    bench = importlib.import_module("privacy_mia")
+    done = {"attacks_run": list(bench.ADAPTIVE_ATTACKS), "reference_models": 8}
+    resnet = bench.Budget.of(bench.TARGETS["resnet20-modulation"])
+    by_name = {r.name: r for r in bench.adaptive_rows(resnet)}
+    assert bench.dense_starts(by_name["mcmia"], resnet) and not bench.dense_starts(by_name["relaxloss-a0.5"], resnet)
+    assert bench.needs_adaptive({"row": "mcmia", "adaptive": done}, resnet)
+    assert not bench.needs_adaptive({"row": "mcmia", "adaptive": {**done, "dense_starts": True}}, resnet)
+    assert not bench.needs_adaptive({"row": "relaxloss-a0.5", "adaptive": done}, resnet)
+    assert not bench.needs_adaptive({"row": "prune-slr-2x"}, resnet)  # not a row the adaptive attacker audits
+    lenet = bench.Budget.of(bench.TARGETS["lenet5-fashion-mnist"])
+    assert not any(bench.dense_starts(r, lenet) for r in bench.adaptive_rows(lenet))
+    committed = json.loads((BENCHMARKS / "results" / "privacy_mia.json").read_text())
+    audited = [r for r in committed["runs"] if r.get("adaptive")]
+    assert audited and not any(bench.needs_adaptive(r, lenet) for r in audited)
+    attacks = {a: {"auc": 0.6, "tpr_at_0.1pct_fpr": 0.01} for a in ("lira-online", "rmia-online")}
+    record = {"row": "mcmia", "defense": "mcmia", "attacks": attacks,
+              "adaptive": {**done, "dense_starts": True, "attacks": attacks}}
+    text = "\n".join(bench.adaptive_lines({"mcmia": [record]}, {}))
+    assert "(pruned rows: the non-adaptive bank's reference model of the same half, then the same pruning)" in text
+
+
 def test_privacy_goal_compares_with_dp_sgd_on_the_tpr_it_judges(monkeypatch):
     """The DP-SGD comparison is on the strongest attack's TPR at 0.1% FPR (in %), and says so; a DP-SGD that never
     reaches the MCMIA row's accuracy leaves the comparison undetermined instead of deciding it."""

@@ -150,6 +150,40 @@ def test_adaptive_audit_trains_its_references_with_the_targets_defense(capsys, t
     assert_user_error(code, err, "adaptive_defense")
 
 
+def test_adaptive_references_of_a_pruned_target_can_prune_the_non_adaptive_banks_models(capsys, target, tmp_path):
+    """--dense-starts: each adaptive reference prunes the non-adaptive bank's model of its half (no dense phase of
+    its own), so its magnitude mask is the bank model's; misuse is one error line and writes nothing."""
+    pruned = tmp_path / "pruned"
+    assert run_cli(capsys, "defend", "--defense", "prune", "--init", str(target), "--method", "magnitude", "--ratio",
+                   "0.5", "--prune-epochs", "0", "--retrain-epochs", "1", "--batch-size", "32",
+                   "--out", str(pruned))[0] == 0
+    bank = tmp_path / "bank"
+    common = ["--attack", "lira", "--epochs", "2"]
+    assert run_cli(capsys, "audit", str(pruned), *common, "--reference-models", "2", "--reference-bank", str(bank),
+                   "--out", str(tmp_path / "plain"))[0] == 0
+    out = tmp_path / "adaptive"
+    code, _, _ = run_cli(capsys, "audit", str(pruned), *common, "--reference-models", "2", "--adaptive",
+                         "--dense-starts", str(bank), "--out", str(out))
+    assert code == 0
+    assert json.loads((out / "config.json").read_text())["dense_starts"] == str(bank)
+    for k in ("00", "01"):
+        ref = out / "reference" / k
+        assert not (ref / "dense").exists() and (ref / "retrain").is_dir()
+        dense, _ = load_model(bank / "reference" / k)
+        w = dense.conv2.weight.detach().abs().flatten()
+        keep = w >= w.kthvalue(w.numel() // 2 + 1).values  # magnitude pruning at ratio 0.5 keeps the larger half
+        model, _ = load_model(ref / "retrain")
+        assert bool(((model.conv2.weight.flatten() != 0) == keep).all())
+    for argv, fragment in (([str(target), "--adaptive"], "only a pruned target's references"),
+                           ([str(pruned)], "--dense-starts is for --adaptive audits"),
+                           ([str(pruned), "--adaptive", "--reference-models", "4"], "--reference-models: bank 2")):
+        argv = argv if "--reference-models" in argv else [*argv, "--reference-models", "2"]
+        code, _, err = run_cli(capsys, "audit", *argv, *common, "--dense-starts", str(bank),
+                               "--out", str(tmp_path / "bad"))
+        assert_user_error(code, err, fragment)
+        assert not (tmp_path / "bad").exists()
+
+
 def test_adaptive_audit_needs_a_recorded_defense(capsys, tmp_path, dense_digits):
     code, _, err = run_cli(capsys, "audit", str(dense_digits), "--adaptive", "--out", str(tmp_path / "a"))
     assert code == 2 and "prunus: error:" in err and not (tmp_path / "a").exists()

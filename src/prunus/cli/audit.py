@@ -35,6 +35,10 @@ def add_parsers(sub) -> None:
                     help="share shadow/reference models between audits of one split: reuse the bank in DIR (built "
                          "with the same split, recipe, --seed, --epochs and model counts), or train them and store "
                          "them there when DIR is new; e.g. every `prunus defend --init TARGET` model of one target")
+    au.add_argument("--dense-starts", metavar="BANK",
+                    help="with --adaptive, for a target pruned from the undefended model: the non-adaptive reference "
+                         "bank of that target (same --seed and --reference-models); each adaptive reference prunes "
+                         "that bank's model of its half instead of training a dense one first")
     au.add_argument("--out", required=True, help="report directory to create")
     add_data_args(au)
 
@@ -49,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     ).validate()
     out = Path(args.out)
     check_new_dir(out)
-    report = run_audit(args.checkpoint, config, out, reference_bank=args.reference_bank, data_dir=args.data_dir,
-                       download=args.download, device=args.device)
+    report = run_audit(args.checkpoint, config, out, reference_bank=args.reference_bank,
+                       dense_starts=args.dense_starts, data_dir=args.data_dir, download=args.download,
+                       device=args.device)
     best = max(report["attacks"], key=lambda r: r["auc"])
     print(f"strongest attack {best['attack']}: AUC {best['auc']:.4f}, "
           f"TPR@0.1%FPR {100 * best['tpr_at_0.1pct_fpr']:.2f}% "

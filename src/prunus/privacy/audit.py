@@ -43,7 +43,7 @@ from prunus._optional import require
 from prunus.environment import environment_info
 from prunus.errors import ConfigError
 from prunus.io import write_json_atomic, write_text_atomic
-from prunus.privacy.adaptive import target_defense
+from prunus.privacy.adaptive import starts_from_bank, target_defense
 from prunus.privacy.attacks import METRIC_ATTACKS, lira_attack, lira_phi, metric_attack, model_logits
 from prunus.privacy.audit_config import AuditConfig
 from prunus.privacy.bank import ReferenceBank
@@ -53,6 +53,7 @@ from prunus.privacy.references import (
     bank_key,
     datasets_of,
     fill_bank,
+    lira_inclusion,
     open_bank,
     reference_recipe,
     target_model_record,
@@ -71,6 +72,7 @@ def run_audit(
     out: str | Path,
     *,
     reference_bank: ReferenceBank | str | Path | None = None,
+    dense_starts: str | Path | None = None,
     data_dir: str | None = None,
     download: bool = False,
     device: str | None = None,
@@ -84,6 +86,10 @@ def run_audit(
     :class:`ReferenceBank` object is used as it is (it must hold every part the attacks need, and
     keeps Shokri's fitted attack classifier between audits).  A bank built for another split,
     recipe, seed or model count is refused before anything is written.
+
+    ``dense_starts`` (adaptive audits of a pruned target): the saved non-adaptive bank of the same target and
+    reference models, whose models the adaptive references prune instead of training their own dense ones
+    (:func:`~prunus.privacy.adaptive.starts_from_bank`).
     """
 
     config.validate()
@@ -95,7 +101,13 @@ def run_audit(
     split: MembershipSplit = split_of_checkpoint(ckpt)
     tcfg = reference_recipe(ckpt, config)
     defense = target_defense(ckpt, tcfg) if config.adaptive else None
-    bank = open_bank(reference_bank, bank_key(ckpt, split, tcfg, config, defense), config)
+    starts = None
+    if dense_starts is not None:
+        if defense is None:
+            raise ConfigError("--dense-starts is for --adaptive audits (their references prune the bank's models)")
+        starts = starts_from_bank(ReferenceBank.load(dense_starts), defense, bank_key(ckpt, split, tcfg, config),
+                              lira_inclusion(split, config))
+    bank = open_bank(reference_bank, bank_key(ckpt, split, tcfg, config, defense, starts is not None), config)
     bank_dir = None if reference_bank is None or isinstance(reference_bank, ReferenceBank) else Path(reference_bank)
     dev = pick_device(device)
     train_set, test_set = datasets_of(ckpt, data_dir, download)
@@ -105,10 +117,11 @@ def run_audit(
     write_json_atomic(out / "config.json", {"checkpoint": str(ckpt.path), "audit": dataclasses.asdict(config),
                                             "reference_training": dataclasses.asdict(tcfg), "split": split.summary(),
                                             "reference_bank": str(bank.path or bank_dir or "") or None,
+                                            "dense_starts": str(dense_starts) if dense_starts is not None else None,
                                             "environment": environment_info()})
     t_start = time.perf_counter()
     trained = fill_bank(bank, config, split, train_set, test_set, target_model_record(ckpt), tcfg, bank_dir or out,
-                        save=bank_dir is not None, device=dev, console=console, defense=defense)
+                        save=bank_dir is not None, device=dev, console=console, defense=defense, starts=starts)
     bank_seconds = time.perf_counter() - t_start
     _say_reused(bank, trained, config, console)
     target = Target.of(model, split, train_set, dev)

@@ -67,14 +67,15 @@ def train_models(name: str, index_sets: list[np.ndarray], train_set, test_set, m
 NEWER_RECIPE_FIELDS = {"compile": False}
 
 
-def bank_key(ckpt, split: MembershipSplit, tcfg, config: AuditConfig, defense: DefenseConfig | None = None
-             ) -> dict[str, Any]:
+def bank_key(ckpt, split: MembershipSplit, tcfg, config: AuditConfig, defense: DefenseConfig | None = None,
+             dense_starts: bool = False) -> dict[str, Any]:
     """What a target's shadow and reference models depend on: a :class:`ReferenceBank` built for the same key
     holds exactly the models this audit would train (same split, architecture, recipe and seeds).
 
     The recipe's own ``seed`` is left out (reference models get seeds of their own from ``config.seed``),
     and so are fields that do not change the weights (evaluation batch size, checkpoints kept).  An adaptive
-    audit's bank also names the defense its reference models were trained with.
+    audit's bank also names the defense its reference models were trained with, and whether they pruned the
+    non-adaptive bank's models (``dense_starts``) rather than dense models of their own.
     """
     recipe = dataclasses.asdict(tcfg)
     for k in ("seed", "keep_checkpoints", "eval_batch_size"):
@@ -87,6 +88,8 @@ def bank_key(ckpt, split: MembershipSplit, tcfg, config: AuditConfig, defense: D
            "split": split.summary(), "model": target_model_record(ckpt), "recipe": recipe, "seed": config.seed}
     if defense is not None:
         key["adaptive_defense"] = {k: v for k, v in dataclasses.asdict(defense).items() if k != "seed"}
+        if dense_starts:
+            key["dense_starts"] = "the non-adaptive bank's reference models"
     return key
 
 
@@ -122,19 +125,25 @@ def _train_shadow_outputs(split: MembershipSplit, train_set, ref_test, record, t
                          n_in)
 
 
+def lira_inclusion(split: MembershipSplit, config: AuditConfig) -> np.ndarray:
+    """Which reference model trains on which audited example (members, then non-members): balanced halves."""
+    return balanced_inclusion(config.reference_models, len(split.members) + len(split.nonmembers), config.seed + 17)
+
+
 def _train_lira_outputs(split: MembershipSplit, train_set, ref_test, record, tcfg, config: AuditConfig, out_dir: Path,
-                        *, device, console: Console, defense: DefenseConfig | None = None) -> LiraOutputs:
+                        *, device, console: Console, defense: DefenseConfig | None = None,
+                        starts: list[Path] | None = None) -> LiraOutputs:
     """LiRA/RMIA reference models trained like the target on balanced random halves of members + non-members
-    (with ``defense``: each runs that defense on its half, :mod:`prunus.privacy.adaptive`)."""
+    (with ``defense``: each runs that defense on its half, from ``starts`` if given, :mod:`prunus.privacy.adaptive`)."""
     audit_idx = np.concatenate([split.members, split.nonmembers])
     n = len(audit_idx)
-    inclusion = balanced_inclusion(config.reference_models, n, config.seed + 17)
+    inclusion = lira_inclusion(split, config)
     console.print(f"training {config.reference_models} LiRA reference models on random halves of the "
                   f"{n} members and non-members")
     halves, images = [audit_idx[row] for row in inclusion], train_set.images[torch.as_tensor(audit_idx)]
     if defense is not None:
         r_logits = train_defended_models(defense, halves, split, train_set, ref_test, record, images, out_dir,
-                                         device=device, console=console, seed=config.seed + 900)
+                                         device=device, console=console, seed=config.seed + 900, starts=starts)
     else:
         r_logits = train_models("reference", halves, train_set, ref_test, record, tcfg, out_dir, images, device=device,
                                 console=console, seed=config.seed + 900)
@@ -142,10 +151,11 @@ def _train_lira_outputs(split: MembershipSplit, train_set, ref_test, record, tcf
 
 
 def fill_bank(bank: ReferenceBank, config: AuditConfig, split: MembershipSplit, train_set, test_set, record, tcfg,
-               directory: Path, *, save: bool, device, console: Console, defense: DefenseConfig | None = None
-               ) -> dict[str, bool]:
+               directory: Path, *, save: bool, device, console: Console, defense: DefenseConfig | None = None,
+               starts: list[Path] | None = None) -> dict[str, bool]:
     """Train the parts of ``bank`` this audit needs and it lacks (into ``directory/shadow``, ``directory/reference``);
-    save the bank into ``directory`` when ``save``.  Returns which parts were trained now."""
+    save the bank into ``directory`` when ``save``.  Returns which parts were trained now.  ``defense`` and
+    ``starts``: the adaptive attacker's (:mod:`prunus.privacy.adaptive`)."""
 
     # reference/shadow models report their per-epoch test accuracy on the first 1000 test images only
     ref_test = subset(test_set, np.arange(min(1000, len(test_set))), "test")
@@ -157,7 +167,7 @@ def fill_bank(bank: ReferenceBank, config: AuditConfig, split: MembershipSplit, 
         if save:  # a crashed build may have left part of this training behind
             shutil.rmtree(directory / sub, ignore_errors=True)
         t0 = time.perf_counter()
-        adaptive = {"defense": defense} if part == "lira" and defense is not None else {}
+        adaptive = {"defense": defense, "starts": starts} if part == "lira" and defense is not None else {}
         setattr(bank, part, train(split, train_set, ref_test, record, tcfg, config, directory / sub, device=device,
                                   console=console, **adaptive))
         bank.info[part] = {"seconds": time.perf_counter() - t0, "epochs": tcfg.epochs,
