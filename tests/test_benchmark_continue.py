@@ -311,6 +311,8 @@ def test_privacy_adaptive_audits_of_pruned_rows_start_from_the_bank_where_its_ha
     assert not bench.needs_adaptive({"row": "mcmia", "adaptive": {**done, "dense_starts": True}}, resnet)
     assert not bench.needs_adaptive({"row": "relaxloss-a0.5", "adaptive": done}, resnet)
     assert not bench.needs_adaptive({"row": "prune-slr-2x"}, resnet)  # not a row the adaptive attacker audits
+    assert set(by_name) == {"prune-slr-10x", "mcmia", "mcmia-8x", "mcmia-4x", "mcmia-2x", "relaxloss-a0.5"}
+    assert bench.needs_adaptive({"row": "mcmia-2x"}, resnet)  # every MCMIA row: the goal is judged on each
     lenet = bench.Budget.of(bench.TARGETS["lenet5-fashion-mnist"])
     assert not any(bench.dense_starts(r, lenet) for r in bench.adaptive_rows(lenet))
     committed = json.loads((BENCHMARKS / "results" / "privacy_mia.json").read_text())
