@@ -269,9 +269,9 @@ def test_privacy_targets_prune_alone_at_every_mcmia_compression_and_new_rows_kee
 
 
 def test_privacy_resnet20_fine_tunes_to_lr_zero_and_lenet5_keeps_its_recorded_recipe(monkeypatch):
-    """The ResNet-20 target's pruning and MCMIA rows fine-tune on a schedule that ends at lr 0, which reaches their
-    DefenseConfig, the PruneConfig and the setup (so its runs at a constant lr are dropped by --continue); LeNet-5's
-    setup has no such key, so its committed runs stay valid, and its rows' text still says 'at that lr'."""
+    """The ResNet-20 target's pruning and MCMIA rows run SLR on the budget schedule and fine-tune on a schedule that
+    ends at lr 0, which reaches their DefenseConfig, the PruneConfig and the setup (so its runs of the paper's recipe
+    are dropped by --continue); LeNet-5's setup has no such keys, so its committed runs stay valid."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     sys.modules.pop("privacy_mia", None)
     bench = importlib.import_module("privacy_mia")
@@ -281,6 +281,8 @@ def test_privacy_resnet20_fine_tunes_to_lr_zero_and_lenet5_keeps_its_recorded_re
     assert config.retrain_schedule == "cosine-step"
     assert config.prune_config().retrain_config().schedule == "cosine-step"
     assert bench.setup(resnet)["prune"]["retrain_schedule"] == "cosine-step"
+    assert config.prune_recipe == "budget" and config.prune_config().rho_schedule == "budget"
+    assert bench.setup(resnet)["prune"]["prune_recipe"] == "budget"
     old = {"setup": {**bench.setup(resnet), "prune": {k: v for k, v in bench.setup(resnet)["prune"].items()
                                                         if k != "retrain_schedule"}},
            "runs": [{"row": "undefended"}, {"row": "prune-slr-2x"}, {"row": "mcmia"}, {"row": "relaxloss-a0.5"}]}
@@ -288,13 +290,16 @@ def test_privacy_resnet20_fine_tunes_to_lr_zero_and_lenet5_keeps_its_recorded_re
     assert "with the lr decayed every step to 0" in bench.rows_text(bench.setup(resnet))
 
     lenet = bench.Budget.of(bench.TARGETS["lenet5-fashion-mnist"])
-    assert "retrain_schedule" not in bench.setup(lenet)["prune"]
+    assert not {"retrain_schedule", "prune_recipe"} & set(bench.setup(lenet)["prune"])
     committed = json.loads((BENCHMARKS / "results" / "privacy_mia.json").read_text())
     kept = bench.still_valid(committed, lenet)
     assert kept is not None and len(kept) == len(committed["runs"])
     assert bench.defense_config(next(r for r in bench.rows(lenet) if r.name == "prune-slr-10x"), 0,
                                 lenet).retrain_schedule == "constant"
     assert "masked fine-tuning epochs at that lr" in bench.rows_text(bench.setup(lenet))
+    assert ("8 epochs with the method (SLR/ADMM: fixed ρ, a round per epoch, the penalty on every weight; magnitude: "
+            "pruned at the start, these epochs with the mask), hard-prune") in bench.rows_text(bench.setup(lenet))
+    assert "(SLR/ADMM: prunus prune's schedule" in bench.rows_text(bench.setup(resnet))
 
 
 def test_privacy_adaptive_audits_of_pruned_rows_start_from_the_bank_where_its_halves_are_theirs(monkeypatch):

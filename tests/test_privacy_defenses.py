@@ -77,6 +77,22 @@ def test_mcmia_prunes_exactly_under_the_game_on_the_same_split(digits_target, tm
     assert ckpt.meta["privacy"]["reference_training"]["epochs"] == 6  # audits train references like the target
 
 
+def test_prune_defense_on_the_budget_schedule_makes_its_planned_rounds(digits_target, tmp_path):
+    """--prune-recipe budget: SLR rounds every 2 batches (3 epochs of 10 batches make 12 or more rounds), rho grown
+    round by round; the paper's recipe makes one round per epoch at a fixed rho."""
+    runs = {}
+    for recipe in ("budget", "paper"):
+        out = tmp_path / recipe
+        assert main(["defend", "--defense", "prune", "--init", str(digits_target / "final"), "--method", "slr",
+                     "--compression", "10", "--prune-epochs", "3", "--retrain-epochs", "1", "--batch-size", "32",
+                     "--prune-recipe", recipe, "--out", str(out)]) == 0
+        runs[recipe] = json.loads((out / "results.json").read_text())["method_history"]
+    assert len(runs["budget"]) == 15 and len(runs["paper"]) == 3
+    rho = [h["rho"] for h in runs["budget"]]
+    assert all(b > a for a, b in zip(rho, rho[1:]))
+    assert {h["rho"] for h in runs["paper"]} == {runs["paper"][0]["rho"]}
+
+
 def test_bf16_channels_last_target_and_its_mcmia_record_the_recipe_references_train_with(tmp_path, capsys):
     """The privacy benchmark's ResNet-20 target trains in bf16 autocast with NHWC tensors (~2.6x faster on the
     CPU): its pruning and game run so too, the zeros are still exact, and the recipe an audit trains its
@@ -216,6 +232,18 @@ def test_relaxloss_keeps_the_members_loss_near_alpha(digits_target, tmp_path, ca
     assert split_of_checkpoint(ckpt).digest == split_of_checkpoint(load_checkpoint(digits_target / "final")).digest
 
 
+def test_prune_recipes_paper_and_budget():
+    """paper: fixed rho, a round per epoch, the penalty on every entry (what the LeNet-5 privacy rows ran);
+    budget: prunus prune's schedule (rho grown to reach the set by the last round, the method's round spacing)."""
+    paper = DefenseConfig(defense="prune", compression=10).prune_config()
+    assert (paper.rho_schedule, paper.update_every, paper.options) == ("fixed", 0, {"penalize": "all"})
+    budget = DefenseConfig(defense="prune", compression=10, prune_recipe="budget").prune_config()
+    assert (budget.rho_schedule, budget.update_every, budget.options) == ("budget", None, {})
+    assert budget.planned_rounds(40) == 12  # 10 epochs of 40 batches: a round every 33 batches, not every 100
+    chosen = DefenseConfig(defense="prune", compression=10, prune_recipe="budget", update_every=7).prune_config()
+    assert chosen.update_every == 7
+
+
 def test_defense_errors(digits_target, tmp_path):
     with pytest.raises(ConfigError, match="--delta"):
         run_defense(DefenseConfig(defense="dpsgd", dataset="digits", members=300, delta=0.01), tmp_path / "a",
@@ -230,6 +258,8 @@ def test_defense_errors(digits_target, tmp_path):
         DefenseConfig(defense="mcmia", method="magnitude", compression=10).validate()
     with pytest.raises(ConfigError, match="--retrain-schedule must be one of cosine, cosine-step, step, constant"):
         DefenseConfig(defense="prune", compression=10, retrain_schedule="linear").validate()
+    with pytest.raises(ConfigError, match="--prune-recipe must be one of paper, budget, got 'fast'"):
+        DefenseConfig(defense="mcmia", compression=10, prune_recipe="fast").validate()
     assert not (tmp_path / "a").exists()
 
 

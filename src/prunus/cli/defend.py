@@ -8,6 +8,7 @@ from pathlib import Path
 from prunus.cli import args as flags
 from prunus.methods.registry import METHODS
 from prunus.privacy.defenses import DEFENSES, DefenseConfig, load_defended, run_defense
+from prunus.privacy.defenses.config import PRUNE_RECIPES
 from prunus.train.config import PRECISIONS, SCHEDULES
 from prunus.train.rundir import check_run_dir
 
@@ -52,8 +53,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--retrain-lr", type=float, help="default: --lr")
     p.add_argument("--retrain-schedule", choices=SCHEDULES, default=d.retrain_schedule,
                    help="the fine-tuning's lr schedule (cosine-step: decayed every step to 0)")
+    p.add_argument("--prune-recipe", choices=PRUNE_RECIPES, default=d.prune_recipe,
+                   help="SLR/ADMM: paper = fixed rho, a round per epoch, the penalty on every entry (Wang et al.); "
+                        "budget = prunus prune's (rho grown so the weights reach the set by the last round)")
     p.add_argument("--update-every", type=flags.positive_int,
-                   help="batches between method rounds (default: once per epoch)")
+                   help="batches between method rounds (default: once per epoch with --prune-recipe paper, the "
+                        "method's spacing with budget)")
     flags.add_method_options(de)
     dp = de.add_argument_group("DP-SGD (dpsgd)")
     dp.add_argument("--epsilon", type=float, default=d.epsilon, help="target epsilon")

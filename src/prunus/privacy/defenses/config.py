@@ -11,6 +11,7 @@ from prunus.jobs.prune import PruneConfig
 from prunus.train.config import TrainConfig
 
 DEFENSES = ("none", "prune", "advreg", "mcmia", "dpsgd", "relaxloss")
+PRUNE_RECIPES = ("paper", "budget")
 
 
 @dataclass
@@ -56,6 +57,10 @@ class DefenseConfig:
     # the masked fine-tuning's lr schedule: constant (prunus prune's default) or, for a model with BatchNorm, one
     # that ends at lr 0 (cosine-step): at a constant lr its last epoch's weights and running statistics disagree
     retrain_schedule: str = "constant"
+    # SLR/ADMM's schedule: "paper" (Wang et al.'s: fixed rho, a round per epoch, the penalty on every entry; what the
+    # privacy benchmark measured first) or "budget" (prunus prune's: rho grown so the weights reach the set by the
+    # last round, rounds every 100 batches or closer, the penalty on the removed entries)
+    prune_recipe: str = "paper"
     update_every: int | None = None
     method_options: dict[str, Any] = field(default_factory=dict)
     # DP-SGD
@@ -103,6 +108,9 @@ class DefenseConfig:
             if self.warmup_epochs < 0:
                 raise ConfigError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
         if self.defense in ("prune", "mcmia"):
+            if self.prune_recipe not in PRUNE_RECIPES:
+                raise ConfigError(f"--prune-recipe must be one of {', '.join(PRUNE_RECIPES)}, "
+                                  f"got {self.prune_recipe!r}")
             self.prune_config()  # the pruning recipe's numbers and method options, before any writing
         if self.adv_reference is not None and self.adv_reference < 1:
             raise ConfigError(f"--adv-reference must be at least 1, got {self.adv_reference}")
@@ -118,15 +126,14 @@ class DefenseConfig:
                            channels_last=self.channels_last)
 
     def prune_config(self):
-        # the pruning recipe the privacy benchmark was measured with: SLR/ADMM round once per epoch (0), fixed rho,
-        # the textbook penalty on every entry, retraining at the pruning lr; the retrain-free defaults of prunus prune
-        # (and its fine-tuning lr) are not measured here yet
-        options = ({"penalize": "all", **self.method_options} if self.method in ("slr", "admm")
+        """The pruning recipe (``prune_recipe``); the fine-tuning runs at ``retrain_lr``, by default the pruning lr."""
+        paper = self.prune_recipe == "paper"
+        options = ({"penalize": "all", **self.method_options} if paper and self.method in ("slr", "admm")
                    else dict(self.method_options))
+        every = self.update_every if self.update_every is not None else (0 if paper else None)  # 0: once per epoch
         return PruneConfig(method=self.method, epochs=self.prune_epochs, retrain_epochs=self.retrain_epochs,
                            batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
                            retrain_lr=self.retrain_lr if self.retrain_lr is not None else self.lr,
-                           retrain_schedule=self.retrain_schedule,
-                           seed=self.seed, update_every=self.update_every if self.update_every is not None else 0,
-                           rho_schedule="fixed", options=options, precision=self.precision,
+                           retrain_schedule=self.retrain_schedule, seed=self.seed, update_every=every,
+                           rho_schedule="fixed" if paper else "budget", options=options, precision=self.precision,
                            channels_last=self.channels_last).validate()

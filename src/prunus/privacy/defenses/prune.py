@@ -3,6 +3,7 @@ IJCAI 2021)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -40,7 +41,8 @@ def _prune(ctx: DefenseContext) -> dict[str, Any]:
     out: dict[str, Any] = {}
     torch.manual_seed(config.seed)
     x, y = fixed_batch(members, pcfg.closure_samples, config.seed)
-    method = make_method(pcfg, model, plan, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy))
+    method = make_method(pcfg, model, plan, batch_closure(model, x.to(dev), y.to(dev), F.cross_entropy),
+                         batches_per_epoch=math.ceil(len(members.labels) / pcfg.batch_size))
     game = make_game(ctx) if config.defense == "mcmia" else None
     hooks = [method] + ([game] if game else [])
     loss_fn = game.loss_fn if game else F.cross_entropy
