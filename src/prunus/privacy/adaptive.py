@@ -11,8 +11,8 @@ attacks then compare like with like.  Shadow models (metric and Shokri attacks) 
 **Dense starts.** A pruned target's references first train a dense model on their half, which is
 exactly what the non-adaptive bank's reference model of the same half is (same split, recipe and
 inclusion). Given that bank (:func:`starts_from_bank`), each reference prunes the bank's model instead,
-as the defender pruned the undefended target: the audit of a pruned ResNet-20 then trains 12 epochs
-a reference instead of 32.
+as the defender pruned the undefended target (the privacy benchmark's ResNet-20 target: 12 epochs a
+reference instead of 32).
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ def reference_split(split: MembershipSplit, members: np.ndarray) -> MembershipSp
     return MembershipSplit(split.dataset, split.total, split.seed, members, others[:len(members)], pool)
 
 
-def starts_from_bank(bank: ReferenceBank, defense: DefenseConfig, key: dict[str, Any], inclusion: np.ndarray
-                 ) -> list[Path]:
+def starts_from_bank(bank: ReferenceBank, defense: DefenseConfig, key: dict[str, Any],
+                     inclusion: np.ndarray) -> list[Path]:
     """The final checkpoints of ``bank``'s reference models, for an adaptive audit whose references prune them.
 
     ``key``: the non-adaptive bank key of the audited target, which ``bank`` must have been built for (same split,
