@@ -60,9 +60,11 @@ def claim_lines(groups: dict[str, list[dict]], labels: dict[str, str]) -> list[s
 
     def line(claim: str, row: str, other: str) -> str:
         verdict, diff = lower(acc[row], acc[other])
+        single = min(len(acc[row]), len(acc[other])) < 2
         return (f"- {claim}: {labels.get(row, row)} {100 * statistics.mean(acc[row]):.2f}% vs "
                 f"{labels.get(other, other)} {100 * statistics.mean(acc[other]):.2f}% ({diff:+.2f} pt, "
-                f"{len(acc[row])} and {len(acc[other])} seeds) -> **{verdict}**")
+                f"{len(acc[row])} and {len(acc[other])} seeds) -> **{verdict}**"
+                f"{' (one seed: no spread known, so any difference counts)' if single else ''}")
 
     for name in (n for n in acc if n.startswith("prune-")):
         lines.append(line("pruning reduces attack accuracy", name, "undefended"))

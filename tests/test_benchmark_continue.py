@@ -342,3 +342,19 @@ def test_privacy_goal_compares_with_dp_sgd_on_the_tpr_it_judges(monkeypatch):
     assert below["met"] is True and below["value"].startswith("0.25% vs 0.75% (DP-SGD interpolated")
     above = bench.compare_with_dp(90.0, 2.0, 0.05, dp)
     assert above["met"] is None and "best dpsgd-b: 84.00%, TPR 1.00%" in above["value"]
+
+
+def test_privacy_claims_on_one_seed_say_the_verdict_has_no_error_estimate(monkeypatch):
+    """With three seeds a claim's difference must exceed two standard errors; with one there is no spread, so the
+    verdict is marked as such instead of reading like a settled one."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("privacy_claims", None)
+    claims = importlib.import_module("privacy_claims")
+
+    def runs(*accuracies):
+        return [{"attacks": {"loss": {"balanced_accuracy": a}}} for a in accuracies]
+
+    one = claims.claim_lines({"undefended": runs(0.7074), "prune-slr-2x": runs(0.7070)}, {})
+    assert one[-1].endswith("-> **met** (one seed: no spread known, so any difference counts)")
+    three = claims.claim_lines({"undefended": runs(0.70, 0.72, 0.71), "prune-slr-2x": runs(0.69, 0.72, 0.70)}, {})
+    assert three[-1].endswith("-> **tie**")
