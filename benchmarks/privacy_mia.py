@@ -82,8 +82,8 @@ class Target:
     precision: str = "fp32"
     channels_last: bool = False
     # the pruning and MCMIA rows' masked fine-tuning: at the pruning lr throughout (constant), or decayed to 0
-    retrain_schedule: str = "constant"
-    prune_recipe: str = "paper"  # SLR/ADMM's schedule (DefenseConfig.prune_recipe): paper or budget
+    retrain_schedule: str = PRUNE_DEFAULTS["retrain_schedule"]
+    prune_recipe: str = PRUNE_DEFAULTS["prune_recipe"]  # SLR/ADMM's schedule (DefenseConfig.prune_recipe)
     adaptive_rows: tuple[str, ...] | None = None  # audited by the adaptive attacker too (None: ADAPTIVE_ROWS)
 
     def prune_compressions(self) -> tuple[int, ...]:
@@ -133,7 +133,7 @@ TARGETS = {t.key: t for t in (
     # schedule, fell to 9% at the hard-prune at 8x and 10x (0.16-0.19 from the set) and ended at 50.2% and 46.7%
     # (MCMIA 10x 46.8%): 4 fine-tuning epochs that decay to 0 recover less from that than at a constant lr. SLR
     # 10x on prunus prune's budget schedule (same seed and epochs): 29.9% at the hard-prune, 52.2% at the end.
-    # So this target's SLR and MCMIA rows run the budget schedule (prune_recipe), LeNet-5's stay on the paper's
+    # So this target's SLR and MCMIA rows run the budget schedule (prune_recipe), LeNet-5's stay on the paper's.
     # The adaptive attacker audits every MCMIA row (the goal is judged on each, for both attackers), the SLR row at
     # the paper's 10x and RelaxLoss; its pruned rows' references prune the bank's models
     Target("resnet20-modulation", "resnet20", "modulation", members=2_500, epochs=20, reference_models=8,
@@ -420,7 +420,8 @@ def estimate(b: Budget, todo: list[tuple[int, Row]], banks_needed: int, step_s: 
     for _, row in todo:
         epochs = row.options.get("epochs", b.prune_epochs + b.retrain_epochs if row.from_target else b.target_epochs)
         total += epochs * epoch * COST[row.kind] + ROW_OVERHEAD_S + (DP_SETUP_S if row.defense == "dpsgd" else 0)
-    for row in adaptive:  # every reference model runs the row's defense (pruning: after a dense training)
+    for row in adaptive:  # every reference model runs the row's defense (pruning: after a dense training, or from
+        # the bank's model of its half: dense_starts)
         dense = b.target_epochs if row.from_target and not dense_starts(row, b) else 0
         own = (b.prune_epochs + b.retrain_epochs) * COST[row.kind] + dense
         total += adaptive_reference_models(b) * (own if row.from_target else b.target_epochs * COST[row.kind]) * epoch
