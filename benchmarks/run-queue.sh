@@ -22,6 +22,13 @@ step() {
     echo "== $(date -u +%FT%TZ) exit $? ($1)"
 }
 
+# bf16 autocast is emulated on a CPU without AVX-512 BF16 or AMX (a ResNet-20 step 13x slower than float32 on an AMD
+# EPYC with AVX2): there the steps whose recipe is bf16 are skipped and the queue spends the machine on the float32 ones
+BF16=$("$PY" -c "from prunus.environment import cpu_has_native_bf16 as f; print('no' if f() is False else 'yes')")
+bf16() {
+    if [ "$BF16" = yes ]; then "$@"; else echo "== $(date -u +%FT%TZ) skipped, a bf16 recipe on a CPU without bf16: $*"; fi
+}
+
 # A script whose JSON holds rows of another dense file (one trained on a machine whose files are gone) refuses
 # --continue with status 3: then it starts over on the committed dense model, and later runs continue that.
 continue_or_restart() {
@@ -50,10 +57,10 @@ continue_or_restart reweighted_unstructured.py
 continue_or_restart reweighted_structured.py
 # The evidence for prunus prune's retraining lr (a tenth of the pruning lr), on the same VGG-11 (~30 min)
 continue_or_restart retrain_lr.py
-continue_or_restart surgery_speedup.py
+bf16 continue_or_restart surgery_speedup.py
 # Does the BCNN's retraining on cosine-step (the lr decayed per step to 0) close the 'as trained' gap of the
 # per-epoch cosine (issue 19)? The converged width-0.5 NIN pruned 20x again (~20 min), before the long runs below
-step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --converged-only --from-long 20 --continue
+bf16 step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --converged-only --from-long 20 --continue
 # The project's core (issue 18): ResNet-20 seed 0 met every retrain-free target and seed 1 agrees with it (10 of
 # its 14 rows, ~12 min a row on a quiet machine). Then VGG-16's seed 0 (14 rows, ~2 h) before the third ResNet-20
 # seed: the second model's first full comparison tells more than a third seed of the first
@@ -61,32 +68,32 @@ step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 
 # Membership inference's second target (issue 22), its first seed before VGG-16's rows of issue 18: no row of it
 # exists yet, and one seed shows whether ResNet-20 on the radio frames leaks as the design needs (~1.5 h a seed on a
 # quiet machine: 71 ms a bf16 training step of 64 frames; its printed estimate is measured beside whatever else runs)
-step privacy_mia.py --target resnet20-modulation --seeds 0 --continue
+bf16 step privacy_mia.py --target resnet20-modulation --seeds 0 --continue
 # The second half of the retrain-free structured table (issue 18): VGG-16 width 0.5, 42 rows in bf16 autocast
 # (~6 h: bf16 halves a full-precision CNN's step on this CPU, bcnn_training_speed.py)
-step structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 --continue
+bf16 step structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 --continue
 step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2 --continue
-step structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 1 2 --continue
+bf16 step structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 1 2 --continue
 # The BCNN on the modulation task (issue 19). Its prunings now retrain on cosine-step (the lr decayed per step to
 # 0): --continue runs every pruned row of the per-epoch cosine again, on the cached trainings (seed 0 at width 0.5:
 # the 20x row, its 15-epoch retraining, the converged model's 20/8/4/2x curve, ~2 h; the distilled row stays as it
 # ran, labelled). Then nin-full: the converged model's 20x again (~1 h), and its 3 seeds at the seed paper's width
 # (bcnn, its 20x pruning, the small model from scratch, the fp twin; ~1.5 h a seed through --compile). Each
 # nin-full model the engine is timed on also gets its int8-first-layer twin (--int8-stem, ~4 min a row, no training)
-step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --long-row --long-control --from-long 20 8 4 2 --continue
-step bcnn_accuracy.py --models nin-full --datasets modulation --seeds 0 --converged-only --from-long 20 --compile \
+bf16 step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --long-row --long-control --from-long 20 8 4 2 --continue
+bf16 step bcnn_accuracy.py --models nin-full --datasets modulation --seeds 0 --converged-only --from-long 20 --compile \
     --int8-stem bcnn-long bcnn-long-20x --continue
-step bcnn_accuracy.py --models nin-full --datasets modulation --seeds 0 1 2 --compile --int8-stem bcnn bcnn-20x \
+bf16 step bcnn_accuracy.py --models nin-full --datasets modulation --seeds 0 1 2 --compile --int8-stem bcnn bcnn-20x \
     --continue
 # The NIN with a binary first layer (the engine's faster stem), seed 0: its BCNN is trained and pinned (23.36%,
 # against 49.97% with the full-precision stem); its 20x pruning and the small model from scratch are what is left
-step bcnn_accuracy.py --models nin-binstem --datasets modulation --seeds 0 --compile --continue
+bf16 step bcnn_accuracy.py --models nin-binstem --datasets modulation --seeds 0 --compile --continue
 # Membership inference, the second target (issue 22): ResNet-20 on the radio frames, every training in bf16
 # autocast on NHWC tensors but DP-SGD's (~2x faster than float32); the script prints its time estimate as it starts
-step privacy_mia.py --target resnet20-modulation --seeds 0 1 2 --continue
+bf16 step privacy_mia.py --target resnet20-modulation --seeds 0 1 2 --continue
 # The LeNet-5 variants that are not targets, and the rest of the BCNN grid
 step retrain_free.py --continue --variants gradual slr/prox admm/prox
-step bcnn_accuracy.py --models resnet18 --datasets modulation --seeds 0 1 2 --compile --continue
-step bcnn_accuracy.py --models nin resnet18 --datasets fashion-mnist --seeds 0 --compile --continue
+bf16 step bcnn_accuracy.py --models resnet18 --datasets modulation --seeds 0 1 2 --compile --continue
+bf16 step bcnn_accuracy.py --models nin resnet18 --datasets fashion-mnist --seeds 0 --compile --continue
 # Width 0.5's diagnostic grid (long retraining, its control, the 20/8/4/2x curve) on seeds 1-2
-step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 1 2 --long-row --long-control --from-long 20 8 4 2 --compile --continue
+bf16 step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 1 2 --long-row --long-control --from-long 20 8 4 2 --compile --continue

@@ -35,12 +35,7 @@ def _cpu_model() -> str:
     Virtual machines often report a bare family name, and two machines both called "AMD EPYC"
     (an AVX2 Zen 3 and an AVX-512 Zen 4) time the same model very differently.
     """
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    fields = _cpuinfo()
     name = fields.get("model name") or platform.processor() or platform.machine()
     flags = set(fields.get("flags", "").split())
     if "avx512f" in flags:
@@ -48,3 +43,30 @@ def _cpu_model() -> str:
     else:
         simd = next((s.upper() for s in ("avx2", "avx", "sse4_2") if s in flags), "")
     return f"{name} ({simd})" if simd else name
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """Whether the CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX); None where it cannot be told.
+
+    Without it, bf16 autocast on the CPU is emulated: a ResNet-20 training step of 64 radio frames took
+    4.4 s against 0.35 s in float32 on an AMD EPYC (AVX2), while on the Xeon with AVX-512 BF16 it halves
+    a float32 step (benchmarks/bcnn_training_speed.py).
+    """
+    flags = _cpuinfo().get("flags")
+    if flags is None:
+        return None
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none, e.g. macOS)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in info.splitlines():
+        if ":" in line:
+            key, value = line.split(":", 1)
+            fields.setdefault(key.strip(), value.strip())
+    return fields

@@ -33,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from prunus.data.loader import Batches, global_mean_scale
+from prunus.environment import cpu_has_native_bf16, environment_info
 from prunus.errors import TrainingDiverged
 from prunus.hooks import TrainingHook
 from prunus.io import CHECKPOINT_DIR, Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint, write_text_atomic
@@ -144,6 +145,11 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.meta = meta or {}
         self.console = console or Console()
+        if config.precision == "bf16" and self.device.type == "cpu" and cpu_has_native_bf16() is False \
+                and self.dist.is_main:
+            self.console.print(f"warning: --precision bf16 on a CPU without bfloat16 hardware ({environment_info()['cpu']}"
+                               "; no AVX-512 BF16 or AMX): autocast emulates it, several times slower than float32 "
+                               "(13x on an AMD EPYC with AVX2); --precision fp32 trains faster here", markup=False)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         for h in self.hooks:
