@@ -52,10 +52,14 @@ def cpu_has_native_bf16() -> bool | None:
     4.4 s against 0.35 s in float32 on an AMD EPYC (AVX2), while on the Xeon with AVX-512 BF16 it halves
     a float32 step (benchmarks/bcnn_training_speed.py).
     """
+    flags = cpu_flags()
+    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (``avx2``, ``avx512_vnni``, ...); None where there is none."""
     flags = _cpuinfo().get("flags")
-    if flags is None:
-        return None
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+    return None if flags is None else set(flags.split())
 
 
 def _cpuinfo() -> dict[str, str]:

@@ -11,6 +11,9 @@ thread (benchmarks/results/bcnn_throughput_trained.md).
 
 Where that op is missing (another PyTorch build, a CPU without oneDNN) or gives any other value on a probe at
 construction, or for a tensor not on the CPU, the float32 convolution of the integers is used: slower, equal.
+A CPU without VNNI (AVX-512 VNNI or AVX-VNNI) can be such a case, shape by shape: on an AMD EPYC with AVX2 the
+op's values were off for 2 input channels (oneDNN's pre-VNNI kernels add pairs of uint8 x int8 products in 16
+bits, which saturate: 2 x 255 x 127 > 32767) and exact for 1, and the probe chose accordingly.
 
 Tried and not kept (an ad-hoc profile, not a committed benchmark): the patches as int8 columns (a numba kernel)
 times the weights in one ``torch._int_mm``; the product alone beat this convolution, but the whole first-layer step
