@@ -92,7 +92,7 @@ def test_layers_too_wide_for_exact_float32_sums_are_refused():
 def expected_kernels() -> set[str]:
     """oneDNN's int8 convolution on an x86 CPU with VNNI. Without VNNI it depends on the shape: where oneDNN sums
     pairs of products in 16 bits they saturate (2 x 255 x 127 > 32767) and the probe at construction must choose
-    the float32 convolution (an AMD EPYC with AVX2: 2 input channels), elsewhere the int8 kernel is exact (1 channel)."""
+    the float32 convolution (an AMD EPYC with AVX2: 2 input channels), elsewhere its int8 kernel is exact (1)."""
     if platform.machine() not in ("x86_64", "AMD64") or not torch.backends.mkldnn.is_available():
         return {"float32"}
     if {"avx512_vnni", "avx_vnni"} & (cpu_flags() or set()):

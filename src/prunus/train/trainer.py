@@ -147,9 +147,10 @@ class Trainer:
         self.console = console or Console()
         if config.precision == "bf16" and self.device.type == "cpu" and cpu_has_native_bf16() is False \
                 and self.dist.is_main:
-            self.console.print(f"warning: --precision bf16 on a CPU without bfloat16 hardware ({environment_info()['cpu']}"
-                               "; no AVX-512 BF16 or AMX): autocast emulates it, several times slower than float32 "
-                               "(13x on an AMD EPYC with AVX2); --precision fp32 trains faster here", markup=False)
+            cpu = environment_info()["cpu"]
+            self.console.print(f"warning: --precision bf16 on a CPU without bfloat16 hardware ({cpu}; no AVX-512 "
+                               "BF16 or AMX): autocast emulates it, several times slower than float32 (13x on an AMD "
+                               "EPYC with AVX2); --precision fp32 trains faster here", markup=False)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         for h in self.hooks:
