@@ -340,15 +340,23 @@ def verdicts(data: dict, groups: dict) -> list[str]:
                 gap = statistics.mean(r["hard_pruned_accuracy"] for r in g) - data["dense"][model]["accuracy"]
                 out.append(f"- {model} {target:g}x {method}: hard-pruned {gap:+.2f} pt vs dense (target within "
                            f"{bound:g} pt) -> **{'met' if gap >= -bound else 'NOT met'}**")
-            tp_best = [(statistics.mean(r["retrain_accuracy"][-1] for r in groups[(model, target, m)]), m)
-                       for m in TP_METHODS if (model, target, m) in groups]
+            # on the seeds SLR and every Torch-Pruning row share (a seed still running would compare unlike sets)
+            rivals = [m for m in TP_METHODS if (model, target, m) in groups]
             slr = groups.get((model, target, "slr"))
-            if slr and tp_best:
-                best, who = max(tp_best)
-                mine = statistics.mean(r["retrain_accuracy"][-1] for r in slr)
+            seeds = set.intersection(*({r["seed"] for r in groups[(model, target, m)]} for m in ["slr", *rivals])) \
+                if slr and rivals else set()
+            if seeds:
+                best, who = max((final_mean(groups[(model, target, m)], seeds), m) for m in rivals)
+                mine = final_mean(slr, seeds)
                 out.append(f"- {model} {target:g}x after R = {R}: slr {mine:.2f} vs best Torch-Pruning ({who}) "
-                           f"{best:.2f} -> **{'met' if mine >= best else 'NOT met'}**")
+                           f"{best:.2f} (seeds {', '.join(map(str, sorted(seeds)))}) -> "
+                           f"**{'met' if mine >= best else 'NOT met'}**")
     return out
+
+
+def final_mean(rows: list[dict], seeds: set[int]) -> float:
+    """The mean accuracy after the last retraining epoch over the rows of ``seeds``."""
+    return statistics.mean(r["retrain_accuracy"][-1] for r in rows if r["seed"] in seeds)
 
 
 def main() -> None:

@@ -330,3 +330,25 @@ def test_surgery_started_over_keeps_the_searches_and_the_timing_pass_of_the_same
     fresh = surgery.start_or_continue(path, cont=False)
     assert "searches" not in fresh and "earlier_timings" not in fresh
     assert surgery.start_or_continue(tmp_path / "none.json", cont=True)["runs"] == []
+
+
+def test_structured_retrain_free_compares_slr_with_torch_pruning_on_the_seeds_both_have(monkeypatch):
+    """While a seed is still running, SLR's third row must not be averaged against Torch-Pruning's two."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("structured_retrain_free", None)
+    script = importlib.import_module("structured_retrain_free")
+
+    def row(seed: int, hard: float, final: float) -> dict:
+        return {"seed": seed, "hard_pruned_accuracy": hard, "retrain_accuracy": [final - 0.1, final - 0.05, final]}
+
+    groups = {("resnet20", 4.0, "slr"): [row(0, 92.0, 92.6), row(1, 92.0, 92.4), row(2, 90.0, 91.0)],
+              ("resnet20", 4.0, "tp-l1"): [row(0, 91.0, 92.5), row(1, 91.0, 92.3)],
+              ("resnet20", 4.0, "tp-groupnorm"): [row(0, 10.0, 90.0), row(1, 10.0, 90.0)]}
+    data = {"dense": {"resnet20": {"accuracy": 93.0}}}
+    assert script.verdicts(data, groups) == [
+        "- resnet20 4x slr: hard-pruned -1.67 pt vs dense (target within 2.5 pt) -> **met**",  # all 3 seeds
+        "- resnet20 4x after R = 3: slr 92.50 vs best Torch-Pruning (tp-l1) 92.40 (seeds 0, 1) -> **met**"]
+    groups[("resnet20", 4.0, "tp-l1")].append(row(2, 91.0, 92.0))  # seed 2 done: SLR's 91.0 counts now
+    groups[("resnet20", 4.0, "tp-groupnorm")].append(row(2, 10.0, 90.0))
+    assert script.verdicts(data, groups)[-1] == (
+        "- resnet20 4x after R = 3: slr 92.00 vs best Torch-Pruning (tp-l1) 92.27 (seeds 0, 1, 2) -> **NOT met**")
