@@ -48,9 +48,9 @@ def _cpu_model() -> str:
 def cpu_has_native_bf16() -> bool | None:
     """Whether the CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX); None where it cannot be told.
 
-    Without it, bf16 autocast on the CPU is emulated: a ResNet-20 training step of 64 radio frames took
-    4.4 s against 0.35 s in float32 on an AMD EPYC (AVX2), while on the Xeon with AVX-512 BF16 it halves
-    a float32 step (benchmarks/bcnn_training_speed.py).
+    Without it, bf16 autocast on the CPU is emulated: a ResNet-20 training step of 64 radio frames took 4.4 s
+    against 0.35 s in float32 on an AMD EPYC with AVX2 (a short check, 1 thread), while on the Xeon with
+    AVX-512 BF16 it halves a float32 step (benchmarks/bcnn_training_speed.py).
     """
     flags = cpu_flags()
     return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & flags)
