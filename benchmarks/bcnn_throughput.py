@@ -30,6 +30,7 @@ For each model (``cnin``, ``cresnet18``; 3x32x32 inputs, 10 classes):
 
     python benchmarks/bcnn_throughput.py [--models nin resnet18] [--threads 2] [--checkpoint nin=PATH]
     python benchmarks/bcnn_throughput.py --render            # rebuild the table from the JSON
+    python benchmarks/bcnn_throughput.py --tag avx2 --checkpoint nin=PATH   # another machine: a table of its own
     python benchmarks/bcnn_throughput.py --smoke --out /tmp/bcnn.json   # seconds: a check that it runs
 """
 
@@ -249,8 +250,16 @@ def _cuda_cell(m: dict) -> str:
 
 def _subject(data: dict) -> str:
     if any("in_channels" in m["pruning"] for m in data["models"]):
-        return "trained 20x-pruned checkpoints (`--checkpoint`)"
-    return "20x structurally pruned complex NIN and ResNet-18"
+        subject = "trained 20x-pruned checkpoints (`--checkpoint`)"
+    else:
+        subject = "20x structurally pruned complex NIN and ResNet-18"
+    return subject + (f", on {data['environment']['cpu']}" if data.get("tag") else "")
+
+
+def result_name(trained: bool, tag: str | None) -> str:
+    """The results file's name: a run tagged ``--tag`` (another machine) gets a file and table of its own, so it
+    never replaces the reference run's."""
+    return (TRAINED if trained else NAME) + (f"_{tag}" if tag else "")
 
 
 def _inputs_text(data: dict) -> str:
@@ -371,6 +380,12 @@ def _checkpoints(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _tag(text: str) -> str:
+    if not text.replace("-", "").isalnum() or not text.islower():
+        raise argparse.ArgumentTypeError(f"--tag {text!r}: use lower-case letters, digits and '-' (it names a file)")
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(RANDOM_MODELS), choices=list(MODELS),
@@ -389,14 +404,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write the JSON (and the .md next to it) here instead of benchmarks/results, "
                                   "without touching BENCHMARKS.md")
+    ap.add_argument("--tag", type=_tag, help="a name for this machine (e.g. avx2): the results go to NAME_TAG.json "
+                                          "and a table of their own beside the reference run's")
     ap.add_argument("--smoke", action="store_true", help="tiny batches and repeats: only checks that it runs")
     ap.add_argument("--render", action="store_true", help="only rebuild the table from the JSON")
     args = ap.parse_args()
     if args.render:
-        for name in (NAME, TRAINED):
-            if (RESULTS / f"{name}.json").exists():
-                data = json.loads((RESULTS / f"{name}.json").read_text())
-                write_result(name, data, summarize(data))
+        for path in sorted(RESULTS.glob(f"{NAME}*.json")):
+            data = json.loads(path.read_text())
+            write_result(path.stem, data, summarize(data))
         return
     if args.smoke:
         args.batches, args.repeats, args.warmup, args.max_seconds, args.profile_runs = [1, 8, 64], 2, 1, 1.0, 1
@@ -412,7 +428,7 @@ def main() -> None:
     data = {"benchmark": NAME, "threads": args.threads, "chunk": args.chunk or DEFAULT_CHUNK, "repeats": args.repeats,
             "warmup": args.warmup, "max_seconds": args.max_seconds, "seed": args.seed, "smoke": args.smoke,
             "ceiling_bit_macs_per_s": ceiling, "environment": environment_info(), "numba": numba.__version__,
-            "models": []}
+            "tag": args.tag, "models": []}
     for key in args.models:
         data["models"].append(run_model(key, args, ceiling))
     data["wall_seconds"] = time.perf_counter() - t0
@@ -422,7 +438,7 @@ def main() -> None:
         out.with_suffix(".md").write_text(summarize(data))
         print(summarize(data))
         return
-    write_result(TRAINED if args.checkpoint else NAME, data, summarize(data))
+    write_result(result_name(bool(args.checkpoint), args.tag), data, summarize(data))
     print(summarize(data))
 
 

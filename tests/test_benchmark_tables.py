@@ -210,6 +210,29 @@ def test_bcnn_throughput_chunk_sweep_marks_the_table_chunk_and_names_the_fastest
     assert any("median of 20 runs" in line and "the chunk of the table above, 32" in line for line in lines)
 
 
+def test_bcnn_throughput_tag_keeps_another_machines_run_beside_the_reference(monkeypatch):
+    """A run on a second machine (``--tag avx2``) gets a file and a table of its own, named by its CPU; the
+    reference run's file and title stay as they were."""
+    import json
+
+    import pytest
+
+    bench = _bcnn_throughput(monkeypatch)
+    assert bench.result_name(True, None) == "bcnn_throughput_trained"
+    assert bench.result_name(True, "avx2") == "bcnn_throughput_trained_avx2"
+    assert bench.result_name(False, "avx2") == "bcnn_throughput_avx2"
+    data = json.loads((BENCHMARKS / "results" / "bcnn_throughput_trained.json").read_text())
+    title = bench.summarize(data).splitlines()[0]
+    assert title == "## BCNN engine throughput, trained 20x-pruned checkpoints (`--checkpoint`) " \
+                    "(`benchmarks/bcnn_throughput.py`)"
+    data.update(tag="avx2", environment={**data["environment"], "cpu": "AMD EPYC (AVX2)"})
+    assert bench.summarize(data).splitlines()[0] == title.replace("(`--checkpoint`)",
+                                                                 "(`--checkpoint`), on AMD EPYC (AVX2)")
+    monkeypatch.setattr(sys, "argv", ["bcnn_throughput.py", "--tag", "../x", "--render"])
+    with pytest.raises(SystemExit):
+        bench.main()
+
+
 def test_bcnn_throughput_refuses_nin_full_without_its_checkpoint(monkeypatch, capsys):
     import pytest
 
