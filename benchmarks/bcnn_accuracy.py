@@ -55,7 +55,6 @@ from common import (
     other_machines_note,
     pin,
     pinned,
-    render_only,
     train_cached,
     write_result,
 )
@@ -73,6 +72,15 @@ from prunus.models.loading import load_model
 from prunus.train.config import TrainConfig
 
 NAME = "bcnn_accuracy"
+#: the recipe's forward precision: bf16 autocast, where the CPU has bfloat16 hardware; a float32 run (on a CPU that
+#: would emulate bf16 13x slower than float32) is another recipe, so its rows go to a table of their own
+REFERENCE_PRECISION = "bf16"
+
+
+def result_name(precision: str) -> str:
+    """``bcnn_accuracy`` for the bf16 recipe, ``bcnn_accuracy_<precision>`` for another: one recipe a table, so a
+    group's mean and its target verdict never mix forward precisions."""
+    return NAME if precision == REFERENCE_PRECISION else f"{NAME}_{precision}"
 CACHE = HERE / ".cache" / "bcnn"
 #: key -> (registry name, width that fits 2 CPU cores, model options); nin-binstem: NIN with a binary first layer
 #: too (the engine's faster variant, bcnn_throughput.py), trained as a BCNN only (its fp twin is nin's); nin-full:
@@ -242,9 +250,11 @@ def _epochs_text(data: dict) -> str:
 
 def summarize(data: dict) -> str:
     env = data["environment"]
-    lines = [f"## BCNN accuracy: full-precision complex, BCNN, BCNN pruned 20x (`benchmarks/{NAME}.py`)", "",
+    precision = data.get("precision", "fp32")
+    subject = "" if precision == REFERENCE_PRECISION else f", {'float32' if precision == 'fp32' else precision} forward"
+    lines = [f"## BCNN accuracy: full-precision complex, BCNN, BCNN pruned 20x{subject} (`benchmarks/{NAME}.py`)", "",
              f"Trainings: {_epochs_text(data)}, Adam lr 1e-3 cosine, no weight decay or augmentation, batch 128, "
-             f"forward pass in {data.get('precision', 'fp32')} (bcnn_training_speed.py); "
+             f"forward pass in {precision} (bcnn_training_speed.py); "
              f"bcnn-20x: SLR filter pruning of the bcnn row's model to {COMPRESSION:g}x fewer live weights "
              f"({PRUNE_EPOCHS} method epochs + {RETRAIN_EPOCHS} masked retraining epochs on a cosine "
              "lr decayed per step to 0 (rows marked *per-epoch cosine*: one lr per epoch, the last epoch at 9.5% "
@@ -362,7 +372,7 @@ def add_int8_stem(data: dict, source: dict, test_set, train_set) -> None:
     model = f"{source['model']}-int8stem"
     add_row(data, row(out, test_set, train_set, model=model, int8_from=source["checkpoint"],
                       seconds=time.perf_counter() - t0, **{k: source[k] for k in INT8_KEPT if k in source}))
-    write_result(NAME, data, summarize(data))
+    write_result(result_name(data["precision"]), data, summarize(data))
 
 
 def _run_of(row: dict) -> str:
@@ -411,7 +421,7 @@ def backfill_reestimated(data: dict, dataset: str, train_set, test_set) -> None:
         if r["dataset"] == dataset and "bn_reestimated_accuracy" not in r:
             model, _ = load_model(HERE / r["checkpoint"])
             r.update(reestimated(model, train_set, test_set, r["variant"] != "fp"))
-            write_result(NAME, data, summarize(data))
+            write_result(result_name(data["precision"]), data, summarize(data))
 
 
 def add_trained(data: dict, model: str, dataset: str, variant: str, seed: int, steps: Steps, test_set, train_set,
@@ -426,7 +436,7 @@ def add_trained(data: dict, model: str, dataset: str, variant: str, seed: int, s
     add_row(data, row(run, test_set, train_set, reference_weights=reference_weights, variant=variant,
                       seconds=time.perf_counter() - t0, **{**common, "width": width or common["width"]},
                       **extra))
-    write_result(NAME, data, summarize(data))
+    write_result(result_name(data["precision"]), data, summarize(data))
 
 
 def add_pruned(data: dict, model: str, dataset: str, variant: str, seed: int, steps: Steps, distill: float,
@@ -448,7 +458,7 @@ def add_pruned(data: dict, model: str, dataset: str, variant: str, seed: int, st
                       retrain_accuracy=results["retrain_accuracy"],
                       final_distance=(results.get("method_history") or [{}])[-1].get("distance"),
                       ratio=results["bcnn"]["ratio"], **common, **extra))
-    write_result(NAME, data, summarize(data))
+    write_result(result_name(data["precision"]), data, summarize(data))
 
 
 def check_same_recipe(data: dict, args, path: Path) -> None:
@@ -472,8 +482,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, help="training epochs for every dataset (default: "
                     + ", ".join(f"{d} {e}" for d, e in EPOCHS.items()) + ")")
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
-                    help="the trainings' forward pass (bf16 autocast: 1.4-2.9x faster steps on AVX-512 BF16 CPUs)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default=REFERENCE_PRECISION,
+                    help="the trainings' forward pass (bf16 autocast: 1.4-2.9x faster steps on AVX-512 BF16 CPUs); "
+                    f"fp32 rows go to {result_name('fp32')}.json, a table of their own")
     ap.add_argument("--compile", action="store_true", help="seeds with no row yet train and prune through "
                     "torch.compile (the same recipe, its steps 1.7-1.8x faster on 2 cores; recorded in each row; a "
                     "seed with rows keeps the mode it started in)")
@@ -493,9 +504,15 @@ def main() -> None:
                     "first layer quantized to int8 after training (prunus bcnn int8-stem; ~4 min each)")
     add_results_flags(ap)
     args = ap.parse_args()
-    if render_only(args, NAME, summarize):
+    if args.render:
+        tables = sorted(RESULTS.glob(f"{NAME}*.json"))
+        if not tables:
+            raise SystemExit(f"{RESULTS / NAME}.json does not exist yet; run the benchmark first")
+        for path in tables:
+            data = json.loads(path.read_text())
+            write_result(path.stem, data, summarize(data))
         return
-    path = RESULTS / f"{NAME}.json"
+    path = RESULTS / f"{result_name(args.precision)}.json"
     data = json.loads(path.read_text()) if args.cont and path.exists() else None
     if data is None:
         data = {"benchmark": NAME, "precision": args.precision,

@@ -28,6 +28,10 @@ BF16=$("$PY" -c "from prunus.environment import cpu_has_native_bf16 as f; print(
 bf16() {
     if [ "$BF16" = yes ]; then "$@"; else echo "== $(date -u +%FT%TZ) skipped, a bf16 recipe on a CPU without bf16: $*"; fi
 }
+# and the float32 steps meant for such a CPU (a recipe of their own, in tables of their own) only run there
+fp32_only() {
+    if [ "$BF16" = no ]; then "$@"; else echo "== $(date -u +%FT%TZ) skipped, a float32 step for CPUs without bf16: $*"; fi
+}
 
 # A script whose JSON holds rows of another dense file (one trained on a machine whose files are gone) refuses
 # --continue with status 3: then it starts over on the committed dense model, and later runs continue that.
@@ -73,6 +77,9 @@ bf16 step privacy_mia.py --target resnet20-modulation --seeds 0 --continue
 # (~6 h: bf16 halves a full-precision CNN's step on this CPU, bcnn_training_speed.py)
 bf16 step structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 --continue
 step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 2 --continue
+# The BCNN on Fashion-MNIST (issue 19, no row yet) where bf16 is emulated: its whole recipe in float32 through
+# torch.compile, rows in bcnn_accuracy_fp32.json (~10,800 training steps a seed, ~0.5 s each: ~1.5-2 h a seed)
+fp32_only step bcnn_accuracy.py --models nin --datasets fashion-mnist --seeds 0 1 2 --precision fp32 --compile --continue
 bf16 step structured_retrain_free.py --models vgg16 --targets 2.0 4.0 --seeds 0 1 2 --continue
 # The BCNN on the modulation task (issue 19). Its prunings now retrain on cosine-step (the lr decayed per step to
 # 0): --continue runs every pruned row of the per-epoch cosine again, on the cached trainings (seed 0 at width 0.5:

@@ -112,6 +112,46 @@ def test_bcnn_converged_only_asks_for_the_converged_bcnn_and_its_prunings_alone(
     assert quantized == ["bcnn-long", "bcnn-long-20x"]
 
 
+def test_bcnn_float32_rows_go_to_a_table_of_their_own(monkeypatch, tmp_path):
+    """A machine without bf16 hardware runs the recipe in float32: its rows start their own table (the bf16 one is
+    neither continued nor touched), titled by the precision, and --render rebuilds both."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("bcnn_accuracy", None)
+    bcnn_accuracy = importlib.import_module("bcnn_accuracy")
+    assert bcnn_accuracy.result_name("bf16") == "bcnn_accuracy"
+    assert bcnn_accuracy.result_name("fp32") == "bcnn_accuracy_fp32"
+    reference = {"precision": "bf16", "environment": {"cpu": "Xeon", "cpu_count": 2, "torch": "2.13.0"},
+                 "runs": [_bcnn_row("bcnn", 0, 50.0, 49.0)]}
+    (tmp_path / "bcnn_accuracy.json").write_text(json.dumps(reference))
+    seen = []
+
+    def add_trained(data, model, dataset, variant, seed, *args, **kwargs):
+        seen.append((data["precision"], [r["variant"] for r in data["runs"]], variant))
+        data["runs"].append(_bcnn_row(variant, seed, 40.0, 40.0, dataset=dataset))
+
+    monkeypatch.setattr(bcnn_accuracy, "RESULTS", tmp_path)
+    monkeypatch.setattr(bcnn_accuracy, "load_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(bcnn_accuracy, "backfill_reestimated", lambda *a: None)
+    monkeypatch.setattr(bcnn_accuracy, "add_trained", add_trained)
+    monkeypatch.setattr(sys, "argv", ["bcnn_accuracy.py", "--models", "nin", "--datasets", "modulation", "--seeds",
+                                      "0", "--converged-only", "--precision", "fp32", "--continue"])
+    bcnn_accuracy.main()
+    assert seen == [("fp32", [], "bcnn-long")]  # a fresh table: the bf16 row is not this recipe's
+    assert json.loads((tmp_path / "bcnn_accuracy.json").read_text()) == reference
+
+    fp32 = {**reference, "precision": "fp32"}
+    title = bcnn_accuracy.summarize(reference).splitlines()[0]
+    assert bcnn_accuracy.summarize(fp32).splitlines()[0] == title.replace("20x (", "20x, float32 forward (")
+    (tmp_path / "bcnn_accuracy_fp32.json").write_text(json.dumps(fp32))
+    written = []
+    monkeypatch.setattr(bcnn_accuracy, "write_result",
+                        lambda name, data, text: written.append((name, text.splitlines()[0])))
+    monkeypatch.setattr(sys, "argv", ["bcnn_accuracy.py", "--render"])
+    bcnn_accuracy.main()
+    assert [name for name, _ in written] == ["bcnn_accuracy", "bcnn_accuracy_fp32"]
+    assert "float32 forward" in written[1][1] and "float32" not in written[0][1]
+
+
 def test_bcnn_pruned_rows_of_another_retraining_schedule_run_again_and_are_replaced(monkeypatch, tmp_path):
     """Rows pruned with the per-epoch cosine retraining (from before cosine-step; they record no schedule) are not
     done under --continue: the pruning runs again with today's schedule and its row replaces the old one, while the
