@@ -65,9 +65,8 @@ bf16 continue_or_restart surgery_speedup.py
 # Does the BCNN's retraining on cosine-step (the lr decayed per step to 0) close the 'as trained' gap of the
 # per-epoch cosine (issue 19)? The converged width-0.5 NIN pruned 20x again (~20 min), before the long runs below
 bf16 step bcnn_accuracy.py --models nin --datasets modulation --seeds 0 --converged-only --from-long 20 --continue
-# The project's core (issue 18): ResNet-20 seed 0 met every retrain-free target and seed 1 agrees with it (10 of
-# its 14 rows, ~12 min a row on a quiet machine). Then VGG-16's seed 0 (14 rows, ~2 h) before the third ResNet-20
-# seed: the second model's first full comparison tells more than a third seed of the first
+# The project's core (issue 18): ResNet-20's 3 seeds are in (42 rows: a no-op where its JSON is committed; ~12 min
+# a row on the Xeon, ~20 on an AMD EPYC); VGG-16's seed 0 next (14 rows, ~2 h in bf16)
 step structured_retrain_free.py --models resnet20 --targets 4.0 2.0 --seeds 0 1 --continue
 # Membership inference's second target (issue 22), its first seed before VGG-16's rows of issue 18: no row of it
 # exists yet, and one seed shows whether ResNet-20 on the radio frames leaks as the design needs (~1.5 h a seed on a
