@@ -81,6 +81,8 @@ def result_name(precision: str) -> str:
     """``bcnn_accuracy`` for the bf16 recipe, ``bcnn_accuracy_<precision>`` for another: one recipe a table, so a
     group's mean and its target verdict never mix forward precisions."""
     return NAME if precision == REFERENCE_PRECISION else f"{NAME}_{precision}"
+
+
 CACHE = HERE / ".cache" / "bcnn"
 #: key -> (registry name, width that fits 2 CPU cores, model options); nin-binstem: NIN with a binary first layer
 #: too (the engine's faster variant, bcnn_throughput.py), trained as a BCNN only (its fp twin is nin's); nin-full:
